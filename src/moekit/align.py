@@ -1,0 +1,75 @@
+"""Token alignment: group the M*k (token, choice) slots by expert, each group padded to BLOCK_M.
+
+``moe_align_block_size`` returns an :class:`AlignedSlots`:
+  sorted_ids  int32 [max_blocks * block_m]  slot ids (slot = token * top_k + j) grouped by local expert in
+              expert order, original order kept inside a group; padding entries hold ``M * top_k``;
+              entries past ``num_padded`` are unspecified.
+  expert_ids  int32 [max_blocks]  local expert of each block of ``sorted_ids``; -1 past the end.
+  num_padded  int32 [1]  the used length of ``sorted_ids`` (a device scalar, so no host sync).
+Slots whose expert ``expert_map`` maps to -1 are left out.
+
+On GPU tensors the Triton kernels in ``moekit.kernels.align`` do the work with no host synchronization
+(the whole forward can be captured in a CUDA graph); :func:`align_torch` is the PyTorch twin and reference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class AlignedSlots:
+    sorted_ids: torch.Tensor
+    expert_ids: torch.Tensor
+    num_padded: torch.Tensor
+    block_m: int
+
+
+def max_blocks(num_slots: int, num_experts: int, block_m: int) -> int:
+    """Upper bound on the blocks of the padded sort: each non-empty expert wastes at most block_m - 1 rows."""
+    return -(-(num_slots + min(num_experts, num_slots) * (block_m - 1)) // block_m)
+
+
+def align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int,
+                expert_map: Optional[torch.Tensor] = None) -> AlignedSlots:
+    """PyTorch alignment (reference; host-synchronizing)."""
+    device = topk_ids.device
+    n = topk_ids.numel()
+    ids = topk_ids.reshape(-1).long()
+    if expert_map is not None:
+        ids = expert_map.long()[ids]
+    ids = torch.where((ids >= 0) & (ids < num_experts), ids, num_experts)
+    nb = max_blocks(n, num_experts, block_m)
+    sorted_ids = torch.full((nb * block_m,), n, dtype=torch.int32, device=device)
+    expert_ids = torch.full((nb,), -1, dtype=torch.int32, device=device)
+    counts = torch.bincount(ids, minlength=num_experts + 1)[:num_experts]
+    padded = (counts + block_m - 1) // block_m * block_m
+    order = torch.argsort(ids, stable=True)
+    pos = 0
+    start = 0
+    for e in range(num_experts):
+        c, p = int(counts[e]), int(padded[e])
+        sorted_ids[pos:pos + c] = order[start:start + c].to(torch.int32)
+        expert_ids[pos // block_m:(pos + p) // block_m] = e
+        pos += p
+        start += c
+    return AlignedSlots(sorted_ids, expert_ids, torch.tensor([pos], dtype=torch.int32, device=device), block_m)
+
+
+def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int,
+                         expert_map: Optional[torch.Tensor] = None, *, use_triton: Optional[bool] = None) -> AlignedSlots:
+    """Align ``topk_ids`` [M, k] (int32) for experts ``0..num_experts-1`` (local ids after ``expert_map``).
+
+    ``use_triton`` defaults to ``topk_ids.is_cuda``; pass True to run the kernels under TRITON_INTERPRET=1.
+    """
+    if use_triton is None:
+        use_triton = topk_ids.is_cuda
+    if not use_triton:
+        return align_torch(topk_ids, num_experts, block_m, expert_map)
+    from moekit.kernels.align import align_triton
+
+    nb = max_blocks(topk_ids.numel(), num_experts, block_m)
+    sorted_ids, expert_ids, npp = align_triton(topk_ids, num_experts, block_m, nb, expert_map)
+    return AlignedSlots(sorted_ids, expert_ids, npp, block_m)

@@ -1,0 +1,144 @@
+"""The public fused-MoE calls: :func:`fused_moe` (route, then run experts) and :func:`fused_experts`.
+
+Tensor layouts (all row-major; the last dimension must be contiguous):
+  hidden_states  [M, H]          bfloat16 / float16 / float32 (float64 on the torch backend)
+  w13            [E, 2I, H]      gate rows 0..I-1, then up rows I..2I-1; same dtype as hidden_states
+  w2             [E, H, I]
+  router_logits  [M, E_global]   any float dtype
+  topk_weights   [M, k] float32, topk_ids [M, k] int32 (int64 accepted): global expert ids
+  expert_map     [E_global] int32: global id -> local id in [0, E) or -1 (expert not on this rank)
+  returns        [M, H] in hidden_states' dtype: sum_j topk_weights[:, j] * expert_j(x)
+A non-contiguous ``hidden_states`` is copied to a contiguous one; weights whose last dimension is not
+contiguous are refused (a silent copy per call would cost more than the layer).
+
+Backends: ``"triton"`` (fused kernels; GPU, or CPU under ``TRITON_INTERPRET=1``), ``"torch"`` (PyTorch ops,
+any device), ``"auto"`` (triton for GPU tensors, torch otherwise).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from moekit.activations import ACTIVATIONS
+from moekit.errors import check_arg
+from moekit.routing import select_experts
+
+BACKENDS = ("auto", "triton", "torch")
+_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _check_experts_args(x, w13, w2, topk_weights, topk_ids, expert_map, activation, backend) -> None:
+    """Shape, dtype and device checks only: no host synchronization."""
+    for name, t, dims in (("hidden_states", x, 2), ("w13", w13, 3), ("w2", w2, 3),
+                          ("topk_weights", topk_weights, 2), ("topk_ids", topk_ids, 2)):
+        check_arg(isinstance(t, torch.Tensor), name, "a torch.Tensor", type(t).__name__)
+        check_arg(t.dim() == dims, name, f"a {dims}-D tensor", f"shape {tuple(t.shape)}")
+    m, h = x.shape
+    e, i2, h13 = w13.shape
+    check_arg(h13 == h, "w13", f"shape [E, 2I, H={h}] (H of hidden_states)", f"shape {tuple(w13.shape)}")
+    check_arg(i2 % 2 == 0 and i2 > 0, "w13", "an even, non-zero number of rows 2I (gate rows then up rows)",
+              f"{i2} rows")
+    check_arg(tuple(w2.shape) == (e, h, i2 // 2), "w2", f"shape [E={e}, H={h}, I={i2 // 2}]", f"shape {tuple(w2.shape)}")
+    check_arg(x.is_floating_point(), "hidden_states", "a floating-point dtype", x.dtype)
+    for name, t in (("w13", w13), ("w2", w2)):
+        check_arg(t.dtype == x.dtype, name, f"dtype {x.dtype} (that of hidden_states)", t.dtype)
+        check_arg(t.stride(-1) == 1, name, "a contiguous last dimension", f"strides {t.stride()}")
+    check_arg(topk_ids.shape[0] == m, "topk_ids", f"shape [M={m}, k]", f"shape {tuple(topk_ids.shape)}")
+    check_arg(tuple(topk_weights.shape) == tuple(topk_ids.shape), "topk_weights",
+              f"shape {tuple(topk_ids.shape)} (that of topk_ids)", f"shape {tuple(topk_weights.shape)}")
+    check_arg(topk_ids.dtype in (torch.int32, torch.int64), "topk_ids", "dtype int32 or int64", topk_ids.dtype)
+    check_arg(topk_weights.is_floating_point(), "topk_weights", "a floating-point dtype", topk_weights.dtype)
+    check_arg(topk_ids.shape[1] >= 1, "topk_ids", "at least one choice per token (k >= 1)", f"shape {tuple(topk_ids.shape)}")
+    tensors = {"w13": w13, "w2": w2, "topk_weights": topk_weights, "topk_ids": topk_ids}
+    if expert_map is not None:
+        check_arg(isinstance(expert_map, torch.Tensor) and expert_map.dim() == 1, "expert_map",
+                  "a 1-D int32 tensor [E_global]", getattr(expert_map, "shape", type(expert_map).__name__))
+        check_arg(expert_map.dtype in (torch.int32, torch.int64), "expert_map", "dtype int32", expert_map.dtype)
+        check_arg(expert_map.numel() >= e, "expert_map", f"at least E={e} entries (one per global expert)",
+                  f"{expert_map.numel()} entries")
+        tensors["expert_map"] = expert_map
+    for name, t in tensors.items():
+        check_arg(t.device == x.device, name, f"device {x.device} (that of hidden_states)", t.device)
+    check_arg(activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}", activation)
+    check_arg(backend in BACKENDS, "backend", f"one of {BACKENDS}", backend)
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    """The backend that will run: "auto" becomes "triton" on GPU tensors and "torch" elsewhere."""
+    if backend == "auto":
+        return "triton" if x.is_cuda else "torch"
+    if backend == "triton":
+        check_arg(x.dtype in _KERNEL_DTYPES, "hidden_states", f"a dtype in {_KERNEL_DTYPES} for backend='triton'",
+                  x.dtype)
+    return backend
+
+
+def fused_experts(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    expert_map: Optional[torch.Tensor] = None,
+    activation: str = "silu",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Run the chosen experts of every token and sum their outputs by routing weight.
+
+    ``out[m] = sum_j topk_weights[m, j] * w2[e] @ act(w13[e, :I] @ x[m]) * (w13[e, I:] @ x[m])`` with
+    ``e = expert_map[topk_ids[m, j]]`` (or ``topk_ids[m, j]`` without a map); choices whose expert maps to -1
+    contribute nothing. Shapes and dtypes: see the module docstring. Returns ``[M, H]`` in x's dtype.
+    """
+    _check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, activation, backend)
+    x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()
+    chosen = resolve_backend(backend, x)
+    if chosen == "torch":
+        from moekit.torch_experts import fused_experts_torch
+
+        return fused_experts_torch(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation)
+    from moekit.triton_experts import fused_experts_triton
+
+    return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation)
+
+
+def fused_moe(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    router_logits: torch.Tensor,
+    top_k: int,
+    *,
+    renormalize: bool = True,
+    scoring: str = "softmax",
+    num_expert_group: Optional[int] = None,
+    topk_group: Optional[int] = None,
+    correction_bias: Optional[torch.Tensor] = None,
+    expert_map: Optional[torch.Tensor] = None,
+    activation: str = "silu",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One MoE layer: route with :func:`moekit.select_experts`, then :func:`moekit.fused_experts`.
+
+    ``router_logits`` is ``[M, E_global]`` (``E_global == E`` without ``expert_map``). All other arguments:
+    see those two functions. Returns ``[M, H]`` in ``hidden_states``' dtype.
+    """
+    check_arg(isinstance(router_logits, torch.Tensor) and router_logits.dim() == 2, "router_logits",
+              "a 2-D tensor [M, E]", getattr(router_logits, "shape", type(router_logits).__name__))
+    if isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 2:
+        check_arg(router_logits.shape[0] == hidden_states.shape[0], "router_logits",
+                  f"{hidden_states.shape[0]} rows (M of hidden_states)", f"shape {tuple(router_logits.shape)}")
+    if expert_map is None and isinstance(w13, torch.Tensor) and w13.dim() == 3:
+        check_arg(router_logits.shape[1] == w13.shape[0], "router_logits",
+                  f"E={w13.shape[0]} columns (experts in w13)", f"shape {tuple(router_logits.shape)}")
+    if expert_map is not None and isinstance(expert_map, torch.Tensor):
+        check_arg(expert_map.numel() == router_logits.shape[1], "expert_map",
+                  f"{router_logits.shape[1]} entries (E_global, the columns of router_logits)",
+                  f"{expert_map.numel()} entries")
+    topk_weights, topk_ids = select_experts(
+        router_logits, top_k, renormalize=renormalize, scoring=scoring, num_expert_group=num_expert_group,
+        topk_group=topk_group, correction_bias=correction_bias,
+    )
+    return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
+                         activation=activation, backend=backend)

@@ -1,0 +1,144 @@
+"""Triton kernels: sort the M*k token slots by expert, each expert's run padded to a multiple of BLOCK_M.
+
+No host synchronization: buffer sizes are upper bounds computed from shapes, and the true padded length is
+written to a device scalar that the GEMM kernels read. Deterministic: slots of one expert keep their
+original order (a stable sort), so repeated runs are bitwise identical.
+
+Up to ``SINGLE_MAX`` slots one program does everything (one launch, the decode case). Above that, three launches:
+per-chunk expert histograms; one program turning them into offsets, block->expert ids and padding; then
+each chunk scatters its slots.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SINGLE_MAX = 256  # up to this many slots, one program does the whole alignment
+CHUNK = 128  # slots per program in the multi-program path
+
+
+@triton.jit
+def _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP: tl.constexpr):
+    """Local expert id of each slot; E (a sentinel bin) for padding lanes and experts mapped to -1."""
+    valid = offs < N
+    ids = tl.load(ids_ptr + offs, mask=valid, other=0).to(tl.int32)
+    if HAS_MAP:
+        ids = tl.load(map_ptr + ids, mask=valid, other=-1).to(tl.int32)
+    return tl.where(valid & (ids >= 0) & (ids < E), ids, E)
+
+
+@triton.jit
+def _rank_in_chunk(ids, CHUNK_: tl.constexpr):
+    """For each lane, how many earlier lanes hold the same id (stable rank)."""
+    lane = tl.arange(0, CHUNK_)
+    same = (ids[:, None] == ids[None, :]) & (lane[None, :] < lane[:, None])
+    return tl.sum(same.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
+                   BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
+    """From per-expert counts: padded offsets; block->expert ids; padding slots set to N. Returns offsets."""
+    e_idx = tl.arange(0, E_PAD)
+    padded = tl.where(e_idx < E, tl.cdiv(counts, BLOCK_M) * BLOCK_M, 0)
+    pad_end = tl.cumsum(padded, axis=0)
+    pad_off = pad_end - padded
+    total = tl.sum(padded, axis=0)
+    tl.store(npp_ptr, total)
+    # expert of block b = number of experts whose padded run ends at or before b * BLOCK_M
+    for b0 in range(0, max_blocks, 32):
+        b = b0 + tl.arange(0, 32)
+        owner = tl.sum((pad_end[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), axis=1)
+        owner = tl.where(b * BLOCK_M < total, owner, -1)
+        tl.store(expert_ids_ptr + b, owner, mask=b < max_blocks)
+    # padding slots of each expert's last block
+    fill = tl.where(e_idx < E, padded - counts, 0)
+    for j0 in range(0, BLOCK_M, 16):
+        j = j0 + tl.arange(0, 16)
+        pos = (pad_off + counts)[:, None] + j[None, :]
+        tl.store(sorted_ptr + pos, tl.zeros([E_PAD, 16], dtype=tl.int32) + N, mask=j[None, :] < fill[:, None])
+    return pad_off
+
+
+@triton.jit
+def _align_single_kernel(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
+                         HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
+                         CHUNK_: tl.constexpr):
+    offs = tl.arange(0, CHUNK_)
+    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP)
+    counts = tl.histogram(ids, E_PAD)
+    pad_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD)
+    e_idx = tl.arange(0, E_PAD)
+    base = tl.sum(tl.where(e_idx[None, :] == ids[:, None], pad_off[None, :], 0), axis=1)
+    dest = base + _rank_in_chunk(ids, CHUNK_)
+    tl.store(sorted_ptr + dest, offs, mask=ids < E)
+
+
+@triton.jit
+def _align_count_kernel(ids_ptr, map_ptr, counts_ptr, N, E, HAS_MAP: tl.constexpr, E_PAD: tl.constexpr,
+                        CHUNK_: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
+    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP)
+    tl.store(counts_ptr + pid * E_PAD + tl.arange(0, E_PAD), tl.histogram(ids, E_PAD))
+
+
+@triton.jit
+def _align_offsets_kernel(counts_ptr, base_ptr, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
+                          num_chunks, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CB: tl.constexpr):
+    e_idx = tl.arange(0, E_PAD)
+    counts = tl.zeros([E_PAD], dtype=tl.int32)
+    for c0 in range(0, num_chunks, CB):
+        c = c0 + tl.arange(0, CB)
+        tile = tl.load(counts_ptr + c[:, None] * E_PAD + e_idx[None, :], mask=c[:, None] < num_chunks, other=0)
+        counts += tl.sum(tile, axis=0)
+    running = _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD)
+    for c0 in range(0, num_chunks, CB):
+        c = c0 + tl.arange(0, CB)
+        cmask = c[:, None] < num_chunks
+        tile = tl.load(counts_ptr + c[:, None] * E_PAD + e_idx[None, :], mask=cmask, other=0)
+        excl = tl.cumsum(tile, axis=0) - tile
+        tl.store(base_ptr + c[:, None] * E_PAD + e_idx[None, :], running[None, :] + excl, mask=cmask)
+        running += tl.sum(tile, axis=0)
+
+
+@triton.jit
+def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, sorted_ptr, N, E, HAS_MAP: tl.constexpr,
+                          E_PAD: tl.constexpr, CHUNK_: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
+    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP)
+    valid = ids < E
+    base = tl.load(base_ptr + pid * E_PAD + ids, mask=valid, other=0)
+    dest = base + _rank_in_chunk(ids, CHUNK_)
+    tl.store(sorted_ptr + dest, offs, mask=valid)
+
+
+def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blocks: int,
+                 expert_map: torch.Tensor | None = None):
+    """Launch the alignment kernels. See :func:`moekit.align.moe_align_block_size` for the contract."""
+    device = topk_ids.device
+    n = topk_ids.numel()
+    flat = topk_ids.reshape(-1)
+    sorted_ids = torch.empty((max_blocks * block_m,), dtype=torch.int32, device=device)
+    expert_ids = torch.empty((max_blocks,), dtype=torch.int32, device=device)
+    npp = torch.empty((1,), dtype=torch.int32, device=device)
+    e_pad = triton.next_power_of_2(num_experts + 1)  # one spare bin for dropped slots
+    has_map = expert_map is not None
+    emap = expert_map if has_map else flat
+    if n <= SINGLE_MAX:
+        chunk = max(16, triton.next_power_of_2(n))
+        _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, npp, n, num_experts, max_blocks,
+                                   HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk, num_warps=8)
+    else:
+        num_chunks = triton.cdiv(n, CHUNK)
+        counts = torch.empty((num_chunks, e_pad), dtype=torch.int32, device=device)
+        base = torch.empty_like(counts)
+        _align_count_kernel[(num_chunks,)](flat, emap, counts, n, num_experts, HAS_MAP=has_map, E_PAD=e_pad,
+                                           CHUNK_=CHUNK, num_warps=4)
+        _align_offsets_kernel[(1,)](counts, base, sorted_ids, expert_ids, npp, n, num_experts, max_blocks,
+                                    num_chunks, BLOCK_M=block_m, E_PAD=e_pad, CB=16, num_warps=4)
+        _align_scatter_kernel[(num_chunks,)](flat, emap, base, sorted_ids, n, num_experts, HAS_MAP=has_map,
+                                             E_PAD=e_pad, CHUNK_=CHUNK, num_warps=8)
+    return sorted_ids, expert_ids, npp

@@ -1,0 +1,41 @@
+"""Triton kernel: the top-k reduction out[m] = sum_j y[m*k + j] over the slots whose expert is local.
+
+Slots whose expert is mapped to -1 (expert parallelism) were never written by GEMM 2; they are skipped by
+mask, not read. Accumulates in float32.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _moe_sum_kernel(y_ptr, out_ptr, ids_ptr, map_ptr, H, top_k, E, stride_ym, stride_om,
+                    HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr):
+    m = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_ok = offs < H
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for j in range(top_k):
+        slot = m * top_k + j
+        e = tl.load(ids_ptr + slot)
+        if HAS_MAP:
+            e = tl.load(map_ptr + e)
+        ok = (e >= 0) & (e < E)
+        acc += tl.load(y_ptr + slot * stride_ym + offs, mask=h_ok & ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + m * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=h_ok)
+
+
+def moe_sum(y: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, num_experts: int,
+            expert_map: torch.Tensor | None = None) -> torch.Tensor:
+    """out [M, H] = sum over k of y [M*k, H] rows whose (mapped) expert is local."""
+    m, h = out.shape
+    top_k = topk_ids.shape[1]
+    block_h = min(1024, triton.next_power_of_2(h))
+    has_map = expert_map is not None
+    _moe_sum_kernel[(m, triton.cdiv(h, block_h))](
+        y, out, topk_ids, expert_map if has_map else topk_ids, h, top_k, num_experts,
+        y.stride(0), out.stride(0), HAS_MAP=has_map, BLOCK_H=block_h, num_warps=4,
+    )
+    return out

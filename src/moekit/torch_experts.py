@@ -1,0 +1,80 @@
+"""The PyTorch backend of fused experts: runs on any device and dtype; the reference for every test.
+
+Slots (token, choice) are sorted by expert and the two expert GEMMs run as ``torch._grouped_mm`` over the
+sorted rows where the device and dtype have it (CPU: bf16/fp16/fp32; CUDA: bf16 on compute capability >= 9.0)
+- no Python loop over experts and no host synchronization, so it can be captured in a CUDA graph. Elsewhere
+(float64 references, older GPUs, unaligned sizes) it loops over the experts that received tokens.
+Outputs are accumulated over the k choices in float32 (float64 for float64 inputs).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from moekit.activations import apply_activation
+
+
+def grouped_mm_supported(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> bool:
+    """Whether ``torch._grouped_mm`` can run both expert GEMMs for these operands."""
+    if not hasattr(torch, "_grouped_mm") or x.dtype != w13.dtype or x.dtype != w2.dtype:
+        return False
+    if x.is_cuda:
+        if x.dtype != torch.bfloat16 or torch.version.hip is not None:
+            return False
+        if torch.cuda.get_device_capability(x.device) < (9, 0):
+            return False
+    elif x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return False
+    # row strides must be 16-byte aligned
+    h, i = w13.shape[2], w2.shape[2]
+    return all((n * x.element_size()) % 16 == 0 for n in (h, i, 2 * i))
+
+
+def fused_experts_torch(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    expert_map: Optional[torch.Tensor] = None,
+    activation: str = "silu",
+) -> torch.Tensor:
+    """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated."""
+    x = hidden_states
+    m, h = x.shape
+    e = w13.shape[0]
+    k = topk_ids.shape[1]
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if m == 0:
+        return x.new_empty((0, h))
+    ids = topk_ids.reshape(-1).long()
+    if expert_map is not None:
+        ids = expert_map.long()[ids]
+    valid = (ids >= 0) & (ids < e)
+    ids = torch.where(valid, ids, e)  # dropped slots sort last, into a bin no GEMM reads
+    order = torch.argsort(ids, stable=True)
+    counts = torch.bincount(ids, minlength=e + 1)[:e]
+    tokens = order // k
+    rows = x[tokens]
+    weights = topk_weights.reshape(-1)[order].to(acc_dtype)
+    if grouped_mm_supported(x, w13, w2):
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        gate_up = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
+        act = apply_activation(gate_up, activation)
+        y = torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)
+    else:
+        y = rows.new_zeros((rows.shape[0], h))
+        start = 0
+        for ex, c in enumerate(counts.tolist()):
+            if c:
+                seg = rows[start:start + c]
+                act = apply_activation(F.linear(seg, w13[ex]), activation)
+                y[start:start + c] = F.linear(act, w2[ex])
+            start += c
+    # rows of dropped slots (beyond the last group) are unspecified: zero them by mask, never by arithmetic
+    y = torch.where(valid[order].unsqueeze(1), y.to(acc_dtype) * weights.unsqueeze(1), 0.0)
+    out = torch.zeros((m, h), dtype=acc_dtype, device=x.device).index_add_(0, tokens, y)
+    return out.to(x.dtype)

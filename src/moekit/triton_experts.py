@@ -1,0 +1,53 @@
+"""The Triton backend of fused experts: align, GEMM 1 (+activation), GEMM 2 (+routing weight), top-k sum.
+
+Five launches at decode (routing is done by the caller), none of which waits on the host: the whole
+forward can be captured in a CUDA graph. Kernel meta-parameters come from :func:`moekit.configs.get_config`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from moekit.align import moe_align_block_size
+from moekit.configs import get_config
+from moekit.kernels.moe_gemm import moe_gemm1, moe_gemm2
+from moekit.kernels.moe_sum import moe_sum
+
+
+def fused_experts_triton(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    expert_map: Optional[torch.Tensor] = None,
+    activation: str = "silu",
+    config=None,
+) -> torch.Tensor:
+    """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. ``config`` overrides
+    the looked-up :class:`~moekit.configs.MoEKernelConfig` (the tuner uses it)."""
+    m, h = x.shape
+    e, i2, _ = w13.shape
+    i = i2 // 2
+    top_k = topk_ids.shape[1]
+    if m == 0:
+        return x.new_empty((0, h))
+    if config is None:
+        config = get_config(e, i, h, top_k, m, x.dtype)
+    if topk_weights.dtype != torch.float32:
+        topk_weights = topk_weights.float()
+    topk_weights = topk_weights.contiguous()
+    topk_ids = topk_ids.contiguous()
+    aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
+    inter = torch.empty((aligned.sorted_ids.numel(), i), dtype=x.dtype, device=x.device)
+    moe_gemm1(x, w13, inter, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, top_k, config, activation)
+    out = torch.empty((m, h), dtype=x.dtype, device=x.device)
+    if top_k == 1 and expert_map is None:
+        # every slot is a token and every token is written: GEMM 2 writes the output directly
+        moe_gemm2(inter, w2, out, topk_weights, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, config)
+        return out
+    y = torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
+    moe_gemm2(inter, w2, y, topk_weights, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, config)
+    return moe_sum(y, out, topk_ids, e, expert_map)
