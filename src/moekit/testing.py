@@ -100,7 +100,20 @@ def _upcast_pair(actual: Any, expected: Any) -> tuple[torch.Tensor, torch.Tensor
 def _fro(t: torch.Tensor) -> float:
     if t.numel() == 0:
         return 0.0
-    return float(torch.linalg.vector_norm(t.reshape(-1), ord=2))
+    flat = t.reshape(-1)
+    n = float(torch.linalg.vector_norm(flat, ord=2))
+    if math.isinf(n):
+        # The squares may have overflowed although the values are finite
+        # (|x| > ~1e154). Rescale by the largest magnitude and try again.
+        m = float(flat.abs().max())
+        if math.isfinite(m) and m > 0.0:
+            n = m * float(torch.linalg.vector_norm(flat / m, ord=2))
+    return n
+
+
+def _sum_is_finite(t: torch.Tensor) -> bool:
+    """Cheap test that every element is finite (a false 'no' only on overflow)."""
+    return bool(torch.isfinite(t.sum()))
 
 
 def _rel_fro_f64(a: torch.Tensor, e: torch.Tensor) -> float:
@@ -266,48 +279,68 @@ def check_close(
     shape = a.shape
     numel = a.numel()
     if numel == 0:
-        return CloseResult(True, [], 0.0, 0.0, None, 0, 0, 0, f"{name}: empty tensors, shape {tuple(shape)}")
+        msg = f"{name}: empty tensors, shape {tuple(shape)}"
+        return CloseResult(True, [], 0.0, 0.0, None, 0, 0, 0, msg)
 
-    a_fin = torch.isfinite(a)
-    e_fin = torch.isfinite(e)
-    both_fin = a_fin & e_fin
-    a_nan = torch.isnan(a)
-    e_nan = torch.isnan(e)
+    # Fast path: a finite float64 sum means every element is finite (a NaN or
+    # inf would propagate, and values upcast from <= 32-bit floats cannot
+    # overflow a float64 sum). This skips the costly isfinite/isnan masks for
+    # large, clean tensors.
+    all_finite = _sum_is_finite(a) and _sum_is_finite(e)
+    if all_finite:
+        diff = (a - e).abs_()
+        bound = e.abs().mul_(rtol).add_(atol)
+        bad = diff > bound
+        num_bad = int(torch.count_nonzero(bad))
+        num_hard = 0
+        norm_e = _fro(e)
+        rel_fro = _fro(diff) / norm_e if norm_e > 0.0 else _fro(a)
+        rel_fro_note = ""
+        both_fin = None
+    else:
+        a_fin = torch.isfinite(a)
+        e_fin = torch.isfinite(e)
+        both_fin = a_fin & e_fin
+        # The NaN/inf rules. Breaking one fails the check whatever the
+        # tolerances. NaN never passes, and an inf passes only where the
+        # other tensor holds the same inf.
+        same_inf = torch.isinf(a) & (a == e)
+        hard_bad = ~(both_fin | same_inf)
+        num_hard = int(torch.count_nonzero(hard_bad))
+        diff = torch.where(both_fin, a - e, torch.zeros_like(a)).abs_()
+        bound = e.abs().mul_(rtol).add_(atol)
+        bad = (diff > bound) | hard_bad
+        num_bad = int(torch.count_nonzero(bad))
+        if num_hard == 0 and not bool(e_fin.all()):
+            # Only matching infs: measure over elements with finite expected.
+            rel_fro = _rel_fro_f64(a[e_fin], e[e_fin])
+            rel_fro_note = " (over elements where expected is finite)"
+        elif num_hard == 0:
+            # All finite; we only got here because a float64 sum overflowed.
+            rel_fro = _rel_fro_f64(a, e)
+            rel_fro_note = ""
+        else:
+            rel_fro = _rel_fro_f64(a, e)
+            if bool(both_fin.any()):
+                finite_part = _rel_fro_f64(a[both_fin], e[both_fin])
+                rel_fro_note = f" (over elements finite in both: {_fmt(finite_part)})"
+            else:
+                rel_fro_note = ""
 
-    # The NaN/inf rules. Breaking one fails the check whatever the tolerances.
-    # NaN never passes, and an inf in `actual` passes only where `expected`
-    # holds the same inf.
-    same_inf = (~a_fin) & (~e_fin) & (~a_nan) & (~e_nan) & (a == e)
-    hard_bad = (~both_fin) & (~same_inf)
-
-    diff = torch.where(both_fin, (a - e).abs(), torch.zeros_like(a))
-    bound = atol + rtol * e.abs()
-    soft_bad = both_fin & (diff > bound)
-    bad = soft_bad | hard_bad
-    num_bad = int(bad.sum())
-    num_hard = int(hard_bad.sum())
     # The tiny epsilon keeps a product like 0.29 * 100 = 28.999... from
     # flooring to 28.
     num_allowed = int(math.floor(max_mismatch_frac * numel + 1e-6))
 
-    # Relative Frobenius error. When both tensors hold the same infs at the
-    # same places, measure it over the elements where `expected` is finite.
-    if num_hard == 0 and not bool(e_fin.all()):
-        rel_fro = _rel_fro_f64(a[e_fin], e[e_fin])
-        rel_fro_note = " (over elements where expected is finite)"
-    else:
-        rel_fro = _rel_fro_f64(a, e)
-        rel_fro_note = ""
-
     failures: list[str] = []
     if num_hard:
+        a_nan = torch.isnan(a)
+        e_nan = torch.isnan(e)
         n_nan_a, n_nan_e = int(a_nan.sum()), int(e_nan.sum())
         if n_nan_a:
             failures.append(f"actual has {n_nan_a} NaN (NaN never passes)")
         if n_nan_e:
             failures.append(f"expected has {n_nan_e} NaN (NaN never passes)")
-        inf_bad = hard_bad & ~a_nan & ~e_nan
-        n_inf_bad = int(inf_bad.sum())
+        n_inf_bad = num_hard - int(torch.count_nonzero(a_nan | e_nan))
         if n_inf_bad:
             failures.append(
                 f"{n_inf_bad} element(s) with inf in actual or expected but not the "
@@ -325,54 +358,57 @@ def check_close(
     ok = not failures
 
     # ---- build the report ------------------------------------------------
-    if ok:
-        lines = [f"{name}: close to reference (rtol={_fmt(rtol)}, atol={_fmt(atol)})"]
-    else:
-        lines = [header, "failed because:"]
-        lines.extend(f"  - {f}" for f in failures)
-        lines.append(_describe("actual:", a_orig, a))
-        lines.append(_describe("expected:", e_orig, e))
-
+    flat_a = a.reshape(-1)
+    flat_e = e.reshape(-1)
+    flat_d = diff.reshape(-1)  # zero where either tensor is non-finite
+    any_finite_pair = all_finite or bool(both_fin.any())
     max_abs_index: tuple[int, ...] | None = None
     max_abs = 0.0
-    if bool(both_fin.any()):
-        flat = int(torch.argmax(diff.reshape(-1)))
-        max_abs = float(diff.reshape(-1)[flat])
-        max_abs_index = _unravel(flat, shape)
-        lines.append(
+    if any_finite_pair:
+        i = int(torch.argmax(flat_d))
+        max_abs = float(flat_d[i])
+        max_abs_index = _unravel(i, shape)
+        max_abs_line = (
             f"  max abs diff: {_fmt(max_abs)} at index {max_abs_index} "
-            f"(actual={_fmt(float(a.reshape(-1)[flat]))}, expected={_fmt(float(e.reshape(-1)[flat]))})"
-        )
-    if ok:
-        # Keep a passing check cheap: skip the detailed diagnostics.
-        lines.append(f"  relative Frobenius error: {_fmt(rel_fro)}{rel_fro_note}")
-        lines.append(f"  beyond tolerance: {num_bad} of {numel}, allowed {num_allowed}")
-        return CloseResult(ok, failures, rel_fro, max_abs, max_abs_index, num_bad,
-                           num_allowed, numel, "\n".join(lines))
-    if max_abs_index is not None:
-        # Relative difference |a - e| / |e|. Where e == 0 it is 0 if a == 0,
-        # else inf.
-        abs_e = e.abs()
-        rel = torch.where(
-            abs_e > 0,
-            diff / torch.where(abs_e > 0, abs_e, torch.ones_like(abs_e)),
-            torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff)),
-        )
-        rel = torch.where(both_fin, rel, torch.zeros_like(rel))
-        rflat = int(torch.argmax(rel.reshape(-1)))
-        lines.append(
-            f"  max rel diff: {_fmt(float(rel.reshape(-1)[rflat]))} at index "
-            f"{_unravel(rflat, shape)} (actual={_fmt(float(a.reshape(-1)[rflat]))}, "
-            f"expected={_fmt(float(e.reshape(-1)[rflat]))})"
-        )
-        ratio = torch.where(both_fin, diff / bound.clamp_min(1e-300), torch.zeros_like(diff))
-        wflat = int(torch.argmax(ratio.reshape(-1)))
-        lines.append(
-            f"  worst |a-e| / (atol + rtol*|e|): {_fmt(float(ratio.reshape(-1)[wflat]))} at index "
-            f"{_unravel(wflat, shape)}"
+            f"(actual={_fmt(float(flat_a[i]))}, expected={_fmt(float(flat_e[i]))})"
         )
     else:
-        lines.append("  max abs diff: n/a (no element is finite in both tensors)")
+        max_abs_line = "  max abs diff: n/a (no element is finite in both tensors)"
+
+    if ok:
+        # Keep a passing check cheap: skip the detailed diagnostics.
+        lines = [
+            f"{name}: close to reference (rtol={_fmt(rtol)}, atol={_fmt(atol)})",
+            max_abs_line,
+            f"  relative Frobenius error: {_fmt(rel_fro)}{rel_fro_note}",
+            f"  beyond tolerance: {num_bad} of {numel}, allowed {num_allowed}",
+        ]
+        return CloseResult(ok, failures, rel_fro, max_abs, max_abs_index, num_bad,
+                           num_allowed, numel, "\n".join(lines))
+
+    lines = [header, "failed because:"]
+    lines.extend(f"  - {f}" for f in failures)
+    lines.append(_describe("actual:", a_orig, a))
+    lines.append(_describe("expected:", e_orig, e))
+    lines.append(max_abs_line)
+    if any_finite_pair:
+        # Relative difference |a - e| / |e|. Where e == 0 it is 0 if a == 0,
+        # else inf. Non-finite pairs have diff == 0, so they never win.
+        abs_e = flat_e.abs()
+        nz = abs_e > 0
+        rel = torch.where(nz, flat_d / torch.where(nz, abs_e, torch.ones_like(abs_e)),
+                          torch.where(flat_d > 0, math.inf, 0.0))
+        j = int(torch.argmax(rel))
+        lines.append(
+            f"  max rel diff: {_fmt(float(rel[j]))} at index {_unravel(j, shape)} "
+            f"(actual={_fmt(float(flat_a[j]))}, expected={_fmt(float(flat_e[j]))})"
+        )
+        ratio = flat_d / bound.reshape(-1).clamp_min(1e-300)
+        w = int(torch.argmax(ratio))
+        lines.append(
+            f"  worst |a-e| / (atol + rtol*|e|): {_fmt(float(ratio[w]))} at index "
+            f"{_unravel(w, shape)}"
+        )
     lines.append(f"  relative Frobenius error: {_fmt(rel_fro)}{rel_fro_note}")
     lines.append(
         f"  beyond tolerance: {num_bad} of {numel} ({100.0 * num_bad / numel:.4g}%), "
@@ -380,10 +416,11 @@ def check_close(
     )
     if num_bad:
         lines.append(f"  first mismatches at: {_positions(bad, shape)}")
-    if bool(a_nan.any()):
-        lines.append(f"  first NaN in actual at: {_positions(a_nan, shape)}")
-    if bool(e_nan.any()):
-        lines.append(f"  first NaN in expected at: {_positions(e_nan, shape)}")
+    if num_hard:
+        if bool(a_nan.any()):
+            lines.append(f"  first NaN in actual at: {_positions(a_nan, shape)}")
+        if bool(e_nan.any()):
+            lines.append(f"  first NaN in expected at: {_positions(e_nan, shape)}")
 
     return CloseResult(
         ok=ok,
@@ -621,9 +658,10 @@ def assert_close_to_reference(
         ref = _as_tensor(reference)
         if ref.numel():
             r64 = _to_f64(ref, ref.device if ref.device.type == "cuda" else torch.device("cpu"))
-            fin = r64[torch.isfinite(r64)]
-            if fin.numel():
-                rms = float(fin.pow(2).mean().sqrt())
+            if not _sum_is_finite(r64):
+                r64 = r64[torch.isfinite(r64)]
+            if r64.numel():
+                rms = _fro(r64) / math.sqrt(r64.numel())
                 if rms > 0.0 and math.isfinite(rms):
                     atol = tol.atol * rms
     label = key if isinstance(key, str) else str(key)
