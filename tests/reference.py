@@ -1,0 +1,51 @@
+"""Independent float64 references for the tests: plain per-token loops, no sorting, no grouped GEMMs."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def route_reference(logits, top_k, renormalize=True, scoring="softmax", num_expert_group=None, topk_group=None,
+                    correction_bias=None):
+    """Per-token python loop; returns float64 weights and int64 ids (ties to the lower id)."""
+    logits = logits.double().cpu()
+    m, e = logits.shape
+    ws, ids = [], []
+    for row in logits:
+        p = torch.softmax(row, 0) if scoring == "softmax" else torch.sigmoid(row)
+        choice = p + (correction_bias.double().cpu() if correction_bias is not None else 0)
+        allowed = list(range(e))
+        if num_expert_group is not None:
+            g = e // num_expert_group
+            gscores = []
+            for gi in range(num_expert_group):
+                vals = sorted(choice[gi * g:(gi + 1) * g].tolist(), reverse=True)
+                gscores.append((-(vals[0] + vals[1]) if correction_bias is not None else -vals[0], gi))
+            keep = [gi for _, gi in sorted(gscores)[:topk_group]]
+            allowed = [x for gi in keep for x in range(gi * g, (gi + 1) * g)]
+        chosen = sorted(allowed, key=lambda x: (-float(choice[x]), x))[:top_k]
+        w = p[chosen]
+        if renormalize:
+            w = w / w.sum()
+        ws.append(w)
+        ids.append(torch.tensor(chosen))
+    return torch.stack(ws), torch.stack(ids)
+
+
+def moe_reference(x, w13, w2, topk_weights, topk_ids, expert_map=None, activation="silu"):
+    """float64 MoE output [M, H], one token and one choice at a time."""
+    x, w13, w2 = x.double().cpu(), w13.double().cpu(), w2.double().cpu()
+    topk_weights, topk_ids = topk_weights.double().cpu(), topk_ids.long().cpu()
+    i = w13.shape[1] // 2
+    act = F.silu if activation == "silu" else F.gelu
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for m in range(x.shape[0]):
+        for j in range(topk_ids.shape[1]):
+            e = int(topk_ids[m, j])
+            if expert_map is not None:
+                e = int(expert_map[e])
+                if e < 0:
+                    continue
+            gu = w13[e] @ x[m]
+            out[m] += topk_weights[m, j] * (w2[e] @ (act(gu[:i]) * gu[i:]))
+    return out

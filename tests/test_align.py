@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from moekit.align import align_torch, max_blocks, moe_align_block_size
+
+from conftest import DEVICE
+
+
+def _random_ids(m, e, k, skew=False):
+    if skew:  # a few hot experts, many empty ones
+        return torch.randint(0, max(1, e // 4), (m, k), dtype=torch.int32)
+    return torch.stack([torch.randperm(e)[:k] for _ in range(m)]).to(torch.int32)
+
+
+def _check(ids, e, bm, emap=None):
+    ref = align_torch(ids, e, bm, emap)
+    got = moe_align_block_size(ids.to(DEVICE), e, bm, None if emap is None else emap.to(DEVICE), use_triton=True)
+    n = int(ref.num_padded)
+    assert int(got.num_padded) == n
+    assert got.sorted_ids.numel() == max_blocks(ids.numel(), e, bm) * bm
+    assert torch.equal(got.sorted_ids[:n].cpu(), ref.sorted_ids[:n])
+    nb = n // bm
+    assert torch.equal(got.expert_ids[:nb].cpu(), ref.expert_ids[:nb])
+    assert (got.expert_ids[nb:] == -1).all()
+
+
+@pytest.mark.parametrize("bm", [16, 64])
+@pytest.mark.parametrize("m,e,k", [(1, 8, 2), (7, 16, 4), (40, 8, 8), (300, 64, 4), (129, 256, 8)])
+@pytest.mark.parametrize("skew", [False, True])
+def test_align_matches_reference(bm, m, e, k, skew, poisoned_empty):
+    _check(_random_ids(m, e, k, skew), e, bm)
+
+
+@pytest.mark.parametrize("m", [5, 300])
+def test_all_tokens_one_expert(m, poisoned_empty):
+    ids = torch.full((m, 1), 3, dtype=torch.int32)
+    _check(ids, 8, 16)
+
+
+@pytest.mark.parametrize("m", [6, 200])
+def test_expert_map_drops_slots(m, poisoned_empty):
+    e_global, k = 16, 4
+    emap = torch.full((e_global,), -1, dtype=torch.int32)
+    emap[4:12] = torch.arange(8, dtype=torch.int32)
+    _check(_random_ids(m, e_global, k), 8, 16, emap)
+
+
+def test_bound_is_tight_enough():
+    # every slot on its own expert: one block per slot
+    assert max_blocks(8, 128, 16) == 8
+    assert max_blocks(1, 8, 64) == 1

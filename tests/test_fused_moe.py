@@ -1,0 +1,186 @@
+"""fused_moe / fused_experts on every backend against a float64 per-token reference."""
+import pytest
+import torch
+
+import moekit
+from moekit.testing import assert_close_to_reference
+from reference import moe_reference, route_reference
+
+from conftest import DEVICE, KERNEL_DTYPES, gpu_only
+
+BACKENDS = ["triton", "torch"]
+
+
+def make_layer(m, e, h, i, dtype, device=DEVICE, e_logits=None):
+    x = torch.randn(m, h, device=device).to(dtype)
+    w13 = (torch.randn(e, 2 * i, h, device=device) / h ** 0.5).to(dtype)
+    w2 = (torch.randn(e, h, i, device=device) / i ** 0.5).to(dtype)
+    logits = torch.randn(m, e_logits or e, device=device)
+    return x, w13, w2, logits
+
+
+def run_and_check(backend, dtype, m, e, k, h, i, expert_map=None, e_logits=None, activation="silu", **route):
+    x, w13, w2, logits = make_layer(m, e, h, i, dtype, e_logits=e_logits)
+    out = moekit.fused_moe(x, w13, w2, logits, k, expert_map=expert_map, activation=activation, backend=backend,
+                           **route)
+    assert out.shape == (m, h) and out.dtype == dtype
+    w, ids = route_reference(logits, k, route.get("renormalize", True), route.get("scoring", "softmax"),
+                             route.get("num_expert_group"), route.get("topk_group"), route.get("correction_bias"))
+    ref = moe_reference(x, w13, w2, w, ids, expert_map, activation)
+    assert_close_to_reference(out, ref, dtype)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("m", [1, 7, 300])
+def test_sizes(backend, dtype, m, poisoned_empty):
+    run_and_check(backend, dtype, m, e=8, k=2, h=64, i=32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_odd_hidden_and_intermediate(backend, dtype, poisoned_empty):
+    run_and_check(backend, dtype, 9, e=4, k=2, h=200, i=96)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 6])
+def test_top_k_one_and_all(backend, k, poisoned_empty):
+    run_and_check(backend, KERNEL_DTYPES[-1], 13, e=6, k=k, h=32, i=16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_activation(backend, activation, poisoned_empty):
+    run_and_check(backend, torch.float32, 5, e=4, k=2, h=32, i=16, activation=activation)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("route", [
+    dict(scoring="sigmoid"), dict(renormalize=False),
+    dict(scoring="sigmoid", num_expert_group=4, topk_group=2, correction_bias=torch.linspace(-1, 1, 16)),
+    dict(num_expert_group=4, topk_group=2),
+])
+def test_routing_modes(backend, route, poisoned_empty):
+    if route.get("correction_bias") is not None:
+        route = {**route, "correction_bias": route["correction_bias"].to(DEVICE)}
+    run_and_check(backend, torch.float32, 11, e=16, k=4, h=32, i=16, **route)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("top_k", [2, 1])
+def test_expert_map(backend, top_k, poisoned_empty):
+    e_global, e_local = 16, 8
+    emap = torch.full((e_global,), -1, dtype=torch.int32)
+    emap[8:] = torch.arange(e_local, dtype=torch.int32)
+    out = run_and_check(backend, torch.float32, 40, e=e_local, k=top_k, h=32, i=16, expert_map=emap.to(DEVICE),
+                        e_logits=e_global)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_tokens_one_expert_and_empty_experts(backend, poisoned_empty):
+    m, e, h, i = 70, 8, 32, 16
+    x, w13, w2, _ = make_layer(m, e, h, i, torch.float32)
+    ids = torch.full((m, 2), 5, dtype=torch.int32, device=DEVICE)
+    ids[:, 1] = 2
+    w = torch.rand(m, 2, device=DEVICE)
+    out = moekit.fused_experts(x, w13, w2, w, ids, backend=backend)
+    assert_close_to_reference(out, moe_reference(x, w13, w2, w, ids), torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    x, w13, w2, logits = make_layer(0, 4, 32, 16, torch.float32)
+    out = moekit.fused_moe(x, w13, w2, logits, 2, backend=backend)
+    assert out.shape == (0, 32)
+
+
+def test_float64_torch_backend_is_exact():
+    x, w13, w2, logits = make_layer(9, 4, 24, 8, torch.float64)
+    logits = logits.double()  # float64 logits give float64 routing weights
+    out = moekit.fused_moe(x, w13, w2, logits, 2, backend="torch")
+    w, ids = route_reference(logits, 2)
+    assert_close_to_reference(out, moe_reference(x, w13, w2, w, ids), "fp64")
+
+
+def test_non_contiguous_hidden_states_accepted():
+    x, w13, w2, logits = make_layer(6, 4, 32, 16, torch.float32)
+    xt = torch.randn(32, 6, device=DEVICE).t()
+    out = moekit.fused_moe(xt, w13, w2, logits, 2, backend="triton")
+    ref = moekit.fused_moe(xt.contiguous(), w13, w2, logits, 2, backend="torch")
+    assert_close_to_reference(out, ref, torch.float32)
+
+
+def _bad(**over):
+    x, w13, w2, logits = make_layer(4, 4, 32, 16, torch.float32)
+    args = dict(hidden_states=x, w13=w13, w2=w2, topk_weights=torch.rand(4, 2, device=DEVICE),
+                topk_ids=torch.zeros(4, 2, dtype=torch.int32, device=DEVICE))
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize("over,arg", [
+    (dict(w13=torch.randn(4, 32, 31)), "w13"),
+    (dict(w13=torch.randn(4, 31, 32)), "w13"),
+    (dict(w2=torch.randn(4, 32, 8)), "w2"),
+    (dict(w2=torch.randn(4, 32, 16, dtype=torch.float16)), "w2"),
+    (dict(topk_ids=torch.zeros(4, 2)), "topk_ids"),
+    (dict(topk_ids=torch.zeros(3, 2, dtype=torch.int32)), "topk_ids"),
+    (dict(topk_weights=torch.rand(4, 3)), "topk_weights"),
+    (dict(hidden_states=torch.randn(4, 32, 1)), "hidden_states"),
+    (dict(expert_map=torch.zeros(2, dtype=torch.int32)), "expert_map"),
+    (dict(w2=torch.randn(4, 16, 32).transpose(1, 2)), "w2"),
+    (dict(activation="relu"), "activation"),
+    (dict(backend="cuda"), "backend"),
+])
+def test_bad_input_names_argument(over, arg):
+    args = _bad(**{k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in over.items()})
+    with pytest.raises(moekit.MoEInputError, match=arg):
+        moekit.fused_experts(**args)
+
+
+def test_fused_moe_checks_router_logits():
+    x, w13, w2, logits = make_layer(4, 4, 32, 16, torch.float32)
+    with pytest.raises(moekit.MoEInputError, match="router_logits"):
+        moekit.fused_moe(x, w13, w2, logits[:3], 2)
+    with pytest.raises(moekit.MoEInputError, match="router_logits"):
+        moekit.fused_moe(x, w13, w2, torch.randn(4, 5, device=DEVICE), 2)
+
+
+@gpu_only
+def test_cuda_graph_capture_whole_fused_moe():
+    m, e, k, h, i = 64, 16, 4, 256, 128
+    x, w13, w2, logits = make_layer(m, e, h, i, torch.bfloat16)
+    out = moekit.fused_moe(x, w13, w2, logits, k)  # warm-up compiles the kernels
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        moekit.fused_moe(x, w13, w2, logits, k)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out = moekit.fused_moe(x, w13, w2, logits, k)
+    for _ in range(2):  # replays on fresh inputs written into the captured buffers
+        x.copy_(torch.randn_like(x))
+        logits.copy_(torch.randn_like(logits))
+        graph.replay()
+        torch.cuda.synchronize()
+        w, ids = route_reference(logits, k)
+        assert_close_to_reference(g_out, moe_reference(x, w13, w2, w, ids), torch.bfloat16)
+
+
+@gpu_only
+@pytest.mark.slow
+def test_64bit_offsets():
+    """M * k * H > 2**31: the [M*k, H] buffer and its row offsets overflow int32."""
+    m, e, k, h, i = 65536, 8, 8, 4352, 64
+    assert m * k * h > 2 ** 31
+    x, w13, w2, logits = make_layer(m, e, h, i, torch.bfloat16)
+    out = moekit.fused_moe(x, w13, w2, logits, k, backend="triton")
+    ref = moekit.fused_moe(x, w13, w2, logits, k, backend="torch")
+    assert_close_to_reference(out, ref.float(), "bf16")
+    # spot-check the last tokens against the float64 per-token reference
+    w, ids = moekit.select_experts(logits[-4:], k)
+    assert_close_to_reference(out[-4:], moe_reference(x[-4:], w13, w2, w, ids), "bf16")
