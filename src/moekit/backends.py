@@ -316,16 +316,21 @@ def support_matrix_markdown() -> str:
     schemes = QuantScheme.standard()
     header = "| Scheme | " + " | ".join(f"{label}<br>`{p.arch}`" for p, label in plats) + " |"
     lines = [header, "|" + " --- |" * (len(plats) + 1)]
-    declined: Dict[Tuple[str, str], List[str]] = {}
     for s in schemes:
         cells = []
         for p, label in plats:
             rows = backend_matrix(p, [s], BUILTIN_BACKENDS, require_available=False)
             cells.append(next(r.backend for r in rows if r.selected))
-            tri = next(r for r in rows if r.backend == "triton")
-            if not tri.supported and p.vendor != "cpu":
-                declined.setdefault((label, tri.reason), []).append(s.name)
         lines.append(f"| `{s.name}` | " + " | ".join(cells) + " |")
+    declined: Dict[Tuple[str, str], List[str]] = {}
+    triton = get_backend("triton")
+    for p, label in plats:
+        if p.vendor == "cpu":
+            continue
+        for s in schemes:
+            v = triton.check(s, p, require_available=False)
+            if not v:
+                declined.setdefault((label, v.reason), []).append(s.name)
     lines.append("")
     lines.append("Where triton declines (torch runs instead):")
     lines.append("")

@@ -49,6 +49,7 @@ class Feature:
     cuda_min: Optional[Tuple[int, int]]  # None: never on CUDA
     cuda_below: Optional[Tuple[int, int]]  # None: no upper bound
     rocm_arches: Tuple[str, ...]  # fnmatch patterns; empty: never on ROCm
+    verb: str = "has"  # reasons read "<device> has [no] <description>" or "<device> is [not] <description>"
 
     def cuda_window(self) -> str:
         if self.cuda_min is None:
@@ -64,10 +65,11 @@ FEATURES: Dict[str, Feature] = {
     for f in (
         Feature(
             "triton_target",
-            "a GPU moekit's Triton kernels compile for",
+            "a Triton GPU target",
             cuda_min=(8, 0),
             cuda_below=None,
             rocm_arches=("gfx908", *GFX9_ARCHES, *GFX1X_ARCHES),
+            verb="is",
         ),
         Feature(
             "fp8_mma",
@@ -503,19 +505,22 @@ def has_feature(name: str, platform: Optional[Platform] = None) -> Tuple[bool, s
         raise MoEInputError(f"name: expected one of {sorted(FEATURES)}, got {name!r}")
     f = FEATURES[name]
     p = _p(platform)
+
+    def said(subject: str, ok: bool) -> str:
+        neg = {"has": "has no", "is": "is not"}[f.verb]
+        return f"{subject} {f.verb if ok else neg} {f.description}"
+
     if p.vendor == "cuda":
-        cap = f"{p.capability[0]}.{p.capability[1]}"
+        cap = f"capability {p.capability[0]}.{p.capability[1]}"
         if f.cuda_min is None:
-            return False, f"no {f.description} on NVIDIA GPUs"
+            return False, said(f"NVIDIA {cap}", False)
         ok = cuda_capability_in(f.cuda_min, f.cuda_below, p)
-        verb = "has" if ok else "has no"
-        return ok, f"capability {cap} {verb} {f.description} (needs {f.cuda_window()})"
+        return ok, f"{said(cap, ok)} (needs {f.cuda_window()})"
     if p.vendor == "rocm":
         arches = ", ".join(a.replace("??", "xx") for a in f.rocm_arches) or "none"
         ok = _arch_in(p, f.rocm_arches)
-        verb = "has" if ok else "has no"
-        return ok, f"{p.gcn_arch} {verb} {f.description} (arches: {arches})"
-    return False, f"{p.vendor} has no {f.description}"
+        return ok, f"{said(p.gcn_arch, ok)} (arches: {arches})"
+    return False, said(p.vendor, False)
 
 
 def fp8_dtype(platform: Optional[Platform] = None) -> torch.dtype:
