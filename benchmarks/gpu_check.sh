@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One device-tool call: GPU tests (bf16 included), demo, profile, benchmark, config sweep.
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|demo|profile|bench|sweep ...]
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:${PYTHONPATH:-}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+steps=${*:-tests demo profile bench sweep}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+for s in $steps; do
+  echo "=== $s"
+  case $s in
+    tests) python3 -m pytest -q -x tests -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+    demo) python3 -m moekit.cli demo ;;
+    profile) python3 -m moekit.cli bench --profile --shapes qwen3_30b_a3b mixtral8x7b --batch-sizes 1 256 4096 ;;
+    bench) python3 -m moekit.cli bench --out "$OUT" ;;
+    sweep) python3 benchmarks/sweep_configs.py qwen3_30b_a3b mixtral8x7b --out "$OUT/sweep.json" ;;
+  esac
+done
