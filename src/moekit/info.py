@@ -167,7 +167,7 @@ def format_report(rep: dict) -> str:
     for n in names:
         rows = [r for r in rep["matrix"] if r["backend"] == n]
         nos = [r for r in rows if not r["supported"]]
-        if nos and len(nos) == len(rows) and len({r["reason"] for r in nos}) == 1:
+        if len(rows) > 1 and len(nos) == len(rows) and len({r["reason"] for r in nos}) == 1:
             no_rows.append(["(all schemes)", n, nos[0]["reason"]])
         else:
             no_rows += [[r["scheme"], n, r["reason"]] for r in nos]
