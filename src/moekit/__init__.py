@@ -8,13 +8,21 @@ select_experts(router_logits, top_k, ...) -> (topk_weights float32 [M, k], topk_
 fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, ...) -> [M, H]
 MoEInputError
     raised for bad input, naming the argument, the expected and the actual value.
+QuantScheme, select_backend, NoBackendError, current_platform, fake_platform
+    quantization schemes, backend choice with reasons, and the device moekit runs on.
 
 Layouts: w13 [E, 2I, H] (gate rows, then up rows), w2 [E, H, I]. See :mod:`moekit.experts`.
 """
+from moekit.backends import NoBackendError, select_backend
 from moekit.errors import MoEInputError
 from moekit.experts import fused_experts, fused_moe
+from moekit.platform import current_platform, fake_platform
+from moekit.quant import QuantScheme
 from moekit.routing import select_experts
 
 __version__ = "0.1.0"
 
-__all__ = ["fused_moe", "fused_experts", "select_experts", "MoEInputError", "__version__"]
+__all__ = [
+    "fused_moe", "fused_experts", "select_experts", "MoEInputError", "QuantScheme",
+    "select_backend", "NoBackendError", "current_platform", "fake_platform", "__version__",
+]

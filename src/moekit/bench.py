@@ -41,14 +41,18 @@ def _median_us(fn: Callable[[], None], rep_ms: int = 300) -> float:
 
 
 def measure_ceilings(device: str = "cuda") -> Ceilings:
-    """HBM bandwidth (device-to-device copy of 2 GiB, read + write counted) and dense matmul rates (8192^3,
-    random data): bf16 via torch.matmul, fp8 e4m3 via torch._scaled_mm when the device has it."""
-    n = 1 << 30
-    src = torch.randn(n // 2, device=device, dtype=torch.bfloat16)
+    """HBM bandwidth: the better of a device-to-device copy of 1 GiB (read + write counted) and a read-only
+    pass (a sum over 2 GiB); dense matmul rates (8192^3, random data): bf16 via torch.matmul, fp8 e4m3 via
+    torch._scaled_mm when the device has it."""
+    src = torch.randn(1 << 29, device=device, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    t = _median_us(lambda: dst.copy_(src))
-    bw = 2 * src.numel() * 2 / (t * 1e-6)
-    del src, dst
+    t_copy = _median_us(lambda: dst.copy_(src))
+    del dst
+    big = torch.randn(1 << 30, device=device, dtype=torch.bfloat16)
+    acc = torch.empty((), device=device, dtype=torch.float32)
+    t_read = _median_us(lambda: torch.sum(big, dtype=torch.float32, out=acc))
+    bw = max(2 * src.numel() * 2 / (t_copy * 1e-6), big.numel() * 2 / (t_read * 1e-6))
+    del src, big
     s = 8192
     a = torch.randn(s, s, device=device, dtype=torch.bfloat16)
     b = torch.randn(s, s, device=device, dtype=torch.bfloat16)

@@ -12,6 +12,7 @@ from typing import List, Optional
 _SUBCOMMANDS = [
     ("moekit.cli", "_add_demo"),
     ("moekit.cli", "_add_bench"),
+    ("moekit.info", "add_info_parser"),
 ]
 
 

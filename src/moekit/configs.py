@@ -6,7 +6,7 @@ Without a tuned file it returns :func:`default_config`, a heuristic by tokens pe
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -53,6 +53,28 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Optional[t
     return MoEKernelConfig(128, 128, 64, 8, 8, 3)
 
 
+def shared_memory_bytes(config: MoEKernelConfig, elem_bytes: int) -> int:
+    """Shared memory the pipelined GEMM 1 needs (the larger of the two GEMMs: one A tile and two weight
+    tiles, gate and up, per stage)."""
+    per_stage = (config.BLOCK_SIZE_M * config.BLOCK_SIZE_K + 2 * config.BLOCK_SIZE_N * config.BLOCK_SIZE_K)
+    return per_stage * elem_bytes * max(config.num_stages, 1)
+
+
+def fit_shared_memory(config: MoEKernelConfig, elem_bytes: int, limit: Optional[int]) -> MoEKernelConfig:
+    """Lower num_stages (down to 2), then BLOCK_SIZE_K (down to 16), until the config fits ``limit`` bytes."""
+    if limit is None:
+        return config
+    c = config
+    while shared_memory_bytes(c, elem_bytes) > limit:
+        if c.num_stages > 2:
+            c = replace(c, num_stages=c.num_stages - 1)
+        elif c.BLOCK_SIZE_K > 16:
+            c = replace(c, BLOCK_SIZE_K=c.BLOCK_SIZE_K // 2)
+        else:
+            break
+    return c
+
+
 def get_config(
     E: int,
     N: int,
@@ -63,5 +85,11 @@ def get_config(
     block_shape: Optional[Sequence[int]] = None,
     device_name: Optional[str] = None,
 ) -> MoEKernelConfig:
-    """The kernel config for one problem. The one place configs are looked up."""
-    return default_config(M, E, N, K, top_k, dtype)
+    """The kernel config for one problem. The one place configs are looked up.
+
+    The result always fits the current device's shared memory (see :func:`fit_shared_memory`)."""
+    from moekit.platform import current_platform, shared_memory_per_block
+
+    config = default_config(M, E, N, K, top_k, dtype)
+    elem_bytes = torch.empty((), dtype=dtype).element_size() if dtype is not None else 2
+    return fit_shared_memory(config, elem_bytes, shared_memory_per_block(current_platform()))

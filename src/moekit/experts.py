@@ -12,7 +12,8 @@ A non-contiguous ``hidden_states`` is copied to a contiguous one; weights whose 
 contiguous are refused (a silent copy per call would cost more than the layer).
 
 Backends: ``"triton"`` (fused kernels; GPU, or CPU under ``TRITON_INTERPRET=1``), ``"torch"`` (PyTorch ops,
-any device), ``"auto"`` (triton for GPU tensors, torch otherwise).
+any device), ``"auto"`` (:func:`moekit.backends.select_backend` for the tensors' device: triton on supported
+GPUs, torch elsewhere; ``MOEKIT_BACKEND`` overrides).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from typing import Optional
 import torch
 
 from moekit.activations import ACTIVATIONS
+from moekit.backends import select_backend
 from moekit.errors import check_arg
+from moekit.platform import platform_of, triton_interpreter_active
 from moekit.routing import select_experts
 
 BACKENDS = ("auto", "triton", "torch")
@@ -64,14 +67,20 @@ def _check_experts_args(x, w13, w2, topk_weights, topk_ids, expert_map, activati
     check_arg(backend in BACKENDS, "backend", f"one of {BACKENDS}", backend)
 
 
-def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """The backend that will run: "auto" becomes "triton" on GPU tensors and "torch" elsewhere."""
-    if backend == "auto":
-        return "triton" if x.is_cuda else "torch"
+def resolve_backend(backend: str, x: torch.Tensor, scheme=None) -> str:
+    """The backend that will run, from :func:`moekit.backends.select_backend` for the platform that holds
+    ``x`` ("auto" honours ``MOEKIT_BACKEND``; a named backend that cannot run raises NoBackendError with
+    the reason). Exception: ``"triton"`` on CPU tensors runs the kernels in Triton's interpreter when
+    ``TRITON_INTERPRET=1`` (how the kernels are tested without a GPU)."""
     if backend == "triton":
         check_arg(x.dtype in _KERNEL_DTYPES, "hidden_states", f"a dtype in {_KERNEL_DTYPES} for backend='triton'",
                   x.dtype)
-    return backend
+        if x.device.type == "cpu" and triton_interpreter_active():
+            return "triton"
+    name = select_backend(scheme, platform_of(x.device), prefer=backend).name
+    if name == "triton" and x.dtype not in _KERNEL_DTYPES:
+        return "torch"  # float64 (references) always runs on PyTorch
+    return name
 
 
 def fused_experts(

@@ -555,3 +555,13 @@ def device_name_for_configs(platform: Optional[Platform] = None) -> str:
     if p.vendor == "rocm" and p.pci_device_id in ROCM_DEVICE_ID_NAMES:
         return ROCM_DEVICE_ID_NAMES[p.pci_device_id]
     return "_".join(p.device_name.split())
+
+
+def triton_interpreter_active() -> bool:
+    """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``, Triton's own variable)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def platform_of(device: torch.device) -> Platform:
+    """The platform that runs tensors on ``device``: the CPU preset for CPU tensors, else the current GPU."""
+    return PRESETS["cpu"] if torch.device(device).type == "cpu" else current_platform()

@@ -56,7 +56,8 @@ def fused_experts_torch(
     valid = (ids >= 0) & (ids < e)
     ids = torch.where(valid, ids, e)  # dropped slots sort last, into a bin no GEMM reads
     order = torch.argsort(ids, stable=True)
-    counts = torch.bincount(ids, minlength=e + 1)[:e]
+    # scatter_add, not bincount: bincount reads max(ids) back to the host, which breaks graph capture
+    counts = torch.zeros(e + 1, dtype=torch.int64, device=x.device).scatter_add_(0, ids, torch.ones_like(ids))[:e]
     tokens = order // k
     rows = x[tokens]
     weights = topk_weights.reshape(-1)[order].to(acc_dtype)
