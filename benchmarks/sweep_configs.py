@@ -15,7 +15,7 @@ def candidates(per_expert):
     if per_expert <= 8:
         space = itertools.product([16], [32, 64, 128], [128, 256], [1], [4], [3, 4, 5])
     elif per_expert <= 64:
-        space = itertools.product([16, 32, 64], [64, 128], [64, 128], [1, 8], [4, 8], [3, 4])
+        space = itertools.product([16, 32, 64], [64, 128], [64, 128], [1], [4], [3, 4])
     else:
         space = itertools.product([64, 128], [64, 128], [64, 128], [8], [4, 8], [3, 4])
     return [MoEKernelConfig(*c) for c in space]
