@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from moekit.activations import ACTIVATIONS
+from moekit.activations import ACTIVATIONS, KERNEL_ACTIVATIONS
 from moekit.backends import select_backend
 from moekit.errors import check_arg
 from moekit.platform import platform_of, triton_interpreter_active
@@ -93,20 +93,36 @@ def fused_experts(
     expert_map: Optional[torch.Tensor] = None,
     activation: str = "silu",
     backend: str = "auto",
+    w13_bias: Optional[torch.Tensor] = None,
+    w2_bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Run the chosen experts of every token and sum their outputs by routing weight.
 
     ``out[m] = sum_j topk_weights[m, j] * w2[e] @ act(w13[e, :I] @ x[m]) * (w13[e, I:] @ x[m])`` with
     ``e = expert_map[topk_ids[m, j]]`` (or ``topk_ids[m, j]`` without a map); choices whose expert maps to -1
     contribute nothing. Shapes and dtypes: see the module docstring. Returns ``[M, H]`` in x's dtype.
+
+    ``w13_bias [E, 2I]`` and ``w2_bias [E, H]`` (optional, gpt-oss) are added to the two GEMM outputs of each
+    expert, before the activation and before the routing weight. Biases and ``activation="swigluoai"`` run on
+    the torch backend (the Triton kernels lack them): ``"auto"`` picks it, ``"triton"`` raises MoEInputError.
     """
     _check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, activation, backend)
+    e, i2, h = w13.shape
+    for name, b, shape in (("w13_bias", w13_bias, (e, i2)), ("w2_bias", w2_bias, (e, h))):
+        if b is not None:
+            check_arg(isinstance(b, torch.Tensor) and tuple(b.shape) == shape, name, f"a tensor of shape {shape}",
+                      getattr(b, "shape", type(b).__name__))
+            check_arg(b.device == hidden_states.device, name, f"device {hidden_states.device}", b.device)
+    torch_only = activation not in KERNEL_ACTIVATIONS or w13_bias is not None or w2_bias is not None
+    check_arg(not (torch_only and backend == "triton"), "backend",
+              f"'auto' or 'torch' for activation={activation!r} / expert biases (no Triton kernel yet)", backend)
     x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()
-    chosen = resolve_backend(backend, x)
+    chosen = "torch" if torch_only else resolve_backend(backend, x)
     if chosen == "torch":
         from moekit.torch_experts import fused_experts_torch
 
-        return fused_experts_torch(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation)
+        return fused_experts_torch(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation,
+                                   w13_bias=w13_bias, w2_bias=w2_bias)
     from moekit.triton_experts import fused_experts_triton
 
     return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation)
@@ -127,6 +143,8 @@ def fused_moe(
     expert_map: Optional[torch.Tensor] = None,
     activation: str = "silu",
     backend: str = "auto",
+    w13_bias: Optional[torch.Tensor] = None,
+    w2_bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One MoE layer: route with :func:`moekit.select_experts`, then :func:`moekit.fused_experts`.
 
@@ -150,4 +168,4 @@ def fused_moe(
         topk_group=topk_group, correction_bias=correction_bias,
     )
     return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
-                         activation=activation, backend=backend)
+                         activation=activation, backend=backend, w13_bias=w13_bias, w2_bias=w2_bias)

@@ -41,8 +41,12 @@ def fused_experts_torch(
     *,
     expert_map: Optional[torch.Tensor] = None,
     activation: str = "silu",
+    w13_bias: Optional[torch.Tensor] = None,
+    w2_bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated."""
+    """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. The optional biases
+    (``w13_bias [E, 2I]``, ``w2_bias [E, H]``, by local expert) are added to each expert's GEMM outputs in
+    the accumulation dtype, before the activation and before the routing weight respectively."""
     x = hidden_states
     m, h = x.shape
     e = w13.shape[0]
@@ -61,10 +65,19 @@ def fused_experts_torch(
     tokens = order // k
     rows = x[tokens]
     weights = topk_weights.reshape(-1)[order].to(acc_dtype)
+    if w13_bias is not None or w2_bias is not None:
+        row_expert = ids[order].clamp(max=e - 1)  # dropped rows borrow a bias; they are masked below
+    b13 = None if w13_bias is None else w13_bias.to(acc_dtype)[row_expert]
+    b2 = None if w2_bias is None else w2_bias.to(acc_dtype)[row_expert]
+
+    def act_of(gate_up, lo, hi):
+        if b13 is None:
+            return apply_activation(gate_up, activation)
+        return apply_activation(gate_up.to(acc_dtype) + b13[lo:hi], activation).to(x.dtype)
     if grouped_mm_supported(x, w13, w2):
         offs = torch.cumsum(counts, 0).to(torch.int32)
         gate_up = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
-        act = apply_activation(gate_up, activation)
+        act = act_of(gate_up, 0, rows.shape[0])
         y = torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)
     else:
         y = rows.new_zeros((rows.shape[0], h))
@@ -72,10 +85,11 @@ def fused_experts_torch(
         for ex, c in enumerate(counts.tolist()):
             if c:
                 seg = rows[start:start + c]
-                act = apply_activation(F.linear(seg, w13[ex]), activation)
+                act = act_of(F.linear(seg, w13[ex]), start, start + c)
                 y[start:start + c] = F.linear(act, w2[ex])
             start += c
     # rows of dropped slots (beyond the last group) are unspecified: zero them by mask, never by arithmetic
-    y = torch.where(valid[order].unsqueeze(1), y.to(acc_dtype) * weights.unsqueeze(1), 0.0)
+    y = y.to(acc_dtype) if b2 is None else y.to(acc_dtype) + b2
+    y = torch.where(valid[order].unsqueeze(1), y * weights.unsqueeze(1), 0.0)
     out = torch.zeros((m, h), dtype=acc_dtype, device=x.device).index_add_(0, tokens, y)
     return out.to(x.dtype)
