@@ -31,21 +31,23 @@ BACKENDS = ("auto", "triton", "torch")
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def _check_experts_args(x, w13, w2, topk_weights, topk_ids, expert_map, activation, backend) -> None:
-    """Shape, dtype and device checks only: no host synchronization."""
+def _check_experts_args(x, w13, w2, topk_weights, topk_ids, expert_map, activation, backend,
+                        quantized: bool = False) -> None:
+    """Shape, dtype and device checks only: no host synchronization. ``quantized``: the weights' shapes and
+    dtypes are checked by :func:`moekit.quant.moe.check_quant_args` instead."""
     for name, t, dims in (("hidden_states", x, 2), ("w13", w13, 3), ("w2", w2, 3),
                           ("topk_weights", topk_weights, 2), ("topk_ids", topk_ids, 2)):
         check_arg(isinstance(t, torch.Tensor), name, "a torch.Tensor", type(t).__name__)
         check_arg(t.dim() == dims, name, f"a {dims}-D tensor", f"shape {tuple(t.shape)}")
     m, h = x.shape
     e, i2, h13 = w13.shape
-    check_arg(h13 == h, "w13", f"shape [E, 2I, H={h}] (H of hidden_states)", f"shape {tuple(w13.shape)}")
+    check_arg(quantized or h13 == h, "w13", f"shape [E, 2I, H={h}] (H of hidden_states)", f"shape {tuple(w13.shape)}")
     check_arg(i2 % 2 == 0 and i2 > 0, "w13", "an even, non-zero number of rows 2I (gate rows then up rows)",
               f"{i2} rows")
-    check_arg(tuple(w2.shape) == (e, h, i2 // 2), "w2", f"shape [E={e}, H={h}, I={i2 // 2}]", f"shape {tuple(w2.shape)}")
+    check_arg(quantized or tuple(w2.shape) == (e, h, i2 // 2), "w2", f"shape [E={e}, H={h}, I={i2 // 2}]", f"shape {tuple(w2.shape)}")
     check_arg(x.is_floating_point(), "hidden_states", "a floating-point dtype", x.dtype)
     for name, t in (("w13", w13), ("w2", w2)):
-        check_arg(t.dtype == x.dtype, name, f"dtype {x.dtype} (that of hidden_states)", t.dtype)
+        check_arg(quantized or t.dtype == x.dtype, name, f"dtype {x.dtype} (that of hidden_states)", t.dtype)
         check_arg(t.stride(-1) == 1, name, "a contiguous last dimension", f"strides {t.stride()}")
     check_arg(topk_ids.shape[0] == m, "topk_ids", f"shape [M={m}, k]", f"shape {tuple(topk_ids.shape)}")
     check_arg(tuple(topk_weights.shape) == tuple(topk_ids.shape), "topk_weights",
@@ -95,6 +97,13 @@ def fused_experts(
     backend: str = "auto",
     w13_bias: Optional[torch.Tensor] = None,
     w2_bias: Optional[torch.Tensor] = None,
+    quant=None,
+    w13_scale: Optional[torch.Tensor] = None,
+    w2_scale: Optional[torch.Tensor] = None,
+    w13_zero: Optional[torch.Tensor] = None,
+    w2_zero: Optional[torch.Tensor] = None,
+    a13_scale: Optional[torch.Tensor] = None,
+    a2_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Run the chosen experts of every token and sum their outputs by routing weight.
 
@@ -105,9 +114,28 @@ def fused_experts(
     ``w13_bias [E, 2I]`` and ``w2_bias [E, H]`` (optional, gpt-oss) are added to the two GEMM outputs of each
     expert, before the activation and before the routing weight. Biases and ``activation="swigluoai"`` run on
     the torch backend (the Triton kernels lack them): ``"auto"`` picks it, ``"triton"`` raises MoEInputError.
+
+    Quantized experts: ``quant`` is a :class:`moekit.QuantScheme` (or its name); w13/w2 are then the
+    qweights of :func:`moekit.quant.quantize_weights` with their ``w13_scale``/``w2_scale`` (and
+    ``w13_zero``/``w2_zero`` for zero-point schemes); ``a13_scale``/``a2_scale`` are optional static
+    per-tensor activation scales. Layouts and shapes: :mod:`moekit.quant.moe` and :mod:`moekit.quant.weights`.
     """
-    _check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, activation, backend)
-    e, i2, h = w13.shape
+    from moekit.quant.scheme import as_scheme
+
+    scheme = as_scheme(quant, "quant")
+    _check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, activation, backend,
+                        quantized=scheme.is_quantized)
+    qargs = dict(w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero, a13_scale=a13_scale,
+                 a2_scale=a2_scale)
+    if scheme.is_quantized:
+        from moekit.quant.moe import check_quant_args
+
+        check_quant_args(scheme, hidden_states, w13, w2, **qargs)
+    else:
+        for name, t in qargs.items():
+            check_arg(t is None, name, "None without a quantization scheme (quant=None)", type(t).__name__)
+    e, i2 = w13.shape[:2]
+    h = hidden_states.shape[1]
     for name, b, shape in (("w13_bias", w13_bias, (e, i2)), ("w2_bias", w2_bias, (e, h))):
         if b is not None:
             check_arg(isinstance(b, torch.Tensor) and tuple(b.shape) == shape, name, f"a tensor of shape {shape}",
@@ -117,14 +145,22 @@ def fused_experts(
     check_arg(not (torch_only and backend == "triton"), "backend",
               f"'auto' or 'torch' for activation={activation!r} / expert biases (no Triton kernel yet)", backend)
     x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()
-    chosen = "torch" if torch_only else resolve_backend(backend, x)
+    chosen = "torch" if torch_only else resolve_backend(backend, x, scheme)
     if chosen == "torch":
         from moekit.torch_experts import fused_experts_torch
 
+        aq = iq = None
+        if scheme.is_quantized:
+            from moekit.quant.moe import torch_quant_operands
+
+            w13, w2, aq, iq = torch_quant_operands(scheme, x, w13, w2, **qargs)
         return fused_experts_torch(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation,
-                                   w13_bias=w13_bias, w2_bias=w2_bias)
+                                   w13_bias=w13_bias, w2_bias=w2_bias, act_quant=aq, inter_quant=iq)
     from moekit.triton_experts import fused_experts_triton
 
+    if scheme.is_quantized:
+        return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
+                                    activation=activation, quant=scheme, **qargs)
     return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation)
 
 
@@ -145,6 +181,13 @@ def fused_moe(
     backend: str = "auto",
     w13_bias: Optional[torch.Tensor] = None,
     w2_bias: Optional[torch.Tensor] = None,
+    quant=None,
+    w13_scale: Optional[torch.Tensor] = None,
+    w2_scale: Optional[torch.Tensor] = None,
+    w13_zero: Optional[torch.Tensor] = None,
+    w2_zero: Optional[torch.Tensor] = None,
+    a13_scale: Optional[torch.Tensor] = None,
+    a2_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One MoE layer: route with :func:`moekit.select_experts`, then :func:`moekit.fused_experts`.
 
@@ -168,4 +211,6 @@ def fused_moe(
         topk_group=topk_group, correction_bias=correction_bias,
     )
     return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
-                         activation=activation, backend=backend, w13_bias=w13_bias, w2_bias=w2_bias)
+                         activation=activation, backend=backend, w13_bias=w13_bias, w2_bias=w2_bias, quant=quant,
+                         w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero,
+                         a13_scale=a13_scale, a2_scale=a2_scale)

@@ -43,10 +43,14 @@ def fused_experts_torch(
     activation: str = "silu",
     w13_bias: Optional[torch.Tensor] = None,
     w2_bias: Optional[torch.Tensor] = None,
+    act_quant=None,
+    inter_quant=None,
 ) -> torch.Tensor:
     """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. The optional biases
     (``w13_bias [E, 2I]``, ``w2_bias [E, H]``, by local expert) are added to each expert's GEMM outputs in
-    the accumulation dtype, before the activation and before the routing weight respectively."""
+    the accumulation dtype, before the activation and before the routing weight respectively. Quantized
+    layers pass dequantized weights plus ``act_quant`` / ``inter_quant``, quantize-dequantize steps (the
+    kernels' PyTorch twins, :func:`moekit.quant.moe.torch_quant_operands`) applied to x and the intermediate."""
     x = hidden_states
     m, h = x.shape
     e = w13.shape[0]
@@ -63,7 +67,7 @@ def fused_experts_torch(
     # scatter_add, not bincount: bincount reads max(ids) back to the host, which breaks graph capture
     counts = torch.zeros(e + 1, dtype=torch.int64, device=x.device).scatter_add_(0, ids, torch.ones_like(ids))[:e]
     tokens = order // k
-    rows = x[tokens]
+    rows = (x if act_quant is None else act_quant(x))[tokens]
     weights = topk_weights.reshape(-1)[order].to(acc_dtype)
     if w13_bias is not None or w2_bias is not None:
         row_expert = ids[order].clamp(max=e - 1)  # dropped rows borrow a bias; they are masked below
@@ -78,14 +82,28 @@ def fused_experts_torch(
         offs = torch.cumsum(counts, 0).to(torch.int32)
         gate_up = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
         act = act_of(gate_up, 0, rows.shape[0])
+        if inter_quant is not None:  # rows past the last group are unspecified: zero them before any amax
+            act = inter_quant(torch.where(valid[order].unsqueeze(1), act, 0.0))
         y = torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)
     else:
         y = rows.new_zeros((rows.shape[0], h))
+        if inter_quant is not None:  # the intermediate is quantized as a whole (per-tensor scales need all rows)
+            inter = rows.new_zeros((rows.shape[0], w2.shape[2]))
+            start = 0
+            for ex, c in enumerate(counts.tolist()):
+                if c:
+                    inter[start:start + c] = act_of(F.linear(rows[start:start + c], w13[ex]), start, start + c)
+                start += c
+            n_valid = start
+            inter[:n_valid] = inter_quant(inter[:n_valid])
         start = 0
         for ex, c in enumerate(counts.tolist()):
             if c:
                 seg = rows[start:start + c]
-                act = act_of(F.linear(seg, w13[ex]), start, start + c)
+                if inter_quant is not None:
+                    act = inter[start:start + c]
+                else:
+                    act = act_of(F.linear(seg, w13[ex]), start, start + c)
                 y[start:start + c] = F.linear(act, w2[ex])
             start += c
     # rows of dropped slots (beyond the last group) are unspecified: zero them by mask, never by arithmetic

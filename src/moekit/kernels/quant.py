@@ -1,0 +1,141 @@
+"""Triton kernels: dynamic and static activation quantization to fp8 (e4m3fn / e4m3fnuz) or int8.
+
+One kernel family, rows x groups:
+  per-token-group  grid (rows, cdiv(N, G)): one scale per (row, group of G columns)   scale [rows, cdiv(N, G)]
+  per-token        the same with G = N (one group per row)                          scale [rows, 1]
+  per-tensor       an amax pass (atomic max into one float32) then a quantize pass    scale [1]
+  static           a given float32 scale [1]
+
+Numerics (shared with the PyTorch twins in :mod:`moekit.quant.ops`, which are bit-exact with these kernels):
+  scale = max(amax * (1 / qmax), MIN_SCALE)        (never amax / qmax; an all-zero group gets MIN_SCALE, not NaN)
+  q     = round(clamp(x / scale, -qmax, qmax))     x / scale is the IEEE-rounded division (tl.div_rn)
+``round`` is round-half-to-even onto the target grid done in float32 arithmetic (:func:`round_to_fp8` /
+:func:`round_to_int`), so the final cast is exact. Doing the fp8 rounding ourselves is also what makes the
+kernels right under ``TRITON_INTERPRET=1``, whose float32 -> fp8 cast mis-rounds values that carry into the
+next binade (31.7 -> 16 instead of 32).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+#: Smallest scale handed out: an all-zero (or all-subnormal) group quantizes to zeros with this scale.
+MIN_SCALE = 1e-12
+_RTNE_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 to the nearest integer, ties to even
+
+
+@triton.jit
+def round_to_int(v):
+    """Round-half-to-even of float32 ``v`` (|v| < 2**22) to an integer value, in float32."""
+    return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def round_to_fp8(v, QMAX: tl.constexpr, EMIN: tl.constexpr):
+    """Clamp float32 ``v`` to [-QMAX, QMAX] and round it (ties to even) onto the e4m3 grid whose smallest
+    normal exponent is EMIN (-6 for e4m3fn, -7 for e4m3fnuz); 3 mantissa bits. Result is exact in fp8."""
+    v = tl.minimum(tl.maximum(v, -QMAX), QMAX)
+    bits = v.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127
+    e = tl.maximum(e, EMIN)
+    ulp = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 2**(e-3), a normal float32
+    return round_to_int(v / ulp) * ulp  # v / ulp is exact (power of two)
+
+
+@triton.jit
+def quantize_values(v, scale, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr):
+    """float32 ``v`` divided by ``scale`` and rounded onto the fp8 (QKIND=0) or int8 (QKIND=1) grid."""
+    t = tl.div_rn(v, scale)
+    if QKIND == 0:
+        return round_to_fp8(t, QMAX, EMIN)
+    return round_to_int(tl.minimum(tl.maximum(t, -QMAX), QMAX))
+
+
+@triton.jit
+def _group_quant_kernel(
+    x_ptr, q_ptr, s_ptr, npp_ptr, N, stride_xm, stride_qm, stride_sm,
+    GROUP: tl.constexpr, BLOCK: tl.constexpr, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr,
+    INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, HAS_NPP: tl.constexpr,
+):
+    row = tl.program_id(0)
+    g = tl.program_id(1)
+    if HAS_NPP:
+        if row >= tl.load(npp_ptr):
+            return
+    row64 = row.to(tl.int64)
+    cols = g * GROUP + tl.arange(0, BLOCK)
+    ok = (tl.arange(0, BLOCK) < GROUP) & (cols < N)
+    x = tl.load(x_ptr + row64 * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=0)
+    scale = tl.maximum(amax * INV_QMAX, MIN_S)
+    q = quantize_values(x, scale, QKIND, QMAX, EMIN)
+    tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
+    tl.store(s_ptr + row64 * stride_sm + g, scale)
+
+
+@triton.jit
+def _amax_kernel(x_ptr, amax_ptr, npp_ptr, N, stride_xm, BLOCK: tl.constexpr, HAS_NPP: tl.constexpr):
+    row = tl.program_id(0)
+    if HAS_NPP:
+        if row >= tl.load(npp_ptr):
+            return
+    row64 = row.to(tl.int64)
+    m = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, N, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row64 * stride_xm + cols, mask=cols < N, other=0.0).to(tl.float32)
+        m = tl.maximum(m, tl.abs(x))
+    tl.atomic_max(amax_ptr, tl.max(m, axis=0))
+
+
+@triton.jit
+def _tensor_quant_kernel(
+    x_ptr, q_ptr, s_ptr, amax_ptr, npp_ptr, N, stride_xm, stride_qm,
+    BLOCK: tl.constexpr, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr,
+    INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, DYNAMIC: tl.constexpr, HAS_NPP: tl.constexpr,
+):
+    row = tl.program_id(0)
+    if HAS_NPP:
+        if row >= tl.load(npp_ptr):
+            return
+    if DYNAMIC:
+        scale = tl.maximum(tl.load(amax_ptr) * INV_QMAX, MIN_S)
+        if row == 0:
+            tl.store(s_ptr, scale)
+    else:
+        scale = tl.load(s_ptr)
+    row64 = row.to(tl.int64)
+    for start in range(0, N, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        ok = cols < N
+        x = tl.load(x_ptr + row64 * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
+        q = quantize_values(x, scale, QKIND, QMAX, EMIN)
+        tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
+
+
+def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
+    """q[r, c] and s[r, c // group] from x[r, c] (2-D, last dim contiguous); rows >= npp[0] skipped."""
+    rows, n = x.shape
+    block = triton.next_power_of_2(group)
+    _group_quant_kernel[(rows, triton.cdiv(n, group))](
+        x, q, s, npp, n, x.stride(0), q.stride(0), s.stride(0),
+        GROUP=group, BLOCK=block, QKIND=qkind, QMAX=qmax, EMIN=emin, INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE,
+        HAS_NPP=npp is not None, num_warps=4 if block <= 1024 else 8,
+    )
+
+
+def tensor_quant(x, q, s, qkind, qmax, emin, dynamic, npp=None):
+    """Per-tensor quantization of x [rows, N]; ``dynamic``: s (float32 [1]) is written, else read."""
+    rows, n = x.shape
+    block = min(triton.next_power_of_2(max(n, 1)), 2048)
+    amax = None
+    if dynamic:
+        import torch
+
+        amax = torch.zeros(1, dtype=torch.float32, device=x.device)
+        _amax_kernel[(rows,)](x, amax, npp, n, x.stride(0), BLOCK=block, HAS_NPP=npp is not None)
+    _tensor_quant_kernel[(rows,)](
+        x, q, s, amax, npp, n, x.stride(0), q.stride(0),
+        BLOCK=block, QKIND=qkind, QMAX=qmax, EMIN=emin, INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE,
+        DYNAMIC=dynamic, HAS_NPP=npp is not None,
+    )
