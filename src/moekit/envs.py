@@ -131,7 +131,7 @@ registry: List[EnvVar] = [
     ),
     EnvVar(
         "MOEKIT_LINEAR", "bool", True,
-        "Use the dense-GEMM router (router logits from one matmul); 0 turns it off.",
+        "0 turns the dense GEMM router off: moekit.linear calls torch (F.linear / torch._scaled_mm) directly.",
     ),
 ]
 

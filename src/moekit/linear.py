@@ -1,0 +1,514 @@
+"""Dense GEMM router: ``moekit.linear(x, weight, bias=None, *, quant=None, weight_scale=None)``.
+
+``out[..., N] = x[..., K] @ weight[N, K]^T (+ bias)`` by the fastest correct path measured for this device
+and shape. Paths (:data:`PATHS`):
+
+``torch``
+    ``F.linear`` (cuBLAS). fp8 per-channel/per-tensor weights: per-token dynamic activation quantization +
+    ``torch._scaled_mm`` where the device has fp8 matrix cores; otherwise (and for block-fp8) the weight is
+    dequantized to the activation dtype (slow; the reference fallback).
+``skinny``
+    Triton split-K GEMM for M <= 16 (decode): the whole GPU streams the weight. fp8 weights are widened to
+    the activation dtype in registers (weight-only, no activation quantization).
+``triton``
+    Triton tiled GEMM with per-device tuned block sizes; fp8 weights weight-only as in ``skinny``.
+``triton_w8a8``
+    fp8 weights only: dynamic fp8 activation quantization (per (token, 128) group for block weights, per
+    token for channel/tensor weights) + a Triton fp8 x fp8 GEMM.
+
+The choice per (device, N, K, M bucket, dtype, scheme) comes from a table written by ``moekit tune-linear``
+(:mod:`moekit.linear_tune`): JSON files named by :func:`table_file_name`, searched in ``MOEKIT_CONFIG_DIR``,
+the user config folder (platformdirs), then the tables shipped in ``moekit/configs_data/linear``; the
+first file found wins. A bucket key ``b`` serves ``M <= b`` down to the next smaller key; M past the largest
+key uses the largest. Without a table: ``torch`` for unquantized and fp8 channel/tensor weights on GPUs
+with fp8 matrix cores, the Triton paths for block-fp8 on Triton GPUs. Dynamic activation quantization is
+therefore used only where ``tune-linear`` measured it faster (or for block-fp8 without a table).
+
+``MOEKIT_LINEAR=0`` turns the router off (always ``torch``). A path that cannot run here (Triton missing,
+no fp8 matrix cores) is skipped with one warning. Per call the router does dictionary lookups only (no host
+sync, no allocation besides outputs/workspaces), so it is CUDA-graph safe.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from moekit import envs
+from moekit.errors import MoEInputError, check_arg
+from moekit.quant.scheme import QuantScheme, as_scheme
+
+__all__ = [
+    "linear", "linear_path", "select_path", "LinearConfig", "PATHS", "SKINNY_MAX_M", "table_file_name",
+    "config_dirs", "load_table", "clear_caches",
+]
+
+PATHS = ("torch", "skinny", "triton", "triton_w8a8")
+SKINNY_MAX_M = 16
+_DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearConfig:
+    """Meta-parameters of the Triton GEMM (``skinny`` uses BLOCK_SIZE_M=16 and SPLIT_K > 1)."""
+
+    BLOCK_SIZE_M: int = 64
+    BLOCK_SIZE_N: int = 128
+    BLOCK_SIZE_K: int = 64
+    SPLIT_K: int = 1
+    GROUP_SIZE_M: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LinearConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: int(v) for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_TRITON = LinearConfig(64, 128, 64, 1, 8, 4, 3)
+DEFAULT_W8A8 = LinearConfig(64, 128, 128, 1, 8, 4, 3)
+
+
+def default_skinny(N: int, K: int, sms: int = 132) -> LinearConfig:
+    """Split K so that about two waves of programs stream the weight."""
+    bn, bk = 64, 128
+    tiles = -(-N // bn)
+    k_iters = max(1, -(-K // bk))
+    split = max(1, min(k_iters, 16, (2 * sms) // max(tiles, 1)))
+    return LinearConfig(16, bn, bk, split, 1, 4, 4)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------------------
+
+
+def _dtype_key(dtype: torch.dtype) -> str:
+    return _DTYPE_KEYS[dtype]
+
+
+def table_file_name(N: int, K: int, device_name: str, dtype: Union[str, torch.dtype], quant=None) -> str:
+    """``linear,N={N},K={K},device_name={name},dtype={bf16|fp16|fp32}[,quant={scheme name}].json``."""
+    dt = dtype if isinstance(dtype, str) else _dtype_key(dtype)
+    scheme = as_scheme(quant, "quant")
+    q = f",quant={scheme.name}" if scheme.is_quantized else ""
+    return f"linear,N={N},K={K},device_name={device_name},dtype={dt}{q}.json"
+
+
+def config_dirs() -> List[Path]:
+    """Folders searched for tables, first match wins: MOEKIT_CONFIG_DIR (``linear/`` then itself), the user
+    config folder (``<platformdirs user_config_dir>/moekit/configs[/linear]``), the shipped tables."""
+    dirs: List[Path] = []
+    d = envs.get("MOEKIT_CONFIG_DIR")
+    if d is not None:
+        dirs += [d / "linear", d]
+    try:
+        import platformdirs
+
+        user = Path(platformdirs.user_config_dir("moekit")) / "configs"
+        dirs += [user / "linear", user]
+    except ImportError:  # pragma: no cover - platformdirs is a dependency
+        envs.warn_once("linear-platformdirs", "moekit.linear: platformdirs missing; user config folder skipped")
+    dirs.append(Path(__file__).resolve().parent / "configs_data" / "linear")
+    return dirs
+
+
+def load_table(path: Union[str, Path]) -> Dict[int, Dict[str, Any]]:
+    """Parse one table file: {M bucket: {"path": ..., config keys...}}; non-numeric keys are metadata."""
+    with open(path) as f:
+        raw = json.load(f)
+    table: Dict[int, Dict[str, Any]] = {}
+    for k, v in raw.items():
+        if str(k).isdigit():
+            if not isinstance(v, dict) or v.get("path") not in PATHS:
+                raise MoEInputError(f"{path}: bucket {k}: expected an object with 'path' in {PATHS}, got {v!r}")
+            table[int(k)] = v
+    return table
+
+
+_lock = threading.Lock()
+_tables: Dict[Tuple, Optional[Tuple[List[int], List[Dict[str, Any]]]]] = {}
+_choices: Dict[Tuple, Tuple[str, Optional[LinearConfig]]] = {}
+_env_seen: Tuple = ()
+_enabled = True
+
+
+def clear_caches() -> None:
+    """Forget parsed tables and per-shape choices (after writing new tables)."""
+    with _lock:
+        _tables.clear()
+        _choices.clear()
+
+
+def _find_table(device_name: str, N: int, K: int, dtype_key: str, scheme: QuantScheme):
+    key = (device_name, N, K, dtype_key, scheme)
+    if key in _tables:
+        return _tables[key]
+    name = table_file_name(N, K, device_name, dtype_key, scheme)
+    found = None
+    for d in config_dirs():
+        p = d / name
+        if p.is_file():
+            t = load_table(p)
+            if t:
+                ks = sorted(t)
+                found = (ks, [t[k] for k in ks])
+                envs.get_logger().debug("moekit.linear: using %s", p)
+            break
+    with _lock:
+        _tables[key] = found
+    return found
+
+
+def _check_env() -> bool:
+    """MOEKIT_LINEAR (parsed through moekit.envs only when a raw value changed); clears caches on change."""
+    global _env_seen, _enabled
+    seen = (os.environ.get("MOEKIT_LINEAR"), os.environ.get("MOEKIT_CONFIG_DIR"))
+    if seen != _env_seen:
+        _enabled = bool(envs.get("MOEKIT_LINEAR"))
+        clear_caches()
+        _env_seen = seen
+    return _enabled
+
+
+# --------------------------------------------------------------------------------------------------------
+# Availability and choice
+# --------------------------------------------------------------------------------------------------------
+
+
+def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int) -> Tuple[bool, str]:
+    if path == "torch":
+        return True, ""
+    if path == "skinny" and M > SKINNY_MAX_M:
+        return False, f"skinny serves M <= {SKINNY_MAX_M}"
+    if path == "triton_w8a8" and not scheme.is_quantized:
+        return False, "triton_w8a8 needs fp8 weights"
+    from moekit.platform import has_feature, platform_of, triton_interpreter_active
+
+    if envs.optional_import("triton", "moekit.linear Triton paths", "using torch") is None:
+        return False, "Triton is not installed"
+    if device.type == "cpu":
+        return (True, "") if triton_interpreter_active() else (False, "Triton runs on CPU only under TRITON_INTERPRET=1")
+    plat = platform_of(device)
+    ok, why = has_feature("triton_target", plat)
+    if not ok:
+        return False, why
+    if path == "triton_w8a8":
+        ok, why = has_feature("fp8_mma", plat)
+        if not ok:
+            return False, why
+    return True, ""
+
+
+def _default_choice(M: int, N: int, K: int, device: torch.device, scheme: QuantScheme):
+    if not scheme.is_quantized:
+        return "torch", None
+    from moekit.platform import has_feature, platform_of
+
+    plat = platform_of(device)
+    if scheme.granularity != "block" and device.type == "cuda" and has_feature("fp8_mma", plat)[0]:
+        return "torch", None
+    if _path_ok("triton", device, scheme, M)[0]:
+        if M <= SKINNY_MAX_M:
+            return "skinny", default_skinny(N, K, max(plat.multiprocessor_count, 1))
+        if scheme.granularity == "block" and _path_ok("triton_w8a8", device, scheme, M)[0]:
+            return "triton_w8a8", DEFAULT_W8A8
+        return "triton", DEFAULT_TRITON
+    return "torch", None
+
+
+def select_path(M: int, N: int, K: int, dtype: torch.dtype, quant=None,
+                device: Union[str, torch.device, None] = None) -> Tuple[str, Optional[LinearConfig]]:
+    """The (path, config) :func:`linear` uses for an [M, K] x [N, K]^T problem on ``device`` (default: the
+    current GPU, else CPU)."""
+    scheme = as_scheme(quant, "quant")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return _choose(int(M), int(N), int(K), dtype, scheme, torch.device(device))
+
+
+def _choose(M: int, N: int, K: int, dtype: torch.dtype, scheme: QuantScheme, device: torch.device):
+    if not _check_env():
+        return "torch", None
+    key = (device.type, device.index, M, N, K, dtype, scheme)
+    hit = _choices.get(key)
+    if hit is not None:
+        return hit
+    from moekit.platform import device_name_for_configs, platform_of
+
+    choice = None
+    table = _find_table(device_name_for_configs(platform_of(device)), N, K, _dtype_key(dtype), scheme)
+    if table is not None:
+        ks, entries = table
+        i = min(bisect.bisect_left(ks, M), len(ks) - 1)
+        entry = entries[i]
+        path = entry["path"]
+        ok, why = _path_ok(path, device, scheme, M)
+        if ok:
+            choice = (path, None if path == "torch" else LinearConfig.from_dict(entry))
+        else:
+            envs.warn_once(f"linear-path:{path}:{why}", f"moekit.linear: tuned path {path!r} skipped: {why}")
+    if choice is None:
+        choice = _default_choice(M, N, K, device, scheme)
+    with _lock:
+        if len(_choices) > 65536:
+            _choices.clear()
+        _choices[key] = choice
+    return choice
+
+
+# --------------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------------
+
+_SCHEMES: Dict[Any, QuantScheme] = {}
+
+
+def _scheme_of(quant) -> QuantScheme:
+    s = _SCHEMES.get(quant) if isinstance(quant, (str, type(None))) else None
+    if s is None:
+        s = as_scheme(quant, "quant")
+        if isinstance(quant, (str, type(None))):
+            _SCHEMES[quant] = s
+    return s
+
+
+def _validate(x, weight, bias, scheme: QuantScheme, weight_scale):
+    check_arg(isinstance(x, torch.Tensor), "x", "a torch.Tensor", type(x).__name__)
+    check_arg(isinstance(weight, torch.Tensor) and weight.dim() == 2, "weight", "a 2-D tensor [N, K]",
+              getattr(weight, "shape", type(weight).__name__))
+    check_arg(x.dim() >= 1 and x.shape[-1] == weight.shape[1], "x", f"shape [..., K={weight.shape[1]}]",
+              list(x.shape))
+    check_arg(x.dtype in _DTYPE_KEYS, "x", "dtype bfloat16, float16 or float32", x.dtype)
+    check_arg(weight.device == x.device, "weight", f"on {x.device}", weight.device)
+    N = weight.shape[0]
+    if bias is not None:
+        check_arg(isinstance(bias, torch.Tensor) and tuple(bias.shape) == (N,), "bias", f"a tensor of shape [{N}]",
+                  getattr(bias, "shape", type(bias).__name__))
+        check_arg(bias.dtype == x.dtype and bias.device == x.device, "bias", f"{x.dtype} on {x.device}",
+                  f"{bias.dtype} on {bias.device}")
+    if not scheme.is_quantized:
+        check_arg(weight.dtype == x.dtype, "weight", f"dtype {x.dtype} (same as x) for an unquantized weight",
+                  weight.dtype)
+        check_arg(weight_scale is None, "weight_scale", "None for an unquantized weight", "a tensor")
+        return
+    check_arg(scheme.weight_dtype == "fp8" and scheme.granularity in ("block", "channel", "tensor"), "quant",
+              "None or an fp8 scheme (fp8_block128x128, fp8_channel, fp8_tensor)", scheme.name)
+    check_arg(weight.dtype in _FP8_DTYPES, "weight", f"an fp8 tensor for quant={scheme.name}", weight.dtype)
+    check_arg(isinstance(weight_scale, torch.Tensor), "weight_scale", f"a float32 tensor for quant={scheme.name}",
+              type(weight_scale).__name__)
+    check_arg(weight_scale.dtype == torch.float32 and weight_scale.device == x.device, "weight_scale",
+              f"float32 on {x.device}", f"{weight_scale.dtype} on {weight_scale.device}")
+    K = weight.shape[1]
+    if scheme.granularity == "block":
+        bn, bk = scheme.block_shape
+        check_arg(bk >= 16 and bk & (bk - 1) == 0, "quant", "block_shape with block_k a power of two >= 16",
+                  scheme.block_shape)
+        want = (-(-N // bn), -(-K // bk))
+        check_arg(tuple(weight_scale.shape) == want, "weight_scale", f"shape {list(want)} for {scheme.name}",
+                  list(weight_scale.shape))
+    elif scheme.granularity == "channel":
+        check_arg(weight_scale.numel() == N, "weight_scale", f"{N} per-channel scales ([N] or [N, 1])",
+                  list(weight_scale.shape))
+    else:
+        check_arg(weight_scale.numel() == 1, "weight_scale", "one per-tensor scale", list(weight_scale.shape))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------------------
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, quant=None,
+           weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x[..., K] @ weight[N, K]^T (+ bias)`` in x's dtype, by the path the tuned table picks.
+
+    ``quant``: None (weight in x's dtype), or an fp8 :class:`~moekit.quant.QuantScheme` / name:
+    ``fp8_block128x128`` (``weight_scale`` float32 ``[cdiv(N,128), cdiv(K,128)]``), ``fp8_channel``
+    (``[N]`` or ``[N, 1]``), ``fp8_tensor`` (one scale). Scales multiply: ``W = weight * scale``.
+    """
+    scheme = _scheme_of(quant)
+    _validate(x, weight, bias, scheme, weight_scale)
+    N, K = weight.shape
+    M = x.numel() // K if K else x.numel()
+    path, cfg = _choose(M, N, K, x.dtype, scheme, x.device)
+    return _run(path, cfg, x, weight, bias, scheme, weight_scale)
+
+
+def linear_path(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                quant=None, weight_scale: Optional[torch.Tensor] = None,
+                config: Optional[LinearConfig] = None) -> torch.Tensor:
+    """Run one path, bypassing the table (tests, benchmarks, the tuner). Raises when it cannot run here."""
+    check_arg(path in PATHS, "path", f"one of {PATHS}", repr(path))
+    scheme = _scheme_of(quant)
+    _validate(x, weight, bias, scheme, weight_scale)
+    N, K = weight.shape
+    M = x.numel() // K if K else x.numel()
+    ok, why = _path_ok(path, x.device, scheme, M)
+    if not ok:
+        raise MoEInputError(f"path: expected a path that can run here, got {path!r} ({why})")
+    if config is None and path != "torch":
+        from moekit.platform import platform_of
+
+        config = {"skinny": default_skinny(N, K, max(platform_of(x.device).multiprocessor_count, 1)),
+                  "triton": DEFAULT_TRITON, "triton_w8a8": DEFAULT_W8A8}[path]
+    return _run(path, config, x, weight, bias, scheme, weight_scale)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Runners
+# --------------------------------------------------------------------------------------------------------
+
+
+def _run(path, cfg, x, weight, bias, scheme, weight_scale):
+    N, K = weight.shape
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)
+    M = x2.shape[0]
+    if M == 0:
+        return x.new_empty((*lead, N))
+    if path == "torch" or K == 0:
+        out = _run_torch(x2, weight, bias, scheme, weight_scale)
+    else:
+        out = _run_triton(x2, weight, bias, scheme, weight_scale, cfg, w8a8=(path == "triton_w8a8"))
+    return out.reshape(*lead, N)
+
+
+def _dequant_weight(weight, weight_scale, scheme: QuantScheme, dtype) -> torch.Tensor:
+    N, K = weight.shape
+    w = weight.to(torch.float32)
+    if scheme.granularity == "block":
+        bn, bk = scheme.block_shape
+        s = weight_scale.repeat_interleave(bn, 0)[:N].repeat_interleave(bk, 1)[:, :K]
+    elif scheme.granularity == "channel":
+        s = weight_scale.reshape(N, 1)
+    else:
+        s = weight_scale.reshape(1, 1)
+    return (w * s).to(dtype)
+
+
+def _scaled_mm_ok(x2, weight, scheme) -> bool:
+    if x2.device.type != "cuda" or scheme.granularity == "block" or x2.dtype != torch.bfloat16:
+        return False
+    N, K = weight.shape
+    if K % 16 or N % 16:
+        return False
+    from moekit.platform import has_feature, platform_of
+
+    return has_feature("fp8_mma", platform_of(x2.device))[0]
+
+
+def _run_torch(x2, weight, bias, scheme, weight_scale):
+    if not scheme.is_quantized:
+        return F.linear(x2, weight, bias)
+    if _scaled_mm_ok(x2, weight, scheme):
+        N = weight.shape[0]
+        q, s = _quant_act(x2, x2.shape[1], weight.dtype)
+        ws = weight_scale.reshape(1, -1)
+        if ws.shape[1] != N:
+            ws = ws.expand(1, N)
+        return torch._scaled_mm(q, weight.t(), scale_a=s, scale_b=ws.contiguous(), bias=bias, out_dtype=x2.dtype)
+    return F.linear(x2, _dequant_weight(weight, weight_scale, scheme, x2.dtype), bias)
+
+
+def _quant_act_torch(x2, group: int, fp8: torch.dtype):
+    M, K = x2.shape
+    G = -(-K // group)
+    fmax = float(torch.finfo(fp8).max)
+    xf = F.pad(x2.float(), (0, G * group - K)).view(M, G, group)
+    scale = xf.abs().amax(dim=-1).clamp_min(1e-10) / fmax
+    q = (xf / scale[..., None]).clamp(-fmax, fmax).to(fp8).view(M, G * group)[:, :K]
+    return q.contiguous(), scale
+
+
+def _quant_act(x2, group: int, fp8: torch.dtype):
+    """Dynamic fp8 quantization: q [M, K] in ``fp8``, scales float32 [M, cdiv(K, group)] (private helper;
+    to be replaced by moekit.quant's per_token_group_quant_fp8 when it lands)."""
+    if x2.device.type == "cpu" or not _path_ok("triton", x2.device, QuantScheme.none(), 0)[0]:
+        return _quant_act_torch(x2, group, fp8)  # CPU: torch rounds to nearest (the interpreter truncates)
+    return _quant_act_triton(x2, group, fp8)
+
+
+def _quant_act_triton(x2, group: int, fp8: torch.dtype):
+    import triton
+
+    from moekit.kernels.linear_gemm import _act_quant_kernel
+
+    M, K = x2.shape
+    G = -(-K // group)
+    q = torch.empty((M, K), dtype=fp8, device=x2.device)
+    s = torch.empty((M, G), dtype=torch.float32, device=x2.device)
+    block = triton.next_power_of_2(group)
+    _act_quant_kernel[(M, G)](
+        x2, q, s, K, group, x2.stride(0), q.stride(0), s.stride(0),
+        FP8_MAX=float(torch.finfo(fp8).max), BLOCK=block, num_warps=4 if block <= 1024 else 8,
+    )
+    return q, s
+
+
+def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig, w8a8: bool):
+    import triton
+
+    from moekit.kernels.linear_gemm import _linear_kernel, _splitk_reduce_kernel
+
+    M, K = x2.shape
+    N = weight.shape[0]
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    if weight.stride(1) != 1:
+        weight = weight.contiguous()
+    out = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
+    block_k = cfg.BLOCK_SIZE_K
+    sbn = sbk = 1
+    w_mode, ws, s_wn, s_wk = 0, out, 0, 0
+    if scheme.is_quantized:
+        if scheme.granularity == "block":
+            sbn, sbk = scheme.block_shape
+            w_mode, ws = 2, weight_scale
+            s_wn, s_wk = weight_scale.stride(0), weight_scale.stride(1)
+            block_k = min(block_k, sbk)
+        else:
+            w_mode = 1
+            ws = weight_scale.reshape(-1)
+            s_wn = ws.stride(0) if ws.numel() == N else 0
+    a, a_s, a_mode, s_am = x2, out, 0, 0
+    if w8a8:
+        group = sbk if w_mode == 2 else K
+        a, a_s = _quant_act(x2, group, weight.dtype)
+        a_mode, s_am = (2 if w_mode == 2 else 1), a_s.stride(0)
+    bm, bn = cfg.BLOCK_SIZE_M, cfg.BLOCK_SIZE_N
+    split = max(1, min(cfg.SPLIT_K, triton.cdiv(K, block_k)))
+    target, stride_split = out, 0
+    if split > 1:
+        target = torch.empty((split, M, N), dtype=torch.float32, device=x2.device)
+        stride_split = M * N
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn), split)
+    _linear_kernel[grid](
+        a, weight, target, bias if bias is not None else out, a_s, ws,
+        M, N, K, split,
+        a.stride(0), weight.stride(0), out.stride(0), stride_split, s_am, s_wn, s_wk,
+        A_SCALE=a_mode, W_SCALE=w_mode, SCALE_BN=sbn, SCALE_BK=sbk,
+        HAS_BIAS=bias is not None and split == 1, USE_WS=split > 1,
+        DOT_PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block_k, GROUP_M=cfg.GROUP_SIZE_M,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if split > 1:
+        blk = 1024
+        _splitk_reduce_kernel[(triton.cdiv(M * N, blk),)](
+            target, out, bias if bias is not None else out, M, N, split, out.stride(0),
+            HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
+        )
+    return out

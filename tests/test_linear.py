@@ -1,0 +1,228 @@
+"""moekit.linear: every path against float64 F.linear (CPU: Triton interpreter, fp16/fp32/fp8; GPU: bf16 too),
+odd shapes, 3-D inputs, bias, M = 0, input errors, the table lookup and the MOEKIT_LINEAR switch."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DEVICE, HAS_GPU, KERNEL_DTYPES, gpu_only
+from moekit.errors import MoEInputError
+from moekit.linear import (
+    PATHS, LinearConfig, _path_ok, _quant_act_torch, clear_caches, linear, linear_path, select_path, table_file_name,
+)
+from moekit.platform import device_name_for_configs, fp8_dtype, platform_of
+from moekit.quant.scheme import QuantScheme
+from moekit.testing import assert_close_to_reference, seeded_generator
+
+KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+# small configs: the interpreter is slow, and small blocks exercise the masks and several programs
+CONFIGS = {
+    "torch": None,
+    "skinny": LinearConfig(16, 32, 64, 3, 1, 4, 2),
+    "triton": LinearConfig(16, 32, 32, 1, 2, 4, 2),
+    "triton_w8a8": LinearConfig(16, 32, 64, 1, 2, 4, 2),
+}
+FP8_SCHEMES = {
+    "fp8_block128x128": QuantScheme.fp8_block(128, 128),
+    "fp8_channel": QuantScheme.fp8_channel(),
+    "fp8_tensor": QuantScheme.fp8_tensor(),
+}
+
+
+def _gen():
+    return seeded_generator(device="cpu")
+
+
+def _rand(shape, dtype, g, scale=1.0):
+    return (torch.randn(shape, generator=g) * scale).to(device=DEVICE, dtype=dtype)
+
+
+def _fp8_weight(N, K, scheme: QuantScheme, g):
+    """A random fp8 weight, its float32 scales and the float64 dequantized weight."""
+    fp8 = fp8_dtype(platform_of(torch.device(DEVICE)))
+    fmax = float(torch.finfo(fp8).max)
+    w = torch.randn(N, K, generator=g) / K**0.5
+    if scheme.granularity == "block":
+        bn, bk = scheme.block_shape
+        scale = torch.rand(-(-N // bn), -(-K // bk), generator=g) * 0.01 + 1e-3
+        full = scale.repeat_interleave(bn, 0)[:N].repeat_interleave(bk, 1)[:, :K]
+    elif scheme.granularity == "channel":
+        scale = torch.rand(N, generator=g) * 0.01 + 1e-3
+        full = scale[:, None]
+    else:
+        scale = torch.tensor([0.004])
+        full = scale.reshape(1, 1)
+    q = (w / full).clamp(-fmax, fmax).to(fp8)
+    deq = q.double() * full.double()
+    return q.to(DEVICE), scale.to(DEVICE), deq.to(DEVICE)
+
+
+def _ref(x, w64, bias):
+    return F.linear(x.double(), w64.double(), None if bias is None else bias.double())
+
+
+def _skip_unless_ok(path, scheme, M=1):
+    ok, why = _path_ok(path, torch.device(DEVICE), scheme, M)
+    if not ok:
+        pytest.skip(why)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("M,N,K,bias", [(1, 96, 160, True), (7, 130, 300, False), (16, 64, 33, True)])
+def test_unquantized_paths(path, dtype, M, N, K, bias, poisoned_empty):
+    if path == "triton_w8a8":
+        pytest.skip("triton_w8a8 needs fp8 weights")
+    g = _gen()
+    x, w = _rand((M, K), dtype, g), _rand((N, K), dtype, g, K**-0.5)
+    b = _rand((N,), dtype, g) if bias else None
+    out = linear_path(path, x, w, b, config=CONFIGS[path])
+    assert out.shape == (M, N) and out.dtype == dtype
+    assert_close_to_reference(out, _ref(x, w, b), KEYS[dtype], name=f"{path} M={M} N={N} K={K}")
+
+
+@pytest.mark.parametrize("path", ["skinny", "triton"])
+def test_larger_m_and_3d_input(path, poisoned_empty):
+    dtype = KERNEL_DTYPES[0]
+    g = _gen()
+    M = 3 if path == "skinny" else 40
+    x, w, b = _rand((2, M, 72), dtype, g), _rand((50, 72), dtype, g, 72**-0.5), _rand((50,), dtype, g)
+    out = linear_path(path, x, w, b, config=CONFIGS[path])
+    assert out.shape == (2, M, 50)
+    assert_close_to_reference(out, _ref(x, w, b), KEYS[dtype], name=path)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("scheme_name", sorted(FP8_SCHEMES))
+@pytest.mark.parametrize("M,N,K,bias", [(3, 200, 300, True), (20, 72, 256, False)])
+def test_fp8_paths(path, scheme_name, M, N, K, bias, poisoned_empty):
+    scheme = FP8_SCHEMES[scheme_name]
+    _skip_unless_ok(path, scheme, M if path == "skinny" else 1)
+    if path == "skinny" and M > 16:
+        pytest.skip("skinny serves M <= 16")
+    dtype = torch.bfloat16 if HAS_GPU else torch.float16
+    g = _gen()
+    q, scale, deq = _fp8_weight(N, K, scheme, g)
+    x = _rand((M, K), dtype, g)
+    b = _rand((N,), dtype, g) if bias else None
+    out = linear_path(path, x, q, b, quant=scheme, weight_scale=scale, config=CONFIGS[path])
+    assert out.shape == (M, N) and out.dtype == dtype
+    # activation quantization (w8a8, and torch._scaled_mm) costs fp8 precision; weight-only paths do not
+    w8a8 = path == "triton_w8a8" or (path == "torch" and HAS_GPU and scheme.granularity != "block"
+                                     and _path_ok("triton_w8a8", torch.device(DEVICE), scheme, M)[0]
+                                     and dtype == torch.bfloat16)
+    key = ("fp8_block" if scheme.granularity == "block" else "fp8_tensor") if w8a8 else KEYS[dtype]
+    assert_close_to_reference(out, _ref(x, deq, b), key, name=f"{path} {scheme_name}")
+
+
+def test_act_quant_kernel_matches_torch():
+    from moekit.linear import _quant_act_triton
+
+    _skip_unless_ok("triton", QuantScheme.none())
+    g = _gen()
+    x = _rand((5, 300), torch.float16, g)
+    fp8 = fp8_dtype(platform_of(torch.device(DEVICE)))
+    for group in (128, 300):
+        q, s = _quant_act_triton(x, group, fp8)
+        q2, s2 = _quant_act_torch(x, group, fp8)
+        torch.testing.assert_close(s, s2)
+        deq = q.double() * s.double().repeat_interleave(group, 1)[:, :300]
+        # the interpreter truncates fp32 -> fp8 (the GPU rounds to nearest): fp8 tolerance either way
+        assert_close_to_reference(deq, x, "fp8_tensor", name=f"act quant group={group}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_m_zero(path):
+    g = _gen()
+    dtype = KERNEL_DTYPES[0]
+    w, b = _rand((24, 40), dtype, g), _rand((24,), dtype, g)
+    assert linear_path("torch" if path == "triton_w8a8" else path, torch.empty(0, 40, dtype=dtype, device=DEVICE),
+                       w, b, config=CONFIGS[path]).shape == (0, 24)
+    assert linear(torch.empty(2, 0, 40, dtype=dtype, device=DEVICE), w, b).shape == (2, 0, 24)
+
+
+def test_input_errors():
+    g = _gen()
+    dtype = KERNEL_DTYPES[0]
+    x, w = _rand((4, 40), dtype, g), _rand((24, 40), dtype, g)
+    with pytest.raises(MoEInputError, match="x: expected shape"):
+        linear(_rand((4, 41), dtype, g), w)
+    with pytest.raises(MoEInputError, match="weight: expected dtype"):
+        linear(x, w.float() if dtype != torch.float32 else w.half())
+    with pytest.raises(MoEInputError, match="bias: expected a tensor of shape"):
+        linear(x, w, _rand((23,), dtype, g))
+    with pytest.raises(MoEInputError, match="weight_scale: expected None"):
+        linear(x, w, weight_scale=torch.ones(24, device=DEVICE))
+    with pytest.raises(MoEInputError, match="quant: expected None or an fp8 scheme"):
+        linear(x, w, quant="int8_channel")
+    q, scale, _ = _fp8_weight(24, 40, QuantScheme.fp8_block(), g)
+    with pytest.raises(MoEInputError, match="weight_scale: expected shape"):
+        linear(x, q, quant="fp8_block128x128", weight_scale=scale[:, :0])
+    with pytest.raises(MoEInputError, match="weight_scale: expected a float32 tensor"):
+        linear(x, q, quant="fp8_block128x128")
+    with pytest.raises(MoEInputError, match="path: expected one of"):
+        linear_path("cublas", x, w)
+
+
+@pytest.fixture
+def table_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEKIT_CONFIG_DIR", str(tmp_path))
+    clear_caches()
+    yield tmp_path
+    clear_caches()
+
+
+def test_table_lookup_and_switch(table_dir, monkeypatch):
+    dtype = KERNEL_DTYPES[0]
+    N, K = 48, 80
+    name = device_name_for_configs(platform_of(torch.device(DEVICE)))
+    skinny = dict(CONFIGS["skinny"].to_dict(), path="skinny")
+    triton_cfg = dict(CONFIGS["triton"].to_dict(), path="triton")
+    table = {"4": skinny, "16": {"path": "torch"}, "64": triton_cfg, "_meta": {"note": "test"}}
+    (table_dir / table_file_name(N, K, name, dtype)).write_text(json.dumps(table))
+    assert select_path(1, N, K, dtype, device=DEVICE) == ("skinny", CONFIGS["skinny"])
+    assert select_path(4, N, K, dtype, device=DEVICE)[0] == "skinny"
+    assert select_path(5, N, K, dtype, device=DEVICE) == ("torch", None)
+    assert select_path(17, N, K, dtype, device=DEVICE) == ("triton", CONFIGS["triton"])
+    assert select_path(100000, N, K, dtype, device=DEVICE)[0] == "triton"  # past the largest bucket
+    assert select_path(3, N, K + 16, dtype, device=DEVICE) == ("torch", None)  # no table: torch
+    g = _gen()
+    x, w, b = _rand((2, 2, K), dtype, g), _rand((N, K), dtype, g, K**-0.5), _rand((N,), dtype, g)
+    assert_close_to_reference(linear(x, w, b), _ref(x, w, b), KEYS[dtype], name="routed (skinny)")
+    monkeypatch.setenv("MOEKIT_LINEAR", "0")
+    assert select_path(1, N, K, dtype, device=DEVICE) == ("torch", None)
+    monkeypatch.setenv("MOEKIT_LINEAR", "1")
+    assert select_path(1, N, K, dtype, device=DEVICE)[0] == "skinny"
+
+
+def test_table_path_unavailable_falls_back(table_dir):
+    dtype = KERNEL_DTYPES[0]
+    N, K = 40, 64
+    name = device_name_for_configs(platform_of(torch.device(DEVICE)))
+    # skinny is never valid past M = 16: the router must not take it, and must not crash
+    (table_dir / table_file_name(N, K, name, dtype)).write_text(json.dumps({"4096": {"path": "skinny"}}))
+    assert select_path(100, N, K, dtype, device=DEVICE) == ("torch", None)
+
+
+def test_bad_table_is_a_clear_error(table_dir):
+    dtype = KERNEL_DTYPES[0]
+    name = device_name_for_configs(platform_of(torch.device(DEVICE)))
+    (table_dir / table_file_name(8, 8, name, dtype)).write_text(json.dumps({"1": {"path": "cutlass"}}))
+    with pytest.raises(MoEInputError, match="path"):
+        select_path(1, 8, 8, dtype, device=DEVICE)
+
+
+@gpu_only
+@pytest.mark.parametrize("path", ["skinny", "triton", "torch"])
+def test_cuda_graph_capture(path):
+    g = _gen()
+    x, w, b = _rand((4, 256), torch.bfloat16, g), _rand((512, 256), torch.bfloat16, g, 1 / 16), None
+    linear_path(path, x, w, b, config=CONFIGS[path])  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = linear_path(path, x, w, b, config=CONFIGS[path])
+    x.copy_(_rand((4, 256), torch.bfloat16, g))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close_to_reference(out, _ref(x, w, b), "bf16", name=f"graph {path}")
