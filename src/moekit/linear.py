@@ -423,39 +423,11 @@ def _run_torch(x2, weight, bias, scheme, weight_scale):
     return F.linear(x2, _dequant_weight(weight, weight_scale, scheme, x2.dtype), bias)
 
 
-def _quant_act_torch(x2, group: int, fp8: torch.dtype):
-    M, K = x2.shape
-    G = -(-K // group)
-    fmax = float(torch.finfo(fp8).max)
-    xf = F.pad(x2.float(), (0, G * group - K)).view(M, G, group)
-    scale = xf.abs().amax(dim=-1).clamp_min(1e-10) / fmax
-    q = (xf / scale[..., None]).clamp(-fmax, fmax).to(fp8).view(M, G * group)[:, :K]
-    return q.contiguous(), scale
-
-
 def _quant_act(x2, group: int, fp8: torch.dtype):
-    """Dynamic fp8 quantization: q [M, K] in ``fp8``, scales float32 [M, cdiv(K, group)] (private helper;
-    to be replaced by moekit.quant's per_token_group_quant_fp8 when it lands)."""
-    if x2.device.type == "cpu" or not _path_ok("triton", x2.device, QuantScheme.none(), 0)[0]:
-        return _quant_act_torch(x2, group, fp8)  # CPU: torch rounds to nearest (the interpreter truncates)
-    return _quant_act_triton(x2, group, fp8)
+    """Dynamic fp8 quantization (moekit.quant): q [M, K] in ``fp8``, scales float32 [M, cdiv(K, group)]."""
+    from moekit.quant.ops import per_token_group_quant
 
-
-def _quant_act_triton(x2, group: int, fp8: torch.dtype):
-    import triton
-
-    from moekit.kernels.linear_gemm import _act_quant_kernel
-
-    M, K = x2.shape
-    G = -(-K // group)
-    q = torch.empty((M, K), dtype=fp8, device=x2.device)
-    s = torch.empty((M, G), dtype=torch.float32, device=x2.device)
-    block = triton.next_power_of_2(group)
-    _act_quant_kernel[(M, G)](
-        x2, q, s, K, group, x2.stride(0), q.stride(0), s.stride(0),
-        FP8_MAX=float(torch.finfo(fp8).max), BLOCK=block, num_warps=4 if block <= 1024 else 8,
-    )
-    return q, s
+    return per_token_group_quant(x2, group, fp8)
 
 
 def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig, w8a8: bool):

@@ -6,7 +6,7 @@ One GEMM kernel serves three router paths, picked by meta-parameters:
   ``USE_WS``) so that ``N / BLOCK_N * SPLIT_K`` programs stream the weight with the whole GPU. Partial sums go to an fp32 workspace ``[SPLIT_K, M, N]``
   and :func:`_splitk_reduce_kernel` adds them, the bias, and casts (two launches, no memset, no atomics).
 * ``triton``: a tiled GEMM (grouped launch order, ``SPLIT_K = 1``) with per-device tuned block sizes.
-* ``triton_w8a8``: fp8 activations (quantized on the fly by :func:`_act_quant_kernel`) times fp8 weights.
+* ``triton_w8a8``: fp8 activations (quantized on the fly by :mod:`moekit.quant.ops`) times fp8 weights.
 
 Scales (constexpr modes):
 
@@ -107,21 +107,3 @@ def _splitk_reduce_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + (offs // N) * stride_om + n, acc.to(out_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
-def _act_quant_kernel(
-    x_ptr, q_ptr, s_ptr, K, GROUP, stride_xm, stride_qm, stride_sm,
-    FP8_MAX: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """Dynamic fp8 quantization of one (row, group of GROUP columns): scale = amax / FP8_MAX (at least
-    1e-10 / FP8_MAX), q = clamp(x / scale). GROUP = K gives one scale per token."""
-    row = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1)
-    cols = g * GROUP + tl.arange(0, BLOCK)
-    ok = (tl.arange(0, BLOCK) < GROUP) & (cols < K)
-    x = tl.load(x_ptr + row * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-10) / FP8_MAX
-    q = tl.clamp(x / scale, -FP8_MAX, FP8_MAX)
-    tl.store(q_ptr + row * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
-    tl.store(s_ptr + row * stride_sm + g, scale)
