@@ -25,9 +25,18 @@ def fused_experts_triton(
     expert_map: Optional[torch.Tensor] = None,
     activation: str = "silu",
     config=None,
+    quant=None,
+    **qargs,
 ) -> torch.Tensor:
     """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. ``config`` overrides
-    the looked-up :class:`~moekit.configs.MoEKernelConfig` (the tuner uses it)."""
+    the looked-up :class:`~moekit.configs.MoEKernelConfig` (the tuner uses it). ``quant`` (a quantized
+    QuantScheme) with ``qargs`` (w13_scale, w2_scale, w13_zero, w2_zero, a13_scale, a2_scale): see
+    :func:`moekit.quant.triton_moe.fused_experts_triton_quant`."""
+    if quant is not None and quant.is_quantized:
+        from moekit.quant.triton_moe import fused_experts_triton_quant
+
+        return fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
+                                          activation=activation, config=config, scheme=quant, **qargs)
     m, h = x.shape
     e, i2, _ = w13.shape
     i = i2 // 2

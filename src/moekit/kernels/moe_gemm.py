@@ -14,14 +14,29 @@ GEMM 1 computes, per block of sorted slots and per BLOCK_N columns of I, the gat
 same program (two accumulators over one pass of K), applies ``act(gate) * up`` in the epilogue and writes
 only the [P, I] result: the [M*k, 2I] intermediate never exists. GEMM 2 reads ``inter`` rows contiguously,
 multiplies by the routing weight and scatters rows to their slots. Row offsets are 64-bit.
+
+Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel), see :class:`GemmQuant`:
+  1 w8a8 fp8/int8, per-tensor or per-channel: raw fp8/int8 ``tl.dot`` (int32 accumulator for int8), the
+    activation scale (per row, or one) and weight scale (per column, or one) applied once in the epilogue.
+  2 w8a8 fp8 block (bn, bk): BLOCK_K divides bk; per K step ``acc += dot(a, b) * a_scale[row, kb] *
+    w_scale[n // bn, kb]``.
+  3/4/5 weight-only int8 / int4 / mxfp4: codes loaded (int4/mxfp4: two per byte along K, low nibble first),
+    decoded and scaled per (column, K-group) in registers, cast to the activation dtype, ``tl.dot``.
+GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N group): the program owns whole
+128-column groups (the caller sets BLOCK_N = group), takes the row amax of its tile and writes q and scale
+[P, I / group] - the activation of GEMM 2 never exists in bf16; 2 = static per-tensor scale.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
 from moekit.activations import ACTIVATIONS as _NAMES
+from moekit.kernels.quant import MIN_SCALE, quantize_values
 
 ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constexpr codes
 
@@ -39,12 +54,42 @@ def _tile_ids(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _load_w(w_ptrs, s_ptrs, z_ptrs, mask, shift, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr, DT: tl.constexpr):
+    """Weight-only tile: load codes, decode, scale (float32), cast to the activation dtype DT."""
+    raw = tl.load(w_ptrs, mask=mask, other=0)
+    s = tl.load(s_ptrs, mask=mask, other=0)
+    if QUANT == 3:
+        v = raw.to(tl.float32)
+    else:
+        code = (raw.to(tl.int32) >> shift) & 0xF
+        if QUANT == 4:
+            if HAS_ZERO:
+                v = code.to(tl.float32)
+            else:
+                v = ((code ^ 8) - 8).to(tl.float32)
+        else:  # e2m1: sign bit 3, exponent bits 2..1, mantissa bit 0; magnitude = num / 4
+            e = (code >> 1) & 3
+            m = code & 1
+            num = tl.where(e == 0, 2 * m, (2 + m) << e)
+            v = tl.where((code & 8) != 0, -num.to(tl.float32), num.to(tl.float32)) * 0.25
+            s = (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # e8m0 -> 2**(s - 127)
+    if HAS_ZERO:
+        v = v - tl.load(z_ptrs, mask=mask, other=0).to(tl.float32)
+    return (v * s).to(DT)
+
+
+@triton.jit
 def _moe_gemm1_kernel(
     x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, npp_ptr,
     I, K, num_slots, top_k, num_pid_m,
     stride_xm, stride_we, stride_wn, stride_om, up_offset,
     ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None, out_scale_ptr=None,
+    stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0, stride_osm=0,
+    QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
+    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, OUT_QUANT: tl.constexpr = 0,
+    QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
 ):
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
@@ -58,32 +103,86 @@ def _moe_gemm1_kernel(
     n_ok = offs_n < I
     offs_k = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + token[:, None] * stride_xm + offs_k[None, :]
-    g_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
+    if QUANT >= 4:  # two codes per byte along K
+        g_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + (offs_k // 2)[:, None]
+        shift = ((offs_k % 2) * 4)[:, None]
+    else:
+        g_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
+        shift = 0
     u_ptrs = g_ptrs + up_offset
-    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if QUANT >= 3:
+        sg_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+        su_off = sg_off + I * stride_bsn
+    if QUANT == 2:
+        as_ptrs = a_scale_ptr + token * stride_asm
+        bsg_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
+        bsu_ptrs = b_scale_ptr + expert * stride_bse + ((offs_n + I) // GROUP_N) * stride_bsn
+    if INT_ACC:
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    else:
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         if EVEN_K:
+            k_ok = offs_k < BLOCK_K
             a = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
-            bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
-            bu = tl.load(u_ptrs, mask=n_ok[None, :], other=0.0)
         else:
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if QUANT >= 3:
+            kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
+            wmask = k_ok[:, None] & n_ok[None, :]
+            bg = _load_w(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask, shift,
+                         QUANT, HAS_ZERO, a.dtype)
+            bu = _load_w(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask, shift,
+                         QUANT, HAS_ZERO, a.dtype)
+        elif EVEN_K:
+            bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
+            bu = tl.load(u_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
             bg = tl.load(g_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             bu = tl.load(u_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc_g = tl.dot(a, bg, acc_g, input_precision=DOT_PRECISION)
-        acc_u = tl.dot(a, bu, acc_u, input_precision=DOT_PRECISION)
+        if QUANT == 2:
+            kb = (k * BLOCK_K) // GROUP_K
+            a_s = tl.load(as_ptrs + kb * stride_ask, mask=row_ok, other=0.0)[:, None]
+            acc_g += tl.dot(a, bg) * (a_s * tl.load(bsg_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+            acc_u += tl.dot(a, bu) * (a_s * tl.load(bsu_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+        elif INT_ACC:
+            acc_g = tl.dot(a, bg, acc_g, out_dtype=tl.int32)
+            acc_u = tl.dot(a, bu, acc_u, out_dtype=tl.int32)
+        else:
+            acc_g = tl.dot(a, bg, acc_g, input_precision=DOT_PRECISION)
+            acc_u = tl.dot(a, bu, acc_u, input_precision=DOT_PRECISION)
         x_ptrs += BLOCK_K
-        g_ptrs += BLOCK_K
-        u_ptrs += BLOCK_K
+        if QUANT >= 4:
+            g_ptrs += BLOCK_K // 2
+            u_ptrs += BLOCK_K // 2
+        else:
+            g_ptrs += BLOCK_K
+            u_ptrs += BLOCK_K
+    if QUANT == 1:
+        a_s = tl.load(a_scale_ptr + token * stride_asm, mask=row_ok, other=0.0)[:, None]
+        bs_ptrs = b_scale_ptr + expert * stride_bse + offs_n * stride_bsn
+        acc_g = acc_g.to(tl.float32) * (a_s * tl.load(bs_ptrs, mask=n_ok, other=0.0)[None, :])
+        acc_u = acc_u.to(tl.float32) * (a_s * tl.load(bs_ptrs + I * stride_bsn, mask=n_ok, other=0.0)[None, :])
     if ACTIVATION == 0:
         act = acc_g / (1.0 + tl.exp(-acc_g))
     else:
         act = 0.5 * acc_g * (1.0 + tl.erf(acc_g * 0.7071067811865476))
-    h = (act * acc_u).to(out_ptr.dtype.element_ty)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-    tl.store(out_ptrs, h, mask=n_ok[None, :])
+    if OUT_QUANT == 0:
+        h = (act * acc_u).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, h, mask=n_ok[None, :])
+    else:
+        hf = tl.where(n_ok[None, :], act * acc_u, 0.0)
+        if OUT_QUANT == 1:  # this program's BLOCK_N columns are one quantization group
+            o_s = tl.maximum(tl.max(tl.abs(hf), axis=1) * (1.0 / QMAX), MIN_SCALE)
+            tl.store(out_scale_ptr + offs_m.to(tl.int64) * stride_osm + pid_n, o_s)
+            q = quantize_values(hf, o_s[:, None], QKIND, QMAX, EMIN)
+        else:
+            q = quantize_values(hf, tl.load(out_scale_ptr), QKIND, QMAX, EMIN)
+        tl.store(out_ptrs, q.to(out_ptr.dtype.element_ty), mask=n_ok[None, :])
 
 
 @triton.jit
@@ -93,6 +192,10 @@ def _moe_gemm2_kernel(
     stride_am, stride_we, stride_wn, stride_ym,
     MUL_WEIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None,
+    stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
+    QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
+    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
 ):
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
@@ -105,23 +208,98 @@ def _moe_gemm2_kernel(
     n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
-    b_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if QUANT >= 4:  # two codes per byte along K
+        b_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + (offs_k // 2)[:, None]
+        shift = ((offs_k % 2) * 4)[:, None]
+    else:
+        b_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
+        shift = 0
+    if QUANT >= 3:
+        s_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+    if QUANT == 2:
+        as_ptrs = a_scale_ptr + offs_m.to(tl.int64) * stride_asm
+        bs_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
+    if INT_ACC:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         if EVEN_K:
+            k_ok = offs_k < BLOCK_K
             a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
         else:
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+        if QUANT >= 3:
+            kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
+            b = _load_w(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, k_ok[:, None] & n_ok[None, :],
+                        shift, QUANT, HAS_ZERO, a.dtype)
+        elif EVEN_K:
+            b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
             b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        if QUANT == 2:
+            kb = (k * BLOCK_K) // GROUP_K
+            acc += tl.dot(a, b) * (tl.load(as_ptrs + kb * stride_ask)[:, None]
+                                   * tl.load(bs_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+        elif INT_ACC:
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
         a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+        if QUANT >= 4:
+            b_ptrs += BLOCK_K // 2
+        else:
+            b_ptrs += BLOCK_K
+    if QUANT == 1:
+        a_s = tl.load(a_scale_ptr + offs_m.to(tl.int64) * stride_asm)[:, None]
+        acc = acc.to(tl.float32) * (a_s * tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn,
+                                                  mask=n_ok, other=0.0)[None, :])
     if MUL_WEIGHT:
         acc = acc * tl.load(topk_w_ptr + slot, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     y_ptrs = y_ptr + slot.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+@dataclasses.dataclass
+class GemmQuant:
+    """Quantization operands of one GEMM launch (see the module docstring for the modes).
+
+    ``a_scale`` is indexed ``row * stride_asm + kgroup * stride_ask`` (row = token in GEMM 1, sorted row in
+    GEMM 2; strides 0 broadcast one scale); ``b_scale`` (and ``b_zero``, same shape) ``expert * s0 +
+    n_or_nblock * s1 + kgroup * s2``. ``out_*``: GEMM 1's output quantization."""
+
+    mode: int
+    a_scale: Optional[torch.Tensor] = None
+    a_strides: Tuple[int, int] = (0, 0)
+    b_scale: Optional[torch.Tensor] = None
+    b_strides: Tuple[int, int, int] = (0, 0, 0)
+    b_zero: Optional[torch.Tensor] = None
+    group_n: int = 1
+    group_k: int = 1
+    int_acc: bool = False
+    out_quant: int = 0
+    out_scale: Optional[torch.Tensor] = None
+    out_stride: int = 0
+    out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
+
+    @property
+    def packed(self) -> bool:
+        return self.mode >= 4
+
+    def kernel_args(self, gemm1: bool) -> dict:
+        d = dict(
+            a_scale_ptr=self.a_scale, b_scale_ptr=self.b_scale,
+            b_zero_ptr=self.b_zero if self.b_zero is not None else self.b_scale,
+            stride_asm=self.a_strides[0], stride_ask=self.a_strides[1], stride_bse=self.b_strides[0],
+            stride_bsn=self.b_strides[1], stride_bsk=self.b_strides[2], QUANT=self.mode, INT_ACC=self.int_acc,
+            HAS_ZERO=self.b_zero is not None, GROUP_N=self.group_n, GROUP_K=self.group_k,
+        )
+        if gemm1:
+            qkind, qmax, emin = self.out_qparams
+            d.update(out_scale_ptr=self.out_scale, stride_osm=self.out_stride, OUT_QUANT=self.out_quant,
+                     QKIND=qkind, QMAX=qmax, EMIN=emin)
+        return d
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -129,9 +307,10 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activation="silu"):
-    """out[P, I] = act(x[tok] @ w13[e, :I].T) * (x[tok] @ w13[e, I:].T) for each sorted slot's expert e."""
-    i2, k = w13.shape[1], w13.shape[2]
+def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activation="silu", quant=None):
+    """out[P, I] = act(x[tok] @ w13[e, :I].T) * (x[tok] @ w13[e, I:].T) for each sorted slot's expert e.
+    ``quant``: a :class:`GemmQuant` (None: unquantized)."""
+    i2, k = w13.shape[1], x.shape[1]
     i = i2 // 2
     num_pid_m = expert_ids.shape[0]
     bm, bn, bk = config.BLOCK_SIZE_M, config.BLOCK_SIZE_N, config.BLOCK_SIZE_K
@@ -143,12 +322,14 @@ def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activatio
         ACTIVATION=ACTIVATIONS[activation], DOT_PRECISION=_dot_precision(x.dtype), EVEN_K=k % bk == 0,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
+        **({} if quant is None else quant.kernel_args(gemm1=True)),
     )
 
 
-def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, mul_weight=True):
-    """y[slot] = w_slot * (inter[row] @ w2[e].T) for each sorted row; y rows of dropped slots untouched."""
-    n, k = w2.shape[1], w2.shape[2]
+def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, mul_weight=True, quant=None):
+    """y[slot] = w_slot * (inter[row] @ w2[e].T) for each sorted row; y rows of dropped slots untouched.
+    ``quant``: a :class:`GemmQuant` (None: unquantized)."""
+    n, k = w2.shape[1], inter.shape[1]
     num_pid_m = expert_ids.shape[0]
     bm, bn, bk = config.BLOCK_SIZE_M, config.BLOCK_SIZE_N, config.BLOCK_SIZE_K
     grid = (num_pid_m * triton.cdiv(n, bn),)
@@ -159,4 +340,5 @@ def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, m
         MUL_WEIGHT=mul_weight, DOT_PRECISION=_dot_precision(inter.dtype), EVEN_K=k % bk == 0,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
+        **({} if quant is None else quant.kernel_args(gemm1=False)),
     )

@@ -1,0 +1,139 @@
+"""The Triton backend for quantized experts: activation quantization + the two GEMM kernels in quant mode.
+
+Per scheme (launches at decode, besides align and top-k sum):
+  fp8_block(bn, bk)   x -> per-token-group fp8 (1 kernel); GEMM 1 runs with BLOCK_N = bk and quantizes its
+                      output per (row, bk-group) in the epilogue (q fp8 [P, I] + scale [P, ceil(I/bk)]);
+                      GEMM 2 applies both block scales inside the K loop. BLOCK_K must divide bk: a config
+                      that breaks this is corrected (warned once).
+  fp8/int8 tensor     x -> per-tensor (dynamic: amax + quantize kernels; static a13_scale: 1 kernel); GEMM 1
+                      with a static a2_scale quantizes in its epilogue, else writes bf16 and the per-tensor
+                      kernels quantize it (rows past the padded length are skipped).
+  fp8/int8 channel    x -> per-token (1 kernel); GEMM 1 writes the intermediate in x's dtype and one Triton
+                      per-row kernel quantizes it (a row's scale needs all I columns, which no single GEMM 1
+                      program owns); both scales applied in the GEMM epilogues.
+  weight-only         int8 / int4 / mxfp4 codes decoded in the GEMM K loops; activations stay in x's dtype.
+                      (mxfp4 uses in-kernel dequantization on every GPU; tl.dot_scaled is not used yet.)
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from moekit.align import moe_align_block_size
+from moekit.configs import get_config
+from moekit.kernels.moe_gemm import GemmQuant, moe_gemm1, moe_gemm2
+from moekit.kernels.moe_sum import moe_sum
+from moekit.quant.moe import act_dtype
+from moekit.quant.ops import _qparams, per_tensor_quant, per_token_group_quant, per_token_quant
+from moekit.quant.scheme import QuantScheme
+
+_WEIGHT_ONLY_MODE = {"int8": 3, "int4": 4, "mxfp4": 5}
+
+
+def _fix_block_k(config, bk: int):
+    """BLOCK_K must divide the scale block ``bk``: the largest power of two <= min(BLOCK_K, bk) dividing it."""
+    if bk % config.BLOCK_SIZE_K == 0:
+        return config
+    new = 16
+    while new * 2 <= min(config.BLOCK_SIZE_K, bk) and bk % (new * 2) == 0:
+        new *= 2
+    from moekit.envs import warn_once
+
+    warn_once(f"fp8-block-k-{config.BLOCK_SIZE_K}-{bk}",
+              f"BLOCK_SIZE_K={config.BLOCK_SIZE_K} does not divide the fp8 scale block {bk}; using {new}")
+    return replace(config, BLOCK_SIZE_K=new)
+
+
+def _weight_quant(scheme: QuantScheme, scale, zero, n_per_block=None) -> GemmQuant:
+    """The weight half of a GemmQuant for a weight-only scheme."""
+    scale = scale.contiguous()
+    zero = None if zero is None else zero.contiguous()
+    if scale.dim() == 2:  # channel: [E, N]
+        strides, gk = (scale.stride(0), scale.stride(1), 0), 1
+    else:  # group: [E, N, ngroups]
+        strides, gk = tuple(scale.stride()), scheme.group_size
+    return GemmQuant(_WEIGHT_ONLY_MODE[scheme.weight_dtype], b_scale=scale, b_strides=strides, b_zero=zero,
+                     group_k=gk)
+
+
+def _w8a8_weight(scheme: QuantScheme, scale) -> dict:
+    if scheme.granularity == "block":
+        return dict(b_scale=scale, b_strides=tuple(scale.stride()), group_n=scheme.block_shape[0],
+                    group_k=scheme.block_shape[1])
+    if scheme.granularity == "tensor":
+        return dict(b_scale=scale, b_strides=(scale.stride(0), 0, 0))
+    return dict(b_scale=scale, b_strides=(scale.stride(0), scale.stride(1), 0))
+
+
+def _quant_rows(scheme: QuantScheme, t, dt, static=None, npp=None):
+    """Quantize activation rows; returns (q, scale, (stride_row, stride_group))."""
+    if scheme.granularity == "block":
+        q, s = per_token_group_quant(t, scheme.block_shape[1], dt, npp=npp)
+        return q, s, (s.stride(0), s.stride(1))
+    if scheme.granularity == "channel":
+        q, s = per_token_quant(t, dt, npp=npp)
+        return q, s, (s.stride(0), 0)
+    q, s = per_tensor_quant(t, dt, static, npp=npp)
+    return q, s, (0, 0)
+
+
+def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map=None, activation="silu",
+                               config=None, scheme: QuantScheme, w13_scale=None, w2_scale=None, w13_zero=None,
+                               w2_zero=None, a13_scale=None, a2_scale=None):
+    m, h = x.shape
+    e, i2 = w13.shape[:2]
+    i = i2 // 2
+    top_k = topk_ids.shape[1]
+    if m == 0:
+        return x.new_empty((0, h))
+    adt = act_dtype(scheme, x.device)
+    if config is None:
+        config = get_config(e, i, h, top_k, m, adt or x.dtype,
+                            block_shape=scheme.block_shape if scheme.granularity == "block" else None)
+    block = scheme.granularity == "block" and adt is not None
+    if block:
+        config = _fix_block_k(config, scheme.block_shape[1])
+    topk_weights = topk_weights.float().contiguous()
+    topk_ids = topk_ids.contiguous()
+    aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
+    p = aligned.sorted_ids.numel()
+    npp = aligned.num_padded
+    args = (aligned.sorted_ids, aligned.expert_ids, npp)
+
+    if adt is None:  # weight-only
+        q1 = _weight_quant(scheme, w13_scale, w13_zero)
+        q2 = _weight_quant(scheme, w2_scale, w2_zero)
+        inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
+        moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1)
+        a2 = inter
+    else:
+        int_acc = adt == torch.int8
+        mode = 2 if block else 1
+        xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale)
+        q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, **_w8a8_weight(scheme, w13_scale))
+        q2 = GemmQuant(mode, int_acc=int_acc, **_w8a8_weight(scheme, w2_scale))
+        if block:
+            bk = scheme.block_shape[1]
+            cfg1 = replace(config, BLOCK_SIZE_N=bk)
+            inter = torch.empty((p, i), dtype=adt, device=x.device)
+            inter_s = torch.empty((p, -(-i // bk)), dtype=torch.float32, device=x.device)
+            q1.out_quant, q1.out_scale, q1.out_stride, q1.out_qparams = 1, inter_s, inter_s.stride(0), _qparams(adt)
+            moe_gemm1(xq, w13, inter, *args, top_k, cfg1, activation, quant=q1)
+            a2, q2.a_scale, q2.a_strides = inter, inter_s, (inter_s.stride(0), inter_s.stride(1))
+        elif scheme.granularity == "tensor" and a2_scale is not None:
+            inter = torch.empty((p, i), dtype=adt, device=x.device)
+            q1.out_quant, q1.out_scale, q1.out_qparams = 2, a2_scale.reshape(1).float(), _qparams(adt)
+            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1)
+            a2, q2.a_scale, q2.a_strides = inter, q1.out_scale, (0, 0)
+        else:
+            inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
+            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1)
+            a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp)
+    out = torch.empty((m, h), dtype=x.dtype, device=x.device)
+    if top_k == 1 and expert_map is None:
+        moe_gemm2(a2, w2, out, topk_weights, *args, config, quant=q2)
+        return out
+    y = torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
+    moe_gemm2(a2, w2, y, topk_weights, *args, config, quant=q2)
+    return moe_sum(y, out, topk_ids, e, expert_map)
