@@ -1,0 +1,105 @@
+"""Quantized fused MoE on GPU: the whole forward (routing + activation quant + experts) as CUDA-graph replay,
+against the floor max(bytes / HBM, FLOPs / matmul peak) with the weights' real bytes (fp8: 1 B, mxfp4:
+0.5 B + one e8m0 scale per 32) and ceilings measured in the same run (HBM, bf16 and fp8 torch._scaled_mm).
+
+    PYTHONPATH=src python3 benchmarks/bench_quant.py [--out results.json] [--shapes dsv3,...] [--m 1,16,...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+
+from moekit.bench import _median_us, measure_ceilings
+from moekit.experts import fused_moe
+from moekit.quant import QuantScheme, quantize_weights
+from moekit.shapes import SHAPES, moe_bytes_flops
+
+CASES = {  # shape -> scheme
+    "dsv3": QuantScheme.fp8_block(128, 128),
+    "qwen3_30b_a3b": QuantScheme.fp8_block(128, 128),
+    "mixtral8x7b": QuantScheme.fp8_tensor(),
+    "gpt_oss_20b": QuantScheme.mxfp4(),
+}
+WEIGHT_BYTES = {"fp8": 1.0, "mxfp4": 0.5 + 1 / 32}
+ROTATE = 4
+
+
+def make_quant_weights(shape, scheme, chunk=8, seed=0):
+    """Quantized w13, w2 (and scales), made a few experts at a time so full-size layers fit in memory."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    parts13, parts2 = [], []
+    for e0 in range(0, shape.E, chunk):
+        n = min(chunk, shape.E - e0)
+        w13 = torch.randn(n, 2 * shape.I, shape.H, device="cuda", generator=g) / shape.H ** 0.5
+        parts13.append(quantize_weights(w13, scheme))
+        del w13
+        w2 = torch.randn(n, shape.H, shape.I, device="cuda", generator=g) / shape.I ** 0.5
+        parts2.append(quantize_weights(w2, scheme))
+        del w2
+    cat = lambda parts, j: torch.cat([p[j] for p in parts]) if parts[0][j].dim() > 0 else None  # noqa: E731
+    return cat(parts13, 0), cat(parts13, 1), cat(parts2, 0), cat(parts2, 1)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--shapes", default=",".join(CASES))
+    ap.add_argument("--m", default="1,16,64,256,1024,4096")
+    args = ap.parse_args(argv)
+    import triton
+
+    ceil = measure_ceilings()
+    print(f"ceilings: HBM {ceil.hbm_bytes_per_s / 1e12:.2f} TB/s, bf16 {ceil.bf16_flops_per_s / 1e12:.0f}, "
+          f"fp8 {ceil.fp8_flops_per_s / 1e12:.0f} TFLOP/s", flush=True)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "ceilings": asdict(ceil), "rotate": ROTATE, "points": []}
+    for name in args.shapes.split(","):
+        shape, scheme = SHAPES[name], CASES[name]
+        t0 = time.time()
+        w13, s13, w2, s2 = make_quant_weights(shape, scheme)
+        print(f"{name} {scheme.name}: weights ready in {time.time() - t0:.1f}s", flush=True)
+        bias = torch.randn(shape.E, device="cuda") * 0.1 if shape.num_expert_group else None
+        wbytes = WEIGHT_BYTES[scheme.weight_dtype]
+        peak = ceil.fp8_flops_per_s if scheme.act_dtype == "fp8" else ceil.bf16_flops_per_s
+        for m in [int(v) for v in args.m.split(",")]:
+            xs = [torch.randn(m, shape.H, device="cuda", dtype=torch.bfloat16) for _ in range(ROTATE)]
+            lgs = [torch.randn(m, shape.E, device="cuda") for _ in range(ROTATE)]
+
+            def run():
+                for x, lg in zip(xs, lgs):
+                    fused_moe(x, w13, w2, lg, shape.top_k, correction_bias=bias, quant=scheme, w13_scale=s13,
+                              w2_scale=s2, **shape.route_kwargs())
+
+            try:
+                us = _median_us(run) / ROTATE
+            except Exception as e:  # noqa: BLE001 - record and go on
+                print(f"  M={m}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                result["points"].append({"shape": name, "scheme": scheme.name, "M": m, "error": str(e)[:500]})
+                continue
+            nbytes, flops = moe_bytes_flops(shape, m, weight_bytes=wbytes)
+            t_mem, t_math = nbytes / ceil.hbm_bytes_per_s * 1e6, flops / peak * 1e6
+            floor = max(t_mem, t_math)
+            p = {"shape": name, "scheme": scheme.name, "M": m, "us": us, "floor_us": floor,
+                 "bound": "memory" if t_mem >= t_math else "compute", "frac_of_floor": floor / us,
+                 "tflops": flops / us / 1e6, "frac_of_peak": flops / us / 1e6 / (peak / 1e12),
+                 "peak": "fp8" if scheme.act_dtype == "fp8" else "bf16"}
+            result["points"].append(p)
+            print(f"  M={m:5d} {us:9.1f} us  floor {floor:8.1f} us ({p['bound']})  {100 * p['frac_of_floor']:5.1f}% "
+                  f"of floor  {p['tflops']:6.1f} TFLOP/s = {100 * p['frac_of_peak']:5.1f}% of {p['peak']} peak",
+                  flush=True)
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump(result, f, indent=1)
+            del xs, lgs
+        del w13, s13, w2, s2
+        torch.cuda.empty_cache()
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,202 @@
+"""Quantization: activation-quant kernels bit-exact against their PyTorch twins, weight quantization round
+trips and edge cases, and every scheme through fused_moe (triton and torch) against a float64 reference
+computed from the dequantized weights (tolerances: moekit.testing.TOLERANCES[scheme key])."""
+import pytest
+import torch
+
+import moekit
+from moekit.errors import MoEInputError
+from moekit.quant import QuantScheme, dequantize_weights, quantize_weights
+from moekit.quant.ops import (MIN_SCALE, fp8_format, per_tensor_quant, per_token_group_quant,
+                              per_token_group_quant_fp8, per_token_quant)
+from moekit.testing import assert_close_to_reference
+from reference import moe_reference, route_reference
+
+from conftest import DEVICE, HAS_GPU, KERNEL_DTYPES
+
+QDTYPES = [torch.float8_e4m3fn, torch.int8] + ([torch.float8_e4m3fnuz] if not HAS_GPU else [])
+SCHEMES = {
+    "fp8_block": QuantScheme.fp8_block(128, 128), "fp8_tensor": QuantScheme.fp8_tensor(),
+    "fp8_channel": QuantScheme.fp8_channel(), "int8_channel": QuantScheme.int8_channel(),
+    "int8_weight_only": QuantScheme.int8_weight_only(), "int4_weight_only": QuantScheme.int4_weight_only(),
+    "mxfp4": QuantScheme.mxfp4(),
+}
+
+
+def _bits(t):
+    return t.view(torch.uint8) if t.element_size() == 1 and t.dtype != torch.int8 else t
+
+
+def _nasty(m, k, dtype=torch.float32):
+    x = torch.randn(m, k) * 3
+    x[1] = 0.0  # all-zero row
+    x[2, :128] = 0.0  # all-zero group
+    x[3, 5] = 448.0  # format maximum
+    x[4, 7] = -1e4  # far beyond it
+    x[5] = 1e-30  # tiny row
+    return x.to(DEVICE).to(dtype)
+
+
+def test_fp8_format_per_platform():
+    from moekit.platform import fake_platform, fp8_dtype, fp8_max, resolve_platform
+
+    assert fp8_dtype(resolve_platform("h100")) == torch.float8_e4m3fn and fp8_max(resolve_platform("h100")) == 448.0
+    assert fp8_dtype(resolve_platform("mi300x")) == torch.float8_e4m3fnuz and fp8_max(resolve_platform("mi300x")) == 240.0
+    assert fp8_dtype(resolve_platform("mi355")) == torch.float8_e4m3fn
+    assert fp8_dtype(resolve_platform("r9700")) == torch.float8_e4m3fn
+    with fake_platform("mi300x"):
+        assert fp8_format() == (torch.float8_e4m3fnuz, 240.0)
+
+
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("xdtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("k", [128, 300])
+def test_group_quant_bit_exact(qdtype, xdtype, k):
+    if qdtype == torch.float8_e4m3fnuz:
+        pytest.skip("the Triton interpreter cannot store e4m3fnuz; the twin is covered on ROCm GPUs")
+    x = _nasty(37, k, xdtype)
+    q, s = per_token_group_quant(x, 128, qdtype, use_triton=True)
+    q2, s2 = per_token_group_quant(x, 128, qdtype, use_triton=False)
+    assert s.shape == (37, -(-k // 128)) and s.dtype == torch.float32
+    assert torch.equal(_bits(q), _bits(q2)) and torch.equal(s, s2)
+    assert torch.isfinite(s).all() and (s > 0).all()
+    assert (s[1] == MIN_SCALE).all() and (q[1].float() == 0).all()
+    qmax = 127.0 if qdtype == torch.int8 else float(torch.finfo(qdtype).max)
+    assert q.float().abs().max() <= qmax
+
+
+@pytest.mark.parametrize("qdtype", [torch.float8_e4m3fn, torch.int8])
+def test_token_and_tensor_quant_bit_exact(qdtype):
+    x = _nasty(19, 200)
+    for fn in (lambda t, u: per_token_quant(t, qdtype, use_triton=u),
+               lambda t, u: per_tensor_quant(t, qdtype, use_triton=u),
+               lambda t, u: per_tensor_quant(t, qdtype, torch.tensor([0.5], device=DEVICE), use_triton=u)):
+        (q, s), (q2, s2) = fn(x, True), fn(x, False)
+        assert torch.equal(_bits(q), _bits(q2)) and torch.equal(s, s2)
+
+
+def test_scale_is_amax_times_reciprocal():
+    x = torch.tensor([[3.0, -7.0, 1.0]], device=DEVICE)
+    dt, qmax = torch.float8_e4m3fn, 448.0
+    _, s = per_token_quant(x, dt, use_triton=False)
+    assert s.item() == (torch.tensor(7.0) * torch.tensor(1.0 / qmax, dtype=torch.float32)).item()
+    q, s = per_token_group_quant_fp8(torch.zeros(2, 256, device=DEVICE))
+    assert (s == MIN_SCALE).all() and not torch.isnan(q.float()).any()
+
+
+def test_fp8_values_at_format_max_round_trip():
+    dt, qmax = torch.float8_e4m3fn, 448.0
+    x = torch.tensor([[qmax, -qmax, 1.0, 0.0]], device=DEVICE)
+    q, s = per_token_quant(x, dt)
+    assert s.item() == pytest.approx(1.0) and q.float().tolist() == [[qmax, -qmax, 1.0, 0.0]]
+
+
+@pytest.mark.parametrize("name", list(SCHEMES) + ["int4_zp", "int8_wo_zp"])
+def test_quantize_weights_layouts_and_round_trip(name):
+    s = {"int4_zp": QuantScheme.int4_weight_only(64, zero_point=True),
+         "int8_wo_zp": QuantScheme("int8", None, "channel", zero_point=True)}.get(name) or SCHEMES[name]
+    w = torch.randn(3, 320, 192)
+    w[0, :128, :128] = 0.0  # an all-zero block
+    out = quantize_weights(w, s)
+    from moekit.quant.moe import scale_shape
+
+    assert tuple(out[1].shape) == scale_shape(s, 3, 320, 192)
+    assert torch.isfinite(out[1].float()).all()
+    d = dequantize_weights(*out[:2], s, out[2] if len(out) > 2 else None)
+    assert d.shape == w.shape and torch.isfinite(d).all()
+    assert (d[0, :128, :128] == 0).all()
+    err = float((d - w).norm() / w.norm())
+    assert err < {"int4_weight_only": 0.13, "mxfp4": 0.13, "int4_zp": 0.13}.get(name, 0.05)
+
+
+def _layer(scheme, m, e, h, i, dtype, k=2):
+    x = torch.randn(m, h, device=DEVICE).to(dtype)
+    w13 = torch.randn(e, 2 * i, h, device=DEVICE) / h ** 0.5
+    w2 = torch.randn(e, h, i, device=DEVICE) / i ** 0.5
+    a, b = quantize_weights(w13, scheme), quantize_weights(w2, scheme)
+    kw = dict(quant=scheme, w13_scale=a[1], w2_scale=b[1])
+    if len(a) > 2:
+        kw.update(w13_zero=a[2], w2_zero=b[2])
+    logits = torch.randn(m, e, device=DEVICE)
+    w, ids = route_reference(logits, k)
+    ref = moe_reference(x, dequantize_weights(a[0], a[1], scheme, kw.get("w13_zero"), torch.float64),
+                        dequantize_weights(b[0], b[1], scheme, kw.get("w2_zero"), torch.float64), w, ids)
+    return x, a[0], b[0], logits, kw, ref
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("key", list(SCHEMES))
+def test_schemes_against_reference(backend, dtype, key, poisoned_empty):
+    scheme = SCHEMES[key]
+    x, w13, w2, logits, kw, ref = _layer(scheme, 33, 4, 256, 128, dtype)
+    out = moekit.fused_moe(x, w13, w2, logits, 2, backend=backend, **kw)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert_close_to_reference(out, ref, key)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("scheme", [QuantScheme.fp8_block(128, 128), QuantScheme.fp8_tensor(),
+                                    QuantScheme.int4_weight_only(32, zero_point=True)], ids=str)
+def test_h_and_i_not_multiples_of_128(backend, scheme, poisoned_empty):
+    """Partial scale blocks / groups at the tail of H and I are supported (their scales cover the tail)."""
+    key = {"block": "fp8_block", "tensor": "fp8_tensor", "group": "int4_weight_only"}[scheme.granularity]
+    x, w13, w2, logits, kw, ref = _layer(scheme, 11, 4, 200, 96, torch.float16 if DEVICE == "cpu" else torch.bfloat16)
+    out = moekit.fused_moe(x, w13, w2, logits, 2, backend=backend, **kw)
+    assert_close_to_reference(out, ref, key)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_static_activation_scales(backend, poisoned_empty):
+    scheme = QuantScheme.fp8_tensor()
+    x, w13, w2, logits, kw, ref = _layer(scheme, 9, 4, 128, 64, torch.float32)
+    kw.update(a13_scale=torch.tensor([8.0 / 448], device=DEVICE), a2_scale=torch.tensor([8.0 / 448], device=DEVICE))
+    out = moekit.fused_moe(x, w13, w2, logits, 2, backend=backend, **kw)
+    assert_close_to_reference(out, ref, "fp8_tensor")
+
+
+def test_triton_matches_torch_backend_fp8_block():
+    scheme = QuantScheme.fp8_block(128, 128)
+    x, w13, w2, logits, kw, ref = _layer(scheme, 17, 4, 256, 128, torch.float32)
+    a = moekit.fused_moe(x, w13, w2, logits, 2, backend="triton", **kw)
+    b = moekit.fused_moe(x, w13, w2, logits, 2, backend="torch", **kw)
+    assert_close_to_reference(a, b.double(), "fp8_block")
+
+
+def test_block_k_corrected_once():
+    from moekit.configs import MoEKernelConfig
+    from moekit.quant.triton_moe import _fix_block_k
+
+    c = _fix_block_k(MoEKernelConfig(16, 64, 256, 1, 4, 2), 128)
+    assert c.BLOCK_SIZE_K == 128
+    assert _fix_block_k(MoEKernelConfig(16, 64, 96, 1, 4, 2), 128).BLOCK_SIZE_K == 64
+
+
+@pytest.mark.parametrize("bad, argname", [
+    (dict(w13_scale=lambda s: s[:, :1]), "w13_scale"),
+    (dict(w2_scale=lambda s: s.double()), "w2_scale"),
+    (dict(w2_scale=lambda s: None), "w2_scale"),
+    (dict(w13=lambda w: w.float()), "w13"),
+    (dict(a13_scale=lambda s: torch.ones(2)), "a13_scale"),
+    (dict(w13_zero=lambda s: torch.zeros(1, dtype=torch.uint8)), "w13_zero"),
+])
+def test_bad_quant_args_name_the_argument(bad, argname):
+    scheme = QuantScheme.fp8_block(128, 128)
+    x, w13, w2, logits, kw, _ = _layer(scheme, 3, 4, 256, 128, torch.float32)
+    args = dict(w13=w13, w2=w2, **kw)
+    (name, fn), = bad.items()
+    args[name] = fn(args.get(name, torch.ones(1)))
+    with pytest.raises(MoEInputError, match=argname):
+        moekit.fused_moe(x, args.pop("w13"), args.pop("w2"), logits, 2, backend="torch", **args)
+
+
+def test_scales_without_scheme_refused():
+    x = torch.randn(2, 32, device=DEVICE)
+    w13, w2 = torch.randn(2, 32, 32, device=DEVICE), torch.randn(2, 32, 16, device=DEVICE)
+    with pytest.raises(MoEInputError, match="w13_scale"):
+        moekit.fused_moe(x, w13, w2, torch.randn(2, 2, device=DEVICE), 1, w13_scale=torch.ones(2))
+
+
+def test_mxfp4_needs_multiple_of_32():
+    with pytest.raises(MoEInputError, match="w"):
+        quantize_weights(torch.randn(2, 64, 48), QuantScheme.mxfp4())
