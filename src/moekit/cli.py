@@ -13,6 +13,9 @@ _SUBCOMMANDS = [
     ("moekit.cli", "_add_demo"),
     ("moekit.cli", "_add_bench"),
     ("moekit.info", "add_info_parser"),
+    ("moekit.linear_tune", "add_parser"),
+    ("moekit.tune", "add_tune_parser"),
+    ("moekit.configs", "add_configs_parser"),
 ]
 
 

@@ -419,7 +419,8 @@ def _run_torch(x2, weight, bias, scheme, weight_scale):
         ws = weight_scale.reshape(1, -1)
         if ws.shape[1] != N:
             ws = ws.expand(1, N)
-        return torch._scaled_mm(q, weight.t(), scale_a=s, scale_b=ws.contiguous(), bias=bias, out_dtype=x2.dtype)
+        out = torch._scaled_mm(q, weight.t(), scale_a=s, scale_b=ws.contiguous(), out_dtype=x2.dtype)
+        return out if bias is None else out.add_(bias)
     return F.linear(x2, _dequant_weight(weight, weight_scale, scheme, x2.dtype), bias)
 
 
