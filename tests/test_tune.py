@@ -1,0 +1,230 @@
+"""moekit tune: search space, pruning, the coarse-to-fine search under a budget, resume, output, CLI.
+
+CPU tests use a synthetic timer (a cost model with a known optimum) and a fake clock; the GPU test runs a
+tiny real tuning with worker-process compilation."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import gpu_only
+from moekit import configs
+from moekit.cli import main as cli_main
+from moekit.configs import MoEKernelConfig, load_config_file, shared_memory_bytes
+from moekit.platform import PRESETS, shared_memory_per_block
+from moekit.tune import (
+    SEARCH, Tuner, TuneSpec, _compile_only, _key, _Progress, bm_window, candidate_space, neighbours,
+    prune_reason, screen_candidates, spec_for_model, vllm_json,
+)
+
+SMEM = shared_memory_per_block(PRESETS["h100"])
+QWEN = spec_for_model("qwen3_30b_a3b")
+MIXTRAL = spec_for_model("mixtral8x7b")
+
+
+def test_spec_for_model_tp_ep():
+    assert (QWEN.E, QWEN.N, QWEN.K, QWEN.top_k, QWEN.E_global) == (128, 768, 2048, 8, 128)
+    s = spec_for_model("qwen3_30b_a3b", tp=2, ep=4)
+    assert (s.E, s.N, s.E_global) == (32, 384, 128)
+    assert s.file_name("X") == "E=32,N=384,device_name=X.json"
+    d = spec_for_model("dsv3", tp=8, dtype="fp8_w8a8", block_shape=[128, 128])
+    assert d.file_name("X") == "E=256,N=256,device_name=X,dtype=fp8_w8a8,block_shape=[128,128].json"
+    assert d.num_expert_group == 8 and d.scoring == "sigmoid" and d.elem_bytes == 1
+    with pytest.raises(ValueError, match="tp"):
+        spec_for_model("mixtral8x7b", tp=3)
+    with pytest.raises(ValueError, match="model"):
+        spec_for_model("llama")
+
+
+@pytest.mark.parametrize("spec", [QWEN, MIXTRAL, spec_for_model("dsv3", tp=8), spec_for_model("gpt_oss_20b")],
+                         ids=lambda s: s.describe().split(":")[0])
+@pytest.mark.parametrize("M", [1, 24, 256, 4096])
+def test_candidates_are_valid_and_pruned(spec, M):
+    space = candidate_space(spec, M, SMEM)
+    assert space
+    lo, hi = bm_window(spec, M)
+    for c in space:
+        assert shared_memory_bytes(c, spec.elem_bytes) <= SMEM
+        assert lo <= c.BLOCK_SIZE_M <= hi
+        for f in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps"):
+            v = getattr(c, f)
+            assert v & (v - 1) == 0
+    screen = screen_candidates(spec, M, SMEM)
+    assert 0 < len(screen) <= 48 and len(set(screen)) == len(screen)
+    assert all(prune_reason(c, spec, M, SMEM) is None for c in screen)
+    assert all(prune_reason(n, spec, M, SMEM) is None for n in neighbours(screen[0], spec, M, SMEM))
+
+
+def test_pruning_reasons():
+    assert "BLOCK_SIZE_M" in prune_reason(MoEKernelConfig(128, 64, 64, 1, 4, 3), QWEN, 1, SMEM)
+    assert "shared memory" in prune_reason(MoEKernelConfig(256, 256, 256, 16, 8, 5), QWEN, 4096, SMEM)
+    assert "registers" in prune_reason(MoEKernelConfig(256, 256, 64, 16, 4, 2), QWEN, 4096, SMEM)
+    assert "8 warps" in prune_reason(MoEKernelConfig(16, 64, 128, 1, 8, 3), QWEN, 1, SMEM)
+    fp8 = spec_for_model("dsv3", dtype="fp8_w8a8", block_shape=[128, 128])
+    assert "quantization block" in prune_reason(MoEKernelConfig(16, 64, 256, 1, 4, 3), fp8, 1, SMEM)
+
+
+def optimum(M):
+    """The synthetic cost model's best config at batch M."""
+    bm = 16 if M <= 64 else 32 if M <= 256 else 64 if M <= 1024 else 128
+    return MoEKernelConfig(bm, 128 if M > 64 else 64, 64 if M > 64 else 128, 16 if M > 64 else 1,
+                           8 if M > 1024 else 4, 4 if M <= 1024 else 3)
+
+
+class FakeGPU:
+    """Cost model: separable in log2 of each knob, minimum at :func:`optimum`; advances a fake clock."""
+
+    def __init__(self, cost_s=0.2, fail=lambda c: False, interrupt_after=None):
+        self.now = 0.0
+        self.calls = 0
+        self.cost_s, self.fail, self.interrupt_after = cost_s, fail, interrupt_after
+
+    def clock(self):
+        return self.now
+
+    def __call__(self, M, c, rep_ms):
+        self.calls += 1
+        if self.interrupt_after is not None and self.calls > self.interrupt_after:
+            raise KeyboardInterrupt
+        self.now += self.cost_s * (1 + rep_ms / 50)
+        if self.fail(c):
+            raise RuntimeError("OutOfResources: out of resource: shared memory")
+        o = optimum(M)
+        pen = sum(abs(math.log2(getattr(c, f) / getattr(o, f))) for f in SEARCH)
+        return (5.0 + M / 10) * (1 + 0.1 * pen)
+
+
+def _tuner(gpu, Ms=(1, 16, 256, 2048, 4096), budget=600.0, **kw):
+    return Tuner(QWEN, Ms, budget, gpu, SMEM, clock=gpu.clock, progress=False, log=lambda s: None, **kw)
+
+
+def test_finds_the_optimum_with_a_generous_budget():
+    gpu = FakeGPU()
+    res = _tuner(gpu).run()
+    for M, c in res.configs.items():
+        assert c == optimum(M), (M, c)
+        assert res.tuned_us[M] <= res.default_us[M]
+    assert min(res.speedups().values()) >= 1.0 and gpu.now <= 600 * 1.05
+
+
+@pytest.mark.parametrize("budget", [20.0, 60.0])
+def test_short_budget_is_respected_and_never_worse_than_default(budget):
+    gpu = FakeGPU()
+    Ms = configs.VLLM_BATCH_SIZES
+    res = _tuner(gpu, Ms, budget).run()
+    assert sorted(res.configs) == list(Ms)
+    # the minimum work (default + a few screened + the finalists) may overrun a tiny budget by a bounded amount
+    assert gpu.now <= budget + len(Ms) * 12 * gpu.cost_s * 2
+    assert all(res.tuned_us[m] <= res.default_us[m] for m in Ms)
+
+
+def test_failing_candidates_are_skipped():
+    gpu = FakeGPU(fail=lambda c: c.BLOCK_SIZE_N == 128)
+    res = _tuner(gpu, (1, 4096)).run()
+    assert all(c.BLOCK_SIZE_N != 128 for c in res.configs.values()) and res.failed > 0
+
+
+def test_default_kept_unless_clearly_faster():
+    class Flat(FakeGPU):
+        def __call__(self, M, c, rep_ms):
+            super().__call__(M, c, rep_ms)
+            return 10.0 - 0.01 * (c.BLOCK_SIZE_N == 256)  # 0.1 % better: noise, not a win
+
+    gpu = Flat()
+    t = _tuner(gpu, (1, 256))
+    res = t.run()
+    assert all(res.configs[m] == t.default(m) for m in (1, 256))
+
+
+def test_resume_reuses_measurements(tmp_path):
+    state = tmp_path / "x.json.partial.json"
+    full = FakeGPU()
+    ref = _tuner(full, (1, 256)).run()
+    gpu = FakeGPU(interrupt_after=25)
+    with pytest.raises(KeyboardInterrupt):
+        _tuner(gpu, (1, 256), state_path=state).run()
+    saved = json.loads(state.read_text())
+    assert sum(len(v) for v in saved["meas"].values()) == 25
+    gpu2 = FakeGPU()
+    res = _tuner(gpu2, (1, 256), state_path=state).run()
+    assert gpu2.calls < full.calls
+    assert res.configs == ref.configs
+    # a state file for another shape is ignored
+    other = Tuner(MIXTRAL, (1, 256), 600, FakeGPU(), SMEM, state_path=state, progress=False, log=lambda s: None)
+    assert not any(other.meas.values())
+
+
+def test_output_is_vllm_json_and_loads(tmp_path):
+    res = _tuner(FakeGPU(), (1, 4096)).run()
+    content = vllm_json(res.configs)
+    assert "triton_version" in content and set(content) - {"triton_version"} == {"1", "4096"}
+    p = tmp_path / QWEN.file_name("NVIDIA_H100_80GB_HBM3")
+    p.write_text(json.dumps(content))
+    assert configs.check_config_file(p) == ([], [])
+    assert load_config_file(p).as_dict() == res.configs
+    assert "geometric-mean speed-up" in res.table()
+
+
+def test_progress_fallback_prints_eta(capsys):
+    import sys
+
+    t = [0.0]
+    p = _Progress(4, "tune", True, lambda: t[0], deadline=100.0, out=sys.stdout)
+    if p.bar is not None:  # tqdm installed: its bar is the progress display
+        p.close()
+        return
+    t[0] = 10.0
+    p.step("screen M=1")
+    out = capsys.readouterr().out
+    assert "1/4" in out and "ETA 00:30" in out and "elapsed 00:10" in out
+
+
+def test_compile_only_restores_triton():
+    from triton.runtime.jit import JITFunction
+
+    orig = JITFunction.run
+    with _compile_only():
+        assert JITFunction.run is not orig
+    assert JITFunction.run is orig
+
+
+def test_cli(capsys):
+    assert cli_main(["tune", "--model", "qwen3_30b_a3b", "--tp", "2", "--dry-run", "--batch-sizes", "1", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "E=128,N=384" in out and "M= 4096" in out
+    assert cli_main(["tune", "--E", "60", "--N", "1408", "--K", "2048", "--top-k", "4", "--dry-run",
+                     "--batch-sizes", "8"]) == 0
+    assert cli_main(["tune", "--E", "60", "--N", "1408", "--dry-run"]) == 2
+    assert "--K --top-k" in capsys.readouterr().err
+    assert cli_main(["tune", "--model", "dsv3", "--dtype", "fp8_w8a8", "--block-shape", "128", "128"]) == 2
+    assert "not tunable yet" in capsys.readouterr().err
+    assert cli_main(["tune", "--model", "dsv3", "--tp", "3", "--dry-run"]) == 2
+
+
+def test_key_round_trip():
+    c = MoEKernelConfig(16, 64, 128, 1, 4, 3)
+    from moekit.tune import _from_key
+
+    assert _from_key(_key(c)) == c
+
+
+@gpu_only
+def test_real_tuning_small(tmp_path):
+    """End to end on the GPU: worker processes compile ahead, the timer measures, a valid file results."""
+    from moekit.platform import device_name_for_configs
+    from moekit.tune import CompilePool, GpuTimer
+
+    spec = TuneSpec(8, 256, 512, 2, model=None)
+    pool = CompilePool(spec, 2)
+    try:
+        t = Tuner(spec, (1, 64), 20.0, GpuTimer(spec), shared_memory_per_block(), pool, progress=False,
+                  log=lambda s: None, device_name=device_name_for_configs())
+        res = t.run()
+    finally:
+        pool.close()
+    assert sorted(res.configs) == [1, 64]
+    assert all(math.isfinite(res.tuned_us[m]) and res.tuned_us[m] > 0 for m in res.configs)
+    assert not [f for f in pool.futures.values() if f.done() and not f.cancelled() and f.exception()]
+    done = [f.result() for f in pool.futures.values() if f.done() and not f.cancelled()]
+    assert done and all(err is None for r in done for err in r)
