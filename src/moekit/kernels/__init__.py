@@ -7,3 +7,11 @@
 
 Importing this package needs ``triton``; the rest of moekit works without it.
 """
+
+
+def warps_for(tile: int, per_thread: int) -> int:
+    """Fewest warps (1..8) that keep about ``per_thread`` elements of a ``tile``-element block per thread.
+    Small tiles stay in one warp, whose reductions are register shuffles rather than shared-memory round
+    trips: that is what decode-sized, latency-bound kernels need."""
+    need = -(-tile // (32 * per_thread))
+    return max(1, min(8, 1 << (need - 1).bit_length()))

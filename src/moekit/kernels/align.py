@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from moekit.kernels import warps_for
+
 SINGLE_MAX = 256  # up to this many slots, one program does the whole alignment
 CHUNK = 128  # slots per program in the multi-program path
 
@@ -47,8 +49,8 @@ def _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks
     total = tl.sum(padded, axis=0)
     tl.store(npp_ptr, total)
     # expert of block b = number of experts whose padded run ends at or before b * BLOCK_M
-    for b0 in range(0, max_blocks, 32):
-        b = b0 + tl.arange(0, 32)
+    for b0 in range(0, max_blocks, 64):
+        b = b0 + tl.arange(0, 64)
         owner = tl.sum((pad_end[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), axis=1)
         owner = tl.where(b * BLOCK_M < total, owner, -1)
         tl.store(expert_ids_ptr + b, owner, mask=b < max_blocks)
@@ -130,7 +132,8 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     if n <= SINGLE_MAX:
         chunk = max(16, triton.next_power_of_2(n))
         _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, npp, n, num_experts, max_blocks,
-                                   HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk, num_warps=8)
+                                   HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk,
+                                   num_warps=warps_for(chunk * e_pad, 64))
     else:
         num_chunks = triton.cdiv(n, CHUNK)
         counts = torch.empty((num_chunks, e_pad), dtype=torch.int32, device=device)
@@ -138,7 +141,7 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
         _align_count_kernel[(num_chunks,)](flat, emap, counts, n, num_experts, HAS_MAP=has_map, E_PAD=e_pad,
                                            CHUNK_=CHUNK, num_warps=4)
         _align_offsets_kernel[(1,)](counts, base, sorted_ids, expert_ids, npp, n, num_experts, max_blocks,
-                                    num_chunks, BLOCK_M=block_m, E_PAD=e_pad, CB=16, num_warps=4)
+                                    num_chunks, BLOCK_M=block_m, E_PAD=e_pad, CB=64, num_warps=8)
         _align_scatter_kernel[(num_chunks,)](flat, emap, base, sorted_ids, n, num_experts, HAS_MAP=has_map,
                                              E_PAD=e_pad, CHUNK_=CHUNK, num_warps=8)
     return sorted_ids, expert_ids, npp

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from moekit.kernels import warps_for
+
 # One program holds a [BLOCK_T, E_PAD] tile of scores; keep it within a few thousand registers' worth.
 _MAX_TILE = 8192
 _MAX_EXPERTS = 4096
@@ -37,7 +39,7 @@ def _routing_kernel(
         x_max = tl.max(x, axis=1)
         x_max = tl.where(row_mask, x_max, 0.0)  # rows past M are all -inf: keep them NaN-free
         p = tl.exp(x - x_max[:, None])
-        s = p / tl.sum(p, axis=1)[:, None]
+        s = p / tl.where(row_mask, tl.sum(p, axis=1), 1.0)[:, None]
     s = tl.where(mask, s, -1.0)  # scores are >= 0; -1 marks padding and taken experts
     kcols = tl.arange(0, K_PAD)
     w_tile = tl.zeros([BLOCK_T, K_PAD], dtype=tl.float32)
@@ -49,7 +51,7 @@ def _routing_kernel(
         id_tile = tl.where(kcols[None, :] == j, best[:, None].to(tl.int32), id_tile)
         s = tl.where(cols[None, :] == best[:, None], -1.0, s)
     if RENORMALIZE:
-        w_tile = w_tile / tl.sum(w_tile, axis=1)[:, None]
+        w_tile = w_tile / tl.where(row_mask, tl.sum(w_tile, axis=1), 1.0)[:, None]
     out_mask = row_mask[:, None] & (kcols[None, :] < TOP_K)
     tl.store(w_ptr + rows.to(tl.int64)[:, None] * stride_wm + kcols[None, :], w_tile, mask=out_mask)
     tl.store(ids_ptr + rows.to(tl.int64)[:, None] * stride_im + kcols[None, :], id_tile, mask=out_mask)
@@ -81,6 +83,6 @@ def select_experts_triton(
         logits.stride(0), weights.stride(0), ids.stride(0),
         SIGMOID=scoring == "sigmoid", RENORMALIZE=renormalize,
         BLOCK_T=block_t, E_PAD=e_pad, K_PAD=triton.next_power_of_2(top_k),
-        num_warps=4 if e_pad * block_t <= 4096 else 8,
+        num_warps=warps_for(e_pad * block_t, 32),
     )
     return weights, ids
