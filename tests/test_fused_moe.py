@@ -184,3 +184,29 @@ def test_64bit_offsets():
     # spot-check the last tokens against the float64 per-token reference
     w, ids = moekit.select_experts(logits[-4:], k)
     assert_close_to_reference(out[-4:], moe_reference(x[-4:], w13, w2, w, ids), "bf16")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_logits_give_nan_rows_not_wrong_values(backend):
+    x, w13, w2, logits = make_layer(5, 8, 32, 16, torch.float32)
+    logits[2, 3] = float("nan")
+    out = moekit.fused_moe(x, w13, w2, logits, 2, backend=backend)
+    assert torch.isnan(out[2]).all()
+    keep = [0, 1, 3, 4]
+    w, ids = route_reference(logits[keep], 2)
+    assert_close_to_reference(out[keep], moe_reference(x[keep], w13, w2, w, ids), torch.float32)
+
+
+def test_validate_flag_checks_values(monkeypatch):
+    monkeypatch.setenv("MOEKIT_VALIDATE", "1")
+    x, w13, w2, logits = make_layer(4, 4, 32, 16, torch.float32)
+    bad = logits.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(moekit.MoEInputError, match="router_logits"):
+        moekit.fused_moe(x, w13, w2, bad, 2)
+    ids = torch.tensor([[0, 4]] * 4, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(moekit.MoEInputError, match="topk_ids"):
+        moekit.fused_experts(x, w13, w2, torch.rand(4, 2, device=DEVICE), ids)
+    emap = torch.tensor([0, 1, 2, 7], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(moekit.MoEInputError, match="expert_map"):
+        moekit.fused_experts(x, w13, w2, torch.rand(4, 2, device=DEVICE), ids.clamp(max=3), expert_map=emap)

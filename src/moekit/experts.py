@@ -69,6 +69,18 @@ def _check_experts_args(x, w13, w2, topk_weights, topk_ids, expert_map, activati
     check_arg(backend in BACKENDS, "backend", f"one of {BACKENDS}", backend)
 
 
+def _check_values(e: int, topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor]) -> None:
+    """Value checks (host-synchronizing, so only with MOEKIT_VALIDATE=1): ids and map entries in range."""
+    if topk_ids.numel() == 0:
+        return
+    e_ids = expert_map.numel() if expert_map is not None else e
+    lo, hi = int(topk_ids.min()), int(topk_ids.max())
+    check_arg(lo >= 0 and hi < e_ids, "topk_ids", f"values in [0, {e_ids})", f"values in [{lo}, {hi}]")
+    if expert_map is not None:
+        lo, hi = int(expert_map.min()), int(expert_map.max())
+        check_arg(lo >= -1 and hi < e, "expert_map", f"values in [-1, {e})", f"values in [{lo}, {hi}]")
+
+
 def resolve_backend(backend: str, x: torch.Tensor, scheme=None) -> str:
     """The backend that will run, from :func:`moekit.backends.select_backend` for the platform that holds
     ``x`` ("auto" honours ``MOEKIT_BACKEND``; a named backend that cannot run raises NoBackendError with
@@ -125,6 +137,8 @@ def fused_experts(
     scheme = as_scheme(quant, "quant")
     _check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, activation, backend,
                         quantized=scheme.is_quantized)
+    if envs.get("MOEKIT_VALIDATE"):
+        _check_values(w13.shape[0], topk_ids, expert_map)
     qargs = dict(w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero, a13_scale=a13_scale,
                  a2_scale=a2_scale)
     if scheme.is_quantized:

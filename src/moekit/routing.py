@@ -16,6 +16,11 @@ Scoring modes
 
 Ties are broken towards the lower expert id on every backend.
 
+NaN policy: router logits are not inspected on the fast path (that would cost a host synchronization).
+A token whose scores contain NaN gets in-range expert ids and NaN weights, so its output is NaN, never a
+plausible-looking wrong value. With ``MOEKIT_VALIDATE=1`` NaN/inf logits raise :class:`MoEInputError`.
++/-inf logits are valid input (softmax handles them; an all -inf row is NaN as above).
+
 The Triton kernel (``moekit.kernels.routing``) runs the non-grouped modes in one launch; the grouped mode
 and CPU tensors use the PyTorch code below, which is also the reference.
 """
@@ -25,6 +30,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from moekit import envs
 from moekit.errors import check_arg
 
 SCORINGS = ("softmax", "sigmoid")
@@ -125,6 +131,9 @@ def select_experts(
         ordered by decreasing choice score. (float64 logits give float64 weights, for references.)
     """
     check_routing_args(router_logits, top_k, scoring, num_expert_group, topk_group, correction_bias)
+    if envs.get("MOEKIT_VALIDATE"):
+        bad = int((~torch.isfinite(router_logits)).sum())
+        check_arg(bad == 0, "router_logits", "finite values (MOEKIT_VALIDATE=1)", f"{bad} NaN/inf entries")
     from moekit.kernels.routing import routing_kernel_applicable, select_experts_triton
 
     if num_expert_group is None and correction_bias is None and routing_kernel_applicable(router_logits, top_k):

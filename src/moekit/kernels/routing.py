@@ -40,7 +40,10 @@ def _routing_kernel(
         x_max = tl.where(row_mask, x_max, 0.0)  # rows past M are all -inf: keep them NaN-free
         p = tl.exp(x - x_max[:, None])
         s = p / tl.where(row_mask, tl.sum(p, axis=1), 1.0)[:, None]
-    s = tl.where(mask, s, -1.0)  # scores are >= 0; -1 marks padding and taken experts
+    # NaN policy: a row with a NaN score chooses in-range experts and gets NaN weights (NaN out, never a
+    # silently plausible answer, never an out-of-range id).
+    row_nan = tl.max(tl.where(mask & (s != s), 1, 0), axis=1) > 0
+    s = tl.where(mask & (s == s), s, -1.0)  # scores are >= 0; -1 marks padding, NaN and taken experts
     kcols = tl.arange(0, K_PAD)
     w_tile = tl.zeros([BLOCK_T, K_PAD], dtype=tl.float32)
     id_tile = tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32)
@@ -52,6 +55,8 @@ def _routing_kernel(
         s = tl.where(cols[None, :] == best[:, None], -1.0, s)
     if RENORMALIZE:
         w_tile = w_tile / tl.where(row_mask, tl.sum(w_tile, axis=1), 1.0)[:, None]
+    w_tile = tl.where(row_nan[:, None], float("nan"), w_tile)
+    id_tile = tl.where(id_tile < E, id_tile, 0)  # all-NaN rows: argmax may land on padding
     out_mask = row_mask[:, None] & (kcols[None, :] < TOP_K)
     tl.store(w_ptr + rows.to(tl.int64)[:, None] * stride_wm + kcols[None, :], w_tile, mask=out_mask)
     tl.store(ids_ptr + rows.to(tl.int64)[:, None] * stride_im + kcols[None, :], id_tile, mask=out_mask)
