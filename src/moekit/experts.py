@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from moekit import envs
 from moekit.activations import ACTIVATIONS, KERNEL_ACTIVATIONS
 from moekit.backends import select_backend
 from moekit.errors import check_arg
