@@ -119,6 +119,46 @@ def test_short_budget_is_respected_and_never_worse_than_default(budget):
     assert all(res.tuned_us[m] <= res.default_us[m] for m in Ms)
 
 
+def test_compile_ahead_pool_is_used_in_readiness_order():
+    """A stand-in pool whose 'compiles' finish in threads: every timed candidate was compiled first."""
+    import concurrent.futures as cf
+    import threading
+    import time
+
+    class Pool:
+        def __init__(self):
+            self.ex = cf.ThreadPoolExecutor(2)
+            self.futures = {}
+            self.compiled = set()
+            self.lock = threading.Lock()
+
+        def submit(self, M, cfgs):
+            for c in cfgs:
+                if (M, _key(c)) not in self.futures:
+                    self.futures[(M, _key(c))] = self.ex.submit(self._compile, M, c)
+
+        def _compile(self, M, c):
+            time.sleep(0.001)
+            with self.lock:
+                self.compiled.add((M, _key(c)))
+
+        def future(self, M, c):
+            return self.futures.get((M, _key(c)))
+
+    pool = Pool()
+    gpu = FakeGPU()
+    timed = []
+
+    def timer(M, c, rep):
+        timed.append((M, _key(c)))
+        return gpu(M, c, rep)
+
+    res = Tuner(QWEN, (1, 256), 600, timer, SMEM, pool, clock=gpu.clock, progress=False, log=lambda s: None).run()
+    pool.ex.shutdown()
+    assert res.configs == _tuner(FakeGPU(), (1, 256)).run().configs
+    assert set(timed) <= pool.compiled
+
+
 def test_failing_candidates_are_skipped():
     gpu = FakeGPU(fail=lambda c: c.BLOCK_SIZE_N == 128)
     res = _tuner(gpu, (1, 4096)).run()
@@ -197,9 +237,24 @@ def test_cli(capsys):
                      "--batch-sizes", "8"]) == 0
     assert cli_main(["tune", "--E", "60", "--N", "1408", "--dry-run"]) == 2
     assert "--K --top-k" in capsys.readouterr().err
-    assert cli_main(["tune", "--model", "dsv3", "--dtype", "fp8_w8a8", "--block-shape", "128", "128"]) == 2
-    assert "not tunable yet" in capsys.readouterr().err
+    assert cli_main(["tune", "--model", "dsv3", "--tp", "8", "--dtype", "fp8_w8a8", "--block-shape", "128", "128",
+                     "--dry-run", "--batch-sizes", "1"]) == 0
+    assert "dtype=fp8_w8a8,block_shape=[128,128].json" in capsys.readouterr().out
+    assert cli_main(["tune", "--model", "dsv3", "--dtype", "fp4"]) == 2
+    assert "dtype" in capsys.readouterr().err
+    assert cli_main(["tune", "--model", "mixtral8x7b", "--block-shape", "128", "128"]) == 2
+    assert "--block-shape" in capsys.readouterr().err
     assert cli_main(["tune", "--model", "dsv3", "--tp", "3", "--dry-run"]) == 2
+
+
+def test_scheme_for_spec():
+    from moekit.quant import QuantScheme
+    from moekit.tune import scheme_for_spec
+
+    assert scheme_for_spec(QWEN) is None
+    assert scheme_for_spec(spec_for_model("dsv3", dtype="fp8_w8a8", block_shape=(128, 128))) == QuantScheme.fp8_block(128, 128)
+    assert scheme_for_spec(spec_for_model("gpt_oss_20b", dtype="mxfp4")) == QuantScheme.mxfp4()
+    assert scheme_for_spec(spec_for_model("mixtral8x7b", dtype="int4_w4a16")) == QuantScheme.int4_weight_only()
 
 
 def test_key_round_trip():
@@ -210,15 +265,16 @@ def test_key_round_trip():
 
 
 @gpu_only
-def test_real_tuning_small(tmp_path):
+@pytest.mark.parametrize("dtype, block_shape", [("bf16", None), ("fp8_w8a8", (128, 128)), ("mxfp4", None)])
+def test_real_tuning_small(dtype, block_shape):
     """End to end on the GPU: worker processes compile ahead, the timer measures, a valid file results."""
     from moekit.platform import device_name_for_configs
     from moekit.tune import CompilePool, GpuTimer
 
-    spec = TuneSpec(8, 256, 512, 2, model=None)
+    spec = TuneSpec(8, 256, 512, 2, dtype=dtype, block_shape=block_shape)
     pool = CompilePool(spec, 2)
     try:
-        t = Tuner(spec, (1, 64), 20.0, GpuTimer(spec), shared_memory_per_block(), pool, progress=False,
+        t = Tuner(spec, (1, 64), 8.0, GpuTimer(spec), shared_memory_per_block(), pool, progress=False,
                   log=lambda s: None, device_name=device_name_for_configs())
         res = t.run()
     finally:

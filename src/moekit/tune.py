@@ -44,11 +44,12 @@ from moekit.configs import (
     fit_shared_memory, shared_memory_bytes, user_config_dir,
 )
 
-__all__ = ["TuneSpec", "Tuner", "TuneResult", "spec_for_model", "candidate_space", "add_tune_parser", "MODELS"]
+__all__ = ["TuneSpec", "Tuner", "TuneResult", "spec_for_model", "scheme_for_spec", "candidate_space", "add_tune_parser",
+           "MODELS"]
 
 MODELS = ("mixtral8x7b", "qwen3_30b_a3b", "dsv3", "gpt_oss_20b")
-#: dtypes the tuner can time today (the Triton kernels' unquantized paths).
-TUNABLE_DTYPES = ("bf16", "fp16", "fp32")
+#: dtypes the tuner times: the unquantized kernels and, through ``moekit.quant``, the quantized ones.
+TUNABLE_DTYPES = ("bf16", "fp16", "fp32", "fp8_w8a8", "int8_w8a8", "int8_w8a16", "int4_w4a16", "mxfp4")
 SEARCH = {
     "BLOCK_SIZE_M": (16, 32, 64, 128, 256),
     "BLOCK_SIZE_N": (32, 64, 128, 256),
@@ -262,9 +263,54 @@ def _from_key(k: str) -> MoEKernelConfig:
 
 
 def _torch_dtype(spec: TuneSpec):
+    """The activation (and, unquantized, weight) dtype: bf16 for quantized schemes."""
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[spec.dtype]
+    return {"fp16": torch.float16, "fp32": torch.float32, "float32": torch.float32}.get(spec.dtype, torch.bfloat16)
+
+
+def scheme_for_spec(spec: TuneSpec):
+    """The QuantScheme a dtype name is timed with (None when unquantized). ``fp8_w8a8``: block with
+    ``block_shape``, else per-channel; ``int8_w8a8``: per-channel; ``int8_w8a16`` / ``int4_w4a16`` (group
+    128) / ``mxfp4``: weight-only."""
+    from moekit.quant import QuantScheme
+
+    name = spec.dtype_name
+    if name in (None, "float32"):
+        return None
+    if name == "fp8_w8a8":
+        return QuantScheme.fp8_block(*spec.block_shape) if spec.block_shape else QuantScheme.fp8_channel()
+    return {"int8_w8a8": QuantScheme.int8_channel, "int8_w8a16": QuantScheme.int8_weight_only,
+            "int4_w4a16": QuantScheme.int4_weight_only, "mxfp4": QuantScheme.mxfp4}[name]()
+
+
+def _make_weights(spec: TuneSpec, gen, experts: int, device="cuda"):
+    """Random w13 [E, 2N, K], w2 [E, K, N] in the tuned format: (w13, w2, quant kwargs). Quantized weights
+    are made a few experts at a time (the float copies of a whole DeepSeek-V3 layer would not fit)."""
+    import torch
+
+    dtype = _torch_dtype(spec)
+    scheme = scheme_for_spec(spec)
+    if scheme is None:
+        w13 = (torch.randn(experts, 2 * spec.N, spec.K, device=device, generator=gen) / spec.K ** 0.5).to(dtype)
+        w2 = (torch.randn(experts, spec.K, spec.N, device=device, generator=gen) / spec.N ** 0.5).to(dtype)
+        return w13, w2, {}
+    from moekit.quant.weights import quantize_weights
+
+    parts: Dict[str, list] = {}
+    step = max(1, (1 << 28) // (2 * spec.N * spec.K))  # ~1 GiB of float32 per chunk
+    for e0 in range(0, experts, step):
+        n = min(step, experts - e0)
+        for name, (rows, cols) in (("w13", (2 * spec.N, spec.K)), ("w2", (spec.K, spec.N))):
+            w = (torch.randn(n, rows, cols, device=device, generator=gen) / cols ** 0.5).to(dtype)
+            for i, t in enumerate(quantize_weights(w, scheme)):
+                parts.setdefault(f"{name}:{i}", []).append(t)
+            del w
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    kw = {"quant": scheme, "w13_scale": cat["w13:1"], "w2_scale": cat["w2:1"]}
+    if "w13:2" in cat:
+        kw.update(w13_zero=cat["w13:2"], w2_zero=cat["w2:2"])
+    return cat["w13:0"], cat["w2:0"], kw
 
 
 def _expert_map(spec: TuneSpec, device):
@@ -290,8 +336,7 @@ class GpuTimer:
         self.dtype = _torch_dtype(spec)
         g = torch.Generator(device="cuda").manual_seed(seed)
         self.gen = g
-        self.w13 = (torch.randn(spec.E, 2 * spec.N, spec.K, device="cuda", generator=g) / spec.K ** 0.5).to(self.dtype)
-        self.w2 = (torch.randn(spec.E, spec.K, spec.N, device="cuda", generator=g) / spec.N ** 0.5).to(self.dtype)
+        self.w13, self.w2, self.qargs = _make_weights(spec, g, spec.E)
         self.bias = (torch.randn(spec.E_global, device="cuda", generator=g) * 0.1) if spec.num_expert_group else None
         self.expert_map = _expert_map(spec, "cuda")
         self._M: Optional[int] = None
@@ -313,7 +358,8 @@ class GpuTimer:
         from moekit.triton_experts import fused_experts_triton
 
         w, ids = select_experts(logits, self.spec.top_k, correction_bias=self.bias, **self.shape.route_kwargs())
-        return fused_experts_triton(x, self.w13, self.w2, w, ids, expert_map=self.expert_map, config=config)
+        return fused_experts_triton(x, self.w13, self.w2, w, ids, expert_map=self.expert_map, config=config,
+                                    **self.qargs)
 
     def __call__(self, M: int, config: MoEKernelConfig, rep_ms: int) -> float:
         import torch
@@ -360,9 +406,10 @@ def _worker_init(spec_fields: dict) -> None:
     dtype = _torch_dtype(spec)
     # Same shapes, dtypes and (for the kernels' specialization) the same divisibility of every stride as
     # the timed weights, with one expert's worth of memory: nothing is launched here.
-    w13 = torch.empty((1, 2 * spec.N, spec.K), dtype=dtype, device="cuda").expand(spec.E, 2 * spec.N, spec.K)
-    w2 = torch.empty((1, spec.K, spec.N), dtype=dtype, device="cuda").expand(spec.E, spec.K, spec.N)
-    _WORKER.update(spec=spec, dtype=dtype, w13=w13, w2=w2, emap=_expert_map(spec, "cuda"))
+    w13, w2, qargs = _make_weights(spec, torch.Generator(device="cuda"), 1)
+    w13, w2 = w13.expand(spec.E, *w13.shape[1:]), w2.expand(spec.E, *w2.shape[1:])
+    qargs = {k: (v.expand(spec.E, *v.shape[1:]) if isinstance(v, torch.Tensor) else v) for k, v in qargs.items()}
+    _WORKER.update(spec=spec, dtype=dtype, w13=w13, w2=w2, qargs=qargs, emap=_expert_map(spec, "cuda"))
 
 
 def _worker_compile(M: int, keys: List[str]) -> List[Optional[str]]:
@@ -380,7 +427,7 @@ def _worker_compile(M: int, keys: List[str]) -> List[Optional[str]]:
         for k in keys:
             try:
                 fused_experts_triton(x, _WORKER["w13"], _WORKER["w2"], w, ids, expert_map=_WORKER["emap"],
-                                     config=_from_key(k))
+                                     config=_from_key(k), **_WORKER["qargs"])
                 out.append(None)
             except Exception as e:  # noqa: BLE001 - a config that does not compile is just dropped
                 out.append(f"{type(e).__name__}: {str(e)[:200]}")
@@ -623,7 +670,7 @@ class Tuner:
             ready = next((c for c in pending if self._ready(M, c)), None)
             if ready is None:
                 futs = {self.compiler.future(M, c) for c in pending} - {None}
-                wait_s = max(0.05, until - self.clock()) if done >= min_count else None
+                wait_s = max(0.05, until - self.clock()) if done >= min_count else 30.0
                 cf.wait(futs, timeout=wait_s, return_when=cf.FIRST_COMPLETED)
                 if self.clock() >= until and done >= min_count:
                     break
@@ -656,6 +703,8 @@ class Tuner:
             for i, M in enumerate(self.Ms):
                 until = self.clock() + max(0.0, ends[0] - self.clock()) / (n - i)
                 seeds = [self.default(M)] + [c for c in prev if prune_reason(c, self.spec, M, self.smem) is None]
+                if self.compiler:
+                    self.compiler.submit(M, seeds)
                 self._screen(M, seeds + screen[M], until, min_count=len(seeds) + 3)
                 prev = [c for _, c in self.ranked(M)[:2]]
                 if self.compiler:
@@ -765,9 +814,11 @@ def run_tune(args: argparse.Namespace) -> int:
         print(f"moekit tune: {e}", file=sys.stderr)
         return 2
     if spec.dtype not in TUNABLE_DTYPES:
-        print(f"moekit tune: --dtype {spec.dtype} is not tunable yet: the tuner times the unquantized Triton "
-              f"kernels ({', '.join(TUNABLE_DTYPES)}); quantized schemes are tuned once their kernel paths "
-              f"land in moekit.triton_experts", file=sys.stderr)
+        print(f"moekit tune: --dtype: expected one of {', '.join(TUNABLE_DTYPES)}, got {spec.dtype}", file=sys.stderr)
+        return 2
+    if spec.block_shape and spec.dtype != "fp8_w8a8":
+        print(f"moekit tune: --block-shape: expected only with --dtype fp8_w8a8, got --dtype {spec.dtype}",
+              file=sys.stderr)
         return 2
     device = device_name_for_configs()
     smem = shared_memory_per_block()
@@ -834,8 +885,8 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--K", type=int, help="hidden size")
     p.add_argument("--top-k", dest="top_k", type=int, help="experts per token")
     p.add_argument("--dtype", default="bf16",
-                   help="bf16 (default), fp16, fp32; quantized names (fp8_w8a8, int8_w8a8, int8_w8a16, "
-                        "int4_w4a16, mxfp4) once their kernels exist")
+                   help="bf16 (default), fp16, fp32, or a quantized scheme: fp8_w8a8 (block with --block-shape, "
+                        "else per-channel), int8_w8a8, int8_w8a16, int4_w4a16 (group 128), mxfp4")
     p.add_argument("--block-shape", type=int, nargs=2, metavar=("BN", "BK"), help="block-quantization shape")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(VLLM_BATCH_SIZES))
     p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget in seconds (default 540)")
