@@ -11,14 +11,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _moe_sum_kernel(y_ptr, out_ptr, ids_ptr, map_ptr, H, top_k, E, stride_ym, stride_om,
-                    HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr):
+def _moe_sum_kernel(y_ptr, out_ptr, ids_ptr, map_ptr, H, E, stride_ym, stride_om,
+                    TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr):
     m = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     h_ok = offs < H
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for j in range(top_k):
-        slot = m * top_k + j
+    for j in tl.static_range(TOP_K):  # unrolled: the k row loads are in flight together
+        slot = m * TOP_K + j
         e = tl.load(ids_ptr + slot)
         if HAS_MAP:
             e = tl.load(map_ptr + e)
@@ -32,10 +32,11 @@ def moe_sum(y: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, num_expe
     """out [M, H] = sum over k of y [M*k, H] rows whose (mapped) expert is local."""
     m, h = out.shape
     top_k = topk_ids.shape[1]
-    block_h = min(1024, triton.next_power_of_2(h))
+    # decode (few rows): narrow blocks so enough programs stream y; prefill: wide blocks
+    block_h = min(1024 if m >= 64 else 256, triton.next_power_of_2(h))
     has_map = expert_map is not None
     _moe_sum_kernel[(m, triton.cdiv(h, block_h))](
-        y, out, topk_ids, expert_map if has_map else topk_ids, h, top_k, num_experts,
-        y.stride(0), out.stride(0), HAS_MAP=has_map, BLOCK_H=block_h, num_warps=4,
+        y, out, topk_ids, expert_map if has_map else topk_ids, h, num_experts,
+        y.stride(0), out.stride(0), TOP_K=top_k, HAS_MAP=has_map, BLOCK_H=block_h, num_warps=4,
     )
     return out
