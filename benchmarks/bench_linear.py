@@ -38,7 +38,7 @@ def _table_entry(N, K, scheme, M):
 
 def main(argv=None) -> int:
     from moekit.linear import LinearConfig, linear, linear_path, select_path
-    from moekit.linear_tune import BATCH_SIZES, SCHEMES, SHAPES, Problem, meta, time_us
+    from moekit.linear_tune import BATCH_SIZES, SCHEMES, SHAPES, Problem, time_us
     from moekit.quant.ops import per_token_quant
     from moekit.quant.scheme import as_scheme
     from moekit.testing import rel_frobenius_error
@@ -106,6 +106,14 @@ def main(argv=None) -> int:
                          if "scaled_mm_us" in row else "") + f" | err {err:.1e}", flush=True)
             del prob
             torch.cuda.empty_cache()
+            info = _write(args, rows, t0)  # after every (shape, scheme): a time-out keeps what was measured
+    print(markdown(info, rows))
+    return 0
+
+
+def _write(args, rows, t0):
+    from moekit.linear_tune import meta
+
     info = dict(meta(), seconds=round(time.time() - t0, 1), rep_ms=args.rep,
                 config_dir=os.environ.get("MOEKIT_CONFIG_DIR"))
     os.makedirs(args.out, exist_ok=True)
@@ -114,8 +122,7 @@ def main(argv=None) -> int:
         json.dump({"meta": info, "rows": rows}, f, indent=1)
     with open(stem + ".md", "w") as f:
         f.write(markdown(info, rows))
-    print(markdown(info, rows))
-    return 0
+    return info
 
 
 def markdown(info, rows) -> str:

@@ -20,6 +20,7 @@ KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 CONFIGS = {
     "torch": None,
     "skinny": LinearConfig(16, 32, 64, 3, 1, 4, 2),
+    "skinny_fused": LinearConfig(16, 32, 64, 3, 1, 4, 2, FUSED_REDUCE=1),
     "triton": LinearConfig(16, 32, 32, 1, 2, 4, 2),
     "triton_w8a8": LinearConfig(16, 32, 64, 1, 2, 4, 2),
 }
@@ -74,6 +75,13 @@ def _skip_unless_ok(path, scheme, M=1):
 def test_unquantized_paths(path, dtype, M, N, K, bias, poisoned_empty):
     if path == "triton_w8a8":
         pytest.skip("triton_w8a8 needs fp8 weights")
+    if path == "skinny":  # both split-K reductions: the reduce kernel and the fused last-program one
+        g = _gen()
+        x, w = _rand((M, K), dtype, g), _rand((N, K), dtype, g, K**-0.5)
+        b = _rand((N,), dtype, g) if bias else None
+        for _ in range(2):  # the tile counters must be left at zero for the next call
+            out = linear_path(path, x, w, b, config=CONFIGS["skinny_fused"])
+            assert_close_to_reference(out, _ref(x, w, b), KEYS[dtype], name=f"skinny fused M={M} N={N} K={K}")
     g = _gen()
     x, w = _rand((M, K), dtype, g), _rand((N, K), dtype, g, K**-0.5)
     b = _rand((N,), dtype, g) if bias else None
@@ -198,15 +206,17 @@ def test_bad_table_is_a_clear_error(table_dir):
 
 
 @gpu_only
-@pytest.mark.parametrize("path", ["skinny", "triton", "torch"])
+@pytest.mark.parametrize("path", ["skinny", "skinny_fused", "triton", "torch"])
 def test_cuda_graph_capture(path):
     g = _gen()
     x, w, b = _rand((4, 256), torch.bfloat16, g), _rand((512, 256), torch.bfloat16, g, 1 / 16), None
-    linear_path(path, x, w, b, config=CONFIGS[path])  # compile outside the capture
+    cfg, path = CONFIGS[path], path.split("_")[0]
+    linear_path(path, x, w, b, config=cfg)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = linear_path(path, x, w, b, config=CONFIGS[path])
+        out = linear_path(path, x, w, b, config=cfg)
     x.copy_(_rand((4, 256), torch.bfloat16, g))
+    graph.replay()
     graph.replay()
     torch.cuda.synchronize()
     assert_close_to_reference(out, _ref(x, w, b), "bf16", name=f"graph {path}")

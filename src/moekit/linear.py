@@ -67,6 +67,7 @@ class LinearConfig:
     GROUP_SIZE_M: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    FUSED_REDUCE: int = 0  # split-K: 1 = last program per tile reduces (one launch), 0 = reduce kernel
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LinearConfig":
@@ -431,6 +432,26 @@ def _quant_act(x2, group: int, fp8: torch.dtype):
     return per_token_group_quant(x2, group, fp8)
 
 
+_COUNTERS: Dict[Tuple, torch.Tensor] = {}
+_MAX_TILES = 1 << 16
+
+
+def _tile_counters(device: torch.device, tiles: int) -> Optional[torch.Tensor]:
+    """Zeroed int32 tile counters for the fused split-K reduction, one buffer per (device, stream) so that
+    streams never share counters; each kernel leaves them zero. Made inside a CUDA-graph capture, the
+    zeroing is part of the graph (it runs before the first use on every replay). None (use the reduce
+    kernel) past _MAX_TILES tiles."""
+    if tiles > _MAX_TILES:
+        return None
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device.type, device.index, stream)
+    buf = _COUNTERS.get(key)
+    if buf is None:
+        buf = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
 def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig, w8a8: bool):
     import triton
 
@@ -463,25 +484,30 @@ def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: Linear
         a_mode, s_am = (2 if w_mode == 2 else 1), a_s.stride(0)
     bm, bn = cfg.BLOCK_SIZE_M, cfg.BLOCK_SIZE_N
     split = max(1, min(cfg.SPLIT_K, triton.cdiv(K, block_k)))
-    target, stride_split = out, 0
+    part, stride_split, lock, fused = out, 0, out, False
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     if split > 1:
-        target = torch.empty((split, M, N), dtype=torch.float32, device=x2.device)
+        part = torch.empty((split, M, N), dtype=torch.float32, device=x2.device)
         stride_split = M * N
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn), split)
+        if cfg.FUSED_REDUCE:
+            lock = _tile_counters(x2.device, tiles)
+            fused = lock is not None
+            lock = lock if fused else out
+    grid = (tiles, split)
     _linear_kernel[grid](
-        a, weight, target, bias if bias is not None else out, a_s, ws,
+        a, weight, out, bias if bias is not None else out, a_s, ws, part, lock,
         M, N, K, split,
         a.stride(0), weight.stride(0), out.stride(0), stride_split, s_am, s_wn, s_wk,
         A_SCALE=a_mode, W_SCALE=w_mode, SCALE_BN=sbn, SCALE_BK=sbk,
-        HAS_BIAS=bias is not None and split == 1, USE_WS=split > 1,
+        HAS_BIAS=bias is not None, USE_WS=split > 1, FUSED_REDUCE=fused,
         DOT_PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block_k, GROUP_M=cfg.GROUP_SIZE_M,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if split > 1:
+    if split > 1 and not fused:
         blk = 1024
         _splitk_reduce_kernel[(triton.cdiv(M * N, blk),)](
-            target, out, bias if bias is not None else out, M, N, split, out.stride(0),
+            part, out, bias if bias is not None else out, M, N, split, out.stride(0),
             HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
         )
     return out

@@ -13,6 +13,7 @@ with every path's best time in ``"paths"`` (the benchmark re-times those) and ``
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -132,7 +133,7 @@ def _fit(c: LinearConfig, elem: int) -> LinearConfig:
     stages = c.num_stages
     while stages > 2 and (c.BLOCK_SIZE_M + c.BLOCK_SIZE_N) * c.BLOCK_SIZE_K * elem * stages > SMEM_BUDGET:
         stages -= 1
-    return LinearConfig(c.BLOCK_SIZE_M, c.BLOCK_SIZE_N, c.BLOCK_SIZE_K, c.SPLIT_K, c.GROUP_SIZE_M, c.num_warps, stages)
+    return dataclasses.replace(c, num_stages=stages)
 
 
 def skinny_candidates(N: int, K: int, scheme: QuantScheme, sms: int) -> List[LinearConfig]:
@@ -144,7 +145,7 @@ def skinny_candidates(N: int, K: int, scheme: QuantScheme, sms: int) -> List[Lin
         k_iters = -(-K // bk)
         for waves in (1, 2, 4):
             split = max(1, min(k_iters, 32, round(waves * sms / tiles)))
-            out.append(_fit(LinearConfig(16, bn, bk, split, 1, 4, 4), 2))
+            out.append(_fit(LinearConfig(16, bn, bk, split, 1, 4, 4, FUSED_REDUCE=int(split > 1)), 2))
     return list(dict.fromkeys(out))
 
 
@@ -164,8 +165,7 @@ def triton_candidates(M: int, N: int, K: int, scheme: QuantScheme, sms: int, w8a
         base = [LinearConfig(128, 128, bk, 1, 8, 8, 3), LinearConfig(128, 256, bk, 1, 8, 8, 3),
                 LinearConfig(128, 128, 64, 1, 8, 4, 4)]
     if w8a8 or scheme.granularity == "block":
-        base = [LinearConfig(c.BLOCK_SIZE_M, c.BLOCK_SIZE_N, min(c.BLOCK_SIZE_K, 128), c.SPLIT_K, c.GROUP_SIZE_M,
-                             c.num_warps, c.num_stages) for c in base]
+        base = [dataclasses.replace(c, BLOCK_SIZE_K=min(c.BLOCK_SIZE_K, 128)) for c in base]
     return list(dict.fromkeys(_fit(c, elem) for c in base))
 
 
@@ -215,7 +215,12 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
             if not skinny_rank:
                 cands = skinny_candidates(prob.N, prob.K, prob.scheme, sms)
                 timed = [(consider("skinny", c), c) for c in cands]
-                skinny_rank = sorted((t, c) for t, c in timed if t is not None)
+                # the three best again with the two-launch reduction (the fused one is dropped if wrong)
+                for t, c in sorted(((t, c) for t, c in timed if t is not None), key=lambda tc: tc[0])[:3]:
+                    if c.FUSED_REDUCE:
+                        c0 = dataclasses.replace(c, FUSED_REDUCE=0)
+                        timed.append((consider("skinny", c0), c0))
+                skinny_rank = sorted(((t, c) for t, c in timed if t is not None), key=lambda tc: tc[0])
             else:
                 for _, c in skinny_rank[:3]:
                     consider("skinny", c)

@@ -4,7 +4,8 @@ One GEMM kernel serves three router paths, picked by meta-parameters:
 
 * ``skinny`` (decode, M <= 16): ``BLOCK_M = 16`` and split-K (runtime ``SPLIT_K > 1``, constexpr
   ``USE_WS``) so that ``N / BLOCK_N * SPLIT_K`` programs stream the weight with the whole GPU. Partial sums go to an fp32 workspace ``[SPLIT_K, M, N]``
-  and :func:`_splitk_reduce_kernel` adds them, the bias, and casts (two launches, no memset, no atomics).
+  that the last-arriving program of each tile sums (``FUSED_REDUCE``: one launch, a per-(device, stream)
+  tile counter that resets itself) or :func:`_splitk_reduce_kernel` sums (two launches, no atomics).
 * ``triton``: a tiled GEMM (grouped launch order, ``SPLIT_K = 1``) with per-device tuned block sizes.
 * ``triton_w8a8``: fp8 activations (quantized on the fly by :mod:`moekit.quant.ops`) times fp8 weights.
 
@@ -41,11 +42,11 @@ def _tile_ids(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _linear_kernel(
-    a_ptr, w_ptr, out_ptr, bias_ptr, as_ptr, ws_ptr,
+    a_ptr, w_ptr, out_ptr, bias_ptr, as_ptr, ws_ptr, part_ptr, lock_ptr,
     M, N, K, SPLIT_K,
     stride_am, stride_wn, stride_om, stride_split, stride_asm, stride_wsn, stride_wsk,
     A_SCALE: tl.constexpr, W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr,
-    HAS_BIAS: tl.constexpr, USE_WS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, USE_WS: tl.constexpr, FUSED_REDUCE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -80,14 +81,29 @@ def _linear_kernel(
     if A_SCALE == 1:
         acc = acc * tl.load(as_ptr + offs_m * stride_asm, mask=m_ok, other=0.0)[:, None]
     mask = m_ok[:, None] & n_ok[None, :]
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     if not USE_WS:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:  # fp32 partials into the workspace [SPLIT_K, M, N]
-        part_ptrs = out_ptr + pid_k * stride_split + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-        tl.store(part_ptrs, acc, mask=mask)
+        tile_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        tl.store(part_ptr + pid_k * stride_split + tile_off, acc, mask=mask)
+        if FUSED_REDUCE:
+            # the last of the SPLIT_K programs of this tile sums the partials (one launch); its counter is
+            # reset to 0 for the next call on this stream
+            tl.debug_barrier()
+            tile = pid_m * tl.cdiv(N, BLOCK_N) + pid_n
+            count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
+            if count == SPLIT_K - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in range(0, SPLIT_K):
+                    total += tl.load(part_ptr + s * stride_split + tile_off, mask=mask, other=0.0,
+                                     cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+                tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(lock_ptr + tile, 0)
 
 
 @triton.jit
