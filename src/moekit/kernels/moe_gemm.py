@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from moekit.activations import ACTIVATIONS as _NAMES
-from moekit.kernels.quant import MIN_SCALE, quantize_values
+from moekit.kernels.quant import quantize_values
 
 ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constexpr codes
 
@@ -54,10 +54,12 @@ def _tile_ids(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _load_w(w_ptrs, s_ptrs, z_ptrs, mask, shift, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr, DT: tl.constexpr):
-    """Weight-only tile: load codes, decode, scale (float32), cast to the activation dtype DT."""
+def _load_w(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, shift, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr,
+            DT: tl.constexpr):
+    """Weight-only tile: load codes, decode, scale (float32), cast to the activation dtype DT. ``s_ptrs`` /
+    ``z_ptrs`` are [1, BLOCK_N] when one scale group covers the whole K step, else [BLOCK_K, BLOCK_N]."""
     raw = tl.load(w_ptrs, mask=mask, other=0)
-    s = tl.load(s_ptrs, mask=mask, other=0)
+    s = tl.load(s_ptrs, mask=s_mask, other=0)
     if QUANT == 3:
         v = raw.to(tl.float32)
     else:
@@ -74,7 +76,7 @@ def _load_w(w_ptrs, s_ptrs, z_ptrs, mask, shift, QUANT: tl.constexpr, HAS_ZERO: 
             v = tl.where((code & 8) != 0, -num.to(tl.float32), num.to(tl.float32)) * 0.25
             s = (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # e8m0 -> 2**(s - 127)
     if HAS_ZERO:
-        v = v - tl.load(z_ptrs, mask=mask, other=0).to(tl.float32)
+        v = v - tl.load(z_ptrs, mask=s_mask, other=0).to(tl.float32)
     return (v * s).to(DT)
 
 
@@ -88,7 +90,8 @@ def _moe_gemm1_kernel(
     a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None, out_scale_ptr=None,
     stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0, stride_osm=0,
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
-    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, OUT_QUANT: tl.constexpr = 0,
+    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
+    OUT_QUANT: tl.constexpr = 0,
     QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
 ):
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
@@ -131,11 +134,16 @@ def _moe_gemm1_kernel(
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if QUANT >= 3:
-            kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
             wmask = k_ok[:, None] & n_ok[None, :]
-            bg = _load_w(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask, shift,
+            if SCALE_TILE:  # GROUP_K is a multiple of BLOCK_K: one scale per column for this K step
+                kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
+                smask = n_ok[None, :]
+            else:
+                kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
+                smask = wmask
+            bg = _load_w(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask, smask, shift,
                          QUANT, HAS_ZERO, a.dtype)
-            bu = _load_w(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask, shift,
+            bu = _load_w(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask, smask, shift,
                          QUANT, HAS_ZERO, a.dtype)
         elif EVEN_K:
             bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
@@ -177,7 +185,7 @@ def _moe_gemm1_kernel(
     else:
         hf = tl.where(n_ok[None, :], act * acc_u, 0.0)
         if OUT_QUANT == 1:  # this program's BLOCK_N columns are one quantization group
-            o_s = tl.maximum(tl.max(tl.abs(hf), axis=1) * (1.0 / QMAX), MIN_SCALE)
+            o_s = tl.maximum(tl.max(tl.abs(hf), axis=1) * (1.0 / QMAX), 1e-12)  # kernels.quant.MIN_SCALE
             tl.store(out_scale_ptr + offs_m.to(tl.int64) * stride_osm + pid_n, o_s)
             q = quantize_values(hf, o_s[:, None], QKIND, QMAX, EMIN)
         else:
@@ -195,7 +203,7 @@ def _moe_gemm2_kernel(
     a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None,
     stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
-    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
+    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
 ):
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
@@ -231,9 +239,15 @@ def _moe_gemm2_kernel(
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
         if QUANT >= 3:
-            kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
-            b = _load_w(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, k_ok[:, None] & n_ok[None, :],
-                        shift, QUANT, HAS_ZERO, a.dtype)
+            wmask = k_ok[:, None] & n_ok[None, :]
+            if SCALE_TILE:
+                kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
+                smask = n_ok[None, :]
+            else:
+                kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
+                smask = wmask
+            b = _load_w(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, wmask, smask, shift, QUANT,
+                        HAS_ZERO, a.dtype)
         elif EVEN_K:
             b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
         else:
@@ -282,6 +296,7 @@ class GemmQuant:
     out_scale: Optional[torch.Tensor] = None
     out_stride: int = 0
     out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
+    scale_tile: bool = False  # weight-only: the K group is a multiple of BLOCK_K (one scale per column per step)
 
     @property
     def packed(self) -> bool:
@@ -294,6 +309,7 @@ class GemmQuant:
             stride_asm=self.a_strides[0], stride_ask=self.a_strides[1], stride_bse=self.b_strides[0],
             stride_bsn=self.b_strides[1], stride_bsk=self.b_strides[2], QUANT=self.mode, INT_ACC=self.int_acc,
             HAS_ZERO=self.b_zero is not None, GROUP_N=self.group_n, GROUP_K=self.group_k,
+            SCALE_TILE=self.scale_tile,
         )
         if gemm1:
             qkind, qmax, emin = self.out_qparams

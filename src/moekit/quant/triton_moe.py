@@ -40,8 +40,8 @@ def _fix_block_k(config, bk: int):
         new *= 2
     from moekit.envs import warn_once
 
-    warn_once(f"fp8-block-k-{config.BLOCK_SIZE_K}-{bk}",
-              f"BLOCK_SIZE_K={config.BLOCK_SIZE_K} does not divide the fp8 scale block {bk}; using {new}")
+    warn_once(f"quant-block-k-{config.BLOCK_SIZE_K}-{bk}",
+              f"BLOCK_SIZE_K={config.BLOCK_SIZE_K} does not divide the scale block/group {bk}; using {new}")
     return replace(config, BLOCK_SIZE_K=new)
 
 
@@ -53,8 +53,9 @@ def _weight_quant(scheme: QuantScheme, scale, zero, n_per_block=None) -> GemmQua
         strides, gk = (scale.stride(0), scale.stride(1), 0), 1
     else:  # group: [E, N, ngroups]
         strides, gk = tuple(scale.stride()), scheme.group_size
+    # int8/int4: BLOCK_K divides the group (the caller fixes the config), so one scale per column per K step
     return GemmQuant(_WEIGHT_ONLY_MODE[scheme.weight_dtype], b_scale=scale, b_strides=strides, b_zero=zero,
-                     group_k=gk)
+                     group_k=gk, scale_tile=scheme.weight_dtype != "mxfp4")
 
 
 def _w8a8_weight(scheme: QuantScheme, scale) -> dict:
@@ -94,6 +95,8 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     block = scheme.granularity == "block" and adt is not None
     if block:
         config = _fix_block_k(config, scheme.block_shape[1])
+    elif scheme.weight_only and scheme.weight_dtype != "mxfp4" and scheme.granularity == "group":
+        config = _fix_block_k(config, scheme.group_size)
     topk_weights = topk_weights.float().contiguous()
     topk_ids = topk_ids.contiguous()
     aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
