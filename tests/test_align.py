@@ -49,3 +49,30 @@ def test_bound_is_tight_enough():
     # every slot on its own expert: one block per slot
     assert max_blocks(8, 128, 16) == 8
     assert max_blocks(1, 8, 64) == 1
+
+
+@pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("m,e,k,bm", [(1, 128, 8, 16), (5, 8, 2, 16), (32, 16, 8, 32), (3, 60, 6, 64)])
+@pytest.mark.parametrize("with_map", [False, True])
+def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, with_map, poisoned_empty):
+    from moekit.align import route_and_align
+    from moekit.kernels.align import route_align_applicable
+    from moekit.kernels.routing import select_experts_triton
+
+    assert route_align_applicable(m, e, k)
+    logits = torch.randn(m, e, device=DEVICE)
+    e_local, emap = e, None
+    if with_map:
+        e_local = e // 2
+        emap = torch.full((e,), -1, dtype=torch.int32)
+        emap[e_local:] = torch.arange(e_local, dtype=torch.int32)
+        emap = emap.to(DEVICE)
+    w, ids, got = route_and_align(logits, k, True, scoring, e_local, bm, emap)
+    w_ref, ids_ref = select_experts_triton(logits, k, renormalize=True, scoring=scoring)
+    assert torch.equal(ids, ids_ref) and torch.equal(w, w_ref)
+    ref = align_torch(ids_ref.cpu(), e_local, bm, None if emap is None else emap.cpu())
+    n = int(ref.num_padded)
+    assert int(got.num_padded) == n
+    assert torch.equal(got.sorted_ids[:n].cpu(), ref.sorted_ids[:n])
+    assert torch.equal(got.expert_ids[:n // bm].cpu(), ref.expert_ids[:n // bm])
+    assert (got.expert_ids[n // bm:] == -1).all()

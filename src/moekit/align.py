@@ -73,3 +73,18 @@ def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int,
     nb = max_blocks(topk_ids.numel(), num_experts, block_m)
     sorted_ids, expert_ids, npp = align_triton(topk_ids, num_experts, block_m, nb, expert_map)
     return AlignedSlots(sorted_ids, expert_ids, npp, block_m)
+
+
+def route_and_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring: str, num_experts: int,
+                    block_m: int, expert_map: Optional[torch.Tensor] = None):
+    """Decode fast path (Triton): softmax/sigmoid top-k routing and the alignment in one launch.
+
+    Returns ``(topk_weights, topk_ids, AlignedSlots)``, identical to :func:`moekit.select_experts` followed by
+    :func:`moe_align_block_size`. Only for problems where
+    :func:`moekit.kernels.align.route_align_applicable` holds (few tokens)."""
+    from moekit.kernels.align import route_align_triton
+
+    nb = max_blocks(router_logits.shape[0] * top_k, num_experts, block_m)
+    w, ids, sorted_ids, expert_ids, npp = route_align_triton(router_logits, top_k, renormalize, scoring, num_experts,
+                                                             block_m, nb, expert_map)
+    return w, ids, AlignedSlots(sorted_ids, expert_ids, npp, block_m)

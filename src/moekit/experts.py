@@ -26,7 +26,7 @@ from moekit.activations import ACTIVATIONS, KERNEL_ACTIVATIONS
 from moekit.backends import select_backend
 from moekit.errors import check_arg
 from moekit.platform import platform_of, triton_interpreter_active
-from moekit.routing import select_experts
+from moekit.routing import select_experts, validate_routing
 
 BACKENDS = ("auto", "triton", "torch")
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -117,6 +117,7 @@ def fused_experts(
     w2_zero: Optional[torch.Tensor] = None,
     a13_scale: Optional[torch.Tensor] = None,
     a2_scale: Optional[torch.Tensor] = None,
+    _aligned=None,
 ) -> torch.Tensor:
     """Run the chosen experts of every token and sum their outputs by routing weight.
 
@@ -176,7 +177,8 @@ def fused_experts(
     if scheme.is_quantized:
         return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
                                     activation=activation, quant=scheme, **qargs)
-    return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation)
+    return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation,
+                                aligned=_aligned)
 
 
 def fused_moe(
@@ -221,11 +223,43 @@ def fused_moe(
         check_arg(expert_map.numel() == router_logits.shape[1], "expert_map",
                   f"{router_logits.shape[1]} entries (E_global, the columns of router_logits)",
                   f"{expert_map.numel()} entries")
-    topk_weights, topk_ids = select_experts(
-        router_logits, top_k, renormalize=renormalize, scoring=scoring, num_expert_group=num_expert_group,
-        topk_group=topk_group, correction_bias=correction_bias,
-    )
+    aligned = None
+    if (quant is None and w13_bias is None and w2_bias is None and num_expert_group is None
+            and correction_bias is None and activation in KERNEL_ACTIVATIONS):
+        fast = _route_and_align_if_decode(hidden_states, w13, router_logits, top_k, renormalize, scoring,
+                                          expert_map, backend)
+        if fast is not None:
+            topk_weights, topk_ids, aligned = fast
+    if aligned is None:
+        topk_weights, topk_ids = select_experts(
+            router_logits, top_k, renormalize=renormalize, scoring=scoring, num_expert_group=num_expert_group,
+            topk_group=topk_group, correction_bias=correction_bias,
+        )
     return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
                          activation=activation, backend=backend, w13_bias=w13_bias, w2_bias=w2_bias, quant=quant,
                          w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero,
-                         a13_scale=a13_scale, a2_scale=a2_scale)
+                         a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned)
+
+
+def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend):
+    """Decode fast path of fused_moe on the Triton backend: routing and token alignment in one launch
+    (saves a launch and a round trip through memory). None when it does not apply."""
+    if not (isinstance(x, torch.Tensor) and x.dim() == 2 and isinstance(w13, torch.Tensor) and w13.dim() == 3
+            and x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0):
+        return None
+    from moekit.kernels.align import route_align_applicable
+
+    m, e_route = router_logits.shape
+    validate_routing(router_logits, top_k, scoring)
+    if not route_align_applicable(m, e_route, top_k) or router_logits.device != x.device:
+        return None
+    if not (x.is_cuda or x.device.type == "cpu" and backend == "triton"):
+        return None
+    if resolve_backend(backend, x) != "triton":
+        return None
+    from moekit.align import route_and_align
+    from moekit.configs import get_config
+
+    e, i2, h = w13.shape
+    config = get_config(e, i2 // 2, h, top_k, m, x.dtype)
+    return route_and_align(router_logits, top_k, renormalize, scoring, e, config.BLOCK_SIZE_M, expert_map)

@@ -106,6 +106,15 @@ def check_routing_args(router_logits, top_k, scoring, num_expert_group, topk_gro
                   f"device {router_logits.device}", correction_bias.device)
 
 
+def validate_routing(router_logits, top_k, scoring, num_expert_group=None, topk_group=None,
+                     correction_bias=None) -> None:
+    """All routing argument checks; with MOEKIT_VALIDATE=1 also NaN/inf logits (a host sync)."""
+    check_routing_args(router_logits, top_k, scoring, num_expert_group, topk_group, correction_bias)
+    if envs.get("MOEKIT_VALIDATE"):
+        bad = int((~torch.isfinite(router_logits)).sum())
+        check_arg(bad == 0, "router_logits", "finite values (MOEKIT_VALIDATE=1)", f"{bad} NaN/inf entries")
+
+
 def select_experts(
     router_logits: torch.Tensor,
     top_k: int,
@@ -130,10 +139,7 @@ def select_experts(
         ``(topk_weights, topk_ids)``: float32 ``[M, top_k]`` and int32 ``[M, top_k]``, each row's ids distinct,
         ordered by decreasing choice score. (float64 logits give float64 weights, for references.)
     """
-    check_routing_args(router_logits, top_k, scoring, num_expert_group, topk_group, correction_bias)
-    if envs.get("MOEKIT_VALIDATE"):
-        bad = int((~torch.isfinite(router_logits)).sum())
-        check_arg(bad == 0, "router_logits", "finite values (MOEKIT_VALIDATE=1)", f"{bad} NaN/inf entries")
+    validate_routing(router_logits, top_k, scoring, num_expert_group, topk_group, correction_bias)
     from moekit.kernels.routing import routing_kernel_applicable, select_experts_triton
 
     if num_expert_group is None and correction_bias is None and routing_kernel_applicable(router_logits, top_k):

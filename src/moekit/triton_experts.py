@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from moekit.align import moe_align_block_size
+from moekit.align import AlignedSlots, moe_align_block_size
 from moekit.configs import get_config
 from moekit.kernels.moe_gemm import moe_gemm1, moe_gemm2
 from moekit.kernels.moe_sum import moe_sum
@@ -26,12 +26,14 @@ def fused_experts_triton(
     activation: str = "silu",
     config=None,
     quant=None,
+    aligned: Optional[AlignedSlots] = None,
     **qargs,
 ) -> torch.Tensor:
     """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. ``config`` overrides
     the looked-up :class:`~moekit.configs.MoEKernelConfig` (the tuner uses it). ``quant`` (a quantized
     QuantScheme) with ``qargs`` (w13_scale, w2_scale, w13_zero, w2_zero, a13_scale, a2_scale): see
-    :func:`moekit.quant.triton_moe.fused_experts_triton_quant`."""
+    :func:`moekit.quant.triton_moe.fused_experts_triton_quant`. ``aligned``: the slots already aligned
+    (the fused route-and-align decode path), used when its block size matches the config."""
     if quant is not None and quant.is_quantized:
         from moekit.quant.triton_moe import fused_experts_triton_quant
 
@@ -49,7 +51,8 @@ def fused_experts_triton(
         topk_weights = topk_weights.float()
     topk_weights = topk_weights.contiguous()
     topk_ids = topk_ids.contiguous()
-    aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
+    if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:
+        aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
     inter = torch.empty((aligned.sorted_ids.numel(), i), dtype=x.dtype, device=x.device)
     moe_gemm1(x, w13, inter, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, top_k, config, activation)
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)

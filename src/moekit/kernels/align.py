@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from moekit.kernels import warps_for
+from moekit.kernels.routing import route_rows, store_routing
 
 SINGLE_MAX = 256  # up to this many slots, one program does the whole alignment
 CHUNK = 128  # slots per program in the multi-program path
@@ -64,17 +65,47 @@ def _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks
 
 
 @triton.jit
+def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
+                 BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, LANES: tl.constexpr):
+    """Whole alignment in one program. ``ids`` [LANES]: local expert of each lane (E: not routed here);
+    ``slots``: the slot id each lane stands for, lanes in increasing slot order (so the sort is stable)."""
+    counts = tl.histogram(ids, E_PAD)
+    pad_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD)
+    e_idx = tl.arange(0, E_PAD)
+    base = tl.sum(tl.where(e_idx[None, :] == ids[:, None], pad_off[None, :], 0), axis=1)
+    dest = base + _rank_in_chunk(ids, LANES)
+    tl.store(sorted_ptr + dest, slots, mask=ids < E)
+
+
+@triton.jit
 def _align_single_kernel(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
                          HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
                          CHUNK_: tl.constexpr):
     offs = tl.arange(0, CHUNK_)
     ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP)
-    counts = tl.histogram(ids, E_PAD)
-    pad_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD)
-    e_idx = tl.arange(0, E_PAD)
-    base = tl.sum(tl.where(e_idx[None, :] == ids[:, None], pad_off[None, :], 0), axis=1)
-    dest = base + _rank_in_chunk(ids, CHUNK_)
-    tl.store(sorted_ptr + dest, offs, mask=ids < E)
+    _align_lanes(ids, offs, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD, CHUNK_)
+
+
+@triton.jit
+def _route_align_kernel(logits_ptr, map_ptr, w_ptr, ids_ptr, sorted_ptr, expert_ids_ptr, npp_ptr,
+                        M, E_ROUTE, E, TOP_K, stride_lm, max_blocks,
+                        HAS_MAP: tl.constexpr, SIGMOID: tl.constexpr, RENORMALIZE: tl.constexpr,
+                        T_PAD: tl.constexpr, E_ROUTE_PAD: tl.constexpr, K_PAD: tl.constexpr,
+                        BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
+    """Decode fast path: routing of all M tokens and their alignment in one launch."""
+    rows = tl.arange(0, T_PAD)
+    w_tile, id_tile = route_rows(logits_ptr, rows, M, E_ROUTE, TOP_K, stride_lm, SIGMOID, RENORMALIZE,
+                                 E_ROUTE_PAD, K_PAD)
+    store_routing(w_ptr, ids_ptr, rows, w_tile, id_tile, M, TOP_K, TOP_K, TOP_K, K_PAD)
+    kk = tl.arange(0, K_PAD)
+    valid = (rows[:, None] < M) & (kk[None, :] < TOP_K)
+    ids = id_tile
+    if HAS_MAP:
+        ids = tl.load(map_ptr + ids, mask=valid, other=-1).to(tl.int32)
+    ids = tl.where(valid & (ids >= 0) & (ids < E), ids, E)
+    slots = rows[:, None] * TOP_K + kk[None, :]
+    _align_lanes(tl.reshape(ids, [T_PAD * K_PAD]), tl.reshape(slots, [T_PAD * K_PAD]), sorted_ptr,
+                 expert_ids_ptr, npp_ptr, M * TOP_K, E, max_blocks, BLOCK_M, E_PAD, T_PAD * K_PAD)
 
 
 @triton.jit
@@ -145,3 +176,38 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
         _align_scatter_kernel[(num_chunks,)](flat, emap, base, sorted_ids, n, num_experts, HAS_MAP=has_map,
                                              E_PAD=e_pad, CHUNK_=CHUNK, num_warps=8)
     return sorted_ids, expert_ids, npp
+
+
+_ROUTE_TILE_MAX = 8192  # [tokens, experts] scores held by the one program of the fused decode kernel
+
+
+def route_align_applicable(m: int, num_logit_experts: int, top_k: int) -> bool:
+    """Whether one program can route all ``m`` tokens and align their slots (decode-sized problems)."""
+    t_pad = triton.next_power_of_2(max(m, 1))
+    return (t_pad * triton.next_power_of_2(top_k) <= SINGLE_MAX
+            and t_pad * triton.next_power_of_2(num_logit_experts) <= _ROUTE_TILE_MAX)
+
+
+def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring: str, num_experts: int,
+                       block_m: int, max_blocks: int, expert_map: torch.Tensor | None = None):
+    """Fused decode path: (topk_weights, topk_ids, sorted_ids, expert_ids, num_padded) in one launch.
+    Same results as select_experts_triton followed by align_triton (tested)."""
+    logits = router_logits if router_logits.stride(-1) == 1 else router_logits.contiguous()
+    m, e_route = logits.shape
+    device = logits.device
+    weights = torch.empty((m, top_k), dtype=torch.float32, device=device)
+    ids = torch.empty((m, top_k), dtype=torch.int32, device=device)
+    sorted_ids = torch.empty((max_blocks * block_m,), dtype=torch.int32, device=device)
+    expert_ids = torch.empty((max_blocks,), dtype=torch.int32, device=device)
+    npp = torch.empty((1,), dtype=torch.int32, device=device)
+    t_pad, e_route_pad = triton.next_power_of_2(m), triton.next_power_of_2(e_route)
+    k_pad, e_pad = triton.next_power_of_2(top_k), triton.next_power_of_2(num_experts + 1)
+    has_map = expert_map is not None
+    _route_align_kernel[(1,)](
+        logits, expert_map if has_map else ids, weights, ids, sorted_ids, expert_ids, npp,
+        m, e_route, num_experts, top_k, logits.stride(0), max_blocks,
+        HAS_MAP=has_map, SIGMOID=scoring == "sigmoid", RENORMALIZE=renormalize,
+        T_PAD=t_pad, E_ROUTE_PAD=e_route_pad, K_PAD=k_pad, BLOCK_M=block_m, E_PAD=e_pad,
+        num_warps=warps_for(max(t_pad * e_route_pad, t_pad * k_pad * e_pad), 64),
+    )
+    return weights, ids, sorted_ids, expert_ids, npp

@@ -20,14 +20,11 @@ _MAX_EXPERTS = 4096
 
 
 @triton.jit
-def _routing_kernel(
-    logits_ptr, w_ptr, ids_ptr, M, E, TOP_K,
-    stride_lm, stride_wm, stride_im,
-    SIGMOID: tl.constexpr, RENORMALIZE: tl.constexpr,
-    BLOCK_T: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+def route_rows(logits_ptr, rows, M, E, TOP_K, stride_lm, SIGMOID: tl.constexpr, RENORMALIZE: tl.constexpr,
+               E_PAD: tl.constexpr, K_PAD: tl.constexpr):
+    """Top-k routing of the token rows ``rows`` [BLOCK_T]: returns (weights float32, ids int32), each
+    [BLOCK_T, K_PAD] with columns >= TOP_K unspecified. Shared by the routing kernel and the fused
+    route-and-align decode kernel (kernels/align.py)."""
     cols = tl.arange(0, E_PAD)
     row_mask = rows < M
     mask = row_mask[:, None] & (cols[None, :] < E)
@@ -45,8 +42,8 @@ def _routing_kernel(
     row_nan = tl.max(tl.where(mask & (s != s), 1, 0), axis=1) > 0
     s = tl.where(mask & (s == s), s, -1.0)  # scores are >= 0; -1 marks padding, NaN and taken experts
     kcols = tl.arange(0, K_PAD)
-    w_tile = tl.zeros([BLOCK_T, K_PAD], dtype=tl.float32)
-    id_tile = tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32)
+    w_tile = tl.zeros([rows.shape[0], K_PAD], dtype=tl.float32)
+    id_tile = tl.zeros([rows.shape[0], K_PAD], dtype=tl.int32)
     for j in range(TOP_K):
         best = tl.argmax(s, axis=1, tie_break_left=True)
         best_val = tl.max(s, axis=1)
@@ -57,9 +54,27 @@ def _routing_kernel(
         w_tile = w_tile / tl.where(row_mask, tl.sum(w_tile, axis=1), 1.0)[:, None]
     w_tile = tl.where(row_nan[:, None], float("nan"), w_tile)
     id_tile = tl.where(id_tile < E, id_tile, 0)  # all-NaN rows: argmax may land on padding
-    out_mask = row_mask[:, None] & (kcols[None, :] < TOP_K)
+    return w_tile, id_tile
+
+
+@triton.jit
+def store_routing(w_ptr, ids_ptr, rows, w_tile, id_tile, M, TOP_K, stride_wm, stride_im, K_PAD: tl.constexpr):
+    kcols = tl.arange(0, K_PAD)
+    out_mask = (rows < M)[:, None] & (kcols[None, :] < TOP_K)
     tl.store(w_ptr + rows.to(tl.int64)[:, None] * stride_wm + kcols[None, :], w_tile, mask=out_mask)
     tl.store(ids_ptr + rows.to(tl.int64)[:, None] * stride_im + kcols[None, :], id_tile, mask=out_mask)
+
+
+@triton.jit
+def _routing_kernel(
+    logits_ptr, w_ptr, ids_ptr, M, E, TOP_K,
+    stride_lm, stride_wm, stride_im,
+    SIGMOID: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    w_tile, id_tile = route_rows(logits_ptr, rows, M, E, TOP_K, stride_lm, SIGMOID, RENORMALIZE, E_PAD, K_PAD)
+    store_routing(w_ptr, ids_ptr, rows, w_tile, id_tile, M, TOP_K, stride_wm, stride_im, K_PAD)
 
 
 def routing_kernel_applicable(router_logits: torch.Tensor, top_k: int) -> bool:
