@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device-tool call: tune kernel configs for canonical shapes and/or benchmark tuned vs default.
-# Usage: BUDGET=225 bash benchmarks/tune_configs.sh [tests] [tune:MODEL[:TP]] ... [bench]
+# Usage: BUDGET=225 bash benchmarks/tune_configs.sh [tests] [tune:MODEL[:TP[:DTYPE[:BN:BK]]]] ... [bench|bench-out]
 # Tuned files land in $OUT/configs, logs and reports in $OUT.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:${PYTHONPATH:-}
@@ -15,13 +15,16 @@ for step in "$@"; do
       python3 -m pytest -q -x tests/test_configs.py tests/test_tune.py -p no:cacheprovider 2>&1 | tail -6
       [ "${PIPESTATUS[0]}" = 0 ] || { echo "tests failed: stopping"; exit 1; } ;;
     tune:*)
-      IFS=: read -r _ model tp <<< "$step"; tp=${tp:-1}
-      name=${model}_tp${tp}
+      IFS=: read -r _ model tp dtype bn bk <<< "$step"; tp=${tp:-1}; dtype=${dtype:-bf16}
+      name=${model}_tp${tp}_${dtype}
       timeout -s INT $((${BUDGET%.*} + 90)) python3 -m moekit.cli tune --model "$model" --tp "$tp" \
+        --dtype "$dtype" ${bk:+--block-shape $bn $bk} ${BATCH_SIZES:+--batch-sizes $BATCH_SIZES} \
         --budget-s "$BUDGET" --out "$OUT/configs" --report "$OUT/tune_report_$name.json" 2> "$OUT/tune_$name.log"
       echo "rc=$?"; tail -3 "$OUT/tune_$name.log" ;;
-    bench)
-      python3 benchmarks/bench_configs.py --out "$OUT" ${BENCH_FILES:+--files $BENCH_FILES} 2>&1 | tail -60 ;;
+    bench)  # the shipped files for this GPU
+      python3 benchmarks/bench_configs.py --out "$OUT" 2>&1 | tail -60 ;;
+    bench-out)  # the files this call tuned
+      python3 benchmarks/bench_configs.py --out "$OUT" --files "$OUT"/configs/*.json 2>&1 | grep -v "^|" | tail -40 ;;
   esac
 done
 python3 -m moekit.cli configs check "$OUT/configs" 2>&1 | tail -4

@@ -265,3 +265,15 @@ def test_shipped_configs_are_valid(path):
     assert not errors, errors
     assert parse_config_file_name(path.name) is not None
     assert len(load_config_file(path).table) >= 1
+
+
+
+_REAL_USER_DIR = configs.user_config_dir  # before the autouse fixture replaces it
+
+
+def test_user_folder_without_platformdirs(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "platformdirs", None)  # "import platformdirs" raises ImportError
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert _REAL_USER_DIR() == tmp_path / "moekit" / "configs"

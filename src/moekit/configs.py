@@ -222,10 +222,16 @@ def parse_config_file_name(name: str) -> Optional[dict]:
 
 def user_config_dir() -> Path:
     """Where ``moekit tune`` writes configs by default and :func:`get_config` looks second:
-    ``platformdirs.user_cache_dir("moekit")/configs``."""
-    import platformdirs
+    ``platformdirs.user_cache_dir("moekit")/configs`` (``$XDG_CACHE_HOME`` or ``~/.cache`` /moekit/configs
+    when platformdirs is missing)."""
+    from moekit.envs import optional_import
 
-    return Path(platformdirs.user_cache_dir("moekit")) / "configs"
+    platformdirs = optional_import("platformdirs", "the user config folder",
+                                   "using $XDG_CACHE_HOME/moekit or ~/.cache/moekit")
+    if platformdirs is not None:
+        return Path(platformdirs.user_cache_dir("moekit")) / "configs"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "moekit" / "configs"
 
 
 def package_config_dir() -> Path:
