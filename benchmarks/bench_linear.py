@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES))
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     ap.add_argument("--rep", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -62,24 +64,43 @@ def main(argv=None) -> int:
             scheme = as_scheme(None if q == "none" else q, "scheme")
             prob = Problem(N, K, scheme)
             kw = prob.kwargs()
-            ones = torch.ones(1, N, device="cuda") if scheme.is_quantized else None
+            ones = torch.ones(1, N, device=prob.device) if scheme.is_quantized else None
             for M in args.batch_sizes:
                 x = prob.x(M)
                 path, cfg = select_path(M, N, K, torch.bfloat16, scheme)
-                t_router = time_us(prob.run_fn(M, lambda a, w: linear(a, w, **kw)), args.rep)
                 ref = linear_path("torch", x, prob.weight, **kw)
                 err = rel_frobenius_error(linear(x, prob.weight, **kw), ref)
-                singles = {"torch": time_us(prob.run_fn(M, lambda a, w: linear_path("torch", a, w, **kw)), args.rep)}
+                fns = {"router": prob.run_fn(M, lambda a, w: linear(a, w, **kw)),
+                       "torch": prob.run_fn(M, lambda a, w: linear_path("torch", a, w, **kw))}
                 entry = _table_entry(N, K, scheme, M)
                 for p, v in ((entry or {}).get("paths") or {}).items():
-                    if p == "torch":
-                        continue
-                    c = LinearConfig.from_dict(v["config"])
-                    singles[p] = time_us(prob.run_fn(M, lambda a, w, p=p, c=c: linear_path(p, a, w, config=c, **kw)),
-                                         args.rep)
-                best_path = min(singles, key=singles.get)
+                    if p != "torch":
+                        c = LinearConfig.from_dict(v["config"])
+                        fns[p] = prob.run_fn(M, lambda a, w, p=p, c=c: linear_path(p, a, w, config=c, **kw))
                 if (sname, M) not in flinear:
-                    flinear[(sname, M)] = time_us(prob.bf16_fn(M), args.rep)
+                    fns["f_linear"] = prob.bf16_fn(M)
+                if scheme.granularity == "block" and K % 16 == 0 and N % 16 == 0:
+                    def smm(a, w):
+                        qa, sa = per_token_quant(a, w.dtype)
+                        torch._scaled_mm(qa, w.t(), scale_a=sa, scale_b=ones, out_dtype=torch.bfloat16)
+
+                    fns["scaled_mm"] = prob.run_fn(M, smm)
+                # interleaved rounds, alternating order: clock/thermal drift hits every candidate alike
+                for fn in fns.values():
+                    fn()
+                time_us(fns["router"], args.rep)  # warm the clocks
+                times = {k: [] for k in fns}
+                order = list(fns)
+                for r in range(args.rounds):
+                    for k in (order if r % 2 == 0 else order[::-1]):
+                        times[k].append(time_us(fns[k], args.rep))
+                med = {k: statistics.median(v) for k, v in times.items()}
+                if "f_linear" in med:
+                    flinear[(sname, M)] = med.pop("f_linear")
+                t_router = med.pop("router")
+                t_smm = med.pop("scaled_mm", None)
+                singles = med
+                best_path = min(singles, key=singles.get)
                 t_flinear = flinear[(sname, M)]
                 row = {
                     "shape": sname, "N": N, "K": K, "scheme": scheme.name, "M": M, "router_path": path,
@@ -89,15 +110,10 @@ def main(argv=None) -> int:
                     "f_linear_bf16_us": t_flinear, "speedup_vs_f_linear": t_flinear / t_router,
                 }
                 if scheme.granularity in ("channel", "tensor"):  # the torch path is quant + _scaled_mm
-                    row["scaled_mm_us"] = singles["torch"]
-                    row["speedup_vs_scaled_mm"] = row["scaled_mm_us"] / t_router
-                elif scheme.is_quantized and K % 16 == 0 and N % 16 == 0:
-                    def smm(a, w):
-                        qa, sa = per_token_quant(a, w.dtype)
-                        torch._scaled_mm(qa, w.t(), scale_a=sa, scale_b=ones, out_dtype=torch.bfloat16)
-
-                    row["scaled_mm_us"] = time_us(prob.run_fn(M, smm), args.rep)
-                    row["speedup_vs_scaled_mm"] = row["scaled_mm_us"] / t_router
+                    t_smm = singles["torch"]
+                if t_smm is not None:
+                    row["scaled_mm_us"] = t_smm
+                    row["speedup_vs_scaled_mm"] = t_smm / t_router
                 rows.append(row)
                 print(f"{sname:20s} {scheme.name:17s} M={M:5d} router {path:11s} {t_router:9.2f} us | best "
                       f"{best_path:11s} {singles[best_path]:9.2f} ({t_router / singles[best_path]:.3f}) | "
@@ -114,7 +130,7 @@ def main(argv=None) -> int:
 def _write(args, rows, t0):
     from moekit.linear_tune import meta
 
-    info = dict(meta(), seconds=round(time.time() - t0, 1), rep_ms=args.rep,
+    info = dict(meta(), seconds=round(time.time() - t0, 1), rep_ms=args.rep, rounds=args.rounds,
                 config_dir=os.environ.get("MOEKIT_CONFIG_DIR"))
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "bench_linear_" + info["device"].replace(" ", "_"))
@@ -127,7 +143,7 @@ def _write(args, rows, t0):
 
 def markdown(info, rows) -> str:
     lines = [f"# moekit.linear on {info['device']} (torch {info['torch']}, triton {info['triton']})", "",
-             "CUDA-graph replay, median us; weights < 64 MB rotated. `best` = fastest single path at its tuned "
+             "CUDA-graph replay, median us (median of interleaved rounds); weights < 64 MB rotated. `best` = fastest single path at its tuned "
              "config, timed in the same run. F.linear uses the bf16 weight; `_scaled_mm` = per-token fp8 quant "
              "+ torch._scaled_mm (per-token x per-channel).", "",
              "| shape | N | K | scheme | M | router path | router us | best path | best us | router/best | "
