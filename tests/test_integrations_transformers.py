@@ -167,7 +167,7 @@ def test_bad_arguments():
     with pytest.raises(moekit.MoEInputError, match="backend"):
         patch(model, backend="cuda")
     with pytest.raises(moekit.MoEInputError, match="scheme"):
-        patch(model, moekit.QuantScheme.fp8_block())
+        patch(model, "fp9_whatever")
     patch(model, moekit.QuantScheme.none("fp32"))
     unpatch(model)
     with pytest.raises(moekit.MoEInputError, match="model"):
@@ -254,3 +254,20 @@ def test_fused_experts_bias_and_swigluoai_vs_float64():
         moekit.fused_moe(x, w13, w2, logits, k, activation="swigluoai", backend="triton")
     with pytest.raises(moekit.MoEInputError, match="w2_bias"):
         moekit.fused_moe(x, w13, w2, logits, k, w2_bias=b2[:, :3])
+
+
+@pytest.mark.parametrize("scheme", ["int8_weight_only", "fp8_channel"])
+def test_patch_quantizes_at_patch_time(scheme):
+    model = _model("qwen3_moe")
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(ids).logits
+        patch(model, scheme)
+        try:
+            assert f"quant={scheme}" in repr(model.model.layers[0].mlp)
+            out = model(ids).logits
+        finally:
+            unpatch(model)
+        assert torch.equal(model(ids).logits, ref)
+    err = rel_frobenius_error(out, ref)
+    assert 0 < err <= 2e-2, f"{scheme}: rel Frobenius error {err:.3e}"

@@ -120,7 +120,7 @@ def _stack_module_list(experts: nn.ModuleList) -> Tuple[torch.Tensor, torch.Tens
 class MoEKitSparseMoeBlock(nn.Module):
     """Drop-in replacement of one transformers sparse MoE block; see the module docstring."""
 
-    def __init__(self, original: nn.Module, arch: _Arch, config, backend: str = "auto"):
+    def __init__(self, original: nn.Module, arch: _Arch, config, backend: str = "auto", scheme=None):
         super().__init__()
         # the original's children, under the same names (state_dict keys unchanged); the original itself is
         # kept out of the module tree for unpatch
@@ -159,6 +159,22 @@ class MoEKitSparseMoeBlock(nn.Module):
                 raise _unsupported(f"gpt-oss experts with alpha={alpha}, limit={limit} (moekit implements "
                                    f"alpha={SWIGLUOAI_ALPHA}, limit={SWIGLUOAI_LIMIT})")
         self._layout(experts, arch)
+        self.quant = None
+        if scheme is not None and scheme.is_quantized:
+            self._quantize(scheme)
+
+    def _quantize(self, scheme) -> None:
+        """Quantize the experts once (:func:`moekit.quant.quantize_weights`); the originals stay for unpatch."""
+        from moekit.quant import quantize_weights
+
+        w13, w2 = self._weights()
+        with torch.no_grad():
+            q13, q2 = quantize_weights(w13.detach(), scheme), quantize_weights(w2.detach(), scheme)
+        for tag, q in (("w13", q13), ("w2", q2)):
+            self.register_buffer(f"{tag}_q", q[0], persistent=False)
+            self.register_buffer(f"{tag}_scale", q[1], persistent=False)
+            self.register_buffer(f"{tag}_zero", q[2] if len(q) > 2 else None, persistent=False)
+        self.quant = scheme
 
     def _layout(self, experts: nn.Module, arch: _Arch) -> None:
         """Share the experts' Parameters when they are in moekit's layout; repack once otherwise."""
@@ -235,10 +251,16 @@ class MoEKitSparseMoeBlock(nn.Module):
             weights = weights.to(logits.dtype).to(weights.dtype)
         if self.scaling != 1.0:
             weights = weights * self.scaling
-        w13, w2 = self._weights()
         b13, b2 = self._biases()
-        out = fused_experts(x, w13, w2, weights, ids, activation=self.activation, backend=self.backend,
-                            w13_bias=b13, w2_bias=b2)
+        if self.quant is not None:
+            out = fused_experts(x, self.w13_q, self.w2_q, weights, ids, activation=self.activation,
+                                backend=self.backend, w13_bias=b13, w2_bias=b2, quant=self.quant,
+                                w13_scale=self.w13_scale, w2_scale=self.w2_scale, w13_zero=self.w13_zero,
+                                w2_zero=self.w2_zero)
+        else:
+            w13, w2 = self._weights()
+            out = fused_experts(x, w13, w2, weights, ids, activation=self.activation, backend=self.backend,
+                                w13_bias=b13, w2_bias=b2)
         if self.arch.shared is not None:
             out = out + getattr(self, self.arch.shared)(x)
         out = out.view(shape)
@@ -249,7 +271,8 @@ class MoEKitSparseMoeBlock(nn.Module):
     def extra_repr(self) -> str:
         e, i2, h = self._weights()[0].shape
         return (f"arch={self.arch.name}, experts={e}, hidden={h}, intermediate={i2 // 2}, top_k={self.top_k}, "
-                f"activation={self.activation}, backend={self.backend}, shared_weights={self._shared_weights}")
+                f"activation={self.activation}, backend={self.backend}, shared_weights={self._shared_weights}, "
+                f"quant={self.quant.name if self.quant is not None else None}")
 
 
 def _config_of(model: nn.Module):
@@ -282,15 +305,13 @@ def _find_blocks(model: nn.Module) -> List[Tuple[nn.Module, str, nn.Module]]:
 def patch(model: nn.Module, scheme=None, *, backend: str = "auto") -> nn.Module:
     """Replace every supported sparse MoE block of ``model`` by a :class:`MoEKitSparseMoeBlock` in place;
     returns ``model``. ``backend`` is passed to :func:`moekit.fused_experts`. ``scheme``: ``None`` (or an
-    unquantized :class:`~moekit.QuantScheme`) keeps the model's weights; quantized schemes are refused until
-    moekit's quantized experts are wired here. Raises :class:`moekit.MoEInputError` for models without a
+    unquantized :class:`~moekit.QuantScheme`) keeps the model's weights; a quantized scheme (or its name)
+    quantizes the experts once at patch time with :func:`moekit.quant.quantize_weights` (the original
+    weights are kept for :func:`unpatch`, so memory grows by the quantized copy). Raises :class:`moekit.MoEInputError` for models without a
     supported block or with an unknown one. Patching a patched model is a no-op for the patched blocks."""
     check_arg(isinstance(model, nn.Module), "model", "a torch.nn.Module (a transformers model)", type(model).__name__)
     check_arg(backend in BACKENDS, "backend", f"one of {BACKENDS}", backend)
     sch = as_scheme(scheme)
-    if sch.is_quantized:
-        raise MoEInputError(f"scheme: expected None or an unquantized QuantScheme (quantized experts are not "
-                            f"wired into the transformers integration yet), got {sch.name!r}")
     config = _config_of(model)
     blocks = _find_blocks(model)
     already = any(isinstance(m, MoEKitSparseMoeBlock) for m in model.modules())
@@ -298,7 +319,7 @@ def patch(model: nn.Module, scheme=None, *, backend: str = "auto") -> nn.Module:
         raise _unsupported(f"no sparse MoE block found in {type(model).__name__}")
     for parent, name, child in blocks:
         setattr(parent, name, MoEKitSparseMoeBlock(child, SUPPORTED_BLOCKS[type(child).__name__], config,
-                                                   backend=backend))
+                                                   backend=backend, scheme=sch))
     return model
 
 
