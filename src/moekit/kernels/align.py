@@ -5,8 +5,9 @@ written to a device scalar that the GEMM kernels read. Deterministic: slots of o
 original order (a stable sort), so repeated runs are bitwise identical.
 
 Up to ``SINGLE_MAX`` slots one program does everything (one launch, the decode case). Above that, three launches:
-per-chunk expert histograms; one program turning them into offsets, block->expert ids and padding; then
-each chunk scatters its slots.
+per-chunk expert histograms; one program turning them into offsets and padding; then each chunk scatters
+its slots. Every used block holds at least one real slot, so the slots also write their block's owner
+expert: no block x expert search.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ CHUNK = 128  # slots per program in the multi-program path
 
 @triton.jit
 def _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP: tl.constexpr):
-    """Local expert id of each slot; E (a sentinel bin) for padding lanes and experts mapped to -1."""
+    """Local expert id of each slot; E (not routed here) for padding lanes and experts mapped to -1."""
     valid = offs < N
     ids = tl.load(ids_ptr + offs, mask=valid, other=0).to(tl.int32)
     if HAS_MAP:
@@ -40,21 +41,29 @@ def _rank_in_chunk(ids, CHUNK_: tl.constexpr):
 
 
 @triton.jit
+def _store_slots(sorted_ptr, expert_ids_ptr, dest, ids, slots, E, BLOCK_M: tl.constexpr):
+    """Each routed lane writes its slot at ``dest`` and its expert as the owner of the block holding ``dest``
+    (lanes of one block write the same value)."""
+    valid = ids < E
+    tl.store(sorted_ptr + dest, slots, mask=valid)
+    tl.store(expert_ids_ptr + dest // BLOCK_M, ids, mask=valid)
+
+
+@triton.jit
 def _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
                    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
-    """From per-expert counts: padded offsets; block->expert ids; padding slots set to N. Returns offsets."""
+    """From per-expert counts: padded offsets, the used length, -1 for the unused tail of the block->expert
+    table, padding slots set to N. Returns the offsets. The owners of used blocks are written by the lanes
+    themselves (:func:`_store_slots`): every used block holds at least one real slot."""
     e_idx = tl.arange(0, E_PAD)
     padded = tl.where(e_idx < E, tl.cdiv(counts, BLOCK_M) * BLOCK_M, 0)
     pad_end = tl.cumsum(padded, axis=0)
     pad_off = pad_end - padded
     total = tl.sum(padded, axis=0)
     tl.store(npp_ptr, total)
-    # expert of block b = number of experts whose padded run ends at or before b * BLOCK_M
-    for b0 in range(0, max_blocks, 64):
+    for b0 in range(total // BLOCK_M, max_blocks, 64):
         b = b0 + tl.arange(0, 64)
-        owner = tl.sum((pad_end[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), axis=1)
-        owner = tl.where(b * BLOCK_M < total, owner, -1)
-        tl.store(expert_ids_ptr + b, owner, mask=b < max_blocks)
+        tl.store(expert_ids_ptr + b, tl.full([64], -1, tl.int32), mask=b < max_blocks)
     # padding slots of each expert's last block
     fill = tl.where(e_idx < E, padded - counts, 0)
     for j0 in range(0, BLOCK_M, 16):
@@ -69,12 +78,11 @@ def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_bloc
                  BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, LANES: tl.constexpr):
     """Whole alignment in one program. ``ids`` [LANES]: local expert of each lane (E: not routed here);
     ``slots``: the slot id each lane stands for, lanes in increasing slot order (so the sort is stable)."""
-    counts = tl.histogram(ids, E_PAD)
+    counts = tl.histogram(ids, E_PAD, mask=ids < E)
     pad_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD)
     e_idx = tl.arange(0, E_PAD)
     base = tl.sum(tl.where(e_idx[None, :] == ids[:, None], pad_off[None, :], 0), axis=1)
-    dest = base + _rank_in_chunk(ids, LANES)
-    tl.store(sorted_ptr + dest, slots, mask=ids < E)
+    _store_slots(sorted_ptr, expert_ids_ptr, base + _rank_in_chunk(ids, LANES), ids, slots, E, BLOCK_M)
 
 
 @triton.jit
@@ -114,7 +122,7 @@ def _align_count_kernel(ids_ptr, map_ptr, counts_ptr, N, E, HAS_MAP: tl.constexp
     pid = tl.program_id(0)
     offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
     ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP)
-    tl.store(counts_ptr + pid * E_PAD + tl.arange(0, E_PAD), tl.histogram(ids, E_PAD))
+    tl.store(counts_ptr + pid * E_PAD + tl.arange(0, E_PAD), tl.histogram(ids, E_PAD, mask=ids < E))
 
 
 @triton.jit
@@ -137,15 +145,14 @@ def _align_offsets_kernel(counts_ptr, base_ptr, sorted_ptr, expert_ids_ptr, npp_
 
 
 @triton.jit
-def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, sorted_ptr, N, E, HAS_MAP: tl.constexpr,
-                          E_PAD: tl.constexpr, CHUNK_: tl.constexpr):
+def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, sorted_ptr, expert_ids_ptr, N, E, HAS_MAP: tl.constexpr,
+                          BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CHUNK_: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
     ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP)
     valid = ids < E
     base = tl.load(base_ptr + pid * E_PAD + ids, mask=valid, other=0)
-    dest = base + _rank_in_chunk(ids, CHUNK_)
-    tl.store(sorted_ptr + dest, offs, mask=valid)
+    _store_slots(sorted_ptr, expert_ids_ptr, base + _rank_in_chunk(ids, CHUNK_), ids, offs, E, BLOCK_M)
 
 
 def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blocks: int,
@@ -157,7 +164,7 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     sorted_ids = torch.empty((max_blocks * block_m,), dtype=torch.int32, device=device)
     expert_ids = torch.empty((max_blocks,), dtype=torch.int32, device=device)
     npp = torch.empty((1,), dtype=torch.int32, device=device)
-    e_pad = triton.next_power_of_2(num_experts + 1)  # one spare bin for dropped slots
+    e_pad = triton.next_power_of_2(num_experts)
     has_map = expert_map is not None
     emap = expert_map if has_map else flat
     if n <= SINGLE_MAX:
@@ -173,8 +180,9 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
                                            CHUNK_=CHUNK, num_warps=4)
         _align_offsets_kernel[(1,)](counts, base, sorted_ids, expert_ids, npp, n, num_experts, max_blocks,
                                     num_chunks, BLOCK_M=block_m, E_PAD=e_pad, CB=64, num_warps=8)
-        _align_scatter_kernel[(num_chunks,)](flat, emap, base, sorted_ids, n, num_experts, HAS_MAP=has_map,
-                                             E_PAD=e_pad, CHUNK_=CHUNK, num_warps=8)
+        _align_scatter_kernel[(num_chunks,)](flat, emap, base, sorted_ids, expert_ids, n, num_experts,
+                                             HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=CHUNK,
+                                             num_warps=8)
     return sorted_ids, expert_ids, npp
 
 
@@ -201,7 +209,7 @@ def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: boo
     expert_ids = torch.empty((max_blocks,), dtype=torch.int32, device=device)
     npp = torch.empty((1,), dtype=torch.int32, device=device)
     t_pad, e_route_pad = triton.next_power_of_2(m), triton.next_power_of_2(e_route)
-    k_pad, e_pad = triton.next_power_of_2(top_k), triton.next_power_of_2(num_experts + 1)
+    k_pad, e_pad = triton.next_power_of_2(top_k), triton.next_power_of_2(num_experts)
     has_map = expert_map is not None
     _route_align_kernel[(1,)](
         logits, expert_map if has_map else ids, weights, ids, sorted_ids, expert_ids, npp,
