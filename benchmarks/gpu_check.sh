@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One device-tool call: GPU tests (bf16 included), demo, profile, benchmark, config sweep.
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|demo|profile|bench|sweep ...]
+# One device-tool call: GPU tests (bf16 included), demo, profile, benchmark, compute-sanitizer, config sweep.
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|demo|profile|bench|sanitize|sweep ...]
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -14,6 +14,9 @@ for s in $steps; do
     demo) python3 -m moekit.cli demo ;;
     profile) python3 -m moekit.cli bench --profile --shapes qwen3_30b_a3b mixtral8x7b --batch-sizes 1 256 4096 ;;
     bench) python3 -m moekit.cli bench --out "$OUT" ;;
+    sanitize) for t in memcheck racecheck; do
+        compute-sanitizer --tool $t --error-exitcode 1 python3 benchmarks/sanitize_moe.py 2>&1 | tail -6 | tee -a "$OUT/sanitize.log"
+        echo "compute-sanitizer $t exit: ${PIPESTATUS[0]}" | tee -a "$OUT/sanitize.log"; done ;;
     sweep) python3 benchmarks/sweep_configs.py qwen3_30b_a3b mixtral8x7b --out "$OUT/sweep.json" ;;
   esac
 done
