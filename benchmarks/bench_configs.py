@@ -47,7 +47,7 @@ def spec_for_file(path: Path):
     return None
 
 
-def bench_file(path: Path, rep_ms: int, jobs: int, log=print) -> dict:
+def bench_file(path: Path, rep_ms: int, jobs: int, rounds: int = 3, log=print) -> dict:
     spec = spec_for_file(path)
     if spec is None:
         raise SystemExit(f"{path.name}: no canonical model has this shape")
@@ -72,11 +72,14 @@ def bench_file(path: Path, rep_ms: int, jobs: int, log=print) -> dict:
                     if f is not None:
                         f.result()
             best = {"default": math.inf, "tuned": math.inf}
-            for _ in range(2):
-                for label, c in (("default", d), ("tuned", t)):
-                    best[label] = min(best[label], timer(M, c, rep_ms))
+            if t == d:  # the same kernels: one timing stands for both (a difference would be noise)
+                best["default"] = best["tuned"] = min(timer(M, d, rep_ms) for _ in range(rounds))
+            else:
+                for _ in range(rounds):
+                    for label, c in (("default", d), ("tuned", t)):
+                        best[label] = min(best[label], timer(M, c, rep_ms))
             sp = best["default"] / best["tuned"]
-            points.append({"M": M, "default_config": d.to_dict(), "tuned_config": t.to_dict(),
+            points.append({"M": M, "default_config": d.to_dict(), "tuned_config": t.to_dict(), "same": t == d,
                            "default_us": best["default"], "tuned_us": best["tuned"], "speedup": sp})
             log(f"{spec.describe().split(':')[0]:22s} M={M:5d}  default {best['default']:9.1f} us ({d.short()})  "
                 f"tuned {best['tuned']:9.1f} us ({t.short()})  {sp:5.2f}x")
@@ -94,8 +97,9 @@ def markdown(result: dict) -> str:
     lines = [f"# Tuned vs default kernel configs, {result['device']}", "",
              f"torch {result['torch']}, triton {result['triton']}. Whole forward (routing + fused experts; bf16 "
              f"activations, weights as the file's dtype) "
-             f"as CUDA-graph replay, median of replays over {result['rep_ms']} ms, the better of two interleaved "
-             f"runs per config. Default = the heuristic used without a tuned file. Command: "
+             f"as CUDA-graph replay, median of replays over {result['rep_ms']} ms, the best of {result['rounds']} "
+             f"interleaved runs per config (where the file's config equals the default, the same kernels are timed "
+             f"once per round and stand for both). Default = the heuristic used without a tuned file. Command: "
              f"`{result['command']}`.", ""]
     for f in result["files"]:
         lines += [f"## {f['model']}", "", f"`{f['file']}`", "",
@@ -103,6 +107,7 @@ def markdown(result: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for p in f["points"]:
             d, t = (" ".join(f"{v}" for v in p[k].values()) for k in ("default_config", "tuned_config"))
+            t = "= default" if p.get("same") else t
             lines.append(f"| {p['M']} | {d} | {p['default_us']:.1f} | {t} | {p['tuned_us']:.1f} | {p['speedup']:.2f}x |")
         lines += ["", f"Geometric mean {f['geomean_speedup']:.2f}x, worst {f['worst_speedup']:.3f}x.", ""]
     lines += ["Config columns: BLOCK_SIZE_M BLOCK_SIZE_N BLOCK_SIZE_K GROUP_SIZE_M num_warps num_stages.", "",
@@ -119,7 +124,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--rep-ms", type=int, default=50)
     ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved default/tuned rounds (best of)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier result files (same device) and rewrite "
+                    "the markdown; no GPU needed")
     args = ap.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        result = dict(parts[0], files=[f for r in parts for f in r["files"]],
+                      command=" ; ".join(r["command"] for r in parts), seconds=sum(r["seconds"] for r in parts))
+        sps = [p["speedup"] for r in result["files"] for p in r["points"]]
+        result["geomean_speedup"] = math.exp(sum(math.log(s) for s in sps) / len(sps))
+        result["worst_speedup"] = min(sps)
+        return _write(result, args.out)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -130,19 +146,29 @@ def main(argv=None) -> int:
         print(f"no config files for {device}", file=sys.stderr)
         return 1
     t0 = time.time()
-    results = [r for r in (bench_file(f, args.rep_ms, _workers(args.jobs)) for f in files) if r]
+    results = []
+    for f in files:
+        try:
+            results.append(bench_file(f, args.rep_ms, _workers(args.jobs), args.rounds))
+        except Exception as e:  # noqa: BLE001 - report and go on with the other files
+            print(f"{f.name}: failed: {type(e).__name__}: {e}", file=sys.stderr)
     sps = [p["speedup"] for r in results for p in r["points"]]
     result = {
         "device": torch.cuda.get_device_name(), "device_name": device, "torch": torch.__version__,
         "triton": triton.__version__, "python": _pyplatform.python_version(), "rep_ms": args.rep_ms,
+        "rounds": args.rounds,
         "command": "PYTHONPATH=src python3 benchmarks/bench_configs.py" + (f" --files {' '.join(map(str, files))}" if args.files else ""),
         "files": results, "seconds": time.time() - t0,
         "geomean_speedup": math.exp(sum(math.log(s) for s in sps) / len(sps)), "worst_speedup": min(sps),
     }
+    return _write(result, args.out)
+
+
+def _write(result: dict, out: str) -> int:
     md = markdown(result)
     print(md)
-    os.makedirs(args.out, exist_ok=True)
-    stem = Path(args.out) / f"configs_tuned_vs_default_{device}"
+    os.makedirs(out, exist_ok=True)
+    stem = Path(out) / f"configs_tuned_vs_default_{result['device_name']}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     stem.with_suffix(".md").write_text(md)
     print(f"wrote {stem}.md and .json")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device-tool call: tune kernel configs for canonical shapes and/or benchmark tuned vs default.
-# Usage: BUDGET=225 bash benchmarks/tune_configs.sh [tests] [tune:MODEL[:TP[:DTYPE[:BN:BK]]]] ... [bench|bench-out]
+# Usage: BUDGET=225 bash benchmarks/tune_configs.sh [tests] [tune:MODEL[:TP[:DTYPE[:BN:BK]]]] ... [bench] [bench-out]
 # Tuned files land in $OUT/configs, logs and reports in $OUT.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:${PYTHONPATH:-}
@@ -20,11 +20,13 @@ for step in "$@"; do
       timeout -s INT $((${BUDGET%.*} + 90)) python3 -m moekit.cli tune --model "$model" --tp "$tp" \
         --dtype "$dtype" ${bk:+--block-shape $bn $bk} ${BATCH_SIZES:+--batch-sizes $BATCH_SIZES} \
         --budget-s "$BUDGET" --out "$OUT/configs" --report "$OUT/tune_report_$name.json" 2> "$OUT/tune_$name.log"
-      echo "rc=$?"; tail -3 "$OUT/tune_$name.log" ;;
+      echo "rc=$?"; tail -3 "$OUT/tune_$name.log" | tr '\r' '\n' | tail -2
+      tar czf "$OUT/configs.tgz" -C "$OUT" configs ;;  # names with '=' and ',' do not come back one by one
     bench)  # the shipped files for this GPU
-      python3 benchmarks/bench_configs.py --out "$OUT" 2>&1 | tail -60 ;;
+      python3 benchmarks/bench_configs.py --out "$OUT/bench_shipped" --rounds "${ROUNDS:-3}" 2>&1 | grep -v "^|" | tail -40 ;;
     bench-out)  # the files this call tuned
-      python3 benchmarks/bench_configs.py --out "$OUT" --files "$OUT"/configs/*.json 2>&1 | grep -v "^|" | tail -40 ;;
+      python3 benchmarks/bench_configs.py --out "$OUT/bench_out" --rounds "${ROUNDS:-3}" --files "$OUT"/configs/*.json \
+        2>&1 | grep -v "^|" | tail -40 ;;
   esac
 done
 python3 -m moekit.cli configs check "$OUT/configs" 2>&1 | tail -4
