@@ -82,9 +82,17 @@ def main(argv=None):
                 result["points"].append({"shape": name, "scheme": scheme.name, "M": m, "error": str(e)[:500]})
                 continue
             nbytes, flops = moe_bytes_flops(shape, m, weight_bytes=wbytes)
+            # the floor counts the experts this run's routing really touches (grouped / biased routing touches
+            # fewer than uniform routing, which moe_bytes_flops assumes)
+            from moekit.routing import select_experts
+
+            touched = sum(int(torch.unique(select_experts(lg, shape.top_k, correction_bias=bias,
+                                                          **shape.route_kwargs())[1]).numel()) for lg in lgs) / ROTATE
+            per_expert = 3 * shape.H * shape.I * wbytes
+            nbytes = nbytes - (nbytes - 2 * m * shape.H * 2) + touched * per_expert + 2 * m * shape.H * 2
             t_mem, t_math = nbytes / ceil.hbm_bytes_per_s * 1e6, flops / peak * 1e6
             floor = max(t_mem, t_math)
-            p = {"shape": name, "scheme": scheme.name, "M": m, "us": us, "floor_us": floor,
+            p = {"shape": name, "scheme": scheme.name, "M": m, "us": us, "floor_us": floor, "experts_touched": touched,
                  "bound": "memory" if t_mem >= t_math else "compute", "frac_of_floor": floor / us,
                  "tflops": flops / us / 1e6, "frac_of_peak": flops / us / 1e6 / (peak / 1e12),
                  "peak": "fp8" if scheme.act_dtype == "fp8" else "bf16"}
