@@ -89,7 +89,7 @@ def main(argv=None):
             touched = sum(int(torch.unique(select_experts(lg, shape.top_k, correction_bias=bias,
                                                           **shape.route_kwargs())[1]).numel()) for lg in lgs) / ROTATE
             per_expert = 3 * shape.H * shape.I * wbytes
-            nbytes = nbytes - (nbytes - 2 * m * shape.H * 2) + touched * per_expert + 2 * m * shape.H * 2
+            nbytes = touched * per_expert + 2 * m * shape.H * 2  # weights + bf16 input and output
             t_mem, t_math = nbytes / ceil.hbm_bytes_per_s * 1e6, flops / peak * 1e6
             floor = max(t_mem, t_math)
             p = {"shape": name, "scheme": scheme.name, "M": m, "us": us, "floor_us": floor, "experts_touched": touched,
