@@ -7,6 +7,21 @@
 
 Importing this package needs ``triton``; the rest of moekit works without it.
 """
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tile_ids(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Grouped launch order for tiled GEMMs: GROUP_M consecutive M-blocks share each weight tile while it
+    is in L2. Returns (pid_m, pid_n) of program ``pid``."""
+    width = GROUP_M * num_pid_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % width) % size_m)
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n
 
 
 def warps_for(tile: int, per_thread: int) -> int:

@@ -27,17 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _tile_ids(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """Grouped launch order: GROUP_M consecutive M-blocks reuse each weight tile while it is in L2."""
-    width = GROUP_M * num_pid_n
-    group = pid // width
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % width) % size_m)
-    pid_n = (pid % width) // size_m
-    return pid_m, pid_n
+from moekit.kernels import tile_ids
 
 
 @triton.jit
@@ -49,7 +39,7 @@ def _linear_kernel(
     HAS_BIAS: tl.constexpr, USE_WS: tl.constexpr, FUSED_REDUCE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = _tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid_m, pid_n = tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     pid_k = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -36,21 +36,10 @@ import triton
 import triton.language as tl
 
 from moekit.activations import ACTIVATIONS as _NAMES
+from moekit.kernels import tile_ids
 from moekit.kernels.quant import quantize_values
 
 ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constexpr codes
-
-
-@triton.jit
-def _tile_ids(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """Grouped launch order: GROUP_M consecutive M-blocks share each weight tile while it is in L2."""
-    width = GROUP_M * num_pid_n
-    group = pid // width
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % width) % size_m)
-    pid_n = (pid % width) // size_m
-    return pid_m, pid_n
 
 
 @triton.jit
@@ -94,7 +83,7 @@ def _moe_gemm1_kernel(
     OUT_QUANT: tl.constexpr = 0,
     QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
 ):
-    pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
+    pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -205,7 +194,7 @@ def _moe_gemm2_kernel(
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
 ):
-    pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

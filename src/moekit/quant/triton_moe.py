@@ -90,7 +90,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         return x.new_empty((0, h))
     adt = act_dtype(scheme, x.device)
     if config is None:
-        config = get_config(e, i, h, top_k, m, adt or x.dtype,
+        config = get_config(e, i, h, top_k, m, scheme,
                             block_shape=scheme.block_shape if scheme.granularity == "block" else None)
     block = scheme.granularity == "block" and adt is not None
     if block:
