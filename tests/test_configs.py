@@ -277,3 +277,13 @@ def test_user_folder_without_platformdirs(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "platformdirs", None)  # "import platformdirs" raises ImportError
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert _REAL_USER_DIR() == tmp_path / "moekit" / "configs"
+
+
+@pytest.mark.parametrize("kwargs,arg", [(dict(E=0), "E"), (dict(N=0), "N"), (dict(M=-1), "M"), (dict(top_k=9), "top_k")])
+def test_get_config_rejects_bad_problem(kwargs, arg):
+    import moekit
+
+    args = dict(E=8, N=64, K=64, top_k=2, M=16, dtype=torch.bfloat16)
+    args.update(kwargs)
+    with pytest.raises(moekit.MoEInputError, match=arg):
+        get_config(**args)

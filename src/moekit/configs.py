@@ -498,15 +498,19 @@ def get_config(
     ``block_shape``: the ``[block_n, block_k]`` of block quantization. A tuned file (see the module doc) is
     used when one exists for this device, else :func:`default_config` with one warning per shape and device.
     The result always fits the current device's shared memory (see :func:`fit_shared_memory`)."""
+    from moekit.errors import check_arg
     from moekit.platform import current_platform, device_name_for_configs, shared_memory_per_block
 
+    for name, v, lo in (("E", E, 1), ("N", N, 1), ("K", K, 1), ("top_k", top_k, 1), ("M", M, 0)):
+        check_arg(isinstance(v, int) and v >= lo, name, f"an int >= {lo}", v)
+    check_arg(top_k <= E, "top_k", f"<= E={E}", top_k)
     p = current_platform()
     if device_name is None:
         device_name = device_name_for_configs(p)
     if block_shape is not None:
         block_shape = (int(block_shape[0]), int(block_shape[1]))
     return _lookup(int(E), int(N), int(K), int(top_k), int(M), dtype, block_shape, device_name,
-                   shared_memory_per_block(p), p.is_gpu, os.environ.get("MOEKIT_CONFIG_DIR"))
+                   shared_memory_per_block(p), p.is_gpu, _env_config_dir())
 
 
 def clear_cache() -> None:

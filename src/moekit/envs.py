@@ -130,6 +130,10 @@ registry: List[EnvVar] = [
         "Check values too (NaN/inf router logits, expert ids out of range); costs a host sync per call.",
     ),
     EnvVar(
+        "MOEKIT_TEST_SEED", "int", None,
+        "Seed for `moekit.testing.seeded_generator` (replay a failing randomized test); unset: a fresh seed.",
+    ),
+    EnvVar(
         "MOEKIT_LINEAR", "bool", True,
         "0 turns the dense GEMM router off: moekit.linear calls torch (F.linear / torch._scaled_mm) directly.",
     ),

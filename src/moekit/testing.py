@@ -733,8 +733,10 @@ def seeded_generator(seed: int | None = None, device: Union[str, torch.device] =
     messages. To replay a failure, set ``MOEKIT_TEST_SEED`` to that value.
     """
     if seed is None:
-        env = os.environ.get("MOEKIT_TEST_SEED")
-        seed = int(env) if env not in (None, "") else secrets.randbits(32)
+        from moekit import envs
+
+        env = envs.get("MOEKIT_TEST_SEED")
+        seed = env if env is not None else secrets.randbits(32)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return gen
