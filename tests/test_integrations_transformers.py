@@ -271,3 +271,20 @@ def test_patch_quantizes_at_patch_time(scheme):
         assert torch.equal(model(ids).logits, ref)
     err = rel_frobenius_error(out, ref)
     assert 0 < err <= 2e-2, f"{scheme}: rel Frobenius error {err:.3e}"
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+def test_bf16_patched_no_farther_from_fp32_than_eager_bf16(arch):
+    """In bf16 the patched and eager models differ (rounding order, near-tie routing flips); what must hold is
+    that moekit is no less accurate: both are compared with the fp32 eager model. (Seen on an H100: patched vs
+    eager bf16 logits differ by 1e-2..5e-2 relative; on CPU both sit ~4e-2 from fp32 for a 4-layer Mixtral.)"""
+    import copy
+
+    base = _model(arch)
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = base(ids).logits.double()
+        eager = copy.deepcopy(base).to(torch.bfloat16)(ids).logits
+        patched = patch(copy.deepcopy(base).to(torch.bfloat16))(ids).logits
+    err_eager, err_patched = rel_frobenius_error(eager, ref), rel_frobenius_error(patched, ref)
+    assert err_patched <= 1.25 * err_eager + 1e-3, (err_patched, err_eager)
