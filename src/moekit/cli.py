@@ -1,5 +1,6 @@
-"""The `moekit` command: demo, bench, info, tune, configs. Each subcommand lives in its own module and
-registers itself through an ``add_parser(subparsers)`` function listed in ``_SUBCOMMANDS``."""
+"""The `moekit` command line: demo, bench, info, tune, configs, tune-linear.
+
+Each subcommand lives in its own module and registers itself through a function listed in ``_SUBCOMMANDS``."""
 from __future__ import annotations
 
 import argparse
