@@ -245,18 +245,16 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     """Decode fast path of fused_moe on the Triton backend: routing and token alignment in one launch
     (saves a launch and a round trip through memory). None when it does not apply."""
     if not (isinstance(x, torch.Tensor) and x.dim() == 2 and isinstance(w13, torch.Tensor) and w13.dim() == 3
-            and x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0):
-        return None
+            and x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0
+            and isinstance(top_k, int) and top_k >= 1 and backend in BACKENDS and router_logits.device == x.device
+            and (x.is_cuda or x.device.type == "cpu" and backend == "triton")):
+        return None  # not applicable; select_experts / fused_experts validate and report bad input
     from moekit.kernels.align import route_align_applicable
 
     m, e_route = router_logits.shape
+    if not route_align_applicable(m, e_route, top_k) or resolve_backend(backend, x) != "triton":
+        return None
     validate_routing(router_logits, top_k, scoring)
-    if not route_align_applicable(m, e_route, top_k) or router_logits.device != x.device:
-        return None
-    if not (x.is_cuda or x.device.type == "cpu" and backend == "triton"):
-        return None
-    if resolve_backend(backend, x) != "triton":
-        return None
     from moekit.align import route_and_align
     from moekit.configs import get_config
 
