@@ -279,7 +279,7 @@ def test_user_folder_without_platformdirs(monkeypatch, tmp_path):
     assert _REAL_USER_DIR() == tmp_path / "moekit" / "configs"
 
 
-@pytest.mark.parametrize("kwargs,arg", [(dict(E=0), "E"), (dict(N=0), "N"), (dict(M=-1), "M"), (dict(top_k=9), "top_k")])
+@pytest.mark.parametrize("kwargs,arg", [(dict(E=0), "E"), (dict(N=0), "N"), (dict(M=-1), "M"), (dict(top_k=0), "top_k")])
 def test_get_config_rejects_bad_problem(kwargs, arg):
     import moekit
 
@@ -287,3 +287,8 @@ def test_get_config_rejects_bad_problem(kwargs, arg):
     args.update(kwargs)
     with pytest.raises(moekit.MoEInputError, match=arg):
         get_config(**args)
+
+
+def test_get_config_top_k_may_exceed_local_experts():
+    """Expert parallelism: a rank can hold fewer experts than a token chooses."""
+    assert isinstance(get_config(E=1, N=64, K=64, top_k=2, M=4, dtype=torch.float32), MoEKernelConfig)

@@ -503,7 +503,6 @@ def get_config(
 
     for name, v, lo in (("E", E, 1), ("N", N, 1), ("K", K, 1), ("top_k", top_k, 1), ("M", M, 0)):
         check_arg(isinstance(v, int) and v >= lo, name, f"an int >= {lo}", v)
-    check_arg(top_k <= E, "top_k", f"<= E={E}", top_k)
     p = current_platform()
     if device_name is None:
         device_name = device_name_for_configs(p)
