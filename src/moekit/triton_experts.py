@@ -1,7 +1,9 @@
 """The Triton backend of fused experts: align, GEMM 1 (+activation), GEMM 2 (+routing weight), top-k sum.
 
-Five launches at decode (routing is done by the caller), none of which waits on the host: the whole
-forward can be captured in a CUDA graph. Kernel meta-parameters come from :func:`moekit.configs.get_config`.
+With routing, five launches (routing, alignment, GEMM 1, GEMM 2, top-k sum); four at decode, where
+:func:`moekit.fused_moe` fuses routing and alignment into one launch and passes ``aligned`` in. None waits on
+the host: the whole forward can be captured in a CUDA graph. Kernel meta-parameters come from
+:func:`moekit.configs.get_config`.
 """
 from __future__ import annotations
 
