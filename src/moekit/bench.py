@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from moekit.platform import has_feature
 from moekit.shapes import BATCH_SIZES, SHAPES, MoEShape, moe_bytes_flops
 
 ROTATE = 8
@@ -58,7 +59,7 @@ def measure_ceilings(device: str = "cuda") -> Ceilings:
     t = _median_us(lambda: torch.matmul(a, b), rep_ms=500)
     bf16 = 2 * s ** 3 / (t * 1e-6)
     fp8 = None
-    if torch.cuda.get_device_capability() >= (8, 9):
+    if has_feature("fp8_mma")[0]:
         a8 = a.to(torch.float8_e4m3fn)
         b8 = b.to(torch.float8_e4m3fn).t().contiguous().t()
         one = torch.ones((), device=device)

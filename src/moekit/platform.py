@@ -86,6 +86,13 @@ FEATURES: Dict[str, Feature] = {
             rocm_arches=GFX9_ARCHES,
         ),
         Feature(
+            "grouped_mm_bf16",
+            "torch._grouped_mm for bf16 on the GPU (the PyTorch backend's grouped GEMM)",
+            cuda_min=(9, 0),
+            cuda_below=None,
+            rocm_arches=(),
+        ),
+        Feature(
             "dot_scaled",
             "Triton tl.dot_scaled (microscaling mxfp4 x bf16/fp8)",
             cuda_min=(9, 0),

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from moekit.activations import apply_activation
+from moekit.platform import has_feature, platform_of
 
 
 def grouped_mm_supported(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> bool:
@@ -21,9 +22,7 @@ def grouped_mm_supported(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -
     if not hasattr(torch, "_grouped_mm") or x.dtype != w13.dtype or x.dtype != w2.dtype:
         return False
     if x.is_cuda:
-        if x.dtype != torch.bfloat16 or torch.version.hip is not None:
-            return False
-        if torch.cuda.get_device_capability(x.device) < (9, 0):
+        if x.dtype != torch.bfloat16 or not has_feature("grouped_mm_bf16", platform_of(x.device))[0]:
             return False
     elif x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return False
