@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from moekit.kernels import warps_for
-from moekit.kernels.routing import route_rows, store_routing
+from moekit.kernels.routing import MAX_SCORE_TILE, route_rows, store_routing
 
 SINGLE_MAX = 256  # up to this many slots, one program does the whole alignment
 CHUNK = 128  # slots per program in the multi-program path
@@ -186,14 +186,11 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     return sorted_ids, expert_ids, npp
 
 
-_ROUTE_TILE_MAX = 8192  # [tokens, experts] scores held by the one program of the fused decode kernel
-
-
 def route_align_applicable(m: int, num_logit_experts: int, top_k: int) -> bool:
     """Whether one program can route all ``m`` tokens and align their slots (decode-sized problems)."""
     t_pad = triton.next_power_of_2(max(m, 1))
     return (t_pad * triton.next_power_of_2(top_k) <= SINGLE_MAX
-            and t_pad * triton.next_power_of_2(num_logit_experts) <= _ROUTE_TILE_MAX)
+            and t_pad * triton.next_power_of_2(num_logit_experts) <= MAX_SCORE_TILE)
 
 
 def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring: str, num_experts: int,

@@ -15,7 +15,7 @@ import triton.language as tl
 from moekit.kernels import warps_for
 
 # One program holds a [BLOCK_T, E_PAD] tile of scores; keep it within a few thousand registers' worth.
-_MAX_TILE = 8192
+MAX_SCORE_TILE = 8192  # [tokens, experts] float32 scores one routing program holds
 _MAX_EXPERTS = 4096
 
 
@@ -97,7 +97,7 @@ def select_experts_triton(
     if m == 0:
         return weights, ids
     e_pad = triton.next_power_of_2(e)
-    block_t = max(1, min(16, _MAX_TILE // e_pad, triton.next_power_of_2(m)))
+    block_t = max(1, min(16, MAX_SCORE_TILE // e_pad, triton.next_power_of_2(m)))
     _routing_kernel[(triton.cdiv(m, block_t),)](
         logits, weights, ids, m, e, top_k,
         logits.stride(0), weights.stride(0), ids.stride(0),
