@@ -56,7 +56,7 @@ def bench_file(path: Path, rep_ms: int, jobs: int, rounds: int = 3, log=print) -
     elem = spec.elem_bytes
     pairs = {}
     for M, tuned in table.table:
-        d = fit_shared_memory(default_config(M, spec.E, spec.N, spec.K, spec.top_k), elem, smem)
+        d = fit_shared_memory(default_config(M, spec.E, spec.N, spec.K, spec.top_k, spec.dtype, spec.block_shape), elem, smem)
         pairs[M] = (d, fit_shared_memory(tuned, elem, smem))
     pool = CompilePool(spec, jobs) if jobs else None
     if pool:

@@ -3,6 +3,7 @@ against the floor max(bytes / HBM, FLOPs / matmul peak) with the weights' real b
 0.5 B + one e8m0 scale per 32) and ceilings measured in the same run (HBM, bf16 and fp8 torch._scaled_mm).
 
     PYTHONPATH=src python3 benchmarks/bench_quant.py [--out results.json] [--shapes dsv3,...] [--m 1,16,...]
+        [--mxfp4-path auto|dot_scaled|decode]   (A/B of tl.dot_scaled against moekit's in-kernel decode)
 """
 from __future__ import annotations
 
@@ -50,14 +51,19 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--shapes", default=",".join(CASES))
     ap.add_argument("--m", default="1,16,64,256,1024,4096")
+    ap.add_argument("--mxfp4-path", choices=("auto", "dot_scaled", "decode"), default="auto")
     args = ap.parse_args(argv)
+    if args.mxfp4_path != "auto":
+        import moekit.quant.triton_moe as tq
+
+        tq.mxfp4_dot_scaled = lambda x: args.mxfp4_path == "dot_scaled"  # noqa: E731 - benchmark-only override
     import triton
 
     ceil = measure_ceilings()
     print(f"ceilings: HBM {ceil.hbm_bytes_per_s / 1e12:.2f} TB/s, bf16 {ceil.bf16_flops_per_s / 1e12:.0f}, "
           f"fp8 {ceil.fp8_flops_per_s / 1e12:.0f} TFLOP/s", flush=True)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "ceilings": asdict(ceil), "rotate": ROTATE, "points": []}
+              "ceilings": asdict(ceil), "rotate": ROTATE, "mxfp4_path": args.mxfp4_path, "points": []}
     for name in args.shapes.split(","):
         shape, scheme = SHAPES[name], CASES[name]
         t0 = time.time()

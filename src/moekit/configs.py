@@ -83,13 +83,24 @@ class MoEKernelConfig:
                 f"w{self.num_warps} s{self.num_stages}")
 
 
-def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Optional[torch.dtype] = None) -> MoEKernelConfig:
+def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None,
+                   block_shape: Optional[Sequence[int]] = None) -> MoEKernelConfig:
     """Heuristic config by expected tokens per expert, ``M * top_k / E``.
 
     Few tokens per expert (decode): small BLOCK_M, wide K steps, deep pipeline, so the GEMMs stream the
     weights at memory speed. Many tokens per expert (prefill): 64/128-row tiles for tensor-core throughput.
+    Block-quantized w8a8 (``dtype`` fp8_w8a8/int8_w8a8 with a ``block_shape``): GEMM 1 owns whole 128-column
+    groups (BLOCK_N = 128) and keeps two accumulators, so BLOCK_M stays at 64 (128 spills registers: 2.7x
+    slower on an H100, ``benchmarks/results/configs_tuned_vs_default_*``) and BLOCK_K = 128 (one scale pair
+    per K step). ``dtype``: as for :func:`get_config`.
     """
     per_expert = M * top_k / max(E, 1)
+    if block_shape is not None and config_dtype_name(dtype) in ("fp8_w8a8", "int8_w8a8"):
+        if per_expert <= 8:
+            return MoEKernelConfig(16, 64, 128, 1, 4, 4)
+        if per_expert <= 32:
+            return MoEKernelConfig(16, 128, 128, 64, 4, 3)
+        return MoEKernelConfig(64, 128, 128, 32, 8, 4)
     if per_expert <= 8:
         return MoEKernelConfig(16, 64, 128, 1, 4, 4)
     if per_expert <= 32:
@@ -473,7 +484,7 @@ def _lookup(E: int, N: int, K: int, top_k: int, M: int, dtype: Any, block_shape:
                   f"no tuned kernel config for {what}" + (f",block_shape={list(block_shape)}" if block_shape else "")
                   + f" on {device_name}: using the default heuristic, which can be much slower. Make one "
                   f"(a few minutes) with: {tune_command(E, N, K, top_k, dtype, block_shape)}")
-    config = default_config(M, E, N, K, top_k, dtype if isinstance(dtype, torch.dtype) else None)
+    config = default_config(M, E, N, K, top_k, dtype, block_shape)
     if block_shape and block_shape[1] % config.BLOCK_SIZE_K:
         bk = config.BLOCK_SIZE_K
         while bk > 16 and block_shape[1] % bk:

@@ -635,7 +635,8 @@ class Tuner:
     # -- measuring ---------------------------------------------------------------------------------------
 
     def default(self, M: int) -> MoEKernelConfig:
-        d = default_config(M, self.spec.E, self.spec.N, self.spec.K, self.spec.top_k)
+        d = default_config(M, self.spec.E, self.spec.N, self.spec.K, self.spec.top_k, self.spec.dtype,
+                           self.spec.block_shape)
         return fit_shared_memory(d, self.spec.elem_bytes, self.smem)
 
     def _measure(self, M: int, c: MoEKernelConfig, phase: str, rep_ms: int) -> float:
@@ -828,7 +829,7 @@ def run_tune(args: argparse.Namespace) -> int:
         print(f"{spec.describe()}\ndevice {device}, shared memory {smem}\nwould write {out}")
         for M in Ms:
             print(f"  M={M:5d}: {len(screen_candidates(spec, M, smem))} screened of {len(candidate_space(spec, M, smem))} "
-                  f"valid grid points, default {default_config(M, spec.E, spec.N, spec.K, spec.top_k).short()}")
+                  f"valid grid points, default {default_config(M, spec.E, spec.N, spec.K, spec.top_k, spec.dtype, spec.block_shape).short()}")
         return 0
     if not torch.cuda.is_available():
         print("moekit tune needs a CUDA GPU (it times the kernels as CUDA-graph replays)", file=sys.stderr)

@@ -43,30 +43,65 @@ ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constex
 
 
 @triton.jit
-def _load_w(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, shift, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr,
-            DT: tl.constexpr):
-    """Weight-only tile: load codes, decode, scale (float32), cast to the activation dtype DT. ``s_ptrs`` /
-    ``z_ptrs`` are [1, BLOCK_N] when one scale group covers the whole K step, else [BLOCK_K, BLOCK_N]."""
-    raw = tl.load(w_ptrs, mask=mask, other=0)
-    s = tl.load(s_ptrs, mask=s_mask, other=0)
-    if QUANT == 3:
-        v = raw.to(tl.float32)
-    else:
-        code = (raw.to(tl.int32) >> shift) & 0xF
-        if QUANT == 4:
-            if HAS_ZERO:
-                v = code.to(tl.float32)
-            else:
-                v = ((code ^ 8) - 8).to(tl.float32)
-        else:  # e2m1: sign bit 3, exponent bits 2..1, mantissa bit 0; magnitude = num / 4
-            e = (code >> 1) & 3
-            m = code & 1
-            num = tl.where(e == 0, 2 * m, (2 + m) << e)
-            v = tl.where((code & 8) != 0, -num.to(tl.float32), num.to(tl.float32)) * 0.25
-            s = (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # e8m0 -> 2**(s - 127)
+def _load_int8(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, HAS_ZERO: tl.constexpr, DT: tl.constexpr):
+    """Weight-only int8 tile [BLOCK_K, BLOCK_N]: codes, minus zero point, times the scale, in dtype DT."""
+    v = tl.load(w_ptrs, mask=mask, other=0).to(tl.float32)
     if HAS_ZERO:
         v = v - tl.load(z_ptrs, mask=s_mask, other=0).to(tl.float32)
-    return (v * s).to(DT)
+    return (v * tl.load(s_ptrs, mask=s_mask, other=0)).to(DT)
+
+
+@triton.jit
+def _decode_nibble(code, s, z, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """4-bit codes (int32 0..15) -> float32 weights. QUANT 4: int4 (signed two's complement, or unsigned
+    minus the zero point ``z``) times ``s``; QUANT 5: e2m1 (sign bit 3, exponent bits 2..1, mantissa bit 0;
+    magnitude = num / 4) times the e8m0 scale ``s`` (uint8, 2**(s - 127))."""
+    if QUANT == 4:
+        if HAS_ZERO:
+            v = code.to(tl.float32) - z.to(tl.float32)
+        else:
+            v = ((code ^ 8) - 8).to(tl.float32)
+        return v * s
+    e = (code >> 1) & 3
+    num = tl.where(e == 0, 2 * (code & 1), (2 + (code & 1)) << e).to(tl.float32)
+    v = tl.where((code & 8) != 0, -num, num) * 0.25
+    return v * (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # e8m0 -> 2**(s - 127)
+
+
+@triton.jit
+def _load_packed(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr,
+                 DT: tl.constexpr):
+    """Packed int4 / e2m1 tile: [BLOCK_K / 2, BLOCK_N] bytes -> (even-K, odd-K) weight tiles in dtype DT.
+    Byte j holds K index 2j in its low nibble and 2j+1 in its high one; both share a scale group (groups
+    are even-sized), so ``s_ptrs`` / ``z_ptrs`` address one scale per byte row (or [1, BLOCK_N])."""
+    raw = tl.load(w_ptrs, mask=mask, other=0).to(tl.int32)
+    s = tl.load(s_ptrs, mask=s_mask, other=0)
+    z = s
+    if HAS_ZERO:
+        z = tl.load(z_ptrs, mask=s_mask, other=0)
+    lo = _decode_nibble(raw & 0xF, s, z, QUANT, HAS_ZERO)
+    hi = _decode_nibble(raw >> 4, s, z, QUANT, HAS_ZERO)
+    return lo.to(DT), hi.to(DT)
+
+
+@triton.jit
+def _mx_dot_t(w_ptrs, s_ptrs, a_t, acc_t, n_ok, k_left, BLOCK_K: tl.constexpr, A_FMT: tl.constexpr):
+    """One K step of an mxfp4 GEMM through ``tl.dot_scaled``, operands swapped: ``acc_t [BLOCK_N, BLOCK_M]
+    += W [BLOCK_N, BLOCK_K] @ A^T [BLOCK_K, BLOCK_M]``. The weight is the scaled *left* operand (bytes
+    [BLOCK_N, BLOCK_K / 2] read along K, e8m0 scales [BLOCK_N, BLOCK_K / 32]): on GPUs without native MX
+    MMAs Triton decodes it in registers, and on Hopper the left wgmma operand may live in registers, so the
+    decoded weight never goes through shared memory; the few token rows become the MMA's narrow N side."""
+    kp_ok = tl.arange(0, BLOCK_K // 2) < k_left // 2
+    w = tl.load(w_ptrs, mask=n_ok[:, None] & kp_ok[None, :], other=0)
+    s = tl.load(s_ptrs, mask=n_ok[:, None] & (tl.arange(0, BLOCK_K // 32) < k_left // 32)[None, :], other=0)
+    return tl.dot_scaled(w, s, "e2m1", a_t, None, A_FMT, acc_t)
+
+
+@triton.jit
+def _split_k(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_M, BLOCK_K] -> (even K columns, odd K columns), each [BLOCK_M, BLOCK_K / 2]: the activation
+    halves that meet the low and high nibbles of packed weights, so codes are never interleaved."""
+    return tl.split(tl.reshape(a, (BLOCK_M, BLOCK_K // 2, 2)))
 
 
 @triton.jit
@@ -82,6 +117,7 @@ def _moe_gemm1_kernel(
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
     OUT_QUANT: tl.constexpr = 0,
     QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
 ):
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
@@ -95,12 +131,17 @@ def _moe_gemm1_kernel(
     n_ok = offs_n < I
     offs_k = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + token[:, None] * stride_xm + offs_k[None, :]
-    if QUANT >= 4:  # two codes per byte along K
-        g_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + (offs_k // 2)[:, None]
-        shift = ((offs_k % 2) * 4)[:, None]
+    w_off = expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn
+    if QUANT >= 4:  # two codes per byte along K: the weight tile is [BLOCK_K / 2, BLOCK_N] bytes
+        offs_kp = tl.arange(0, BLOCK_K // 2)
+        g_ptrs = w_ptr + w_off + offs_kp[:, None]
     else:
-        g_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
-        shift = 0
+        g_ptrs = w_ptr + w_off + offs_k[:, None]
+    if MX_DOT:  # operands swapped, see _mx_dot_t: the weight tile is [BLOCK_N, BLOCK_K / 2] bytes
+        g_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn + offs_kp[None, :]
+        sgt_ptrs = b_scale_ptr + expert * stride_bse + offs_n.to(tl.int64)[:, None] * stride_bsn \
+            + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
+        sut_ptrs = sgt_ptrs + I * stride_bsn
     u_ptrs = g_ptrs + up_offset
     if QUANT >= 3:
         sg_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
@@ -109,7 +150,10 @@ def _moe_gemm1_kernel(
         as_ptrs = a_scale_ptr + token * stride_asm
         bsg_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
         bsu_ptrs = b_scale_ptr + expert * stride_bse + ((offs_n + I) // GROUP_N) * stride_bsn
-    if INT_ACC:
+    if MX_DOT:  # transposed accumulators
+        acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    elif INT_ACC:
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
         acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     else:
@@ -122,35 +166,60 @@ def _moe_gemm1_kernel(
         else:
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if QUANT >= 3:
+        if QUANT >= 4:
+            wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
+        else:
             wmask = k_ok[:, None] & n_ok[None, :]
+        if MX_DOT:  # mxfp4 on a tl.dot_scaled device
+            ks = (k * (BLOCK_K // 32)) * stride_bsk
+            a_t = tl.trans(a)
+            acc_g = _mx_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
+            acc_u = _mx_dot_t(u_ptrs, sut_ptrs + ks, a_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
+        elif QUANT >= 3:
             if SCALE_TILE:  # GROUP_K is a multiple of BLOCK_K: one scale per column for this K step
                 kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
                 smask = n_ok[None, :]
+            elif QUANT >= 4:  # one scale per byte row (its two codes share a group)
+                kg = ((k * BLOCK_K + 2 * offs_kp) // GROUP_K)[:, None] * stride_bsk
+                smask = wmask
             else:
                 kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
                 smask = wmask
-            bg = _load_w(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask, smask, shift,
-                         QUANT, HAS_ZERO, a.dtype)
-            bu = _load_w(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask, smask, shift,
-                         QUANT, HAS_ZERO, a.dtype)
-        elif EVEN_K:
-            bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
-            bu = tl.load(u_ptrs, mask=n_ok[None, :], other=0.0)
+            if QUANT == 3:
+                bg = _load_int8(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask, smask,
+                                HAS_ZERO, a.dtype)
+                bu = _load_int8(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask, smask,
+                                HAS_ZERO, a.dtype)
+                acc_g = tl.dot(a, bg, acc_g, input_precision=DOT_PRECISION)
+                acc_u = tl.dot(a, bu, acc_u, input_precision=DOT_PRECISION)
+            else:
+                a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
+                g_even, g_odd = _load_packed(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask,
+                                             smask, QUANT, HAS_ZERO, a.dtype)
+                acc_g = tl.dot(a_even, g_even, acc_g, input_precision=DOT_PRECISION)
+                acc_g = tl.dot(a_odd, g_odd, acc_g, input_precision=DOT_PRECISION)
+                u_even, u_odd = _load_packed(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask,
+                                             smask, QUANT, HAS_ZERO, a.dtype)
+                acc_u = tl.dot(a_even, u_even, acc_u, input_precision=DOT_PRECISION)
+                acc_u = tl.dot(a_odd, u_odd, acc_u, input_precision=DOT_PRECISION)
         else:
-            bg = tl.load(g_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            bu = tl.load(u_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if QUANT == 2:
-            kb = (k * BLOCK_K) // GROUP_K
-            a_s = tl.load(as_ptrs + kb * stride_ask, mask=row_ok, other=0.0)[:, None]
-            acc_g += tl.dot(a, bg) * (a_s * tl.load(bsg_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
-            acc_u += tl.dot(a, bu) * (a_s * tl.load(bsu_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
-        elif INT_ACC:
-            acc_g = tl.dot(a, bg, acc_g, out_dtype=tl.int32)
-            acc_u = tl.dot(a, bu, acc_u, out_dtype=tl.int32)
-        else:
-            acc_g = tl.dot(a, bg, acc_g, input_precision=DOT_PRECISION)
-            acc_u = tl.dot(a, bu, acc_u, input_precision=DOT_PRECISION)
+            if EVEN_K:
+                bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
+                bu = tl.load(u_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                bg = tl.load(g_ptrs, mask=wmask, other=0.0)
+                bu = tl.load(u_ptrs, mask=wmask, other=0.0)
+            if QUANT == 2:
+                kb = (k * BLOCK_K) // GROUP_K
+                a_s = tl.load(as_ptrs + kb * stride_ask, mask=row_ok, other=0.0)[:, None]
+                acc_g += tl.dot(a, bg) * (a_s * tl.load(bsg_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+                acc_u += tl.dot(a, bu) * (a_s * tl.load(bsu_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+            elif INT_ACC:
+                acc_g = tl.dot(a, bg, acc_g, out_dtype=tl.int32)
+                acc_u = tl.dot(a, bu, acc_u, out_dtype=tl.int32)
+            else:
+                acc_g = tl.dot(a, bg, acc_g, input_precision=DOT_PRECISION)
+                acc_u = tl.dot(a, bu, acc_u, input_precision=DOT_PRECISION)
         x_ptrs += BLOCK_K
         if QUANT >= 4:
             g_ptrs += BLOCK_K // 2
@@ -158,6 +227,9 @@ def _moe_gemm1_kernel(
         else:
             g_ptrs += BLOCK_K
             u_ptrs += BLOCK_K
+    if MX_DOT:
+        acc_g = tl.trans(acc_g)
+        acc_u = tl.trans(acc_u)
     if QUANT == 1:
         a_s = tl.load(a_scale_ptr + token * stride_asm, mask=row_ok, other=0.0)[:, None]
         bs_ptrs = b_scale_ptr + expert * stride_bse + offs_n * stride_bsn
@@ -193,6 +265,7 @@ def _moe_gemm2_kernel(
     stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
 ):
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
@@ -205,18 +278,24 @@ def _moe_gemm2_kernel(
     n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
-    if QUANT >= 4:  # two codes per byte along K
-        b_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + (offs_k // 2)[:, None]
-        shift = ((offs_k % 2) * 4)[:, None]
+    w_off = expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn
+    if QUANT >= 4:  # two codes per byte along K: the weight tile is [BLOCK_K / 2, BLOCK_N] bytes
+        offs_kp = tl.arange(0, BLOCK_K // 2)
+        b_ptrs = w_ptr + w_off + offs_kp[:, None]
     else:
-        b_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
-        shift = 0
+        b_ptrs = w_ptr + w_off + offs_k[:, None]
     if QUANT >= 3:
         s_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+    if MX_DOT:  # operands swapped, see _mx_dot_t: the weight tile is [BLOCK_N, BLOCK_K / 2] bytes
+        b_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn + offs_kp[None, :]
+        st_ptrs = b_scale_ptr + expert * stride_bse + offs_n.to(tl.int64)[:, None] * stride_bsn \
+            + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
     if QUANT == 2:
         as_ptrs = a_scale_ptr + offs_m.to(tl.int64) * stride_asm
         bs_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
-    if INT_ACC:
+    if MX_DOT:  # transposed accumulator
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    elif INT_ACC:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -227,33 +306,53 @@ def _moe_gemm2_kernel(
         else:
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-        if QUANT >= 3:
+        if QUANT >= 4:
+            wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
+        else:
             wmask = k_ok[:, None] & n_ok[None, :]
+        if MX_DOT:
+            acc = _mx_dot_t(b_ptrs, st_ptrs + (k * (BLOCK_K // 32)) * stride_bsk, tl.trans(a), acc, n_ok,
+                            K - k * BLOCK_K, BLOCK_K, A_FMT)
+        elif QUANT >= 3:
             if SCALE_TILE:
                 kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
                 smask = n_ok[None, :]
+            elif QUANT >= 4:
+                kg = ((k * BLOCK_K + 2 * offs_kp) // GROUP_K)[:, None] * stride_bsk
+                smask = wmask
             else:
                 kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
                 smask = wmask
-            b = _load_w(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, wmask, smask, shift, QUANT,
-                        HAS_ZERO, a.dtype)
-        elif EVEN_K:
-            b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+            if QUANT == 3:
+                b = _load_int8(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, wmask, smask, HAS_ZERO,
+                               a.dtype)
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            else:
+                a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
+                b_even, b_odd = _load_packed(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, wmask, smask,
+                                             QUANT, HAS_ZERO, a.dtype)
+                acc = tl.dot(a_even, b_even, acc, input_precision=DOT_PRECISION)
+                acc = tl.dot(a_odd, b_odd, acc, input_precision=DOT_PRECISION)
         else:
-            b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if QUANT == 2:
-            kb = (k * BLOCK_K) // GROUP_K
-            acc += tl.dot(a, b) * (tl.load(as_ptrs + kb * stride_ask)[:, None]
-                                   * tl.load(bs_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
-        elif INT_ACC:
-            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-        else:
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            if EVEN_K:
+                b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                b = tl.load(b_ptrs, mask=wmask, other=0.0)
+            if QUANT == 2:
+                kb = (k * BLOCK_K) // GROUP_K
+                acc += tl.dot(a, b) * (tl.load(as_ptrs + kb * stride_ask)[:, None]
+                                       * tl.load(bs_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+            elif INT_ACC:
+                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
         a_ptrs += BLOCK_K
         if QUANT >= 4:
             b_ptrs += BLOCK_K // 2
         else:
             b_ptrs += BLOCK_K
+    if MX_DOT:
+        acc = tl.trans(acc)
     if QUANT == 1:
         a_s = tl.load(a_scale_ptr + offs_m.to(tl.int64) * stride_asm)[:, None]
         acc = acc.to(tl.float32) * (a_s * tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn,
@@ -286,6 +385,7 @@ class GemmQuant:
     out_stride: int = 0
     out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
     scale_tile: bool = False  # weight-only: the K group is a multiple of BLOCK_K (one scale per column per step)
+    mx_dot: bool = False  # mxfp4 through tl.dot_scaled (else decoded in the kernel)
 
     @property
     def packed(self) -> bool:
@@ -298,7 +398,7 @@ class GemmQuant:
             stride_asm=self.a_strides[0], stride_ask=self.a_strides[1], stride_bse=self.b_strides[0],
             stride_bsn=self.b_strides[1], stride_bsk=self.b_strides[2], QUANT=self.mode, INT_ACC=self.int_acc,
             HAS_ZERO=self.b_zero is not None, GROUP_N=self.group_n, GROUP_K=self.group_k,
-            SCALE_TILE=self.scale_tile,
+            SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot,
         )
         if gemm1:
             qkind, qmax, emin = self.out_qparams
@@ -310,6 +410,13 @@ class GemmQuant:
 def _dot_precision(dtype: torch.dtype) -> str:
     # float32 inputs are multiplied exactly ("ieee"), not in tf32: users who pass float32 expect float32.
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _mx_format(quant, dtype: torch.dtype) -> dict:
+    """``tl.dot_scaled``'s name for the activation format (only passed when the launch uses it)."""
+    if quant is None or not quant.mx_dot:
+        return {}
+    return {"A_FMT": {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]}
 
 
 def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activation="silu", quant=None):
@@ -327,7 +434,7 @@ def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activatio
         ACTIVATION=ACTIVATIONS[activation], DOT_PRECISION=_dot_precision(x.dtype), EVEN_K=k % bk == 0,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
-        **({} if quant is None else quant.kernel_args(gemm1=True)),
+        **({} if quant is None else quant.kernel_args(gemm1=True)), **_mx_format(quant, x.dtype),
     )
 
 
@@ -345,5 +452,5 @@ def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, m
         MUL_WEIGHT=mul_weight, DOT_PRECISION=_dot_precision(inter.dtype), EVEN_K=k % bk == 0,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
-        **({} if quant is None else quant.kernel_args(gemm1=False)),
+        **({} if quant is None else quant.kernel_args(gemm1=False)), **_mx_format(quant, inter.dtype),
     )

@@ -11,8 +11,11 @@ Per scheme (launches at decode, besides align and top-k sum):
   fp8/int8 channel    x -> per-token (1 kernel); GEMM 1 writes the intermediate in x's dtype and one Triton
                       per-row kernel quantizes it (a row's scale needs all I columns, which no single GEMM 1
                       program owns); both scales applied in the GEMM epilogues.
-  weight-only         int8 / int4 / mxfp4 codes decoded in the GEMM K loops; activations stay in x's dtype.
-                      (mxfp4 uses in-kernel dequantization on every GPU; tl.dot_scaled is not used yet.)
+  weight-only         int8 / int4 codes decoded in the GEMM K loops; activations stay in x's dtype. int4
+                      bytes are split into their two nibbles, which meet the even and odd K columns of the
+                      activation (two half-depth dots), so codes are never interleaved in registers.
+  mxfp4               ``tl.dot_scaled`` (bf16/fp16 activations, e2m1 weights, e8m0 scales) where the device
+                      has it (:func:`mxfp4_dot_scaled`); else decoded like int4 (the Triton interpreter, fp32).
 """
 from __future__ import annotations
 
@@ -31,21 +34,37 @@ from moekit.quant.scheme import QuantScheme
 _WEIGHT_ONLY_MODE = {"int8": 3, "int4": 4, "mxfp4": 5}
 
 
-def _fix_block_k(config, bk: int):
-    """BLOCK_K must divide the scale block ``bk``: the largest power of two <= min(BLOCK_K, bk) dividing it."""
-    if bk % config.BLOCK_SIZE_K == 0:
+def _fix_block_k(config, bk: int, least: int = 16):
+    """BLOCK_K must divide the scale block ``bk``: the largest power of two <= min(BLOCK_K, bk) dividing it,
+    and at least ``least`` (packed int4/mxfp4: 32, so each half-K dot is >= 16 deep)."""
+    new = config.BLOCK_SIZE_K
+    if bk % new:
+        new = 16
+        while new * 2 <= min(config.BLOCK_SIZE_K, bk) and bk % (new * 2) == 0:
+            new *= 2
+    new = max(new, least)
+    if new == config.BLOCK_SIZE_K:
         return config
-    new = 16
-    while new * 2 <= min(config.BLOCK_SIZE_K, bk) and bk % (new * 2) == 0:
-        new *= 2
     from moekit.envs import warn_once
 
-    warn_once(f"quant-block-k-{config.BLOCK_SIZE_K}-{bk}",
-              f"BLOCK_SIZE_K={config.BLOCK_SIZE_K} does not divide the scale block/group {bk}; using {new}")
+    warn_once(f"quant-block-k-{config.BLOCK_SIZE_K}-{bk}-{least}",
+              f"BLOCK_SIZE_K={config.BLOCK_SIZE_K} does not suit the scale block/group {bk}"
+              + (f" (packed 4-bit weights need >= {least})" if least > 16 else "") + f"; using {new}")
     return replace(config, BLOCK_SIZE_K=new)
 
 
-def _weight_quant(scheme: QuantScheme, scale, zero, n_per_block=None) -> GemmQuant:
+def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
+    """Whether mxfp4 GEMMs on ``x``'s device use ``tl.dot_scaled`` (the device has it, see the
+    ``dot_scaled`` platform feature, and the activations are bf16/fp16) rather than moekit's in-kernel
+    decode (the Triton interpreter has no ``dot_scaled``; float32 activations are not an MX operand)."""
+    from moekit.platform import has_feature, platform_of
+
+    if x.device.type != "cuda" or x.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    return has_feature("dot_scaled", platform_of(x.device))[0]
+
+
+def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False) -> GemmQuant:
     """The weight half of a GemmQuant for a weight-only scheme."""
     scale = scale.contiguous()
     zero = None if zero is None else zero.contiguous()
@@ -53,9 +72,10 @@ def _weight_quant(scheme: QuantScheme, scale, zero, n_per_block=None) -> GemmQua
         strides, gk = (scale.stride(0), scale.stride(1), 0), 1
     else:  # group: [E, N, ngroups]
         strides, gk = tuple(scale.stride()), scheme.group_size
-    # int8/int4: BLOCK_K divides the group (the caller fixes the config), so one scale per column per K step
+    # int8/int4: one scale per column per K step when BLOCK_K divides the group (channel: gk = 1, stride 0)
+    tile = scheme.weight_dtype != "mxfp4" and (scale.dim() == 2 or gk % block_k == 0)
     return GemmQuant(_WEIGHT_ONLY_MODE[scheme.weight_dtype], b_scale=scale, b_strides=strides, b_zero=zero,
-                     group_k=gk, scale_tile=scheme.weight_dtype != "mxfp4")
+                     group_k=gk, scale_tile=tile, mx_dot=mx_dot)
 
 
 def _w8a8_weight(scheme: QuantScheme, scale) -> dict:
@@ -95,8 +115,12 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     block = scheme.granularity == "block" and adt is not None
     if block:
         config = _fix_block_k(config, scheme.block_shape[1])
-    elif scheme.weight_only and scheme.weight_dtype != "mxfp4" and scheme.granularity == "group":
-        config = _fix_block_k(config, scheme.group_size)
+    elif scheme.weight_dtype == "mxfp4":
+        config = _fix_block_k(config, scheme.group_size, least=32)
+    elif scheme.weight_only and scheme.granularity == "group":
+        config = _fix_block_k(config, scheme.group_size, least=32 if scheme.weight_dtype == "int4" else 16)
+    elif scheme.weight_dtype == "int4":
+        config = _fix_block_k(config, config.BLOCK_SIZE_K, least=32)
     topk_weights = topk_weights.float().contiguous()
     topk_ids = topk_ids.contiguous()
     aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
@@ -105,8 +129,9 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     args = (aligned.sorted_ids, aligned.expert_ids, npp)
 
     if adt is None:  # weight-only
-        q1 = _weight_quant(scheme, w13_scale, w13_zero)
-        q2 = _weight_quant(scheme, w2_scale, w2_zero)
+        mx_dot = scheme.weight_dtype == "mxfp4" and mxfp4_dot_scaled(x)
+        q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot)
+        q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot)
         inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
         moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1)
         a2 = inter
