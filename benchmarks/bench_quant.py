@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import torch
 
-from moekit.bench import _median_us, measure_ceilings
+from moekit.bench import _median_us, kernel_times, measure_ceilings
 from moekit.experts import fused_moe
 from moekit.quant import QuantScheme, quantize_weights
 from moekit.shapes import SHAPES, moe_bytes_flops
@@ -51,6 +51,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--shapes", default=",".join(CASES))
     ap.add_argument("--m", default="1,16,64,256,1024,4096")
+    ap.add_argument("--profile", action="store_true", help="per-kernel times of one eager forward per point")
     ap.add_argument("--mxfp4-path", choices=("auto", "dot_scaled", "decode"), default="auto")
     args = ap.parse_args(argv)
     if args.mxfp4_path != "auto":
@@ -81,6 +82,11 @@ def main(argv=None):
                     fused_moe(x, w13, w2, lg, shape.top_k, correction_bias=bias, quant=scheme, w13_scale=s13,
                               w2_scale=s2, **shape.route_kwargs())
 
+            if args.profile:
+                print(f"  M={m} kernels:", flush=True)
+                print(kernel_times(lambda: fused_moe(xs[0], w13, w2, lgs[0], shape.top_k, correction_bias=bias,
+                                                     quant=scheme, w13_scale=s13, w2_scale=s2,
+                                                     **shape.route_kwargs())), flush=True)
             try:
                 us = _median_us(run) / ROTATE
             except Exception as e:  # noqa: BLE001 - record and go on

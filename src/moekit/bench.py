@@ -187,17 +187,16 @@ def markdown_table(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def profile_breakdown(shape: MoEShape, M: int, iters: int = 20) -> str:
-    """Per-kernel device time of one eager forward (torch.profiler), to see where the time goes."""
+def kernel_times(fn: Callable[[], None], iters: int = 20) -> str:
+    """Per-kernel device time of ``fn`` (one eager forward), averaged over ``iters`` calls (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
-    w13, w2, xs, logits, bias = make_inputs(shape, M, rotate=1)
     for _ in range(3):
-        moekit_moe(xs[0], w13, w2, logits[0], shape, bias)
+        fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
-            moekit_moe(xs[0], w13, w2, logits[0], shape, bias)
+            fn()
         torch.cuda.synchronize()
     rows = []
     for ev in prof.key_averages():
@@ -206,3 +205,9 @@ def profile_breakdown(shape: MoEShape, M: int, iters: int = 20) -> str:
             rows.append((t / iters, ev.key))
     rows.sort(reverse=True)
     return "\n".join(f"  {t:8.1f} us  {k[:90]}" for t, k in rows[:12])
+
+
+def profile_breakdown(shape: MoEShape, M: int, iters: int = 20) -> str:
+    """Per-kernel device time of one eager forward (torch.profiler), to see where the time goes."""
+    w13, w2, xs, logits, bias = make_inputs(shape, M, rotate=1)
+    return kernel_times(lambda: moekit_moe(xs[0], w13, w2, logits[0], shape, bias), iters)

@@ -18,8 +18,8 @@ and shape. Paths (:data:`PATHS`):
 
 The choice per (device, N, K, M bucket, dtype, scheme) comes from a table written by ``moekit tune-linear``
 (:mod:`moekit.linear_tune`): JSON files named by :func:`table_file_name`, searched in ``MOEKIT_CONFIG_DIR``,
-the user config folder (platformdirs), then the tables shipped in ``moekit/configs_data/linear``; the
-first file found wins. A bucket key ``b`` serves ``M <= b`` down to the next smaller key; M past the largest
+the user folder of the MoE configs (:func:`moekit.configs.user_config_dir`), then the tables shipped in
+``moekit/configs_data/linear``; the first file found wins. A bucket key ``b`` serves ``M <= b`` down to the next smaller key; M past the largest
 key uses the largest. Without a table: ``torch`` for unquantized and fp8 channel/tensor weights on GPUs
 with fp8 matrix cores, the Triton paths for block-fp8 on Triton GPUs. Dynamic activation quantization is
 therefore used only where ``tune-linear`` measured it faster (or for block-fp8 without a table).
@@ -110,18 +110,16 @@ def table_file_name(N: int, K: int, device_name: str, dtype: Union[str, torch.dt
 
 def config_dirs() -> List[Path]:
     """Folders searched for tables, first match wins: MOEKIT_CONFIG_DIR (``linear/`` then itself), the user
-    config folder (``<platformdirs user_config_dir>/moekit/configs[/linear]``), the shipped tables."""
+    folder of the MoE configs (:func:`moekit.configs.user_config_dir`, ``linear/`` then itself), the shipped
+    tables."""
+    from moekit.configs import user_config_dir
+
     dirs: List[Path] = []
     d = envs.get("MOEKIT_CONFIG_DIR")
     if d is not None:
         dirs += [d / "linear", d]
-    try:
-        import platformdirs
-
-        user = Path(platformdirs.user_config_dir("moekit")) / "configs"
-        dirs += [user / "linear", user]
-    except ImportError:  # pragma: no cover - platformdirs is a dependency
-        envs.warn_once("linear-platformdirs", "moekit.linear: platformdirs missing; user config folder skipped")
+    user = user_config_dir()
+    dirs += [user / "linear", user]
     dirs.append(Path(__file__).resolve().parent / "configs_data" / "linear")
     return dirs
 

@@ -53,24 +53,27 @@ def quantize_values(v, scale, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.
 
 @triton.jit
 def _group_quant_kernel(
-    x_ptr, q_ptr, s_ptr, npp_ptr, N, stride_xm, stride_qm, stride_sm,
-    GROUP: tl.constexpr, BLOCK: tl.constexpr, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr,
-    INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, HAS_NPP: tl.constexpr,
+    x_ptr, q_ptr, s_ptr, npp_ptr, N, n_groups, stride_xm, stride_qm, stride_sm,
+    GROUP: tl.constexpr, BLOCK: tl.constexpr, GROUPS_PER_PROG: tl.constexpr, QKIND: tl.constexpr,
+    QMAX: tl.constexpr, EMIN: tl.constexpr, INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, HAS_NPP: tl.constexpr,
 ):
+    """One row, GROUPS_PER_PROG groups of GROUP columns per program (a [groups, BLOCK] tile, reduced along
+    its columns), so a program moves kilobytes rather than one 128-element group."""
     row = tl.program_id(0)
-    g = tl.program_id(1)
     if HAS_NPP:
         if row >= tl.load(npp_ptr):
             return
     row64 = row.to(tl.int64)
-    cols = g * GROUP + tl.arange(0, BLOCK)
-    ok = (tl.arange(0, BLOCK) < GROUP) & (cols < N)
+    gs = tl.program_id(1) * GROUPS_PER_PROG + tl.arange(0, GROUPS_PER_PROG)
+    inner = tl.arange(0, BLOCK)
+    cols = gs[:, None] * GROUP + inner[None, :]
+    ok = (inner < GROUP)[None, :] & (cols < N) & (gs < n_groups)[:, None]
     x = tl.load(x_ptr + row64 * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=0)
+    amax = tl.max(tl.abs(x), axis=1)
     scale = tl.maximum(amax * INV_QMAX, MIN_S)
-    q = quantize_values(x, scale, QKIND, QMAX, EMIN)
+    q = quantize_values(x, scale[:, None], QKIND, QMAX, EMIN)
     tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
-    tl.store(s_ptr + row64 * stride_sm + g, scale)
+    tl.store(s_ptr + row64 * stride_sm + gs, scale, mask=gs < n_groups)
 
 
 @triton.jit
@@ -115,12 +118,16 @@ def _tensor_quant_kernel(
 
 def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
     """q[r, c] and s[r, c // group] from x[r, c] (2-D, last dim contiguous); rows >= npp[0] skipped."""
+    from moekit.kernels import warps_for
+
     rows, n = x.shape
     block = triton.next_power_of_2(group)
-    _group_quant_kernel[(rows, triton.cdiv(n, group))](
-        x, q, s, npp, n, x.stride(0), q.stride(0), s.stride(0),
-        GROUP=group, BLOCK=block, QKIND=qkind, QMAX=qmax, EMIN=emin, INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE,
-        HAS_NPP=npp is not None, num_warps=4 if block <= 1024 else 8,
+    n_groups = triton.cdiv(n, group)
+    per_prog = min(triton.next_power_of_2(n_groups), max(1, 4096 // block))  # up to 4096 elements a program
+    _group_quant_kernel[(rows, triton.cdiv(n_groups, per_prog))](
+        x, q, s, npp, n, n_groups, x.stride(0), q.stride(0), s.stride(0),
+        GROUP=group, BLOCK=block, GROUPS_PER_PROG=per_prog, QKIND=qkind, QMAX=qmax, EMIN=emin,
+        INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE, HAS_NPP=npp is not None, num_warps=warps_for(per_prog * block, 8),
     )
 
 
