@@ -163,6 +163,31 @@ def test_triton_matches_torch_backend_fp8_block():
     assert_close_to_reference(a, b.double(), "fp8_block")
 
 
+@pytest.mark.parametrize("key, cfg", [
+    ("fp8_block", (16, 32, 128)),  # GEMM 1 quantizes per 32 columns; GEMM 2 steps 32 of K
+    ("fp8_block", (32, 64, 64)),
+    ("fp8_block", (64, 128, 128)),  # one group = the 128 weight block
+    ("fp8_block", (16, 256, 128)),  # BLOCK_N past the block: GEMM 1 falls back to 128
+    ("mxfp4", (16, 32, 32)),  # the least BLOCK_K a packed weight allows
+    ("mxfp4", (32, 64, 256)),
+    ("int4_weight_only", (16, 64, 16)),  # corrected up to 32 (warned once)
+])
+def test_quant_kernels_at_explicit_configs(key, cfg, poisoned_empty):
+    """The Triton quant paths at configs the default heuristic may never pick (the tuner does)."""
+    from moekit.configs import MoEKernelConfig
+    from moekit.routing import select_experts
+    from moekit.triton_experts import fused_experts_triton
+
+    scheme = SCHEMES[key]
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    x, w13, w2, logits, kw, ref = _layer(scheme, 21, 4, 256, 256, dtype)
+    w, ids = select_experts(logits, 2)
+    bm, bn, bk = cfg
+    out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 2), quant=scheme,
+                               **{k: v for k, v in kw.items() if k != "quant"})
+    assert_close_to_reference(out, ref, key)
+
+
 def test_block_k_corrected_once():
     from moekit.configs import MoEKernelConfig
     from moekit.quant.triton_moe import _fix_block_k
@@ -200,3 +225,19 @@ def test_scales_without_scheme_refused():
 def test_mxfp4_needs_multiple_of_32():
     with pytest.raises(MoEInputError, match="w"):
         quantize_weights(torch.randn(2, 64, 48), QuantScheme.mxfp4())
+
+
+@pytest.mark.parametrize("key", ["fp8_block", "mxfp4"])
+def test_decode_routes_and_aligns_in_one_launch(key, monkeypatch, poisoned_empty):
+    """fused_moe at decode sizes on the Triton backend takes the fused route-and-align path for quantized
+    schemes too (one launch fewer), and gives the reference result."""
+    import moekit.align as align_mod
+
+    calls = []
+    real = align_mod.route_and_align
+    monkeypatch.setattr(align_mod, "route_and_align", lambda *a, **k: calls.append(1) or real(*a, **k))
+    scheme = SCHEMES[key]
+    x, w13, w2, logits, kw, ref = _layer(scheme, 3, 8, 128, 64, torch.float16 if DEVICE == "cpu" else torch.bfloat16)
+    out = moekit.fused_moe(x, w13, w2, logits, 2, backend="triton", **kw)
+    assert calls == [1]
+    assert_close_to_reference(out, ref, key)

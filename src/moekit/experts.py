@@ -26,6 +26,7 @@ from moekit.activations import ACTIVATIONS, KERNEL_ACTIVATIONS
 from moekit.backends import select_backend
 from moekit.errors import check_arg
 from moekit.platform import platform_of, triton_interpreter_active
+from moekit.quant.scheme import QuantScheme
 from moekit.routing import select_experts, validate_routing
 
 BACKENDS = ("auto", "triton", "torch")
@@ -176,7 +177,7 @@ def fused_experts(
 
     if scheme.is_quantized:
         return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
-                                    activation=activation, quant=scheme, **qargs)
+                                    activation=activation, quant=scheme, aligned=_aligned, **qargs)
     return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation,
                                 aligned=_aligned)
 
@@ -224,10 +225,10 @@ def fused_moe(
                   f"{router_logits.shape[1]} entries (E_global, the columns of router_logits)",
                   f"{expert_map.numel()} entries")
     aligned = None
-    if (quant is None and w13_bias is None and w2_bias is None and num_expert_group is None
-            and correction_bias is None and activation in KERNEL_ACTIVATIONS):
+    if (w13_bias is None and w2_bias is None and num_expert_group is None and correction_bias is None
+            and activation in KERNEL_ACTIVATIONS and (quant is None or isinstance(quant, QuantScheme))):
         fast = _route_and_align_if_decode(hidden_states, w13, router_logits, top_k, renormalize, scoring,
-                                          expert_map, backend)
+                                          expert_map, backend, quant)
         if fast is not None:
             topk_weights, topk_ids, aligned = fast
     if aligned is None:
@@ -241,9 +242,11 @@ def fused_moe(
                          a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned)
 
 
-def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend):
+def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend,
+                               quant=None):
     """Decode fast path of fused_moe on the Triton backend: routing and token alignment in one launch
-    (saves a launch and a round trip through memory). None when it does not apply."""
+    (saves a launch and a round trip through memory). None when it does not apply. ``quant``: a
+    QuantScheme (or None); its kernel config decides the alignment block."""
     if not (isinstance(x, torch.Tensor) and x.dim() == 2 and isinstance(w13, torch.Tensor) and w13.dim() == 3
             and x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0
             and isinstance(top_k, int) and top_k >= 1 and backend in BACKENDS and router_logits.device == x.device
@@ -252,12 +255,17 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     from moekit.kernels.align import route_align_applicable
 
     m, e_route = router_logits.shape
-    if not route_align_applicable(m, e_route, top_k) or resolve_backend(backend, x) != "triton":
+    scheme = quant if quant is not None and quant.is_quantized else None
+    if not route_align_applicable(m, e_route, top_k) or resolve_backend(backend, x, scheme) != "triton":
         return None
     validate_routing(router_logits, top_k, scoring)
     from moekit.align import route_and_align
     from moekit.configs import get_config
 
-    e, i2, h = w13.shape
-    config = get_config(e, i2 // 2, h, top_k, m, x.dtype)
+    e, i2 = w13.shape[:2]
+    if scheme is None:
+        config = get_config(e, i2 // 2, x.shape[1], top_k, m, x.dtype)
+    else:  # the same lookup as moekit.quant.triton_moe (H from x: packed weights hold H / 2 bytes)
+        config = get_config(e, i2 // 2, x.shape[1], top_k, m, scheme,
+                            block_shape=scheme.block_shape if scheme.granularity == "block" else None)
     return route_and_align(router_logits, top_k, renormalize, scoring, e, config.BLOCK_SIZE_M, expert_map)

@@ -40,7 +40,8 @@ def fused_experts_triton(
         from moekit.quant.triton_moe import fused_experts_triton_quant
 
         return fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
-                                          activation=activation, config=config, scheme=quant, **qargs)
+                                          activation=activation, config=config, scheme=quant, aligned=aligned,
+                                          **qargs)
     m, h = x.shape
     e, i2, _ = w13.shape
     i = i2 // 2

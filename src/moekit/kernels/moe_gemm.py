@@ -22,9 +22,10 @@ Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel)
     w_scale[n // bn, kb]``.
   3/4/5 weight-only int8 / int4 / mxfp4: codes loaded (int4/mxfp4: two per byte along K, low nibble first),
     decoded and scaled per (column, K-group) in registers, cast to the activation dtype, ``tl.dot``.
-GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N group): the program owns whole
-128-column groups (the caller sets BLOCK_N = group), takes the row amax of its tile and writes q and scale
-[P, I / group] - the activation of GEMM 2 never exists in bf16; 2 = static per-tensor scale.
+GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N columns): the program takes the
+row amax of its tile and writes q and scale [P, I / BLOCK_N] - the activation of GEMM 2 never exists in bf16.
+BLOCK_N divides the weight's 128 block, so this group is the block or finer (finer is more accurate), and
+GEMM 2 reads that scale per ``GROUP_KA`` columns of K; 2 = static per-tensor scale.
 """
 from __future__ import annotations
 
@@ -265,7 +266,7 @@ def _moe_gemm2_kernel(
     stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
-    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
 ):
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
@@ -340,7 +341,8 @@ def _moe_gemm2_kernel(
                 b = tl.load(b_ptrs, mask=wmask, other=0.0)
             if QUANT == 2:
                 kb = (k * BLOCK_K) // GROUP_K
-                acc += tl.dot(a, b) * (tl.load(as_ptrs + kb * stride_ask)[:, None]
+                ka = (k * BLOCK_K) // GROUP_KA  # the activation's group along K (GEMM 1's BLOCK_N) may be finer
+                acc += tl.dot(a, b) * (tl.load(as_ptrs + ka * stride_ask)[:, None]
                                        * tl.load(bs_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
             elif INT_ACC:
                 acc = tl.dot(a, b, acc, out_dtype=tl.int32)
@@ -386,6 +388,7 @@ class GemmQuant:
     out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
     scale_tile: bool = False  # weight-only: the K group is a multiple of BLOCK_K (one scale per column per step)
     mx_dot: bool = False  # mxfp4 through tl.dot_scaled (else decoded in the kernel)
+    a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
 
     @property
     def packed(self) -> bool:
@@ -400,6 +403,8 @@ class GemmQuant:
             HAS_ZERO=self.b_zero is not None, GROUP_N=self.group_n, GROUP_K=self.group_k,
             SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot,
         )
+        if not gemm1:
+            d.update(GROUP_KA=self.a_group_k or self.group_k)
         if gemm1:
             qkind, qmax, emin = self.out_qparams
             d.update(out_scale_ptr=self.out_scale, stride_osm=self.out_stride, OUT_QUANT=self.out_quant,

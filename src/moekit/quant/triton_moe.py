@@ -1,10 +1,12 @@
 """The Triton backend for quantized experts: activation quantization + the two GEMM kernels in quant mode.
 
 Per scheme (launches at decode, besides align and top-k sum):
-  fp8_block(bn, bk)   x -> per-token-group fp8 (1 kernel); GEMM 1 runs with BLOCK_N = bk and quantizes its
-                      output per (row, bk-group) in the epilogue (q fp8 [P, I] + scale [P, ceil(I/bk)]);
-                      GEMM 2 applies both block scales inside the K loop. BLOCK_K must divide bk: a config
-                      that breaks this is corrected (warned once).
+  fp8_block(bn, bk)   x -> per-token-group fp8 (1 kernel); GEMM 1 quantizes its output per (row, g columns)
+                      in the epilogue, g = its BLOCK_N when that divides bk, else bk (q fp8 [P, I] + scale
+                      [P, ceil(I/g)]): groups as fine as or finer than DeepSeek's 128 (more accurate, and
+                      decode keeps BLOCK_N small); GEMM 2 applies both scales inside the K loop with
+                      BLOCK_K <= g. BLOCK_K must divide bk: a config that breaks this is corrected (warned
+                      once).
   fp8/int8 tensor     x -> per-tensor (dynamic: amax + quantize kernels; static a13_scale: 1 kernel); GEMM 1
                       with a static a2_scale quantizes in its epilogue, else writes bf16 and the per-tensor
                       kernels quantize it (rows past the padded length are skipped).
@@ -101,7 +103,7 @@ def _quant_rows(scheme: QuantScheme, t, dt, static=None, npp=None):
 
 def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map=None, activation="silu",
                                config=None, scheme: QuantScheme, w13_scale=None, w2_scale=None, w13_zero=None,
-                               w2_zero=None, a13_scale=None, a2_scale=None):
+                               w2_zero=None, a13_scale=None, a2_scale=None, aligned=None):
     m, h = x.shape
     e, i2 = w13.shape[:2]
     i = i2 // 2
@@ -123,7 +125,8 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         config = _fix_block_k(config, config.BLOCK_SIZE_K, least=32)
     topk_weights = topk_weights.float().contiguous()
     topk_ids = topk_ids.contiguous()
-    aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
+    if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:  # else: fused_moe's route-and-align launch
+        aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
     p = aligned.sorted_ids.numel()
     npp = aligned.num_padded
     args = (aligned.sorted_ids, aligned.expert_ids, npp)
@@ -142,13 +145,19 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, **_w8a8_weight(scheme, w13_scale))
         q2 = GemmQuant(mode, int_acc=int_acc, **_w8a8_weight(scheme, w2_scale))
         if block:
+            # GEMM 1 quantizes its output per (row, BLOCK_N columns): a divisor of the weight block, so that
+            # group is the block or finer and decode keeps enough programs (BLOCK_N = 128 gave qwen3 M=1 only
+            # 48). GEMM 2's K step must then not straddle two activation groups.
             bk = scheme.block_shape[1]
-            cfg1 = replace(config, BLOCK_SIZE_N=bk)
+            g = config.BLOCK_SIZE_N if config.BLOCK_SIZE_N <= bk and bk % config.BLOCK_SIZE_N == 0 else bk
+            cfg1 = replace(config, BLOCK_SIZE_N=g)
+            cfg2 = replace(config, BLOCK_SIZE_K=min(config.BLOCK_SIZE_K, g))
             inter = torch.empty((p, i), dtype=adt, device=x.device)
-            inter_s = torch.empty((p, -(-i // bk)), dtype=torch.float32, device=x.device)
+            inter_s = torch.empty((p, -(-i // g)), dtype=torch.float32, device=x.device)
             q1.out_quant, q1.out_scale, q1.out_stride, q1.out_qparams = 1, inter_s, inter_s.stride(0), _qparams(adt)
             moe_gemm1(xq, w13, inter, *args, top_k, cfg1, activation, quant=q1)
             a2, q2.a_scale, q2.a_strides = inter, inter_s, (inter_s.stride(0), inter_s.stride(1))
+            q2.a_group_k = g
         elif scheme.granularity == "tensor" and a2_scale is not None:
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             q1.out_quant, q1.out_scale, q1.out_qparams = 2, a2_scale.reshape(1).float(), _qparams(adt)
@@ -158,10 +167,11 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
             moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1)
             a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp)
+    cfg2 = cfg2 if block else config
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     if top_k == 1 and expert_map is None:
-        moe_gemm2(a2, w2, out, topk_weights, *args, config, quant=q2)
+        moe_gemm2(a2, w2, out, topk_weights, *args, cfg2, quant=q2)
         return out
     y = torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
-    moe_gemm2(a2, w2, y, topk_weights, *args, config, quant=q2)
+    moe_gemm2(a2, w2, y, topk_weights, *args, cfg2, quant=q2)
     return moe_sum(y, out, topk_ids, e, expert_map)
