@@ -106,6 +106,39 @@ def _split_k(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots, n_cols, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """One output tile of either GEMM: its rows of ``sorted`` (positions, slot ids, which are real slots),
+    its expert (int64) and its columns (and which are in range)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_ptr + offs_m)
+    expert = tl.load(experts_ptr + pid_m).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m, slot, slot < num_slots, expert, offs_n, offs_n < n_cols
+
+
+@triton.jit
+def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride_bse, stride_bsn, stride_bsk,
+                      BLOCK_K: tl.constexpr, QUANT: tl.constexpr, MX_DOT: tl.constexpr):
+    """Pointers to the first K step's weight tile of expert ``expert``, columns ``offs_n``: [BLOCK_K, BLOCK_N]
+    elements; packed 4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT (operands swapped, see
+    :func:`_mx_dot_t`) [BLOCK_N, BLOCK_K / 2] bytes plus its e8m0 scales [BLOCK_N, BLOCK_K / 32] (second
+    result; otherwise the weight pointers again, unused)."""
+    n64 = offs_n.to(tl.int64)
+    base = w_ptr + expert * stride_we
+    if MX_DOT:
+        w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 2)[None, :]
+        sc = s_ptr + expert * stride_bse + n64[:, None] * stride_bsn + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
+    elif QUANT >= 4:
+        w = base + n64[None, :] * stride_wn + tl.arange(0, BLOCK_K // 2)[:, None]
+        sc = w
+    else:
+        w = base + n64[None, :] * stride_wn + tl.arange(0, BLOCK_K)[:, None]
+        sc = w
+    return w, sc
+
+
+@triton.jit
 def _moe_gemm1_kernel(
     x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, npp_ptr,
     I, K, num_slots, top_k, num_pid_m,
@@ -123,27 +156,17 @@ def _moe_gemm1_kernel(
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    slot = tl.load(sorted_ptr + offs_m)
-    row_ok = slot < num_slots
+    offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots,
+                                                                 I, BLOCK_M, BLOCK_N)
     token = (slot // top_k).to(tl.int64)
-    expert = tl.load(experts_ptr + pid_m).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < I
     offs_k = tl.arange(0, BLOCK_K)
+    offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
     x_ptrs = x_ptr + token[:, None] * stride_xm + offs_k[None, :]
-    w_off = expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn
-    if QUANT >= 4:  # two codes per byte along K: the weight tile is [BLOCK_K / 2, BLOCK_N] bytes
-        offs_kp = tl.arange(0, BLOCK_K // 2)
-        g_ptrs = w_ptr + w_off + offs_kp[:, None]
-    else:
-        g_ptrs = w_ptr + w_off + offs_k[:, None]
-    if MX_DOT:  # operands swapped, see _mx_dot_t: the weight tile is [BLOCK_N, BLOCK_K / 2] bytes
-        g_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn + offs_kp[None, :]
-        sgt_ptrs = b_scale_ptr + expert * stride_bse + offs_n.to(tl.int64)[:, None] * stride_bsn \
-            + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
-        sut_ptrs = sgt_ptrs + I * stride_bsn
+    g_ptrs, sgt_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
+                                         stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT)
     u_ptrs = g_ptrs + up_offset
+    if MX_DOT:
+        sut_ptrs = sgt_ptrs + I * stride_bsn
     if QUANT >= 3:
         sg_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
         su_off = sg_off + I * stride_bsn
@@ -271,26 +294,15 @@ def _moe_gemm2_kernel(
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    slot = tl.load(sorted_ptr + offs_m)
-    row_ok = slot < num_slots
-    expert = tl.load(experts_ptr + pid_m).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
+    offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots,
+                                                                 N, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
-    w_off = expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn
-    if QUANT >= 4:  # two codes per byte along K: the weight tile is [BLOCK_K / 2, BLOCK_N] bytes
-        offs_kp = tl.arange(0, BLOCK_K // 2)
-        b_ptrs = w_ptr + w_off + offs_kp[:, None]
-    else:
-        b_ptrs = w_ptr + w_off + offs_k[:, None]
+    b_ptrs, st_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
+                                        stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT)
     if QUANT >= 3:
         s_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
-    if MX_DOT:  # operands swapped, see _mx_dot_t: the weight tile is [BLOCK_N, BLOCK_K / 2] bytes
-        b_ptrs = w_ptr + expert * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn + offs_kp[None, :]
-        st_ptrs = b_scale_ptr + expert * stride_bse + offs_n.to(tl.int64)[:, None] * stride_bsn \
-            + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
     if QUANT == 2:
         as_ptrs = a_scale_ptr + offs_m.to(tl.int64) * stride_asm
         bs_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
