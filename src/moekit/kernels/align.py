@@ -22,6 +22,17 @@ SINGLE_MAX = 256  # up to this many slots, one program does the whole alignment
 CHUNK = 128  # slots per program in the multi-program path
 
 
+def expert_bins(num_experts: int) -> int:
+    """Histogram width (E_PAD) for ``num_experts`` local experts: the next power of two, at least 4.
+
+    The floor keeps one- and two-expert problems off 1- and 2-bin histograms and scans. Commit 19eff51
+    dropped the spare bin (E_PAD = E for a power-of-two E), and after that the H100 property test hit an
+    illegal address. Widths 1 and 2 are the only ones that commit introduced which no GPU test had run;
+    every width >= 4 has passed on the GPU. This is the suspected cause, NOT yet confirmed on a GPU: run
+    ``benchmarks/repro_property.py`` there."""
+    return max(4, triton.next_power_of_2(num_experts))
+
+
 @triton.jit
 def _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP: tl.constexpr):
     """Local expert id of each slot; E (not routed here) for padding lanes and experts mapped to -1."""
@@ -164,7 +175,7 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     sorted_ids = torch.empty((max_blocks * block_m,), dtype=torch.int32, device=device)
     expert_ids = torch.empty((max_blocks,), dtype=torch.int32, device=device)
     npp = torch.empty((1,), dtype=torch.int32, device=device)
-    e_pad = triton.next_power_of_2(num_experts)
+    e_pad = expert_bins(num_experts)
     has_map = expert_map is not None
     emap = expert_map if has_map else flat
     if n <= SINGLE_MAX:
@@ -206,7 +217,7 @@ def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: boo
     expert_ids = torch.empty((max_blocks,), dtype=torch.int32, device=device)
     npp = torch.empty((1,), dtype=torch.int32, device=device)
     t_pad, e_route_pad = triton.next_power_of_2(m), triton.next_power_of_2(e_route)
-    k_pad, e_pad = triton.next_power_of_2(top_k), triton.next_power_of_2(num_experts)
+    k_pad, e_pad = triton.next_power_of_2(top_k), expert_bins(num_experts)
     has_map = expert_map is not None
     _route_align_kernel[(1,)](
         logits, expert_map if has_map else ids, weights, ids, sorted_ids, expert_ids, npp,
