@@ -18,6 +18,7 @@ import platform as _pyplatform
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -127,7 +128,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved default/tuned rounds (best of)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier result files (same device) and rewrite "
                     "the markdown; no GPU needed")
+    ap.add_argument("--repair", metavar="JSON", help="from an earlier result file: in each shipped file, replace "
+                    "the entries whose measured default beat the tuned config by more than 2%% with the default "
+                    "(stale files after a kernel change); no GPU needed")
     args = ap.parse_args(argv)
+    if args.repair:
+        return repair(json.loads(Path(args.repair).read_text()))
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
         result = dict(parts[0], files=[f for r in parts for f in r["files"]],
@@ -162,6 +168,28 @@ def main(argv=None) -> int:
         "geomean_speedup": math.exp(sum(math.log(s) for s in sps) / len(sps)), "worst_speedup": min(sps),
     }
     return _write(result, args.out)
+
+
+def repair(result: dict, directory: Optional[Path] = None) -> int:
+    """Rewrite the shipped files named in ``result``: every batch size where the default measured more than
+    2 % faster than the tuned entry gets the default config (the tuner keeps the default among its
+    candidates, so this only undoes entries a later kernel change made stale)."""
+    directory = directory or package_config_dir()
+    for f in result["files"]:
+        path = directory / f["file"]
+        if not path.is_file():
+            print(f"{f['file']}: not in {directory}; skipped")
+            continue
+        raw = json.loads(path.read_text())
+        fixed = []
+        for p in f["points"]:
+            if not p.get("same") and p["speedup"] < 1 / 1.02 and str(p["M"]) in raw:
+                raw[str(p["M"])] = dict(p["default_config"])
+                fixed.append(f"M={p['M']} ({p['speedup']:.3f}x)")
+        if fixed:
+            path.write_text(json.dumps(raw, indent=4) + "\n")
+        print(f"{f['file']}: {'default restored at ' + ', '.join(fixed) if fixed else 'nothing to repair'}")
+    return 0
 
 
 def _write(result: dict, out: str) -> int:
