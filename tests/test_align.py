@@ -25,7 +25,10 @@ def _check(ids, e, bm, emap=None):
 
 
 @pytest.mark.parametrize("bm", [16, 64])
-@pytest.mark.parametrize("m,e,k", [(1, 8, 2), (7, 16, 4), (40, 8, 8), (300, 64, 4), (129, 256, 8)])
+# (5, 1, 1), (9, 2, 2), (300, 2, 1): one- and two-expert layers (the smallest histogram widths; see
+# kernels.align.expert_bins), in both the single-program and the multi-program paths
+@pytest.mark.parametrize("m,e,k", [(1, 8, 2), (7, 16, 4), (40, 8, 8), (300, 64, 4), (129, 256, 8), (5, 1, 1),
+                                   (9, 2, 2), (300, 2, 1)])
 @pytest.mark.parametrize("skew", [False, True])
 def test_align_matches_reference(bm, m, e, k, skew, poisoned_empty):
     _check(_random_ids(m, e, k, skew), e, bm)
@@ -52,7 +55,7 @@ def test_bound_is_tight_enough():
 
 
 @pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("m,e,k,bm", [(1, 128, 8, 16), (5, 8, 2, 16), (32, 16, 8, 32), (3, 60, 6, 64)])
+@pytest.mark.parametrize("m,e,k,bm", [(1, 128, 8, 16), (5, 8, 2, 16), (32, 16, 8, 32), (3, 60, 6, 64), (4, 2, 1, 16)])
 @pytest.mark.parametrize("with_map", [False, True])
 def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, with_map, poisoned_empty):
     from moekit.align import route_and_align

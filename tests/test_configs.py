@@ -292,3 +292,37 @@ def test_get_config_rejects_bad_problem(kwargs, arg):
 def test_get_config_top_k_may_exceed_local_experts():
     """Expert parallelism: a rank can hold fewer experts than a token chooses."""
     assert isinstance(get_config(E=1, N=64, K=64, top_k=2, M=4, dtype=torch.float32), MoEKernelConfig)
+
+
+def test_block_fp8_default_keeps_block_m_at_64():
+    """Block-quantized w8a8 defaults: GEMM 1 owns 128-column groups with two accumulators, so BLOCK_M stays
+    at 64 (128 spilled: 2.7x slower on an H100) and BLOCK_K is the 128 block; unquantized keeps 128x128."""
+    big = 4096
+    c = default_config(big, 128, 768, 2048, 8, "fp8_w8a8", (128, 128))
+    assert (c.BLOCK_SIZE_M, c.BLOCK_SIZE_N, c.BLOCK_SIZE_K) == (64, 128, 128)
+    assert default_config(big, 128, 768, 2048, 8, torch.bfloat16).BLOCK_SIZE_M == 128
+    assert default_config(big, 128, 768, 2048, 8, "fp8_w8a8").BLOCK_SIZE_M == 128  # per-tensor / channel
+    assert default_config(1, 128, 768, 2048, 8, "fp8_w8a8", (128, 128)).BLOCK_SIZE_M == 16
+
+
+def test_bench_configs_repair_restores_default(tmp_path):
+    """benchmarks/bench_configs.py --repair: an entry whose default measured > 2 % faster gets the default."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_configs", Path(__file__).parents[1] / "benchmarks" /
+                                                  "bench_configs.py")
+    bc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bc)
+    name = "E=8,N=64,device_name=X.json"
+    tuned = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 256, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1, "num_warps": 8,
+             "num_stages": 3}
+    default = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1, "num_warps": 4,
+               "num_stages": 4}
+    (tmp_path / name).write_text(json.dumps({"1": tuned, "2": tuned, "triton_version": "3.6.0"}))
+    result = {"files": [{"file": name, "points": [
+        dict(M=1, default_config=default, tuned_config=tuned, same=False, speedup=0.90),  # default 11 % faster
+        dict(M=2, default_config=default, tuned_config=tuned, same=False, speedup=0.99),  # within 2 %: kept
+    ]}]}
+    assert bc.repair(result, tmp_path) == 0
+    out = json.loads((tmp_path / name).read_text())
+    assert out["1"] == default and out["2"] == tuned and out["triton_version"] == "3.6.0"

@@ -51,6 +51,13 @@ def test_top_k_one_and_all(backend, k, poisoned_empty):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("e,k,m", [(1, 1, 5), (2, 1, 9), (2, 2, 40), (2, 2, 300)])
+def test_one_and_two_experts(backend, e, k, m, poisoned_empty):
+    """The smallest layers (1- and 2-expert alignment histograms; see kernels.align.expert_bins)."""
+    run_and_check(backend, KERNEL_DTYPES[0], m, e=e, k=k, h=24, i=16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("activation", ["silu", "gelu"])
 def test_activation(backend, activation, poisoned_empty):
     run_and_check(backend, torch.float32, 5, e=4, k=2, h=32, i=16, activation=activation)

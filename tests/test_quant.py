@@ -241,3 +241,15 @@ def test_decode_routes_and_aligns_in_one_launch(key, monkeypatch, poisoned_empty
     out = moekit.fused_moe(x, w13, w2, logits, 2, backend="triton", **kw)
     assert calls == [1]
     assert_close_to_reference(out, ref, key)
+
+
+def test_mxfp4_dot_scaled_choice():
+    """tl.dot_scaled only for bf16/fp16 activations on a GPU with the ``dot_scaled`` feature (the interpreter
+    and float32 take moekit's in-kernel decode)."""
+    from moekit.platform import has_feature, platform_of
+    from moekit.quant.triton_moe import mxfp4_dot_scaled
+
+    x = torch.zeros(2, 64, device=DEVICE, dtype=torch.bfloat16 if HAS_GPU else torch.float16)
+    expected = HAS_GPU and has_feature("dot_scaled", platform_of(x.device))[0]
+    assert mxfp4_dot_scaled(x) is expected
+    assert mxfp4_dot_scaled(x.float()) is False
