@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device-tool call: GPU tests (bf16 included), demo, profile, benchmark, compute-sanitizer, config sweep.
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|demo|profile|bench|sanitize|sweep ...]
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|repro|demo|profile|bench|sanitize|sweep ...]
+# repro: replay the property-test space problem by problem (the last line printed names a crasher)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -11,6 +12,7 @@ for s in $steps; do
   echo "=== $s"
   case $s in
     tests) python3 -m pytest -q -x tests -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+    repro) timeout 200 python3 benchmarks/repro_property.py 0 300 2>&1 | grep -v WARNING | tail -5 ;;
     demo) python3 -m moekit.cli demo ;;
     profile) python3 -m moekit.cli bench --profile --shapes qwen3_30b_a3b mixtral8x7b --batch-sizes 1 256 4096 ;;
     bench) python3 -m moekit.cli bench --out "$OUT" ;;
