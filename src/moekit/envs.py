@@ -151,7 +151,19 @@ def _entry(name: str) -> EnvVar:
         ) from None
 
 
+_scanned_env_keys: Any = None
+
+
 def _check_unknown() -> None:
+    """Warn once per misspelled MOEKIT_* variable. Decoding the whole environment costs tens of
+    microseconds a call, so the scan runs only when the set of variable names changed since the last one
+    (compared on CPython's raw key set, a C-speed operation): a variable set later is still caught."""
+    global _scanned_env_keys
+    raw = getattr(os.environ, "_data", None)
+    keys = frozenset(raw) if isinstance(raw, dict) else None
+    if keys is not None and keys == _scanned_env_keys:
+        return
+    _scanned_env_keys = keys
     for key in os.environ:
         if key.startswith("MOEKIT_") and key not in _BY_NAME:
             warn_once(
