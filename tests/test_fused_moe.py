@@ -226,3 +226,30 @@ def test_repeated_runs_are_bitwise_identical(m):
     first = moekit.fused_moe(x, w13, w2, logits, 2, backend="triton")
     for _ in range(2):
         assert torch.equal(moekit.fused_moe(x, w13, w2, logits, 2, backend="triton"), first)
+
+
+def test_decode_path_resolves_backend_and_config_once(monkeypatch):
+    """fused_moe at decode size on the Triton backend: one backend resolution and one config lookup per call
+    (the fused route-and-align step hands both to fused_experts): host time matters at decode."""
+    import moekit.configs as configs_mod
+    import moekit.experts as experts_mod
+    import moekit.triton_experts as triton_experts_mod
+
+    calls = {"resolve": 0, "config": 0}
+    real_resolve, real_config = experts_mod.resolve_backend, configs_mod.get_config
+
+    def resolve(*a, **k):
+        calls["resolve"] += 1
+        return real_resolve(*a, **k)
+
+    def config(*a, **k):
+        calls["config"] += 1
+        return real_config(*a, **k)
+
+    monkeypatch.setattr(experts_mod, "resolve_backend", resolve)
+    monkeypatch.setattr(configs_mod, "get_config", config)
+    monkeypatch.setattr(triton_experts_mod, "get_config", config)
+    x, w13, w2, logits = make_layer(3, 8, 32, 16, KERNEL_DTYPES[0])
+    out = moekit.fused_moe(x, w13, w2, logits, 2, backend="triton")
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert calls == {"resolve": 1, "config": 1}

@@ -119,6 +119,7 @@ def fused_experts(
     a13_scale: Optional[torch.Tensor] = None,
     a2_scale: Optional[torch.Tensor] = None,
     _aligned=None,
+    _config=None,
 ) -> torch.Tensor:
     """Run the chosen experts of every token and sum their outputs by routing weight.
 
@@ -162,7 +163,8 @@ def fused_experts(
     check_arg(not (torch_only and backend == "triton"), "backend",
               f"'auto' or 'torch' for activation={activation!r} / expert biases (no Triton kernel yet)", backend)
     x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()
-    chosen = "torch" if torch_only else resolve_backend(backend, x, scheme)
+    # _config: fused_moe's decode path already resolved the backend (triton) and looked up the config
+    chosen = "torch" if torch_only else ("triton" if _config is not None else resolve_backend(backend, x, scheme))
     if chosen == "torch":
         from moekit.torch_experts import fused_experts_torch
 
@@ -177,9 +179,9 @@ def fused_experts(
 
     if scheme.is_quantized:
         return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
-                                    activation=activation, quant=scheme, aligned=_aligned, **qargs)
+                                    activation=activation, quant=scheme, aligned=_aligned, config=_config, **qargs)
     return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation,
-                                aligned=_aligned)
+                                aligned=_aligned, config=_config)
 
 
 def fused_moe(
@@ -224,13 +226,13 @@ def fused_moe(
         check_arg(expert_map.numel() == router_logits.shape[1], "expert_map",
                   f"{router_logits.shape[1]} entries (E_global, the columns of router_logits)",
                   f"{expert_map.numel()} entries")
-    aligned = None
+    aligned = config = None
     if (w13_bias is None and w2_bias is None and num_expert_group is None and correction_bias is None
             and activation in KERNEL_ACTIVATIONS and (quant is None or isinstance(quant, QuantScheme))):
         fast = _route_and_align_if_decode(hidden_states, w13, router_logits, top_k, renormalize, scoring,
                                           expert_map, backend, quant)
         if fast is not None:
-            topk_weights, topk_ids, aligned = fast
+            topk_weights, topk_ids, aligned, config = fast
     if aligned is None:
         topk_weights, topk_ids = select_experts(
             router_logits, top_k, renormalize=renormalize, scoring=scoring, num_expert_group=num_expert_group,
@@ -239,14 +241,15 @@ def fused_moe(
     return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
                          activation=activation, backend=backend, w13_bias=w13_bias, w2_bias=w2_bias, quant=quant,
                          w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero,
-                         a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned)
+                         a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned, _config=config)
 
 
 def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend,
                                quant=None):
     """Decode fast path of fused_moe on the Triton backend: routing and token alignment in one launch
-    (saves a launch and a round trip through memory). None when it does not apply. ``quant``: a
-    QuantScheme (or None); its kernel config decides the alignment block."""
+    (saves a launch and a round trip through memory). Returns (topk_weights, topk_ids, aligned, config), the
+    config then serving fused_experts too (one backend resolution and one lookup per call), or None when
+    it does not apply. ``quant``: a QuantScheme (or None); its kernel config decides the alignment block."""
     if not (isinstance(x, torch.Tensor) and x.dim() == 2 and isinstance(w13, torch.Tensor) and w13.dim() == 3
             and x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0
             and isinstance(top_k, int) and top_k >= 1 and backend in BACKENDS and router_logits.device == x.device
@@ -268,4 +271,4 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     else:  # the same lookup as moekit.quant.triton_moe (H from x: packed weights hold H / 2 bytes)
         config = get_config(e, i2 // 2, x.shape[1], top_k, m, scheme,
                             block_shape=scheme.block_shape if scheme.granularity == "block" else None)
-    return route_and_align(router_logits, top_k, renormalize, scoring, e, config.BLOCK_SIZE_M, expert_map)
+    return (*route_and_align(router_logits, top_k, renormalize, scoring, e, config.BLOCK_SIZE_M, expert_map), config)
