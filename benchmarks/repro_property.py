@@ -20,7 +20,8 @@ for n in range(int(sys.argv[2]) if len(sys.argv) > 2 else 400):
     if mode == "grouped" and e % 4 == 0 and e >= 8:
         route.update(num_expert_group=4, topk_group=rng.randint(1, 4)); k = min(k, route["topk_group"] * e // 4)
     use_map = rng.random() < .5; dtype = rng.choice(DTYPES)
-    desc = f"#{n} m={m} e={e} k={k} h={h} i={i} route={route} map={use_map} {dtype}"
+    backend = rng.choice(["triton", "torch"])  # the property test draws both
+    desc = f"#{n} {backend} m={m} e={e} k={k} h={h} i={i} route={route} map={use_map} {dtype}"
     print(desc, flush=True)
     g = torch.Generator().manual_seed(n)
     e_local, emap = e, None
@@ -29,7 +30,7 @@ for n in range(int(sys.argv[2]) if len(sys.argv) > 2 else 400):
     x = torch.randn(m, h, generator=g).to(dtype); w13 = (torch.randn(e_local, 2 * i, h, generator=g) / h ** .5).to(dtype)
     w2 = (torch.randn(e_local, h, i, generator=g) / i ** .5).to(dtype); logits = torch.randn(m, e, generator=g)
     d = lambda t: None if t is None else t.to(DEV)  # noqa: E731
-    out = moekit.fused_moe(d(x), d(w13), d(w2), d(logits), k, expert_map=d(emap), backend="triton", **route)
+    out = moekit.fused_moe(d(x), d(w13), d(w2), d(logits), k, expert_map=d(emap), backend=backend, **route)
     if DEV == "cuda":
         torch.cuda.synchronize()
     if m == 0:
