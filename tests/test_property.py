@@ -31,6 +31,8 @@ def problems(draw):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(p=problems(), dtype=st.sampled_from(KERNEL_DTYPES), backend=st.sampled_from(["triton", "torch"]))
 def test_random_problems(p, dtype, backend):
+    # shown under "Captured stdout" when a test fails: after a device fault the last line names the culprit
+    print(f"problem {p} {dtype} {backend}", flush=True)
     g = torch.Generator().manual_seed(p["seed"])
     m, e, k, h, i = p["m"], p["e"], p["k"], p["h"], p["i"]
     e_local, emap = e, None
@@ -45,6 +47,8 @@ def test_random_problems(p, dtype, backend):
     dev = lambda t: None if t is None else t.to(DEVICE)
     out = moekit.fused_moe(dev(x), dev(w13), dev(w2), dev(logits), k, expert_map=dev(emap), backend=backend,
                            **p["route"])
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()  # a device fault surfaces in the example that caused it
     assert out.shape == (m, h)
     if m == 0:
         return
