@@ -265,10 +265,11 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     from moekit.align import route_and_align
     from moekit.configs import get_config
 
-    e, i2 = w13.shape[:2]
+    e, i2 = w13.shape[:2]  # H from x: packed weights hold H / 2 bytes
     if scheme is None:
         config = get_config(e, i2 // 2, x.shape[1], top_k, m, x.dtype)
-    else:  # the same lookup as moekit.quant.triton_moe (H from x: packed weights hold H / 2 bytes)
-        config = get_config(e, i2 // 2, x.shape[1], top_k, m, scheme,
-                            block_shape=scheme.block_shape if scheme.granularity == "block" else None)
+    else:
+        from moekit.quant.triton_moe import quant_config
+
+        config = quant_config(e, i2 // 2, x.shape[1], top_k, m, scheme)
     return (*route_and_align(router_logits, top_k, renormalize, scoring, e, config.BLOCK_SIZE_M, expert_map), config)

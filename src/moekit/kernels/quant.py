@@ -19,6 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moekit.kernels import warps_for
+
 #: Smallest scale handed out: an all-zero (or all-subnormal) group quantizes to zeros with this scale.
 MIN_SCALE = 1e-12
 _RTNE_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 to the nearest integer, ties to even
@@ -118,8 +120,6 @@ def _tensor_quant_kernel(
 
 def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
     """q[r, c] and s[r, c // group] from x[r, c] (2-D, last dim contiguous); rows >= npp[0] skipped."""
-    from moekit.kernels import warps_for
-
     rows, n = x.shape
     block = triton.next_power_of_2(group)
     n_groups = triton.cdiv(n, group)

@@ -55,6 +55,14 @@ def _fix_block_k(config, bk: int, least: int = 16):
     return replace(config, BLOCK_SIZE_K=new)
 
 
+def quant_config(E: int, N: int, K: int, top_k: int, M: int, scheme: QuantScheme):
+    """The kernel config of a quantized layer (before the BLOCK_K corrections below): the tuned file of the
+    scheme's dtype name and block shape, else the heuristic. Also used by fused_moe's decode fast path,
+    whose alignment block must be this config's BLOCK_SIZE_M."""
+    return get_config(E, N, K, top_k, M, scheme,
+                      block_shape=scheme.block_shape if scheme.granularity == "block" else None)
+
+
 def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
     """Whether mxfp4 GEMMs on ``x``'s device use ``tl.dot_scaled`` (the device has it, see the
     ``dot_scaled`` platform feature, and the activations are bf16/fp16) rather than moekit's in-kernel
@@ -112,17 +120,15 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         return x.new_empty((0, h))
     adt = act_dtype(scheme, x.device)
     if config is None:
-        config = get_config(e, i, h, top_k, m, scheme,
-                            block_shape=scheme.block_shape if scheme.granularity == "block" else None)
+        config = quant_config(e, i, h, top_k, m, scheme)
     block = scheme.granularity == "block" and adt is not None
+    least = 32 if scheme.weight_dtype in ("int4", "mxfp4") else 16  # packed: each half-K dot >= 16 deep
     if block:
-        config = _fix_block_k(config, scheme.block_shape[1])
-    elif scheme.weight_dtype == "mxfp4":
-        config = _fix_block_k(config, scheme.group_size, least=32)
-    elif scheme.weight_only and scheme.granularity == "group":
-        config = _fix_block_k(config, scheme.group_size, least=32 if scheme.weight_dtype == "int4" else 16)
-    elif scheme.weight_dtype == "int4":
-        config = _fix_block_k(config, config.BLOCK_SIZE_K, least=32)
+        config = _fix_block_k(config, scheme.block_shape[1], least)
+    elif scheme.weight_only and scheme.granularity == "group":  # int8 / int4 groups, mxfp4's 32
+        config = _fix_block_k(config, scheme.group_size, least)
+    elif least > 16:  # int4 per channel: only the packed floor applies
+        config = _fix_block_k(config, config.BLOCK_SIZE_K, least)
     topk_weights = topk_weights.float().contiguous()
     topk_ids = topk_ids.contiguous()
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:  # else: fused_moe's route-and-align launch
@@ -130,6 +136,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     p = aligned.sorted_ids.numel()
     npp = aligned.num_padded
     args = (aligned.sorted_ids, aligned.expert_ids, npp)
+    cfg2 = config  # GEMM 2's config (fp8 block: BLOCK_K within GEMM 1's output group)
 
     if adt is None:  # weight-only
         mx_dot = scheme.weight_dtype == "mxfp4" and mxfp4_dot_scaled(x)
@@ -167,7 +174,6 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
             moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1)
             a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp)
-    cfg2 = cfg2 if block else config
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     if top_k == 1 and expert_map is None:
         moe_gemm2(a2, w2, out, topk_weights, *args, cfg2, quant=q2)
