@@ -106,6 +106,34 @@ def _split_k(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _weight_only_step(acc, a, w_ptrs, s_ptrs, z_ptrs, wmask, n_ok, k, stride_bsk,
+                      QUANT: tl.constexpr, HAS_ZERO: tl.constexpr, GROUP_K: tl.constexpr, SCALE_TILE: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One K step (number ``k``) of a weight-only GEMM: ``acc += a [BLOCK_M, BLOCK_K] @ W``, W decoded from
+    int8 codes (QUANT 3, tile [BLOCK_K, BLOCK_N]) or packed int4 / e2m1 bytes (QUANT 4 / 5, [BLOCK_K / 2,
+    BLOCK_N], met by the activation's even and odd K columns). ``s_ptrs`` / ``z_ptrs``: this tile's scale
+    and zero-point columns ([1, BLOCK_N]) at K group 0; ``wmask``: the weight tile's in-range mask."""
+    if SCALE_TILE:  # GROUP_K is a multiple of BLOCK_K: one scale per column for this K step
+        kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
+        smask = n_ok[None, :]
+    elif QUANT >= 4:  # one scale per byte row (its two codes share a group)
+        kg = ((k * BLOCK_K + 2 * tl.arange(0, BLOCK_K // 2)) // GROUP_K)[:, None] * stride_bsk
+        smask = wmask
+    else:
+        kg = ((k * BLOCK_K + tl.arange(0, BLOCK_K)) // GROUP_K)[:, None] * stride_bsk
+        smask = wmask
+    if QUANT == 3:
+        b = _load_int8(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, HAS_ZERO, a.dtype)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    else:
+        a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
+        b_even, b_odd = _load_packed(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, QUANT, HAS_ZERO, a.dtype)
+        acc = tl.dot(a_even, b_even, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a_odd, b_odd, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots, n_cols, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr):
     """One output tile of either GEMM: its rows of ``sorted`` (positions, slot ids, which are real slots),
@@ -200,32 +228,12 @@ def _moe_gemm1_kernel(
             acc_g = _mx_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
             acc_u = _mx_dot_t(u_ptrs, sut_ptrs + ks, a_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
-            if SCALE_TILE:  # GROUP_K is a multiple of BLOCK_K: one scale per column for this K step
-                kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
-                smask = n_ok[None, :]
-            elif QUANT >= 4:  # one scale per byte row (its two codes share a group)
-                kg = ((k * BLOCK_K + 2 * offs_kp) // GROUP_K)[:, None] * stride_bsk
-                smask = wmask
-            else:
-                kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
-                smask = wmask
-            if QUANT == 3:
-                bg = _load_int8(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask, smask,
-                                HAS_ZERO, a.dtype)
-                bu = _load_int8(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask, smask,
-                                HAS_ZERO, a.dtype)
-                acc_g = tl.dot(a, bg, acc_g, input_precision=DOT_PRECISION)
-                acc_u = tl.dot(a, bu, acc_u, input_precision=DOT_PRECISION)
-            else:
-                a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
-                g_even, g_odd = _load_packed(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask,
-                                             smask, QUANT, HAS_ZERO, a.dtype)
-                acc_g = tl.dot(a_even, g_even, acc_g, input_precision=DOT_PRECISION)
-                acc_g = tl.dot(a_odd, g_odd, acc_g, input_precision=DOT_PRECISION)
-                u_even, u_odd = _load_packed(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask,
-                                             smask, QUANT, HAS_ZERO, a.dtype)
-                acc_u = tl.dot(a_even, u_even, acc_u, input_precision=DOT_PRECISION)
-                acc_u = tl.dot(a_odd, u_odd, acc_u, input_precision=DOT_PRECISION)
+            acc_g = _weight_only_step(acc_g, a, g_ptrs, b_scale_ptr + sg_off, b_zero_ptr + sg_off, wmask, n_ok, k,
+                                      stride_bsk, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_M, BLOCK_K,
+                                      DOT_PRECISION)
+            acc_u = _weight_only_step(acc_u, a, u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
+                                      stride_bsk, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_M, BLOCK_K,
+                                      DOT_PRECISION)
         else:
             if EVEN_K:
                 bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
@@ -327,25 +335,8 @@ def _moe_gemm2_kernel(
             acc = _mx_dot_t(b_ptrs, st_ptrs + (k * (BLOCK_K // 32)) * stride_bsk, tl.trans(a), acc, n_ok,
                             K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
-            if SCALE_TILE:
-                kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
-                smask = n_ok[None, :]
-            elif QUANT >= 4:
-                kg = ((k * BLOCK_K + 2 * offs_kp) // GROUP_K)[:, None] * stride_bsk
-                smask = wmask
-            else:
-                kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
-                smask = wmask
-            if QUANT == 3:
-                b = _load_int8(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, wmask, smask, HAS_ZERO,
-                               a.dtype)
-                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-            else:
-                a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
-                b_even, b_odd = _load_packed(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, wmask, smask,
-                                             QUANT, HAS_ZERO, a.dtype)
-                acc = tl.dot(a_even, b_even, acc, input_precision=DOT_PRECISION)
-                acc = tl.dot(a_odd, b_odd, acc, input_precision=DOT_PRECISION)
+            acc = _weight_only_step(acc, a, b_ptrs, b_scale_ptr + s_off, b_zero_ptr + s_off, wmask, n_ok, k,
+                                    stride_bsk, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_M, BLOCK_K, DOT_PRECISION)
         else:
             if EVEN_K:
                 b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
