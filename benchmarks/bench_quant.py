@@ -4,6 +4,7 @@ against the floor max(bytes / HBM, FLOPs / matmul peak) with the weights' real b
 
     PYTHONPATH=src python3 benchmarks/bench_quant.py [--out results.json] [--shapes dsv3,...] [--m 1,16,...]
         [--mxfp4-path auto|dot_scaled|decode]   (A/B of tl.dot_scaled against moekit's in-kernel decode)
+        [--scheme int4_weight_only|int8_weight_only|fp8_channel|int8_channel]   (instead of each shape's own)
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ CASES = {  # shape -> scheme
     "mixtral8x7b": QuantScheme.fp8_tensor(),
     "gpt_oss_20b": QuantScheme.mxfp4(),
 }
-WEIGHT_BYTES = {"fp8": 1.0, "mxfp4": 0.5 + 1 / 32}
+WEIGHT_BYTES = {"fp8": 1.0, "mxfp4": 0.5 + 1 / 32, "int8": 1.0, "int4": 0.5 + 4 / 128}  # + fp32 group scales
+SCHEMES = {"int8_weight_only": QuantScheme.int8_weight_only, "int4_weight_only": QuantScheme.int4_weight_only,
+           "fp8_channel": QuantScheme.fp8_channel, "int8_channel": QuantScheme.int8_channel}
 ROTATE = 4
 
 
@@ -52,6 +55,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default=",".join(CASES))
     ap.add_argument("--m", default="1,16,64,256,1024,4096")
     ap.add_argument("--profile", action="store_true", help="per-kernel times of one eager forward per point")
+    ap.add_argument("--scheme", choices=sorted(SCHEMES), default=None, help="one scheme for every shape")
     ap.add_argument("--mxfp4-path", choices=("auto", "dot_scaled", "decode"), default="auto")
     args = ap.parse_args(argv)
     if args.mxfp4_path != "auto":
@@ -66,13 +70,14 @@ def main(argv=None):
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "ceilings": asdict(ceil), "rotate": ROTATE, "mxfp4_path": args.mxfp4_path, "points": []}
     for name in args.shapes.split(","):
-        shape, scheme = SHAPES[name], CASES[name]
+        shape = SHAPES[name]
+        scheme = SCHEMES[args.scheme]() if args.scheme else CASES[name]
         t0 = time.time()
         w13, s13, w2, s2 = make_quant_weights(shape, scheme)
         print(f"{name} {scheme.name}: weights ready in {time.time() - t0:.1f}s", flush=True)
         bias = torch.randn(shape.E, device="cuda") * 0.1 if shape.num_expert_group else None
         wbytes = WEIGHT_BYTES[scheme.weight_dtype]
-        peak = ceil.fp8_flops_per_s if scheme.act_dtype == "fp8" else ceil.bf16_flops_per_s
+        peak = ceil.fp8_flops_per_s if scheme.act_dtype in ("fp8", "int8") else ceil.bf16_flops_per_s
         for m in [int(v) for v in args.m.split(",")]:
             xs = [torch.randn(m, shape.H, device="cuda", dtype=torch.bfloat16) for _ in range(ROTATE)]
             lgs = [torch.randn(m, shape.E, device="cuda") for _ in range(ROTATE)]
@@ -107,7 +112,7 @@ def main(argv=None):
             p = {"shape": name, "scheme": scheme.name, "M": m, "us": us, "floor_us": floor, "experts_touched": touched,
                  "bound": "memory" if t_mem >= t_math else "compute", "frac_of_floor": floor / us,
                  "tflops": flops / us / 1e6, "frac_of_peak": flops / us / 1e6 / (peak / 1e12),
-                 "peak": "fp8" if scheme.act_dtype == "fp8" else "bf16"}
+                 "peak": scheme.act_dtype if scheme.act_dtype in ("fp8", "int8") else "bf16"}
             result["points"].append(p)
             print(f"  M={m:5d} {us:9.1f} us  floor {floor:8.1f} us ({p['bound']})  {100 * p['frac_of_floor']:5.1f}% "
                   f"of floor  {p['tflops']:6.1f} TFLOP/s = {100 * p['frac_of_peak']:5.1f}% of {p['peak']} peak",

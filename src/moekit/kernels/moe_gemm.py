@@ -106,13 +106,13 @@ def _split_k(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _weight_only_step(acc, a, w_ptrs, s_ptrs, z_ptrs, wmask, n_ok, k, stride_bsk,
-                      QUANT: tl.constexpr, HAS_ZERO: tl.constexpr, GROUP_K: tl.constexpr, SCALE_TILE: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One K step (number ``k``) of a weight-only GEMM: ``acc += a [BLOCK_M, BLOCK_K] @ W``, W decoded from
-    int8 codes (QUANT 3, tile [BLOCK_K, BLOCK_N]) or packed int4 / e2m1 bytes (QUANT 4 / 5, [BLOCK_K / 2,
-    BLOCK_N], met by the activation's even and odd K columns). ``s_ptrs`` / ``z_ptrs``: this tile's scale
-    and zero-point columns ([1, BLOCK_N]) at K group 0; ``wmask``: the weight tile's in-range mask."""
+def _weight_only_tiles(w_ptrs, s_ptrs, z_ptrs, wmask, n_ok, k, stride_bsk, DT: tl.constexpr,
+                       QUANT: tl.constexpr, HAS_ZERO: tl.constexpr, GROUP_K: tl.constexpr, SCALE_TILE: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """The weight tiles of K step number ``k`` of a weight-only GEMM, decoded to dtype DT: int8 codes
+    (QUANT 3) give (W, W), W [BLOCK_K, BLOCK_N]; packed int4 / e2m1 bytes (QUANT 4 / 5, [BLOCK_K / 2, BLOCK_N])
+    give (W_even_k, W_odd_k). ``s_ptrs`` / ``z_ptrs``: this tile's scale and zero-point columns ([1, BLOCK_N])
+    at K group 0; ``wmask``: the weight tile's in-range mask. Pair with :func:`_weight_only_dot`."""
     if SCALE_TILE:  # GROUP_K is a multiple of BLOCK_K: one scale per column for this K step
         kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
         smask = n_ok[None, :]
@@ -123,14 +123,23 @@ def _weight_only_step(acc, a, w_ptrs, s_ptrs, z_ptrs, wmask, n_ok, k, stride_bsk
         kg = ((k * BLOCK_K + tl.arange(0, BLOCK_K)) // GROUP_K)[:, None] * stride_bsk
         smask = wmask
     if QUANT == 3:
-        b = _load_int8(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, HAS_ZERO, a.dtype)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        b = _load_int8(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, HAS_ZERO, DT)
+        return b, b
+    else:
+        return _load_packed(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, QUANT, HAS_ZERO, DT)
+
+
+@triton.jit
+def _weight_only_dot(acc, a, w0, w1, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                     DOT_PRECISION: tl.constexpr):
+    """``acc += a [BLOCK_M, BLOCK_K] @ W`` for the tiles (w0, w1) of :func:`_weight_only_tiles`: packed weights
+    meet the activation's even and odd K columns, so codes are never interleaved."""
+    if QUANT == 3:
+        return tl.dot(a, w0, acc, input_precision=DOT_PRECISION)
     else:
         a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
-        b_even, b_odd = _load_packed(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, QUANT, HAS_ZERO, a.dtype)
-        acc = tl.dot(a_even, b_even, acc, input_precision=DOT_PRECISION)
-        acc = tl.dot(a_odd, b_odd, acc, input_precision=DOT_PRECISION)
-    return acc
+        acc = tl.dot(a_even, w0, acc, input_precision=DOT_PRECISION)
+        return tl.dot(a_odd, w1, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -228,12 +237,18 @@ def _moe_gemm1_kernel(
             acc_g = _mx_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
             acc_u = _mx_dot_t(u_ptrs, sut_ptrs + ks, a_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
-            acc_g = _weight_only_step(acc_g, a, g_ptrs, b_scale_ptr + sg_off, b_zero_ptr + sg_off, wmask, n_ok, k,
-                                      stride_bsk, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_M, BLOCK_K,
-                                      DOT_PRECISION)
-            acc_u = _weight_only_step(acc_u, a, u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
-                                      stride_bsk, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_M, BLOCK_K,
-                                      DOT_PRECISION)
+            # Order measured on the H100 (qwen3 shape): int8 decodes both tiles before the dots (4.5 % faster
+            # at M=4096 than gate-then-up); packed weights go gate-then-up (4.5 % faster at M=1024).
+            g0, g1 = _weight_only_tiles(g_ptrs, b_scale_ptr + sg_off, b_zero_ptr + sg_off, wmask, n_ok, k, stride_bsk,
+                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
+            if QUANT == 3:
+                u0, u1 = _weight_only_tiles(u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
+                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
+            acc_g = _weight_only_dot(acc_g, a, g0, g1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
+            if QUANT != 3:
+                u0, u1 = _weight_only_tiles(u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
+                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
+            acc_u = _weight_only_dot(acc_u, a, u0, u1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
         else:
             if EVEN_K:
                 bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
@@ -335,8 +350,9 @@ def _moe_gemm2_kernel(
             acc = _mx_dot_t(b_ptrs, st_ptrs + (k * (BLOCK_K // 32)) * stride_bsk, tl.trans(a), acc, n_ok,
                             K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
-            acc = _weight_only_step(acc, a, b_ptrs, b_scale_ptr + s_off, b_zero_ptr + s_off, wmask, n_ok, k,
-                                    stride_bsk, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_M, BLOCK_K, DOT_PRECISION)
+            b0, b1 = _weight_only_tiles(b_ptrs, b_scale_ptr + s_off, b_zero_ptr + s_off, wmask, n_ok, k, stride_bsk,
+                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
+            acc = _weight_only_dot(acc, a, b0, b1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
         else:
             if EVEN_K:
                 b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
