@@ -19,9 +19,9 @@ for step in "$@"; do
       name=${model}_tp${tp}_${dtype}
       timeout -s INT $((${BUDGET%.*} + 90)) python3 -m moekit.cli tune --model "$model" --tp "$tp" \
         --dtype "$dtype" ${bk:+--block-shape $bn $bk} ${BATCH_SIZES:+--batch-sizes $BATCH_SIZES} \
-        --budget-s "$BUDGET" --out "$OUT/configs" --report "$OUT/tune_report_$name.json" 2> "$OUT/tune_$name.log"
-      echo "rc=$?"; tail -3 "$OUT/tune_$name.log" | tr '\r' '\n' | tail -2
-      tar czf "$OUT/configs.tgz" -C "$OUT" configs ;;  # names with '=' and ',' do not come back one by one
+        --budget-s "$BUDGET" --out "$OUT/configs" --report "$OUT/tune_report_$name.json" 2> "$OUT/tune_$name.log" | tee "$OUT/tune_table_$name.txt" | grep geometric
+      echo "rc=${PIPESTATUS[0]}"; tail -3 "$OUT/tune_$name.log" | tr '\r' '\n' | tail -2
+      tar czf "$OUT/configs.tgz" -C "$OUT" configs $(cd "$OUT" && ls tune_report_*.json tune_table_*.txt) ;;  # names with '=' and ',' (and many files) do not come back one by one
     bench)  # the shipped files for this GPU
       python3 benchmarks/bench_configs.py --out "$OUT/bench_shipped" --rounds "${ROUNDS:-3}" 2>&1 | grep -v "^|" | tail -40 ;;
     bench-out)  # the files this call tuned

@@ -1,0 +1,473 @@
+"""Triton kernels: the two grouped expert GEMMs of a fused MoE forward.
+
+Layouts (row-major, last dim contiguous):
+  x       [M, H]            hidden states
+  w13     [E, 2I, H]        gate rows 0..I-1, then up rows I..2I-1
+  w2      [E, H, I]
+  sorted  [P] int32         padded, expert-sorted slot ids (slot = token * top_k + j; N = M*top_k marks padding)
+  experts [P / BLOCK_M]     local expert of each block of ``sorted`` (-1 past the end)
+  npp     [1] int32         true padded length (device scalar: no host sync)
+  inter   [P, I]            activation output, in *sorted* order (rows of padding are zero)
+  y       [M*top_k, H]      down-projection output per slot, routing weight applied
+
+GEMM 1 computes, per block of sorted slots and per BLOCK_N columns of I, the gate and the up tiles in the
+same program (two accumulators over one pass of K), applies ``act(gate) * up`` in the epilogue and writes
+only the [P, I] result: the [M*k, 2I] intermediate never exists. GEMM 2 reads ``inter`` rows contiguously,
+multiplies by the routing weight and scatters rows to their slots. Row offsets are 64-bit.
+
+Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel), see :class:`GemmQuant`:
+  1 w8a8 fp8/int8, per-tensor or per-channel: raw fp8/int8 ``tl.dot`` (int32 accumulator for int8), the
+    activation scale (per row, or one) and weight scale (per column, or one) applied once in the epilogue.
+  2 w8a8 fp8 block (bn, bk): BLOCK_K divides bk; per K step ``acc += dot(a, b) * a_scale[row, kb] *
+    w_scale[n // bn, kb]``.
+  3/4/5 weight-only int8 / int4 / mxfp4: codes loaded (int4/mxfp4: two per byte along K, low nibble first),
+    decoded and scaled per (column, K-group) in registers, cast to the activation dtype, ``tl.dot``.
+GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N columns): the program takes the
+row amax of its tile and writes q and scale [P, I / BLOCK_N] - the activation of GEMM 2 never exists in bf16.
+BLOCK_N divides the weight's 128 block, so this group is the block or finer (finer is more accurate), and
+GEMM 2 reads that scale per ``GROUP_KA`` columns of K; 2 = static per-tensor scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from moekit.activations import ACTIVATIONS as _NAMES
+from moekit.kernels import tile_ids
+from moekit.kernels.quant import quantize_values
+
+ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constexpr codes
+
+
+@triton.jit
+def _load_int8(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, HAS_ZERO: tl.constexpr, DT: tl.constexpr):
+    """Weight-only int8 tile [BLOCK_K, BLOCK_N]: codes, minus zero point, times the scale, in dtype DT."""
+    v = tl.load(w_ptrs, mask=mask, other=0).to(tl.float32)
+    if HAS_ZERO:
+        v = v - tl.load(z_ptrs, mask=s_mask, other=0).to(tl.float32)
+    return (v * tl.load(s_ptrs, mask=s_mask, other=0)).to(DT)
+
+
+@triton.jit
+def _decode_nibble(code, s, z, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """4-bit codes (int32 0..15) -> float32 weights. QUANT 4: int4 (signed two's complement, or unsigned
+    minus the zero point ``z``) times ``s``; QUANT 5: e2m1 (sign bit 3, exponent bits 2..1, mantissa bit 0;
+    magnitude = num / 4) times the e8m0 scale ``s`` (uint8, 2**(s - 127))."""
+    if QUANT == 4:
+        if HAS_ZERO:
+            v = code.to(tl.float32) - z.to(tl.float32)
+        else:
+            v = ((code ^ 8) - 8).to(tl.float32)
+        return v * s
+    e = (code >> 1) & 3
+    num = tl.where(e == 0, 2 * (code & 1), (2 + (code & 1)) << e).to(tl.float32)
+    v = tl.where((code & 8) != 0, -num, num) * 0.25
+    return v * (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # e8m0 -> 2**(s - 127)
+
+
+@triton.jit
+def _load_packed(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr,
+                 DT: tl.constexpr):
+    """Packed int4 / e2m1 tile: [BLOCK_K / 2, BLOCK_N] bytes -> (even-K, odd-K) weight tiles in dtype DT.
+    Byte j holds K index 2j in its low nibble and 2j+1 in its high one; both share a scale group (groups
+    are even-sized), so ``s_ptrs`` / ``z_ptrs`` address one scale per byte row (or [1, BLOCK_N])."""
+    raw = tl.load(w_ptrs, mask=mask, other=0).to(tl.int32)
+    s = tl.load(s_ptrs, mask=s_mask, other=0)
+    z = s
+    if HAS_ZERO:
+        z = tl.load(z_ptrs, mask=s_mask, other=0)
+    lo = _decode_nibble(raw & 0xF, s, z, QUANT, HAS_ZERO)
+    hi = _decode_nibble(raw >> 4, s, z, QUANT, HAS_ZERO)
+    return lo.to(DT), hi.to(DT)
+
+
+@triton.jit
+def _mx_dot_t(w_ptrs, s_ptrs, a_t, acc_t, n_ok, k_left, BLOCK_K: tl.constexpr, A_FMT: tl.constexpr):
+    """One K step of an mxfp4 GEMM through ``tl.dot_scaled``, operands swapped: ``acc_t [BLOCK_N, BLOCK_M]
+    += W [BLOCK_N, BLOCK_K] @ A^T [BLOCK_K, BLOCK_M]``. The weight is the scaled *left* operand (bytes
+    [BLOCK_N, BLOCK_K / 2] read along K, e8m0 scales [BLOCK_N, BLOCK_K / 32]): on GPUs without native MX
+    MMAs Triton decodes it in registers, and on Hopper the left wgmma operand may live in registers, so the
+    decoded weight never goes through shared memory; the few token rows become the MMA's narrow N side."""
+    kp_ok = tl.arange(0, BLOCK_K // 2) < k_left // 2
+    w = tl.load(w_ptrs, mask=n_ok[:, None] & kp_ok[None, :], other=0)
+    s = tl.load(s_ptrs, mask=n_ok[:, None] & (tl.arange(0, BLOCK_K // 32) < k_left // 32)[None, :], other=0)
+    return tl.dot_scaled(w, s, "e2m1", a_t, None, A_FMT, acc_t)
+
+
+@triton.jit
+def _split_k(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_M, BLOCK_K] -> (even K columns, odd K columns), each [BLOCK_M, BLOCK_K / 2]: the activation
+    halves that meet the low and high nibbles of packed weights, so codes are never interleaved."""
+    return tl.split(tl.reshape(a, (BLOCK_M, BLOCK_K // 2, 2)))
+
+
+@triton.jit
+def _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots, n_cols, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """One output tile of either GEMM: its rows of ``sorted`` (positions, slot ids, which are real slots),
+    its expert (int64) and its columns (and which are in range)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_ptr + offs_m)
+    expert = tl.load(experts_ptr + pid_m).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m, slot, slot < num_slots, expert, offs_n, offs_n < n_cols
+
+
+@triton.jit
+def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride_bse, stride_bsn, stride_bsk,
+                      BLOCK_K: tl.constexpr, QUANT: tl.constexpr, MX_DOT: tl.constexpr):
+    """Pointers to the first K step's weight tile of expert ``expert``, columns ``offs_n``: [BLOCK_K, BLOCK_N]
+    elements; packed 4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT (operands swapped, see
+    :func:`_mx_dot_t`) [BLOCK_N, BLOCK_K / 2] bytes plus its e8m0 scales [BLOCK_N, BLOCK_K / 32] (second
+    result; otherwise the weight pointers again, unused)."""
+    n64 = offs_n.to(tl.int64)
+    base = w_ptr + expert * stride_we
+    if MX_DOT:
+        w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 2)[None, :]
+        sc = s_ptr + expert * stride_bse + n64[:, None] * stride_bsn + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
+    elif QUANT >= 4:
+        w = base + n64[None, :] * stride_wn + tl.arange(0, BLOCK_K // 2)[:, None]
+        sc = w
+    else:
+        w = base + n64[None, :] * stride_wn + tl.arange(0, BLOCK_K)[:, None]
+        sc = w
+    return w, sc
+
+
+@triton.jit
+def _moe_gemm1_kernel(
+    x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, npp_ptr,
+    I, K, num_slots, top_k, num_pid_m,
+    stride_xm, stride_we, stride_wn, stride_om, up_offset,
+    ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None, out_scale_ptr=None,
+    stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0, stride_osm=0,
+    QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
+    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
+    OUT_QUANT: tl.constexpr = 0,
+    QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
+):
+    pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(npp_ptr):
+        return
+    offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots,
+                                                                 I, BLOCK_M, BLOCK_N)
+    token = (slot // top_k).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
+    x_ptrs = x_ptr + token[:, None] * stride_xm + offs_k[None, :]
+    g_ptrs, sgt_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
+                                         stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT)
+    u_ptrs = g_ptrs + up_offset
+    if MX_DOT:
+        sut_ptrs = sgt_ptrs + I * stride_bsn
+    if QUANT >= 3:
+        sg_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+        su_off = sg_off + I * stride_bsn
+    if QUANT == 2:
+        as_ptrs = a_scale_ptr + token * stride_asm
+        bsg_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
+        bsu_ptrs = b_scale_ptr + expert * stride_bse + ((offs_n + I) // GROUP_N) * stride_bsn
+    if MX_DOT:  # transposed accumulators
+        acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    elif INT_ACC:
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    else:
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            k_ok = offs_k < BLOCK_K
+            a = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+        else:
+            k_ok = offs_k < K - k * BLOCK_K
+            a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if QUANT >= 4:
+            wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
+        else:
+            wmask = k_ok[:, None] & n_ok[None, :]
+        if MX_DOT:  # mxfp4 on a tl.dot_scaled device
+            ks = (k * (BLOCK_K // 32)) * stride_bsk
+            a_t = tl.trans(a)
+            acc_g = _mx_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
+            acc_u = _mx_dot_t(u_ptrs, sut_ptrs + ks, a_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
+        elif QUANT >= 3:
+            if SCALE_TILE:  # GROUP_K is a multiple of BLOCK_K: one scale per column for this K step
+                kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
+                smask = n_ok[None, :]
+            elif QUANT >= 4:  # one scale per byte row (its two codes share a group)
+                kg = ((k * BLOCK_K + 2 * offs_kp) // GROUP_K)[:, None] * stride_bsk
+                smask = wmask
+            else:
+                kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
+                smask = wmask
+            if QUANT == 3:
+                bg = _load_int8(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask, smask,
+                                HAS_ZERO, a.dtype)
+                bu = _load_int8(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask, smask,
+                                HAS_ZERO, a.dtype)
+                acc_g = tl.dot(a, bg, acc_g, input_precision=DOT_PRECISION)
+                acc_u = tl.dot(a, bu, acc_u, input_precision=DOT_PRECISION)
+            else:
+                a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
+                g_even, g_odd = _load_packed(g_ptrs, b_scale_ptr + sg_off + kg, b_zero_ptr + sg_off + kg, wmask,
+                                             smask, QUANT, HAS_ZERO, a.dtype)
+                acc_g = tl.dot(a_even, g_even, acc_g, input_precision=DOT_PRECISION)
+                acc_g = tl.dot(a_odd, g_odd, acc_g, input_precision=DOT_PRECISION)
+                u_even, u_odd = _load_packed(u_ptrs, b_scale_ptr + su_off + kg, b_zero_ptr + su_off + kg, wmask,
+                                             smask, QUANT, HAS_ZERO, a.dtype)
+                acc_u = tl.dot(a_even, u_even, acc_u, input_precision=DOT_PRECISION)
+                acc_u = tl.dot(a_odd, u_odd, acc_u, input_precision=DOT_PRECISION)
+        else:
+            if EVEN_K:
+                bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
+                bu = tl.load(u_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                bg = tl.load(g_ptrs, mask=wmask, other=0.0)
+                bu = tl.load(u_ptrs, mask=wmask, other=0.0)
+            if QUANT == 2:
+                kb = (k * BLOCK_K) // GROUP_K
+                a_s = tl.load(as_ptrs + kb * stride_ask, mask=row_ok, other=0.0)[:, None]
+                acc_g += tl.dot(a, bg) * (a_s * tl.load(bsg_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+                acc_u += tl.dot(a, bu) * (a_s * tl.load(bsu_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+            elif INT_ACC:
+                acc_g = tl.dot(a, bg, acc_g, out_dtype=tl.int32)
+                acc_u = tl.dot(a, bu, acc_u, out_dtype=tl.int32)
+            else:
+                acc_g = tl.dot(a, bg, acc_g, input_precision=DOT_PRECISION)
+                acc_u = tl.dot(a, bu, acc_u, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_K
+        if QUANT >= 4:
+            g_ptrs += BLOCK_K // 2
+            u_ptrs += BLOCK_K // 2
+        else:
+            g_ptrs += BLOCK_K
+            u_ptrs += BLOCK_K
+    if MX_DOT:
+        acc_g = tl.trans(acc_g)
+        acc_u = tl.trans(acc_u)
+    if QUANT == 1:
+        a_s = tl.load(a_scale_ptr + token * stride_asm, mask=row_ok, other=0.0)[:, None]
+        bs_ptrs = b_scale_ptr + expert * stride_bse + offs_n * stride_bsn
+        acc_g = acc_g.to(tl.float32) * (a_s * tl.load(bs_ptrs, mask=n_ok, other=0.0)[None, :])
+        acc_u = acc_u.to(tl.float32) * (a_s * tl.load(bs_ptrs + I * stride_bsn, mask=n_ok, other=0.0)[None, :])
+    if ACTIVATION == 0:
+        act = acc_g / (1.0 + tl.exp(-acc_g))
+    else:
+        act = 0.5 * acc_g * (1.0 + tl.erf(acc_g * 0.7071067811865476))
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    if OUT_QUANT == 0:
+        h = (act * acc_u).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, h, mask=n_ok[None, :])
+    else:
+        hf = tl.where(n_ok[None, :], act * acc_u, 0.0)
+        if OUT_QUANT == 1:  # this program's BLOCK_N columns are one quantization group
+            o_s = tl.maximum(tl.max(tl.abs(hf), axis=1) * (1.0 / QMAX), 1e-12)  # kernels.quant.MIN_SCALE
+            tl.store(out_scale_ptr + offs_m.to(tl.int64) * stride_osm + pid_n, o_s)
+            q = quantize_values(hf, o_s[:, None], QKIND, QMAX, EMIN)
+        else:
+            q = quantize_values(hf, tl.load(out_scale_ptr), QKIND, QMAX, EMIN)
+        tl.store(out_ptrs, q.to(out_ptr.dtype.element_ty), mask=n_ok[None, :])
+
+
+@triton.jit
+def _moe_gemm2_kernel(
+    a_ptr, w_ptr, y_ptr, topk_w_ptr, sorted_ptr, experts_ptr, npp_ptr,
+    N, K, num_slots, num_pid_m,
+    stride_am, stride_we, stride_wn, stride_ym,
+    MUL_WEIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None,
+    stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
+    QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
+    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
+):
+    pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(npp_ptr):
+        return
+    offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots,
+                                                                 N, BLOCK_M, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
+    a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
+    b_ptrs, st_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
+                                        stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT)
+    if QUANT >= 3:
+        s_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+    if QUANT == 2:
+        as_ptrs = a_scale_ptr + offs_m.to(tl.int64) * stride_asm
+        bs_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
+    if MX_DOT:  # transposed accumulator
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    elif INT_ACC:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            k_ok = offs_k < BLOCK_K
+            a = tl.load(a_ptrs)
+        else:
+            k_ok = offs_k < K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+        if QUANT >= 4:
+            wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
+        else:
+            wmask = k_ok[:, None] & n_ok[None, :]
+        if MX_DOT:
+            acc = _mx_dot_t(b_ptrs, st_ptrs + (k * (BLOCK_K // 32)) * stride_bsk, tl.trans(a), acc, n_ok,
+                            K - k * BLOCK_K, BLOCK_K, A_FMT)
+        elif QUANT >= 3:
+            if SCALE_TILE:
+                kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
+                smask = n_ok[None, :]
+            elif QUANT >= 4:
+                kg = ((k * BLOCK_K + 2 * offs_kp) // GROUP_K)[:, None] * stride_bsk
+                smask = wmask
+            else:
+                kg = ((k * BLOCK_K + offs_k) // GROUP_K)[:, None] * stride_bsk
+                smask = wmask
+            if QUANT == 3:
+                b = _load_int8(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, wmask, smask, HAS_ZERO,
+                               a.dtype)
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            else:
+                a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
+                b_even, b_odd = _load_packed(b_ptrs, b_scale_ptr + s_off + kg, b_zero_ptr + s_off + kg, wmask, smask,
+                                             QUANT, HAS_ZERO, a.dtype)
+                acc = tl.dot(a_even, b_even, acc, input_precision=DOT_PRECISION)
+                acc = tl.dot(a_odd, b_odd, acc, input_precision=DOT_PRECISION)
+        else:
+            if EVEN_K:
+                b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                b = tl.load(b_ptrs, mask=wmask, other=0.0)
+            if QUANT == 2:
+                kb = (k * BLOCK_K) // GROUP_K
+                ka = (k * BLOCK_K) // GROUP_KA  # the activation's group along K (GEMM 1's BLOCK_N) may be finer
+                acc += tl.dot(a, b) * (tl.load(as_ptrs + ka * stride_ask)[:, None]
+                                       * tl.load(bs_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+            elif INT_ACC:
+                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K
+        if QUANT >= 4:
+            b_ptrs += BLOCK_K // 2
+        else:
+            b_ptrs += BLOCK_K
+    if MX_DOT:
+        acc = tl.trans(acc)
+    if QUANT == 1:
+        a_s = tl.load(a_scale_ptr + offs_m.to(tl.int64) * stride_asm)[:, None]
+        acc = acc.to(tl.float32) * (a_s * tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn,
+                                                  mask=n_ok, other=0.0)[None, :])
+    if MUL_WEIGHT:
+        acc = acc * tl.load(topk_w_ptr + slot, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    y_ptrs = y_ptr + slot.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+@dataclasses.dataclass
+class GemmQuant:
+    """Quantization operands of one GEMM launch (see the module docstring for the modes).
+
+    ``a_scale`` is indexed ``row * stride_asm + kgroup * stride_ask`` (row = token in GEMM 1, sorted row in
+    GEMM 2; strides 0 broadcast one scale); ``b_scale`` (and ``b_zero``, same shape) ``expert * s0 +
+    n_or_nblock * s1 + kgroup * s2``. ``out_*``: GEMM 1's output quantization."""
+
+    mode: int
+    a_scale: Optional[torch.Tensor] = None
+    a_strides: Tuple[int, int] = (0, 0)
+    b_scale: Optional[torch.Tensor] = None
+    b_strides: Tuple[int, int, int] = (0, 0, 0)
+    b_zero: Optional[torch.Tensor] = None
+    group_n: int = 1
+    group_k: int = 1
+    int_acc: bool = False
+    out_quant: int = 0
+    out_scale: Optional[torch.Tensor] = None
+    out_stride: int = 0
+    out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
+    scale_tile: bool = False  # weight-only: the K group is a multiple of BLOCK_K (one scale per column per step)
+    mx_dot: bool = False  # mxfp4 through tl.dot_scaled (else decoded in the kernel)
+    a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
+
+    @property
+    def packed(self) -> bool:
+        return self.mode >= 4
+
+    def kernel_args(self, gemm1: bool) -> dict:
+        d = dict(
+            a_scale_ptr=self.a_scale, b_scale_ptr=self.b_scale,
+            b_zero_ptr=self.b_zero if self.b_zero is not None else self.b_scale,
+            stride_asm=self.a_strides[0], stride_ask=self.a_strides[1], stride_bse=self.b_strides[0],
+            stride_bsn=self.b_strides[1], stride_bsk=self.b_strides[2], QUANT=self.mode, INT_ACC=self.int_acc,
+            HAS_ZERO=self.b_zero is not None, GROUP_N=self.group_n, GROUP_K=self.group_k,
+            SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot,
+        )
+        if not gemm1:
+            d.update(GROUP_KA=self.a_group_k or self.group_k)
+        if gemm1:
+            qkind, qmax, emin = self.out_qparams
+            d.update(out_scale_ptr=self.out_scale, stride_osm=self.out_stride, OUT_QUANT=self.out_quant,
+                     QKIND=qkind, QMAX=qmax, EMIN=emin)
+        return d
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs are multiplied exactly ("ieee"), not in tf32: users who pass float32 expect float32.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _mx_format(quant, dtype: torch.dtype) -> dict:
+    """``tl.dot_scaled``'s name for the activation format (only passed when the launch uses it)."""
+    if quant is None or not quant.mx_dot:
+        return {}
+    return {"A_FMT": {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]}
+
+
+def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activation="silu", quant=None):
+    """out[P, I] = act(x[tok] @ w13[e, :I].T) * (x[tok] @ w13[e, I:].T) for each sorted slot's expert e.
+    ``quant``: a :class:`GemmQuant` (None: unquantized)."""
+    i2, k = w13.shape[1], x.shape[1]
+    i = i2 // 2
+    num_pid_m = expert_ids.shape[0]
+    bm, bn, bk = config.BLOCK_SIZE_M, config.BLOCK_SIZE_N, config.BLOCK_SIZE_K
+    grid = (num_pid_m * triton.cdiv(i, bn),)
+    _moe_gemm1_kernel[grid](
+        x, w13, out, sorted_ids, expert_ids, npp,
+        i, k, x.shape[0] * top_k, top_k, num_pid_m,
+        x.stride(0), w13.stride(0), w13.stride(1), out.stride(0), i * w13.stride(1),
+        ACTIVATION=ACTIVATIONS[activation], DOT_PRECISION=_dot_precision(x.dtype), EVEN_K=k % bk == 0,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+        **({} if quant is None else quant.kernel_args(gemm1=True)), **_mx_format(quant, x.dtype),
+    )
+
+
+def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, mul_weight=True, quant=None):
+    """y[slot] = w_slot * (inter[row] @ w2[e].T) for each sorted row; y rows of dropped slots untouched.
+    ``quant``: a :class:`GemmQuant` (None: unquantized)."""
+    n, k = w2.shape[1], inter.shape[1]
+    num_pid_m = expert_ids.shape[0]
+    bm, bn, bk = config.BLOCK_SIZE_M, config.BLOCK_SIZE_N, config.BLOCK_SIZE_K
+    grid = (num_pid_m * triton.cdiv(n, bn),)
+    _moe_gemm2_kernel[grid](
+        inter, w2, y, topk_weights, sorted_ids, expert_ids, npp,
+        n, k, y.shape[0], num_pid_m,
+        inter.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
+        MUL_WEIGHT=mul_weight, DOT_PRECISION=_dot_precision(inter.dtype), EVEN_K=k % bk == 0,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+        **({} if quant is None else quant.kernel_args(gemm1=False)), **_mx_format(quant, inter.dtype),
+    )
