@@ -305,6 +305,18 @@ def test_block_fp8_default_keeps_block_m_at_64():
     assert default_config(1, 128, 768, 2048, 8, "fp8_w8a8", (128, 128)).BLOCK_SIZE_M == 16
 
 
+
+@pytest.mark.parametrize("dtype", ["fp8_w8a8", "int8_w8a8", torch.float8_e4m3fn, torch.int8])
+def test_eight_bit_default_uses_128_byte_k_steps(dtype):
+    """Per-tensor / per-channel 8-bit w8a8 from 32 tokens per expert: BLOCK_K 128 (what every tuned mixtral
+    fp8 entry chose on H100 and H200); bf16 keeps 64 and decode shapes are shared."""
+    E, k = 8, 2  # mixtral: tokens per expert = M / 4
+    assert default_config(128, E, 14336, 4096, k, dtype).short() == "M64 N64 K128 G16 w4 s4"
+    assert default_config(4096, E, 14336, 4096, k, dtype).short() == "M128 N128 K128 G16 w8 s4"
+    assert default_config(4096, E, 14336, 4096, k, torch.bfloat16).BLOCK_SIZE_K == 64
+    assert default_config(1, E, 14336, 4096, k, dtype) == default_config(1, E, 14336, 4096, k, torch.bfloat16)
+
+
 def test_bench_configs_repair_restores_default(tmp_path):
     """benchmarks/bench_configs.py --repair: an entry whose default measured > 2 % faster gets the default."""
     import importlib.util

@@ -92,7 +92,10 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     Block-quantized w8a8 (``dtype`` fp8_w8a8/int8_w8a8 with a ``block_shape``): GEMM 1 owns whole 128-column
     groups (BLOCK_N = 128) and keeps two accumulators, so BLOCK_M stays at 64 (128 spills registers: 2.7x
     slower on an H100, ``benchmarks/results/configs_tuned_vs_default_*``) and BLOCK_K = 128 (one scale pair
-    per K step). ``dtype``: as for :func:`get_config`.
+    per K step). Per-tensor / per-channel 8-bit w8a8 from 32 tokens per expert: BLOCK_K = 128 (the same 128
+    bytes per row as bf16's 64), as every entry of the tuned mixtral8x7b fp8 files chose (H100 and H200;
+    the old bf16-shaped default was 1.2-1.5x slower there, ``benchmarks/results/tune/``). ``dtype``: as for
+    :func:`get_config`.
     """
     per_expert = M * top_k / max(E, 1)
     if block_shape is not None and config_dtype_name(dtype) in ("fp8_w8a8", "int8_w8a8"):
@@ -101,6 +104,14 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
         if per_expert <= 32:
             return MoEKernelConfig(16, 128, 128, 64, 4, 3)
         return MoEKernelConfig(64, 128, 128, 32, 8, 4)
+    if config_dtype_name(dtype) in ("fp8_w8a8", "int8_w8a8"):  # per-tensor / per-channel 8-bit operands
+        if per_expert <= 8:
+            return MoEKernelConfig(16, 64, 128, 1, 4, 4)
+        if per_expert < 32:
+            return MoEKernelConfig(32, 64, 128, 1, 4, 4)
+        if per_expert <= 96:
+            return MoEKernelConfig(64, 64, 128, 16, 4, 4)
+        return MoEKernelConfig(128, 128, 128, 16, 8, 4)
     if per_expert <= 8:
         return MoEKernelConfig(16, 64, 128, 1, 4, 4)
     if per_expert <= 32:
