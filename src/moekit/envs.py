@@ -134,6 +134,11 @@ registry: List[EnvVar] = [
         "Seed for `moekit.testing.seeded_generator` (replay a failing randomized test); unset: a fresh seed.",
     ),
     EnvVar(
+        "MOEKIT_DECODE_GEMV", "bool", True,
+        "0 keeps the Triton backend's grouped GEMMs at the smallest decode batches instead of its GEMV kernels "
+        "(one token, or tokens x top_k <= experts / 4).",
+    ),
+    EnvVar(
         "MOEKIT_LINEAR", "bool", True,
         "0 turns the dense GEMM router off: moekit.linear calls torch (F.linear / torch._scaled_mm) directly.",
     ),

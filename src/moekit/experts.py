@@ -261,6 +261,11 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     scheme = quant if quant is not None and quant.is_quantized else None
     if not route_align_applicable(m, e_route, top_k) or resolve_backend(backend, x, scheme) != "triton":
         return None
+    if scheme is None:
+        from moekit.triton_experts import use_decode_gemv
+
+        if use_decode_gemv(m, e_route, top_k):
+            return None  # the GEMV kernels need no alignment: plain routing, then fused_experts
     validate_routing(router_logits, top_k, scoring)
     from moekit.align import route_and_align
     from moekit.configs import get_config

@@ -1,9 +1,10 @@
 """The Triton backend of fused experts: align, GEMM 1 (+activation), GEMM 2 (+routing weight), top-k sum.
 
 With routing, five launches (routing, alignment, GEMM 1, GEMM 2, top-k sum); four at decode, where
-:func:`moekit.fused_moe` fuses routing and alignment into one launch and passes ``aligned`` in. None waits on
-the host: the whole forward can be captured in a CUDA graph. Kernel meta-parameters come from
-:func:`moekit.configs.get_config`.
+:func:`moekit.fused_moe` fuses routing and alignment into one launch and passes ``aligned`` in. At the
+smallest decode batches (:func:`use_decode_gemv`) three: routing and the two GEMV kernels of
+``kernels/moe_gemv.py`` (no alignment, no top-k sum). None waits on the host: the whole forward can be
+captured in a CUDA graph. Kernel meta-parameters come from :func:`moekit.configs.get_config`.
 """
 from __future__ import annotations
 
@@ -11,10 +12,20 @@ from typing import Optional
 
 import torch
 
+from moekit import envs
 from moekit.align import AlignedSlots, moe_align_block_size
 from moekit.configs import get_config
 from moekit.kernels.moe_gemm import moe_gemm1, moe_gemm2
+from moekit.kernels.moe_gemv import gemv_applies, moe_gemv
 from moekit.kernels.moe_sum import moe_sum
+
+
+def use_decode_gemv(m: int, e_global: int, top_k: int, quant=None) -> bool:
+    """Whether an unquantized forward of ``m`` tokens (top ``top_k`` of ``e_global`` experts) takes the decode
+    GEMV kernels (:func:`moekit.kernels.moe_gemv.gemv_applies`) instead of the aligned grouped GEMMs.
+    ``MOEKIT_DECODE_GEMV=0`` turns the path off."""
+    return ((quant is None or not quant.is_quantized) and gemv_applies(m, e_global, top_k)
+            and envs.get("MOEKIT_DECODE_GEMV"))
 
 
 def fused_experts_triton(
@@ -32,7 +43,8 @@ def fused_experts_triton(
     **qargs,
 ) -> torch.Tensor:
     """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. ``config`` overrides
-    the looked-up :class:`~moekit.configs.MoEKernelConfig` (the tuner uses it). ``quant`` (a quantized
+    the looked-up :class:`~moekit.configs.MoEKernelConfig` (the tuner uses it; it also keeps the grouped
+    GEMMs at decode sizes, where the GEMV kernels would otherwise serve). ``quant`` (a quantized
     QuantScheme) with ``qargs`` (w13_scale, w2_scale, w13_zero, w2_zero, a13_scale, a2_scale): see
     :func:`moekit.quant.triton_moe.fused_experts_triton_quant`. ``aligned``: the slots already aligned
     (the fused route-and-align decode path), used when its block size matches the config."""
@@ -48,6 +60,9 @@ def fused_experts_triton(
     top_k = topk_ids.shape[1]
     if m == 0:
         return x.new_empty((0, h))
+    e_global = expert_map.numel() if expert_map is not None else e
+    if config is None and aligned is None and use_decode_gemv(m, e_global, top_k):
+        return moe_gemv(x, w13, w2, topk_weights.float().contiguous(), topk_ids.contiguous(), expert_map, activation)
     if config is None:
         config = get_config(e, i, h, top_k, m, x.dtype)
     if topk_weights.dtype != torch.float32:

@@ -44,6 +44,16 @@ ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constex
 
 
 @triton.jit
+def activate(g, ACTIVATION: tl.constexpr):
+    """The gate activation of GEMM 1's epilogue (float32 in, float32 out): code 0 SiLU, 1 exact GELU
+    (codes: :data:`ACTIVATIONS`)."""
+    if ACTIVATION == 0:
+        return g / (1.0 + tl.exp(-g))
+    else:
+        return 0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476))
+
+
+@triton.jit
 def _load_int8(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, HAS_ZERO: tl.constexpr, DT: tl.constexpr):
     """Weight-only int8 tile [BLOCK_K, BLOCK_N]: codes, minus zero point, times the scale, in dtype DT."""
     v = tl.load(w_ptrs, mask=mask, other=0).to(tl.float32)
@@ -282,10 +292,7 @@ def _moe_gemm1_kernel(
         bs_ptrs = b_scale_ptr + expert * stride_bse + offs_n * stride_bsn
         acc_g = acc_g.to(tl.float32) * (a_s * tl.load(bs_ptrs, mask=n_ok, other=0.0)[None, :])
         acc_u = acc_u.to(tl.float32) * (a_s * tl.load(bs_ptrs + I * stride_bsn, mask=n_ok, other=0.0)[None, :])
-    if ACTIVATION == 0:
-        act = acc_g / (1.0 + tl.exp(-acc_g))
-    else:
-        act = 0.5 * acc_g * (1.0 + tl.erf(acc_g * 0.7071067811865476))
+    act = activate(acc_g, ACTIVATION)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     if OUT_QUANT == 0:
         h = (act * acc_u).to(out_ptr.dtype.element_ty)

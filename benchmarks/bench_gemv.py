@@ -1,0 +1,77 @@
+"""Decode GEMV kernels vs the aligned grouped GEMMs, whole fused_moe (routing included) as CUDA-graph replay,
+plus a sweep of the GEMV tile budget and warps. GPU only.
+
+    PYTHONPATH=src python3 benchmarks/bench_gemv.py [--out F.json] [--shapes qwen3_30b_a3b,mixtral8x7b]
+        [--m 1,2,4,8] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+
+import torch
+import triton
+
+import moekit.kernels.moe_gemv as gemv
+import moekit.triton_experts as te
+from moekit.bench import kernel_times, make_inputs, measure_ceilings, moekit_moe, time_moe
+from moekit.shapes import SHAPES, moe_bytes_flops
+
+VARIANTS = [(8192, 4), (4096, 4), (16384, 4), (8192, 8), (16384, 8), (4096, 2)]  # (TILE_ELEMS, num_warps)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--shapes", default="qwen3_30b_a3b,mixtral8x7b,gpt_oss_20b")
+    ap.add_argument("--m", default="1,2,4,8")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    ceil = measure_ceilings()
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}: HBM "
+          f"{ceil.hbm_bytes_per_s / 1e12:.2f} TB/s", flush=True)
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "hbm_bytes_per_s": ceil.hbm_bytes_per_s, "points": []}
+    real_gemv = gemv.moe_gemv
+    for name in args.shapes.split(","):
+        shape = SHAPES[name]
+        for m in [int(v) for v in args.m.split(",")]:
+            inputs = make_inputs(shape, m)
+            nbytes, _ = moe_bytes_flops(shape, m)
+            floor = nbytes / ceil.hbm_bytes_per_s * 1e6
+            row = {"shape": name, "M": m, "floor_us": floor, "applies": gemv.gemv_applies(m, shape.E, shape.top_k)}
+            os.environ["MOEKIT_DECODE_GEMV"] = "0"
+            row["grouped_us"] = time_moe(moekit_moe, shape, m, inputs)
+            os.environ["MOEKIT_DECODE_GEMV"] = "1"
+            te.gemv_applies = lambda *a: True  # time the GEMV path even where the default would not take it
+            for tile, warps in VARIANTS:
+                gemv.TILE_ELEMS = tile
+                te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
+                try:
+                    row[f"gemv_t{tile}_w{warps}_us"] = time_moe(moekit_moe, shape, m, inputs)
+                except Exception as e:  # noqa: BLE001 - record and go on
+                    row[f"gemv_t{tile}_w{warps}_us"] = None
+                    print(f"  t{tile} w{warps}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            if args.profile and m == 1:
+                gemv.TILE_ELEMS, te.moe_gemv = 8192, real_gemv
+                w13, w2, xs, lgs, bias = inputs
+                print(kernel_times(lambda: moekit_moe(xs[0], w13, w2, lgs[0], shape, bias)), flush=True)
+            te.gemv_applies = gemv.gemv_applies
+            gemv.TILE_ELEMS, te.moe_gemv = 8192, real_gemv
+            best = min((v, k) for k, v in row.items() if k.startswith("gemv_") and v)
+            print(f"{name:14s} M={m:3d} floor {floor:7.1f}  grouped {row['grouped_us']:7.1f} us "
+                  f"({100 * floor / row['grouped_us']:4.1f}%)  gemv best {best[0]:7.1f} us ({100 * floor / best[0]:4.1f}%"
+                  f", {best[1]})  default-applies={row['applies']}  "
+                  + " ".join(f"{k[5:-3]}={v:.1f}" for k, v in row.items() if k.startswith("gemv_") and v), flush=True)
+            res["points"].append(row)
+            del inputs
+            torch.cuda.empty_cache()
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The decode GEMV kernels (kernels/moe_gemv.py): which batches take them, and their output against the
+float64 reference through fused_moe / fused_experts, with the grouped-GEMM path kept testable at the same
+sizes (MOEKIT_DECODE_GEMV=0)."""
+import pytest
+import torch
+
+import moekit
+import moekit.kernels.moe_gemv as gemv_mod
+import moekit.triton_experts as te
+from moekit.kernels.moe_gemv import gemv_applies
+from moekit.testing import assert_close_to_reference
+from reference import moe_reference, route_reference
+
+from conftest import DEVICE, KERNEL_DTYPES, gpu_only
+
+
+@pytest.fixture
+def gemv_calls(monkeypatch):
+    """Counts moe_gemv launches (the backend's decode path) while the test runs."""
+    calls = []
+    real = te.moe_gemv
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(te, "moe_gemv", spy)
+    return calls
+
+
+def layer(m, e, k, h, i, dtype, e_global=None):
+    x = torch.randn(m, h, device=DEVICE).to(dtype)
+    w13 = (torch.randn(e, 2 * i, h, device=DEVICE) / h ** 0.5).to(dtype)
+    w2 = (torch.randn(e, h, i, device=DEVICE) / i ** 0.5).to(dtype)
+    return x, w13, w2, torch.randn(m, e_global or e, device=DEVICE)
+
+
+@pytest.mark.parametrize("m, e, k, expected", [
+    (1, 8, 2, True), (1, 1, 1, True), (2, 8, 2, False), (4, 128, 8, True), (5, 128, 8, False),
+    (8, 256, 8, True), (0, 8, 2, False), (2, 32, 4, True), (3, 32, 4, False),
+])
+def test_gemv_applies(m, e, k, expected):
+    assert gemv_applies(m, e, k) is expected
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("m, e, k, h, i", [
+    (1, 8, 2, 64, 32), (1, 128, 8, 256, 96), (3, 64, 4, 200, 96), (1, 4, 3, 40, 24), (1, 16, 1, 72, 40),
+    (1, 8, 8, 128, 64),
+])
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_gemv_matches_reference(dtype, m, e, k, h, i, activation, gemv_calls, poisoned_empty):
+    x, w13, w2, logits = layer(m, e, k, h, i, dtype)
+    out = moekit.fused_moe(x, w13, w2, logits, k, activation=activation, backend="triton")
+    assert gemv_calls == [m]
+    w, ids = route_reference(logits, k, True, "softmax")
+    assert_close_to_reference(out, moe_reference(x, w13, w2, w, ids, None, activation), dtype)
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_gemv_expert_map_skips_remote_experts(dtype, gemv_calls, poisoned_empty):
+    """Expert parallelism: 32 global experts, 16 local; slots on remote experts contribute nothing, and a
+    token whose experts are all remote gets zeros."""
+    m, e_global, k, h, i = 2, 32, 4, 96, 48
+    emap = torch.full((e_global,), -1, dtype=torch.int32)
+    emap[1::2] = torch.arange(e_global // 2, dtype=torch.int32)
+    x, w13, w2, logits = layer(m, e_global // 2, k, h, i, dtype, e_global=e_global)
+    logits[1, 1::2] = -1e4  # token 1: its top-k all on even (remote) experts
+    out = moekit.fused_moe(x, w13, w2, logits, k, expert_map=emap.to(DEVICE), backend="triton")
+    assert gemv_calls == [m]
+    w, ids = route_reference(logits, k, True, "softmax")
+    assert_close_to_reference(out, moe_reference(x, w13, w2, w, ids, emap), dtype)
+    assert (out[1] == 0).all()
+
+
+def test_gemv_fused_experts_unnormalized_weights(gemv_calls, poisoned_empty):
+    """fused_experts with caller-made routing (weights not summing to 1, fp16 weights converted)."""
+    m, e, k, h, i = 1, 16, 4, 64, 32
+    x, w13, w2, _ = layer(m, e, k, h, i, torch.float32)
+    ids = torch.tensor([[3, 0, 15, 7]], dtype=torch.int32, device=DEVICE)
+    w = torch.tensor([[0.5, 2.0, -1.0, 0.25]], device=DEVICE).half()
+    out = moekit.fused_experts(x, w13, w2, w, ids, backend="triton")
+    assert gemv_calls == [m]
+    assert_close_to_reference(out, moe_reference(x, w13, w2, w.float(), ids), torch.float32)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_switch_off_keeps_grouped_gemms(m, gemv_calls, monkeypatch, poisoned_empty):
+    """MOEKIT_DECODE_GEMV=0: decode batches take the aligned grouped GEMMs (and stay correct)."""
+    monkeypatch.setenv("MOEKIT_DECODE_GEMV", "0")
+    x, w13, w2, logits = layer(m, 128, 8, 64, 32, torch.float32)
+    out = moekit.fused_moe(x, w13, w2, logits, 8, backend="triton")
+    assert gemv_calls == []
+    w, ids = route_reference(logits, 8, True, "softmax")
+    assert_close_to_reference(out, moe_reference(x, w13, w2, w, ids), torch.float32)
+
+
+def test_explicit_config_keeps_grouped_gemms(gemv_calls):
+    """A caller-given kernel config (the tuner's) means the grouped GEMMs, whatever the batch."""
+    from moekit.configs import MoEKernelConfig
+    from moekit.triton_experts import fused_experts_triton
+
+    x, w13, w2, logits = layer(1, 8, 2, 64, 32, torch.float32)
+    w, ids = route_reference(logits, 2, True, "softmax")
+    out = fused_experts_triton(x, w13, w2, w.to(DEVICE), ids.to(DEVICE).int(),
+                               config=MoEKernelConfig(16, 32, 32, 1, 4, 2))
+    assert gemv_calls == []
+    assert_close_to_reference(out, moe_reference(x, w13, w2, w, ids), torch.float32)
+
+
+def test_gemv_tiles_fit_the_budget():
+    for k, rows, cap in [(2048, 1, 512), (768, 8, 256), (14336, 2, 256), (40, 4, 256), (4096, 16, 256)]:
+        bn, bk = gemv_mod._blocks(k, rows, cap)
+        assert bk <= cap and bn >= 1 and (rows * bn * bk <= gemv_mod.TILE_ELEMS or bn == 1)
+
+
+@gpu_only
+def test_cuda_graph_capture_decode_gemv(gemv_calls):
+    m, e, k, h, i = 1, 128, 8, 512, 256
+    x, w13, w2, logits = layer(m, e, k, h, i, torch.bfloat16)
+    moekit.fused_moe(x, w13, w2, logits, k)  # warm-up compiles the kernels
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        moekit.fused_moe(x, w13, w2, logits, k)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out = moekit.fused_moe(x, w13, w2, logits, k)
+    assert gemv_calls and all(c == m for c in gemv_calls)
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        logits.copy_(torch.randn_like(logits))
+        graph.replay()
+        torch.cuda.synchronize()
+        w, ids = route_reference(logits, k)
+        assert_close_to_reference(g_out, moe_reference(x, w13, w2, w, ids), torch.bfloat16)
