@@ -19,7 +19,8 @@ import moekit.triton_experts as te
 from moekit.bench import kernel_times, make_inputs, measure_ceilings, moekit_moe, time_moe
 from moekit.shapes import SHAPES, moe_bytes_flops
 
-VARIANTS = [(8192, 4), (4096, 4), (16384, 4), (8192, 8), (16384, 8), (4096, 2)]  # (TILE_ELEMS, num_warps)
+# (GEMV 1 tile elements, GEMV 2 tile elements, num_warps); the first is the shipped default
+VARIANTS = [(4096, 4096, 4), (2048, 2048, 4), (4096, 2048, 4), (4096, 1024, 4), (2048, 1024, 2), (4096, 4096, 8)]
 
 
 def main():
@@ -46,20 +47,21 @@ def main():
             row["grouped_us"] = time_moe(moekit_moe, shape, m, inputs)
             os.environ["MOEKIT_DECODE_GEMV"] = "1"
             te.gemv_applies = lambda *a: True  # time the GEMV path even where the default would not take it
-            for tile, warps in VARIANTS:
-                gemv.TILE_ELEMS = tile
+            for t1, t2, warps in VARIANTS:
+                gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS = t1, t2
                 te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
+                key = f"gemv_t{t1}_{t2}_w{warps}_us"
                 try:
-                    row[f"gemv_t{tile}_w{warps}_us"] = time_moe(moekit_moe, shape, m, inputs)
+                    row[key] = time_moe(moekit_moe, shape, m, inputs)
                 except Exception as e:  # noqa: BLE001 - record and go on
-                    row[f"gemv_t{tile}_w{warps}_us"] = None
-                    print(f"  t{tile} w{warps}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                    row[key] = None
+                    print(f"  {key}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS = VARIANTS[0][:2]
+            te.moe_gemv = real_gemv
             if args.profile and m == 1:
-                gemv.TILE_ELEMS, te.moe_gemv = 8192, real_gemv
                 w13, w2, xs, lgs, bias = inputs
                 print(kernel_times(lambda: moekit_moe(xs[0], w13, w2, lgs[0], shape, bias)), flush=True)
             te.gemv_applies = gemv.gemv_applies
-            gemv.TILE_ELEMS, te.moe_gemv = 8192, real_gemv
             best = min((v, k) for k, v in row.items() if k.startswith("gemv_") and v)
             print(f"{name:14s} M={m:3d} floor {floor:7.1f}  grouped {row['grouped_us']:7.1f} us "
                   f"({100 * floor / row['grouped_us']:4.1f}%)  gemv best {best[0]:7.1f} us ({100 * floor / best[0]:4.1f}%"

@@ -36,7 +36,7 @@ def layer(m, e, k, h, i, dtype, e_global=None):
 
 
 @pytest.mark.parametrize("m, e, k, expected", [
-    (1, 8, 2, True), (1, 1, 1, True), (2, 8, 2, False), (4, 128, 8, True), (5, 128, 8, False),
+    (1, 8, 2, False), (1, 16, 2, True), (1, 1, 1, False), (4, 128, 8, True), (5, 128, 8, False),
     (8, 256, 8, True), (0, 8, 2, False), (2, 32, 4, True), (3, 32, 4, False),
 ])
 def test_gemv_applies(m, e, k, expected):
@@ -45,8 +45,8 @@ def test_gemv_applies(m, e, k, expected):
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("m, e, k, h, i", [
-    (1, 8, 2, 64, 32), (1, 128, 8, 256, 96), (3, 64, 4, 200, 96), (1, 4, 3, 40, 24), (1, 16, 1, 72, 40),
-    (1, 8, 8, 128, 64),
+    (1, 16, 2, 64, 32), (1, 128, 8, 256, 96), (3, 64, 4, 200, 96), (1, 16, 3, 40, 24), (1, 16, 1, 72, 40),
+    (1, 32, 8, 128, 64),
 ])
 @pytest.mark.parametrize("activation", ["silu", "gelu"])
 def test_gemv_matches_reference(dtype, m, e, k, h, i, activation, gemv_calls, poisoned_empty):
@@ -100,7 +100,7 @@ def test_explicit_config_keeps_grouped_gemms(gemv_calls):
     from moekit.configs import MoEKernelConfig
     from moekit.triton_experts import fused_experts_triton
 
-    x, w13, w2, logits = layer(1, 8, 2, 64, 32, torch.float32)
+    x, w13, w2, logits = layer(1, 16, 2, 64, 32, torch.float32)
     w, ids = route_reference(logits, 2, True, "softmax")
     out = fused_experts_triton(x, w13, w2, w.to(DEVICE), ids.to(DEVICE).int(),
                                config=MoEKernelConfig(16, 32, 32, 1, 4, 2))
@@ -110,8 +110,9 @@ def test_explicit_config_keeps_grouped_gemms(gemv_calls):
 
 def test_gemv_tiles_fit_the_budget():
     for k, rows, cap in [(2048, 1, 512), (768, 8, 256), (14336, 2, 256), (40, 4, 256), (4096, 16, 256)]:
-        bn, bk = gemv_mod._blocks(k, rows, cap)
-        assert bk <= cap and bn >= 1 and (rows * bn * bk <= gemv_mod.TILE_ELEMS or bn == 1)
+        for tile in (None, 1024, 16384):
+            bn, bk = gemv_mod._blocks(k, rows, cap, tile)
+            assert bk <= cap and bn >= 1 and (rows * bn * bk <= (tile or gemv_mod.TILE_ELEMS) or bn == 1)
 
 
 @gpu_only
