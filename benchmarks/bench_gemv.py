@@ -20,7 +20,7 @@ from moekit.bench import kernel_times, make_inputs, measure_ceilings, moekit_moe
 from moekit.shapes import SHAPES, moe_bytes_flops
 
 # (GEMV 1 tile elements, GEMV 2 tile elements, num_warps); the first is the shipped default
-VARIANTS = [(4096, 4096, 4), (2048, 2048, 4), (4096, 2048, 4), (4096, 1024, 4), (2048, 1024, 2), (4096, 4096, 8)]
+VARIANTS = [(4096, 1024, 4), (4096, 4096, 4), (2048, 2048, 4), (4096, 2048, 4), (2048, 1024, 2), (4096, 1024, 8)]
 
 
 def main():

@@ -27,10 +27,11 @@ import triton.language as tl
 from moekit.kernels.moe_gemm import ACTIVATIONS, activate
 
 #: Elements of the float32 product tile one program holds per K step (GEMV 1: per gate/up tile). On the
-#: H100 4096 beat 8192 and 16384 at every measured point (more, smaller programs keep more loads in flight;
-#: ``benchmarks/results/bench_gemv_H100_*``).
+#: H100 4096 beat 2048, 8192 and 16384 at every measured point (more, smaller programs keep more loads in
+#: flight); GEMV 2 (all top-k experts' tiles at once) is best at 1024: gpt-oss-20b M=1 79.1 vs 84.4 us,
+#: qwen3 within 1 % (``benchmarks/results/bench_gemv_H100_round2.*``).
 TILE_ELEMS = 4096
-GEMV2_TILE_ELEMS = 4096
+GEMV2_TILE_ELEMS = 1024
 MIN_EXPERTS = 16  # see gemv_applies
 
 
