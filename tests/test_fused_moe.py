@@ -6,7 +6,7 @@ import moekit
 from moekit.testing import assert_close_to_reference
 from reference import moe_reference, route_reference
 
-from conftest import DEVICE, KERNEL_DTYPES, gpu_only
+from conftest import DEVICE, KERNEL_DTYPES, check_fused_moe_graph_replays, gpu_only
 
 BACKENDS = ["triton", "torch"]
 
@@ -159,23 +159,7 @@ def test_fused_moe_checks_router_logits():
 @gpu_only
 def test_cuda_graph_capture_whole_fused_moe():
     m, e, k, h, i = 64, 16, 4, 256, 128
-    x, w13, w2, logits = make_layer(m, e, h, i, torch.bfloat16)
-    out = moekit.fused_moe(x, w13, w2, logits, k)  # warm-up compiles the kernels
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        moekit.fused_moe(x, w13, w2, logits, k)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        g_out = moekit.fused_moe(x, w13, w2, logits, k)
-    for _ in range(2):  # replays on fresh inputs written into the captured buffers
-        x.copy_(torch.randn_like(x))
-        logits.copy_(torch.randn_like(logits))
-        graph.replay()
-        torch.cuda.synchronize()
-        w, ids = route_reference(logits, k)
-        assert_close_to_reference(g_out, moe_reference(x, w13, w2, w, ids), torch.bfloat16)
+    check_fused_moe_graph_replays(*make_layer(m, e, h, i, torch.bfloat16), k)
 
 
 @gpu_only
