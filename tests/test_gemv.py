@@ -120,3 +120,29 @@ def test_cuda_graph_capture_decode_gemv(gemv_calls):
     m, e, k, h, i = 1, 128, 8, 512, 256
     check_fused_moe_graph_replays(*layer(m, e, k, h, i, torch.bfloat16), k)
     assert gemv_calls and all(c == m for c in gemv_calls)
+
+
+def test_gemv_decode_resolves_backend_once(gemv_calls, monkeypatch):
+    """fused_moe on the GEMV path: one backend resolution, no kernel-config lookup, routing kernel only."""
+    import moekit.configs as configs_mod
+    import moekit.experts as experts_mod
+
+    calls = {"resolve": 0, "config": 0}
+    real_resolve = experts_mod.resolve_backend
+
+    def resolve(*a, **k):
+        calls["resolve"] += 1
+        return real_resolve(*a, **k)
+
+    def config(*a, **k):
+        calls["config"] += 1
+        raise AssertionError("the GEMV path needs no kernel config")
+
+    monkeypatch.setattr(experts_mod, "resolve_backend", resolve)
+    monkeypatch.setattr(configs_mod, "get_config", config)
+    monkeypatch.setattr(te, "get_config", config)
+    x, w13, w2, logits = layer(1, 32, 4, 64, 32, torch.float32)
+    out = moekit.fused_moe(x, w13, w2, logits, 4, backend="triton")
+    assert calls == {"resolve": 1, "config": 0} and gemv_calls == [1]
+    w, ids = route_reference(logits, 4, True, "softmax")
+    assert_close_to_reference(out, moe_reference(x, w13, w2, w, ids), torch.float32)

@@ -120,6 +120,7 @@ def fused_experts(
     a2_scale: Optional[torch.Tensor] = None,
     _aligned=None,
     _config=None,
+    _backend: Optional[str] = None,
 ) -> torch.Tensor:
     """Run the chosen experts of every token and sum their outputs by routing weight.
 
@@ -163,8 +164,8 @@ def fused_experts(
     check_arg(not (torch_only and backend == "triton"), "backend",
               f"'auto' or 'torch' for activation={activation!r} / expert biases (no Triton kernel yet)", backend)
     x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()
-    # _config: fused_moe's decode path already resolved the backend (triton) and looked up the config
-    chosen = "torch" if torch_only else ("triton" if _config is not None else resolve_backend(backend, x, scheme))
+    # _backend: fused_moe's decode path already resolved it (and _config, _aligned: looked up, aligned)
+    chosen = "torch" if torch_only else (_backend or resolve_backend(backend, x, scheme))
     if chosen == "torch":
         from moekit.torch_experts import fused_experts_torch
 
@@ -226,14 +227,14 @@ def fused_moe(
         check_arg(expert_map.numel() == router_logits.shape[1], "expert_map",
                   f"{router_logits.shape[1]} entries (E_global, the columns of router_logits)",
                   f"{expert_map.numel()} entries")
-    aligned = config = None
+    aligned = config = fast = None
     if (w13_bias is None and w2_bias is None and num_expert_group is None and correction_bias is None
             and activation in KERNEL_ACTIVATIONS and (quant is None or isinstance(quant, QuantScheme))):
         fast = _route_and_align_if_decode(hidden_states, w13, router_logits, top_k, renormalize, scoring,
                                           expert_map, backend, quant)
-        if fast is not None:
-            topk_weights, topk_ids, aligned, config = fast
-    if aligned is None:
+    if fast is not None:
+        topk_weights, topk_ids, aligned, config = fast
+    else:
         topk_weights, topk_ids = select_experts(
             router_logits, top_k, renormalize=renormalize, scoring=scoring, num_expert_group=num_expert_group,
             topk_group=topk_group, correction_bias=correction_bias,
@@ -241,7 +242,8 @@ def fused_moe(
     return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
                          activation=activation, backend=backend, w13_bias=w13_bias, w2_bias=w2_bias, quant=quant,
                          w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero,
-                         a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned, _config=config)
+                         a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned, _config=config,
+                         _backend=None if fast is None else "triton")
 
 
 def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend,
@@ -249,7 +251,9 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     """Decode fast path of fused_moe on the Triton backend: routing and token alignment in one launch
     (saves a launch and a round trip through memory). Returns (topk_weights, topk_ids, aligned, config), the
     config then serving fused_experts too (one backend resolution and one lookup per call), or None when
-    it does not apply. ``quant``: a QuantScheme (or None); its kernel config decides the alignment block."""
+    it does not apply. Where the decode GEMV kernels serve (``triton_experts.use_decode_gemv``) there is
+    nothing to align: the routing kernel's (topk_weights, topk_ids, None, None). ``quant``: a QuantScheme
+    (or None); its kernel config decides the alignment block."""
     if not (isinstance(x, torch.Tensor) and x.dim() == 2 and isinstance(w13, torch.Tensor) and w13.dim() == 3
             and x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0
             and isinstance(top_k, int) and top_k >= 1 and backend in BACKENDS and router_logits.device == x.device
@@ -261,12 +265,12 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     scheme = quant if quant is not None and quant.is_quantized else None
     if not route_align_applicable(m, e_route, top_k) or resolve_backend(backend, x, scheme) != "triton":
         return None
+    validate_routing(router_logits, top_k, scoring)
     if scheme is None:
         from moekit.triton_experts import use_decode_gemv
 
-        if use_decode_gemv(m, e_route, top_k):
-            return None  # the GEMV kernels need no alignment: plain routing, then fused_experts
-    validate_routing(router_logits, top_k, scoring)
+        if use_decode_gemv(m, e_route, top_k):  # the GEMV kernels need no alignment
+            return (*select_experts(router_logits, top_k, renormalize=renormalize, scoring=scoring), None, None)
     from moekit.align import route_and_align
     from moekit.configs import get_config
 
