@@ -234,3 +234,17 @@ def test_support_matrix_markdown():
     assert dict(zip(labels, cells))["A100"] == "torch"
     assert dict(zip(labels, cells))["R9700"] == "triton"
     assert any(line.startswith("- A100, `fp8_block128x128`") and "8.9" in line for line in lines)
+
+
+def test_verdicts_are_memoized_and_follow_the_import_probe(monkeypatch):
+    """select_backend memoizes verdicts per (scheme, platform, backends, import probe): a replaced probe
+    (a newly missing dependency) is seen at once, and clear_verdict_cache empties the memo."""
+    B.clear_verdict_cache()
+    p = P.resolve_platform("h100")
+    first = B._verdicts(Q.none(), p, B.all_backends())
+    assert B._verdicts(Q.none(), p, B.all_backends()) == first and len(B._VERDICT_CACHE) == 1
+    monkeypatch.setattr(B, "_import_status", lambda m: B.Verdict(False, f"{m} missing (test)"))
+    after = B._verdicts(Q.none(), p, B.all_backends())
+    assert not after["triton"] and "missing (test)" in after["triton"].reason
+    B.clear_verdict_cache()
+    assert not B._VERDICT_CACHE

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import logging
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from moekit import envs
@@ -226,9 +227,29 @@ class NoBackendError(RuntimeError):
         super().__init__("\n".join(lines))
 
 
+_VERDICT_CACHE: Dict[tuple, Dict[str, Verdict]] = {}
+_VERDICT_CACHE_MAX = 512
+
+
 def _verdicts(scheme: QuantScheme, platform: Platform, backends: Sequence[Backend],
               require_available: bool = True) -> Dict[str, Verdict]:
-    return {b.name: b.check(scheme, platform, require_available=require_available) for b in backends}
+    """Each backend's verdict, memoized: a verdict depends only on the (frozen) scheme and platform, the
+    backend objects and what imports, so repeated calls (every fused_moe call selects a backend) skip
+    rebuilding the reason strings. The key holds the import probe itself, so replacing it (tests do)
+    never returns a stale verdict; :func:`clear_verdict_cache` empties the memo."""
+    key = (scheme, platform, tuple(backends), require_available, _import_status)
+    hit = _VERDICT_CACHE.get(key)
+    if hit is None:
+        hit = {b.name: b.check(scheme, platform, require_available=require_available) for b in backends}
+        if len(_VERDICT_CACHE) >= _VERDICT_CACHE_MAX:
+            _VERDICT_CACHE.clear()
+        _VERDICT_CACHE[key] = hit
+    return dict(hit)
+
+
+def clear_verdict_cache() -> None:
+    """Forget memoized backend verdicts (after changing what a backend's check depends on in place)."""
+    _VERDICT_CACHE.clear()
 
 
 def select_backend(scheme: Union[None, str, QuantScheme] = None,
@@ -268,8 +289,9 @@ def select_backend(scheme: Union[None, str, QuantScheme] = None,
         chosen = next((b for b in backends if verdicts[b.name]), None)
         if chosen is None:
             raise NoBackendError(s, p, verdicts)
-    envs.get_logger().debug("backend %s for %s on %s: %s", chosen.name, s.name, p.describe(),
-                            verdicts[chosen.name].reason)
+    logger = envs.get_logger()
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("backend %s for %s on %s: %s", chosen.name, s.name, p.describe(), verdicts[chosen.name].reason)
     return chosen
 
 
