@@ -3,6 +3,7 @@
 * ``routing.py``  - softmax / sigmoid top-k routing in one launch.
 * ``align.py``    - sort token slots by expert, padded to BLOCK_M, without host synchronization.
 * ``moe_gemm.py`` - the two grouped expert GEMMs (gate/up with fused activation; down with routing weight).
+* ``moe_gemv.py`` - the decode path: two GEMV kernels over unaligned slots, the second summing the top-k.
 * ``moe_sum.py``  - the top-k reduction.
 
 Importing this package needs ``triton``; the rest of moekit works without it.

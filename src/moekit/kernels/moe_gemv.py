@@ -33,6 +33,7 @@ from moekit.kernels.moe_gemm import ACTIVATIONS, activate
 TILE_ELEMS = 4096
 GEMV2_TILE_ELEMS = 1024
 MIN_EXPERTS = 16  # see gemv_applies
+_MAX_GRID_Y = 65535
 
 
 def gemv_applies(m: int, e: int, top_k: int) -> bool:
@@ -128,12 +129,14 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     has_map = expert_map is not None
     emap = expert_map if has_map else topk_ids
     bn, bk = _blocks(h, 1, 512)
+    bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, x.stride(0), w13.stride(0), w13.stride(1), inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps,
     )
     topk_pad = triton.next_power_of_2(top_k)
     bn, bk = _blocks(i, topk_pad, 256, GEMV2_TILE_ELEMS)
+    bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, inter.stride(0), w2.stride(0), w2.stride(1),
         out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps,
