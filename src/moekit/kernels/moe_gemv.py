@@ -39,9 +39,10 @@ _MAX_GRID_Y = 65535
 def gemv_applies(m: int, e: int, top_k: int) -> bool:
     """Whether the decode GEMV kernels serve ``m`` tokens: at least :data:`MIN_EXPERTS` experts, and few enough
     slots (``m * top_k <= E / 4``) that two slots rarely share an expert (each slot streams its expert's
-    weights). Measured on the H100, whole forward: qwen3-30b-a3b (E=128, k=8) M=1/2/4 11/9/2 % faster than
-    the grouped GEMMs, gpt-oss-20b (E=32, k=4) M=1/2 1/3 % faster; mixtral (E=8, k=2, I=14336) M=1 6 %
-    slower: few experts with long rows leave GEMV 2 too few programs, hence the floor on E."""
+    weights). Measured on the H100, whole forward, with the shipped tiles: qwen3-30b-a3b (E=128, k=8) M=1/2
+    39.0 -> 34.7 / 64.4 -> 59.1 us (M=4: 2 % faster, M=8: slower), gpt-oss-20b bf16 (E=32, k=4) M=1/2
+    83.2 -> 79.1 / 139.2 -> 133.2 us; mixtral (E=8, k=2, I=14336) M=1 247.3 -> 249.1 us (270 with larger
+    GEMV 2 tiles): few experts with long rows leave GEMV 2 few programs, hence the floor on E."""
     return m >= 1 and e >= MIN_EXPERTS and 4 * m * top_k <= e
 
 
