@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device-tool call: GPU tests (bf16 included), demo, profile, benchmark, compute-sanitizer, config sweep.
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|repro|demo|profile|bench|sanitize|sweep ...]
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|repro|demo|profile|bench|gemv|sanitize|sweep ...]
+# gemv: decode GEMV kernels vs the grouped GEMMs, with a tile sweep (benchmarks/bench_gemv.py)
 # repro: replay the property-test space problem by problem (the last line printed names a crasher)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:${PYTHONPATH:-}
@@ -16,6 +17,7 @@ for s in $steps; do
     demo) python3 -m moekit.cli demo ;;
     profile) python3 -m moekit.cli bench --profile --shapes qwen3_30b_a3b mixtral8x7b --batch-sizes 1 256 4096 ;;
     bench) python3 -m moekit.cli bench --out "$OUT" ;;
+    gemv) python3 benchmarks/bench_gemv.py --out "$OUT/bench_gemv.json" 2>&1 | grep -v WARN | tee "$OUT/bench_gemv.log" ;;
     sanitize) for t in memcheck racecheck; do
         compute-sanitizer --tool $t --error-exitcode 1 python3 benchmarks/sanitize_moe.py 2>&1 | tail -6 | tee -a "$OUT/sanitize.log"
         echo "compute-sanitizer $t exit: ${PIPESTATUS[0]}" | tee -a "$OUT/sanitize.log"; done ;;
