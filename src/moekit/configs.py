@@ -98,13 +98,14 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     :func:`get_config`.
     """
     per_expert = M * top_k / max(E, 1)
-    if block_shape is not None and config_dtype_name(dtype) in ("fp8_w8a8", "int8_w8a8"):
+    eight_bit = config_dtype_name(dtype) in ("fp8_w8a8", "int8_w8a8")
+    if eight_bit and block_shape is not None:
         if per_expert <= 8:
             return MoEKernelConfig(16, 64, 128, 1, 4, 4)
         if per_expert <= 32:
             return MoEKernelConfig(16, 128, 128, 64, 4, 3)
         return MoEKernelConfig(64, 128, 128, 32, 8, 4)
-    if config_dtype_name(dtype) in ("fp8_w8a8", "int8_w8a8"):  # per-tensor / per-channel 8-bit operands
+    if eight_bit:  # per-tensor / per-channel 8-bit operands
         if per_expert <= 8:
             return MoEKernelConfig(16, 64, 128, 1, 4, 4)
         if per_expert < 32:

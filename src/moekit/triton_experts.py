@@ -60,15 +60,13 @@ def fused_experts_triton(
     top_k = topk_ids.shape[1]
     if m == 0:
         return x.new_empty((0, h))
+    topk_weights = topk_weights.float().contiguous()  # no-ops when already float32 and contiguous
+    topk_ids = topk_ids.contiguous()
     e_global = expert_map.numel() if expert_map is not None else e
     if config is None and aligned is None and use_decode_gemv(m, e_global, top_k):
-        return moe_gemv(x, w13, w2, topk_weights.float().contiguous(), topk_ids.contiguous(), expert_map, activation)
+        return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation)
     if config is None:
         config = get_config(e, i, h, top_k, m, x.dtype)
-    if topk_weights.dtype != torch.float32:
-        topk_weights = topk_weights.float()
-    topk_weights = topk_weights.contiguous()
-    topk_ids = topk_ids.contiguous()
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:
         aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
     inter = torch.empty((aligned.sorted_ids.numel(), i), dtype=x.dtype, device=x.device)
