@@ -136,7 +136,7 @@ registry: List[EnvVar] = [
     EnvVar(
         "MOEKIT_DECODE_GEMV", "bool", True,
         "0 keeps the Triton backend's grouped GEMMs at the smallest decode batches instead of its GEMV kernels "
-        "(one token, or tokens x top_k <= experts / 4).",
+        "(at least 16 experts and tokens x top_k <= experts / 4).",
     ),
     EnvVar(
         "MOEKIT_LINEAR", "bool", True,
