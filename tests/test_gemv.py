@@ -152,7 +152,7 @@ def test_gemv_decode_resolves_backend_once(gemv_calls, monkeypatch):
 
 
 FP8 = {"fp8_block": lambda: moekit.QuantScheme.fp8_block(128, 128), "fp8_channel": moekit.QuantScheme.fp8_channel,
-       "fp8_tensor": moekit.QuantScheme.fp8_tensor}
+       "fp8_tensor": moekit.QuantScheme.fp8_tensor, "int8_weight_only": moekit.QuantScheme.int8_weight_only}
 
 
 def fp8_layer(scheme, m, e, h, i, dtype, e_global=None):
@@ -171,8 +171,8 @@ def fp8_layer(scheme, m, e, h, i, dtype, e_global=None):
 @pytest.mark.parametrize("key", list(FP8))
 @pytest.mark.parametrize("m, e, k, h, i", [(1, 32, 4, 256, 128), (2, 64, 8, 200, 96), (1, 16, 1, 384, 256)])
 def test_fp8_weights_gemv(dtype, key, m, e, k, h, i, gemv_calls, poisoned_empty):
-    """fp8 weights at decode run weight-only through the GEMV kernels: the output matches the float64
-    layer of the dequantized weights (activations unquantized)."""
+    """fp8 (and int8 weight-only) weights at decode run weight-only through the GEMV kernels: the output
+    matches the float64 layer of the dequantized weights (activations unquantized)."""
     scheme = FP8[key]()
     x, q13, s13, q2, s2, logits, ref13, ref2 = fp8_layer(scheme, m, e, h, i, dtype)
     out = moekit.fused_moe(x, q13, q2, logits, k, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2)
@@ -207,6 +207,7 @@ def test_static_activation_scales_keep_grouped_gemms(gemv_calls):
     (None, True), (moekit.QuantScheme.fp8_block(128, 128), True), (moekit.QuantScheme.fp8_block(96, 128), False),
     (moekit.QuantScheme.fp8_tensor(), True), (moekit.QuantScheme.int8_channel(), False),
     (moekit.QuantScheme.mxfp4(), False), (moekit.QuantScheme.int4_weight_only(), False),
+    (moekit.QuantScheme.int8_weight_only(), True),
 ])
 def test_gemv_supports(scheme, ok):
     assert gemv_mod.gemv_supports(scheme) is ok

@@ -11,7 +11,7 @@ cores instead, launched with enough small programs to keep every SM's loads in f
   w2[e_j, n])``, all top-k experts' tiles loaded together (``[TOPK, BLOCK_N, BLOCK_K]``), so the top-k sum
   needs no kernel of its own and no ``[M * top_k, H]`` intermediate is written.
 
-fp8 weights (``W_SCALE``; activations stay in x's dtype, i.e. the layer runs weight-only at decode): 1 one
+fp8 and int8 weights (``W_SCALE``; activations stay in x's dtype: fp8 w8a8 runs weight-only at decode): 1 one
 scale per weight row (per channel ``[E, N]``, or per tensor ``[E]`` with row stride 0), applied after the K
 loop; 2 one scale per (``GROUP_N`` rows, ``GROUP_K`` columns) block ``[E, cdiv(N, GROUP_N), cdiv(K,
 GROUP_K)]``, applied per K step (``BLOCK_K`` divides ``GROUP_K``).
@@ -145,10 +145,12 @@ def _blocks(k: int, rows: int, max_block_k: int, tile: Optional[int] = None) -> 
 
 
 def gemv_supports(scheme) -> bool:
-    """Schemes the GEMV kernels run: unquantized, and fp8 weights per tensor, channel or block (run
-    weight-only: the activations are not quantized)."""
+    """Schemes the GEMV kernels run: unquantized; fp8 weights per tensor, channel or block (run weight-only:
+    the activations are not quantized); int8 weight-only per channel (no zero point)."""
     if scheme is None or not scheme.is_quantized:
         return True
+    if scheme.weight_dtype == "int8":
+        return scheme.weight_only and scheme.granularity == "channel" and not scheme.zero_point
     if scheme.weight_dtype != "fp8" or scheme.granularity not in ("tensor", "channel", "block"):
         return False
     return scheme.granularity != "block" or all(b & (b - 1) == 0 for b in scheme.block_shape)  # powers of 2
