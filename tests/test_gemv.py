@@ -24,7 +24,10 @@ def gemv_calls(monkeypatch):
         calls.append(args[0].shape[0])
         return real(*args, **kwargs)
 
+    import moekit.quant.triton_moe as tq
+
     monkeypatch.setattr(te, "moe_gemv", spy)
+    monkeypatch.setattr(tq, "moe_gemv", spy)
     return calls
 
 
@@ -146,3 +149,65 @@ def test_gemv_decode_resolves_backend_once(gemv_calls, monkeypatch):
     assert calls == {"resolve": 1, "config": 0} and gemv_calls == [1]
     w, ids = route_reference(logits, 4, True, "softmax")
     assert_close_to_reference(out, moe_reference(x, w13, w2, w, ids), torch.float32)
+
+
+FP8 = {"fp8_block": lambda: moekit.QuantScheme.fp8_block(128, 128), "fp8_channel": moekit.QuantScheme.fp8_channel,
+       "fp8_tensor": moekit.QuantScheme.fp8_tensor, "int8_weight_only": moekit.QuantScheme.int8_weight_only}
+
+
+def fp8_layer(scheme, m, e, h, i, dtype, e_global=None):
+    """fp8 weights (quantized from random ones) and the float64 reference weights they dequantize to."""
+    from moekit.quant import dequantize_weights, quantize_weights
+
+    x, w13, w2, logits = layer(m, e, 1, h, i, torch.float32, e_global)
+    q13, s13 = quantize_weights(w13, scheme)[:2]
+    q2, s2 = quantize_weights(w2, scheme)[:2]
+    ref13 = dequantize_weights(q13, s13, scheme, None, torch.float64)
+    ref2 = dequantize_weights(q2, s2, scheme, None, torch.float64)
+    return x.to(dtype), q13, s13, q2, s2, logits, ref13, ref2
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("key", list(FP8))
+@pytest.mark.parametrize("m, e, k, h, i", [(1, 32, 4, 256, 128), (2, 64, 8, 200, 96), (1, 16, 1, 384, 256)])
+def test_fp8_weights_gemv(dtype, key, m, e, k, h, i, gemv_calls, poisoned_empty):
+    """fp8 (and int8 weight-only) weights at decode run weight-only through the GEMV kernels: the output
+    matches the float64 layer of the dequantized weights (activations unquantized)."""
+    scheme = FP8[key]()
+    x, q13, s13, q2, s2, logits, ref13, ref2 = fp8_layer(scheme, m, e, h, i, dtype)
+    out = moekit.fused_moe(x, q13, q2, logits, k, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2)
+    assert gemv_calls == [m] and out.dtype == dtype
+    w, ids = route_reference(logits, k, True, "softmax")
+    assert_close_to_reference(out, moe_reference(x, ref13, ref2, w, ids), dtype)
+
+
+def test_fp8_gemv_expert_map(gemv_calls, poisoned_empty):
+    scheme = moekit.QuantScheme.fp8_block(128, 128)
+    emap = torch.full((64,), -1, dtype=torch.int32)
+    emap[::2] = torch.arange(32, dtype=torch.int32)
+    x, q13, s13, q2, s2, logits, ref13, ref2 = fp8_layer(scheme, 2, 32, 256, 128, torch.float32, e_global=64)
+    out = moekit.fused_moe(x, q13, q2, logits, 8, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2,
+                           expert_map=emap.to(DEVICE))
+    assert gemv_calls == [2]
+    w, ids = route_reference(logits, 8, True, "softmax")
+    assert_close_to_reference(out, moe_reference(x, ref13, ref2, w, ids, emap), torch.float32)
+
+
+def test_static_activation_scales_keep_grouped_gemms(gemv_calls):
+    """Static activation scales ask for quantized activations: the w8a8 grouped GEMMs serve, not the GEMV."""
+    scheme = moekit.QuantScheme.fp8_tensor()
+    x, q13, s13, q2, s2, logits, _, _ = fp8_layer(scheme, 1, 32, 128, 64, torch.float32)
+    a_s = torch.tensor([8.0 / 448], device=DEVICE)
+    out = moekit.fused_moe(x, q13, q2, logits, 4, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2,
+                           a13_scale=a_s, a2_scale=a_s)
+    assert gemv_calls == [] and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scheme, ok", [
+    (None, True), (moekit.QuantScheme.fp8_block(128, 128), True), (moekit.QuantScheme.fp8_block(96, 128), False),
+    (moekit.QuantScheme.fp8_tensor(), True), (moekit.QuantScheme.int8_channel(), False),
+    (moekit.QuantScheme.mxfp4(), False), (moekit.QuantScheme.int4_weight_only(), False),
+    (moekit.QuantScheme.int8_weight_only(), True),
+])
+def test_gemv_supports(scheme, ok):
+    assert gemv_mod.gemv_supports(scheme) is ok

@@ -231,7 +231,7 @@ def fused_moe(
     if (w13_bias is None and w2_bias is None and num_expert_group is None and correction_bias is None
             and activation in KERNEL_ACTIVATIONS and (quant is None or isinstance(quant, QuantScheme))):
         fast = _route_and_align_if_decode(hidden_states, w13, router_logits, top_k, renormalize, scoring,
-                                          expert_map, backend, quant)
+                                          expert_map, backend, quant, a13_scale is not None or a2_scale is not None)
     if fast is not None:
         topk_weights, topk_ids, aligned, config = fast
     else:
@@ -247,7 +247,7 @@ def fused_moe(
 
 
 def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend,
-                               quant=None):
+                               quant=None, static_act_scales=False):
     """Decode fast path of fused_moe on the Triton backend: routing and token alignment in one launch
     (saves a launch and a round trip through memory). Returns (topk_weights, topk_ids, aligned, config), the
     config then serving fused_experts too (one backend resolution and one lookup per call), or None when
@@ -266,11 +266,10 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     if not route_align_applicable(m, e_route, top_k) or resolve_backend(backend, x, scheme) != "triton":
         return None
     validate_routing(router_logits, top_k, scoring)
-    if scheme is None:
-        from moekit.triton_experts import use_decode_gemv
+    from moekit.triton_experts import use_decode_gemv
 
-        if use_decode_gemv(m, e_route, top_k):  # the GEMV kernels need no alignment
-            return (*select_experts(router_logits, top_k, renormalize=renormalize, scoring=scoring), None, None)
+    if use_decode_gemv(m, e_route, top_k, scheme, static_act_scales):  # the GEMV kernels need no alignment
+        return (*select_experts(router_logits, top_k, renormalize=renormalize, scoring=scoring), None, None)
     from moekit.align import route_and_align
     from moekit.configs import get_config
 

@@ -11,6 +11,11 @@ cores instead, launched with enough small programs to keep every SM's loads in f
   w2[e_j, n])``, all top-k experts' tiles loaded together (``[TOPK, BLOCK_N, BLOCK_K]``), so the top-k sum
   needs no kernel of its own and no ``[M * top_k, H]`` intermediate is written.
 
+fp8 and int8 weights (``W_SCALE``; activations stay in x's dtype: fp8 w8a8 runs weight-only at decode): 1 one
+scale per weight row (per channel ``[E, N]``, or per tensor ``[E]`` with row stride 0), applied after the K
+loop; 2 one scale per (``GROUP_N`` rows, ``GROUP_K`` columns) block ``[E, cdiv(N, GROUP_N), cdiv(K,
+GROUP_K)]``, applied per K step (``BLOCK_K`` divides ``GROUP_K``).
+
 No alignment, no host synchronization (CUDA-graph safe). Products and sums are float32; GEMV 2 keeps the
 weighted sum in float32 until the single rounding to the output dtype. Slots whose expert maps to -1
 (expert parallelism) are skipped and contribute nothing. A slot's weights are read once per slot, so two
@@ -51,6 +56,8 @@ def _moe_gemv1_kernel(
     x_ptr, w_ptr, out_ptr, ids_ptr, map_ptr,
     I, K, top_k, stride_xm, stride_we, stride_wn, stride_om,
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
+    W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
 ):
     slot = tl.program_id(0)
     e = tl.load(ids_ptr + slot)
@@ -72,8 +79,18 @@ def _moe_gemv1_kernel(
         wmask = n_ok[:, None] & k_ok[None, :]
         g = tl.load(g_ptrs + k0, mask=wmask, other=0.0).to(tl.float32)
         u = tl.load(u_ptrs + k0, mask=wmask, other=0.0).to(tl.float32)
-        acc_g += tl.sum(g * xk, axis=1)
-        acc_u += tl.sum(u * xk, axis=1)
+        pg = tl.sum(g * xk, axis=1)
+        pu = tl.sum(u * xk, axis=1)
+        if W_SCALE == 2:
+            sk = s_ptr + e.to(tl.int64) * stride_se + (k0 // GROUP_K) * stride_sk
+            pg *= tl.load(sk + (offs_n // GROUP_N) * stride_sn, mask=n_ok, other=0.0)
+            pu *= tl.load(sk + ((offs_n + I) // GROUP_N) * stride_sn, mask=n_ok, other=0.0)
+        acc_g += pg
+        acc_u += pu
+    if W_SCALE == 1:
+        sr = s_ptr + e.to(tl.int64) * stride_se
+        acc_g *= tl.load(sr + offs_n * stride_sn, mask=n_ok, other=0.0)
+        acc_u *= tl.load(sr + (offs_n + I) * stride_sn, mask=n_ok, other=0.0)
     h = activate(acc_g, ACTIVATION) * acc_u
     tl.store(out_ptr + slot.to(tl.int64) * stride_om + offs_n, h.to(out_ptr.dtype.element_ty), mask=n_ok)
 
@@ -83,6 +100,8 @@ def _moe_gemv2_kernel(
     a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr,
     N, K, top_k, stride_am, stride_we, stride_wn, stride_om,
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
+    W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -105,7 +124,15 @@ def _moe_gemv2_kernel(
         k_ok = offs_k < K - k0
         a = tl.load(a_ptrs + k0, mask=live[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
         w = tl.load(w_ptrs + k0, mask=rows_ok & k_ok[None, None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(w * a[:, None, :], axis=2)
+        part = tl.sum(w * a[:, None, :], axis=2)
+        if W_SCALE == 2:
+            part *= tl.load(s_ptr + tl.maximum(e, 0).to(tl.int64)[:, None] * stride_se
+                            + (offs_n // GROUP_N)[None, :] * stride_sn + (k0 // GROUP_K) * stride_sk,
+                            mask=live[:, None] & n_ok[None, :], other=0.0)
+        acc += part
+    if W_SCALE == 1:
+        acc *= tl.load(s_ptr + tl.maximum(e, 0).to(tl.int64)[:, None] * stride_se + offs_n[None, :] * stride_sn,
+                       mask=live[:, None] & n_ok[None, :], other=0.0)
     y = tl.sum(acc * wt[:, None], axis=0)
     tl.store(out_ptr + token.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
 
@@ -117,11 +144,38 @@ def _blocks(k: int, rows: int, max_block_k: int, tile: Optional[int] = None) -> 
     return max(1, min(64, (tile or TILE_ELEMS) // (rows * bk))), bk
 
 
+def gemv_supports(scheme) -> bool:
+    """Schemes the GEMV kernels run: unquantized; fp8 weights per tensor, channel or block (run weight-only:
+    the activations are not quantized); int8 weight-only per channel (no zero point)."""
+    if scheme is None or not scheme.is_quantized:
+        return True
+    if scheme.weight_dtype == "int8":
+        return scheme.weight_only and scheme.granularity == "channel" and not scheme.zero_point
+    if scheme.weight_dtype != "fp8" or scheme.granularity not in ("tensor", "channel", "block"):
+        return False
+    return scheme.granularity != "block" or all(b & (b - 1) == 0 for b in scheme.block_shape)  # powers of 2
+
+
+def _scale_args(scheme, scale: Optional[torch.Tensor]) -> dict:
+    """Kernel arguments of an fp8 weight's scale (see the module docstring); {} when unquantized."""
+    if scheme is None or not scheme.is_quantized:
+        return {}
+    if scheme.granularity == "block":
+        gn, gk = scheme.block_shape
+        return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
+                    W_SCALE=2, GROUP_N=gn, GROUP_K=gk)
+    row = scale.stride(1) if scheme.granularity == "channel" else 0
+    return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=row, W_SCALE=1)
+
+
 def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
              topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor] = None, activation: str = "silu",
-             num_warps: int = 4) -> torch.Tensor:
+             num_warps: int = 4, scheme=None, w13_scale: Optional[torch.Tensor] = None,
+             w2_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The decode forward of the experts: x [M, H], w13 [E, 2I, H], w2 [E, H, I], topk_weights float32
-    [M, k] and topk_ids int32 [M, k] (contiguous) -> [M, H] in x's dtype. Two launches."""
+    [M, k] and topk_ids int32 [M, k] (contiguous) -> [M, H] in x's dtype. Two launches. ``scheme``: a
+    QuantScheme that :func:`gemv_supports` (fp8 weights with ``w13_scale`` / ``w2_scale`` in the layouts of
+    :mod:`moekit.quant.moe`), or None."""
     m, h = x.shape
     i = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
@@ -129,17 +183,20 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     has_map = expert_map is not None
     emap = expert_map if has_map else topk_ids
-    bn, bk = _blocks(h, 1, 512)
+    cap_k = scheme.block_shape[1] if scheme is not None and scheme.granularity == "block" else 1 << 30
+    bn, bk = _blocks(h, 1, min(512, cap_k))
     bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, x.stride(0), w13.stride(0), w13.stride(1), inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps,
+        **_scale_args(scheme, w13_scale),
     )
     topk_pad = triton.next_power_of_2(top_k)
-    bn, bk = _blocks(i, topk_pad, 256, GEMV2_TILE_ELEMS)
+    bn, bk = _blocks(i, topk_pad, min(256, cap_k), GEMV2_TILE_ELEMS)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, inter.stride(0), w2.stride(0), w2.stride(1),
         out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps,
+        **_scale_args(scheme, w2_scale),
     )
     return out
