@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device-tool call: GPU tests (bf16 included), demo, profile, benchmark, compute-sanitizer, config sweep.
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|repro|demo|profile|bench|gemv|sanitize|sweep ...]
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|repro|demo|profile|bench|gemv|gemvq|sanitize|sweep ...]
+# gemvq: quantized decode GEMV A/B (MOEKIT_DECODE_GEMV=0|1) on bench_quant.py
 # gemv: decode GEMV kernels vs the grouped GEMMs, with a tile sweep (benchmarks/bench_gemv.py)
 # repro: replay the property-test space problem by problem (the last line printed names a crasher)
 set -u
@@ -17,6 +18,11 @@ for s in $steps; do
     demo) python3 -m moekit.cli demo ;;
     profile) python3 -m moekit.cli bench --profile --shapes qwen3_30b_a3b mixtral8x7b --batch-sizes 1 256 4096 ;;
     bench) python3 -m moekit.cli bench --out "$OUT" ;;
+    gemvq) for v in 0 1; do  # quantized decode GEMV (fp8 / int8 weight-only) vs the grouped GEMMs
+        MOEKIT_DECODE_GEMV=$v python3 benchmarks/bench_quant.py --shapes qwen3_30b_a3b,dsv3 --m 1,2,4,8 \
+          --out "$OUT/gemvq_fp8_$v.json" 2>&1 | grep -v WARN | tee "$OUT/gemvq_fp8_$v.log"
+        MOEKIT_DECODE_GEMV=$v python3 benchmarks/bench_quant.py --shapes qwen3_30b_a3b --scheme int8_weight_only \
+          --m 1,2,4,8 --out "$OUT/gemvq_int8wo_$v.json" 2>&1 | grep -v WARN | tee "$OUT/gemvq_int8wo_$v.log"; done ;;
     gemv) python3 benchmarks/bench_gemv.py --out "$OUT/bench_gemv.json" 2>&1 | grep -v WARN | tee "$OUT/bench_gemv.log" ;;
     sanitize) for t in memcheck racecheck; do
         compute-sanitizer --tool $t --error-exitcode 1 python3 benchmarks/sanitize_moe.py 2>&1 | tail -6 | tee -a "$OUT/sanitize.log"
