@@ -1,5 +1,5 @@
 """Decode GEMV kernels vs the aligned grouped GEMMs, whole fused_moe (routing included) as CUDA-graph replay,
-plus a sweep of the GEMV tile budget and warps. GPU only.
+plus a sweep of the GEMV tile budget, K steps and warps. GPU only.
 
     PYTHONPATH=src python3 benchmarks/bench_gemv.py [--out F.json] [--shapes qwen3_30b_a3b,mixtral8x7b]
         [--m 1,2,4,8] [--profile]
@@ -19,8 +19,9 @@ import moekit.triton_experts as te
 from moekit.bench import kernel_times, make_inputs, measure_ceilings, moekit_moe, time_moe
 from moekit.shapes import SHAPES, moe_bytes_flops
 
-# (GEMV 1 tile elements, GEMV 2 tile elements, num_warps); the first is the shipped default
-VARIANTS = [(4096, 1024, 4), (4096, 4096, 4), (2048, 2048, 4), (4096, 2048, 4), (2048, 1024, 2), (4096, 1024, 8)]
+# (GEMV 1 tile elements, GEMV 2 tile elements, num_warps, 16-bit K steps of GEMV 1 and 2); the first is shipped
+VARIANTS = [(4096, 1024, 4, 512, 256), (4096, 1024, 4, 256, 128), (4096, 1024, 4, 256, 256),
+            (4096, 1024, 4, 1024, 512), (4096, 2048, 4, 256, 128), (2048, 1024, 4, 256, 128)]
 
 
 def main():
@@ -35,7 +36,7 @@ def main():
           f"{ceil.hbm_bytes_per_s / 1e12:.2f} TB/s", flush=True)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "hbm_bytes_per_s": ceil.hbm_bytes_per_s, "points": []}
-    real_gemv = gemv.moe_gemv
+    real_gemv, shipped_k = gemv.moe_gemv, dict(gemv.K_STEP)
     for name in args.shapes.split(","):
         shape = SHAPES[name]
         for m in [int(v) for v in args.m.split(",")]:
@@ -47,16 +48,18 @@ def main():
             row["grouped_us"] = time_moe(moekit_moe, shape, m, inputs)
             os.environ["MOEKIT_DECODE_GEMV"] = "1"
             te.gemv_applies = lambda *a: True  # time the GEMV path even where the default would not take it
-            for t1, t2, warps in VARIANTS:
+            for t1, t2, warps, k1, k2 in VARIANTS:
                 gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS = t1, t2
+                gemv.K_STEP = {**shipped_k, 16: (k1, k2)}
                 te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
-                key = f"gemv_t{t1}_{t2}_w{warps}_us"
+                key = f"gemv_t{t1}_{t2}_w{warps}_k{k1}_{k2}_us"
                 try:
                     row[key] = time_moe(moekit_moe, shape, m, inputs)
                 except Exception as e:  # noqa: BLE001 - record and go on
                     row[key] = None
                     print(f"  {key}: {type(e).__name__}: {str(e)[:200]}", flush=True)
             gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS = VARIANTS[0][:2]
+            gemv.K_STEP = shipped_k
             te.moe_gemv = real_gemv
             if args.profile and m == 1:
                 w13, w2, xs, lgs, bias = inputs

@@ -46,6 +46,16 @@ def test_gemv_applies(m, e, k, expected):
     assert gemv_applies(m, e, k) is expected
 
 
+@pytest.mark.parametrize("scheme, m, e, k, expected", [
+    (moekit.QuantScheme.fp8_block(128, 128), 4, 128, 8, False), (moekit.QuantScheme.fp8_block(128, 128), 2, 128, 8, True),
+    (moekit.QuantScheme.int8_weight_only(), 3, 128, 8, True), (moekit.QuantScheme.mxfp4(), 4, 32, 4, True),
+    (moekit.QuantScheme.mxfp4(), 5, 32, 4, False), (moekit.QuantScheme.mxfp4(), 1, 8, 2, False),
+])
+def test_gemv_applies_per_weight_format(scheme, m, e, k, expected):
+    """8-bit weights stop one step earlier than bf16 (slots < E / 4), mxfp4 later (slots <= E / 2)."""
+    assert gemv_applies(m, e, k, scheme) is expected
+
+
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("m, e, k, h, i", [
     (1, 16, 2, 64, 32), (1, 128, 8, 256, 96), (3, 64, 4, 200, 96), (1, 16, 3, 40, 24), (1, 16, 1, 72, 40),
@@ -152,7 +162,8 @@ def test_gemv_decode_resolves_backend_once(gemv_calls, monkeypatch):
 
 
 FP8 = {"fp8_block": lambda: moekit.QuantScheme.fp8_block(128, 128), "fp8_channel": moekit.QuantScheme.fp8_channel,
-       "fp8_tensor": moekit.QuantScheme.fp8_tensor, "int8_weight_only": moekit.QuantScheme.int8_weight_only}
+       "fp8_tensor": moekit.QuantScheme.fp8_tensor, "int8_weight_only": moekit.QuantScheme.int8_weight_only,
+       "fp8_block_64x32": lambda: moekit.QuantScheme.fp8_block(64, 32)}
 
 
 def fp8_layer(scheme, m, e, h, i, dtype, e_global=None):
@@ -169,7 +180,8 @@ def fp8_layer(scheme, m, e, h, i, dtype, e_global=None):
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("key", list(FP8))
-@pytest.mark.parametrize("m, e, k, h, i", [(1, 32, 4, 256, 128), (2, 64, 8, 200, 96), (1, 16, 1, 384, 256)])
+@pytest.mark.parametrize("m, e, k, h, i", [(1, 32, 4, 256, 128), (2, 80, 8, 200, 96), (1, 16, 1, 384, 256),
+                                           (1, 16, 2, 2304, 40)])
 def test_fp8_weights_gemv(dtype, key, m, e, k, h, i, gemv_calls, poisoned_empty):
     """fp8 (and int8 weight-only) weights at decode run weight-only through the GEMV kernels: the output
     matches the float64 layer of the dequantized weights (activations unquantized)."""
@@ -181,11 +193,41 @@ def test_fp8_weights_gemv(dtype, key, m, e, k, h, i, gemv_calls, poisoned_empty)
     assert_close_to_reference(out, moe_reference(x, ref13, ref2, w, ids), dtype)
 
 
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("m, e, k, h, i", [(1, 32, 4, 256, 128), (2, 64, 8, 160, 96), (1, 16, 2, 4160, 32)])
+def test_mxfp4_weights_gemv(dtype, m, e, k, h, i, gemv_calls, poisoned_empty):
+    """mxfp4 weights at decode: e2m1 codes and e8m0 scales decoded in the GEMV kernels (K steps of several
+    MX groups, a tail step, H over one 2048-code step) match the float64 layer of the dequantized weights."""
+    scheme = moekit.QuantScheme.mxfp4()
+    x, q13, s13, q2, s2, logits, ref13, ref2 = fp8_layer(scheme, m, e, h, i, dtype)
+    out = moekit.fused_moe(x, q13, q2, logits, k, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2)
+    assert gemv_calls == [m] and out.dtype == dtype
+    w, ids = route_reference(logits, k, True, "softmax")
+    assert_close_to_reference(out, moe_reference(x, ref13, ref2, w, ids), dtype)
+
+
+def test_e2m1_decode_every_code():
+    """The GEMV kernels' e2m1 decode (fp16 bit placement, times 2**14) gives all 16 code values exactly."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def decode(c_ptr, o_ptr):
+        offs = tl.arange(0, 16)
+        tl.store(o_ptr + offs, gemv_mod._e2m1_times_2pow14(tl.load(c_ptr + offs)) * 16384.0)
+
+    codes = torch.arange(16, dtype=torch.int32, device=DEVICE)
+    out = torch.full((16,), float("nan"), device=DEVICE)
+    decode[(1,)](codes, out)
+    mag = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+    assert out.tolist() == mag + [-v for v in mag]
+
+
 def test_fp8_gemv_expert_map(gemv_calls, poisoned_empty):
     scheme = moekit.QuantScheme.fp8_block(128, 128)
-    emap = torch.full((64,), -1, dtype=torch.int32)
-    emap[::2] = torch.arange(32, dtype=torch.int32)
-    x, q13, s13, q2, s2, logits, ref13, ref2 = fp8_layer(scheme, 2, 32, 256, 128, torch.float32, e_global=64)
+    emap = torch.full((128,), -1, dtype=torch.int32)
+    emap[::2] = torch.arange(64, dtype=torch.int32)
+    x, q13, s13, q2, s2, logits, ref13, ref2 = fp8_layer(scheme, 2, 64, 256, 128, torch.float32, e_global=128)
     out = moekit.fused_moe(x, q13, q2, logits, 8, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2,
                            expert_map=emap.to(DEVICE))
     assert gemv_calls == [2]
@@ -206,7 +248,7 @@ def test_static_activation_scales_keep_grouped_gemms(gemv_calls):
 @pytest.mark.parametrize("scheme, ok", [
     (None, True), (moekit.QuantScheme.fp8_block(128, 128), True), (moekit.QuantScheme.fp8_block(96, 128), False),
     (moekit.QuantScheme.fp8_tensor(), True), (moekit.QuantScheme.int8_channel(), False),
-    (moekit.QuantScheme.mxfp4(), False), (moekit.QuantScheme.int4_weight_only(), False),
+    (moekit.QuantScheme.mxfp4(), True), (moekit.QuantScheme.int4_weight_only(), False),
     (moekit.QuantScheme.int8_weight_only(), True),
 ])
 def test_gemv_supports(scheme, ok):

@@ -11,10 +11,14 @@ cores instead, launched with enough small programs to keep every SM's loads in f
   w2[e_j, n])``, all top-k experts' tiles loaded together (``[TOPK, BLOCK_N, BLOCK_K]``), so the top-k sum
   needs no kernel of its own and no ``[M * top_k, H]`` intermediate is written.
 
-fp8 and int8 weights (``W_SCALE``; activations stay in x's dtype: fp8 w8a8 runs weight-only at decode): 1 one
-scale per weight row (per channel ``[E, N]``, or per tensor ``[E]`` with row stride 0), applied after the K
-loop; 2 one scale per (``GROUP_N`` rows, ``GROUP_K`` columns) block ``[E, cdiv(N, GROUP_N), cdiv(K,
-GROUP_K)]``, applied per K step (``BLOCK_K`` divides ``GROUP_K``).
+Quantized weights (``W_SCALE``; activations stay in x's dtype, so fp8 w8a8 runs weight-only at decode):
+1 fp8 / int8, one scale per weight row (per channel ``[E, N]``, or per tensor ``[E]`` with row stride 0),
+applied after the K loop; 2 fp8, one scale per (``GROUP_N`` rows, ``GROUP_K`` columns) block ``[E, cdiv(N,
+GROUP_N), cdiv(K, GROUP_K)]``: a K step spans ``max(1, BLOCK_K / GROUP_K)`` blocks (``BLOCK_K`` and
+``GROUP_K`` are powers of two), each block's partial sum is scaled before it joins the accumulator; 3
+mxfp4, e2m1 codes packed two per byte along K (``[E, N, K / 2]`` uint8, low nibble first) with one e8m0
+scale per 32 K elements (``[E, N, K / 32]`` uint8), decoded on CUDA cores (:func:`_e2m1_times_2pow14`).
+K steps per weight format: :data:`K_STEP`.
 
 No alignment, no host synchronization (CUDA-graph safe). Products and sums are float32; GEMV 2 keeps the
 weighted sum in float32 until the single rounding to the output dtype. Slots whose expert maps to -1
@@ -37,18 +41,82 @@ from moekit.kernels.moe_gemm import ACTIVATIONS, activate
 #: qwen3 within 1 % (``benchmarks/results/bench_gemv_H100_round2.*``).
 TILE_ELEMS = 4096
 GEMV2_TILE_ELEMS = 1024
+#: Largest K step (elements of a weight row), GEMV 1 and GEMV 2, by weight bits (16: bf16 / fp16 / fp32;
+#: 8: fp8 / int8; 4: mxfp4). 8- and 4-bit measured on the H100 (``benchmarks/bench_gemv_quant.py``, results
+#: ``bench_gemv_quant_H100_*``): 512 / 256 fp8 elements beat 1024 / 512 by 4-12 % (qwen3 M=1 25.0 vs 27.1 us),
+#: 1024 / 512 e2m1 codes beat 2048 / 1024 by 23 % (gpt-oss-20b M=1 68.5 vs 89.4 us).
+K_STEP = {16: (512, 256), 8: (512, 256), 4: (1024, 512)}
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
 
 
-def gemv_applies(m: int, e: int, top_k: int) -> bool:
+def _weight_bits(scheme) -> int:
+    """The :data:`K_STEP` key of a weight format: 4 (mxfp4 codes), 8 (fp8 / int8), else 16."""
+    if scheme is None or not scheme.is_quantized:
+        return 16
+    return 4 if scheme.weight_dtype == "mxfp4" else 8
+
+
+def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
     """Whether the decode GEMV kernels serve ``m`` tokens: at least :data:`MIN_EXPERTS` experts, and few enough
-    slots (``m * top_k <= E / 4``) that two slots rarely share an expert (each slot streams its expert's
-    weights). Measured on the H100, whole forward, with the shipped tiles: qwen3-30b-a3b (E=128, k=8) M=1/2
-    39.0 -> 34.7 / 64.4 -> 59.1 us (M=4: 2 % faster, M=8: slower), gpt-oss-20b bf16 (E=32, k=4) M=1/2
-    83.2 -> 79.1 / 139.2 -> 133.2 us; mixtral (E=8, k=2, I=14336) M=1 247.3 -> 249.1 us (270 with larger
-    GEMV 2 tiles): few experts with long rows leave GEMV 2 few programs, hence the floor on E."""
-    return m >= 1 and e >= MIN_EXPERTS and 4 * m * top_k <= e
+    slots that two slots rarely share an expert (each slot streams its expert's weights): ``m * top_k <=
+    E / 4`` for 16-bit weights, ``< E / 4`` for 8-bit ones, ``<= E / 2`` for mxfp4 (its grouped GEMMs run
+    at a quarter of the floor: the GEMV wins even with shared experts). Measured on the H100, whole forward:
+
+    * bf16: qwen3-30b-a3b (E=128, k=8) M=1/2 39.0 -> 34.7 / 64.4 -> 59.1 us (M=4: 2 % faster, M=8: slower),
+      gpt-oss-20b (E=32, k=4) M=1/2 83.2 -> 79.1 / 139.2 -> 133.2 us; mixtral (E=8, k=2, I=14336) M=1
+      247.3 -> 249.1 us: few experts with long rows leave GEMV 2 few programs, hence the floor on E.
+    * fp8 block: qwen3 M=1/2/4 32.6 -> 25.0 / 46.6 -> 42.6 / 73.8 -> 73.0 us; DeepSeek-V3 (E=256, k=8,
+      grouped routing concentrates the slots) M=1/2/4 225 -> 212 / 362 -> 325 / 561 -> 539, M=8 862 -> 942.
+      fp8 per channel qwen3 M=1 32.3 -> 23.1; int8 weight-only 36.4 -> 25.4.
+    * mxfp4: gpt-oss-20b M=1/2/4 122.9 -> 68.5 / 186.8 -> 124.2 / 262.2 -> 235.8 us, M=8 406.6 -> 461.1."""
+    if m < 1 or e < MIN_EXPERTS:
+        return False
+    bits, slots = _weight_bits(scheme), m * top_k
+    return 2 * slots <= e if bits == 4 else (4 * slots < e if bits == 8 else 4 * slots <= e)
+
+
+@triton.jit
+def _e2m1_times_2pow14(code):
+    """e2m1 codes (int32 0..15: sign bit 3, exponent bits 2..1, mantissa bit 0) -> float32 values / 2**14.
+    Moving the exponent and mantissa bits to fp16's bits 11..9 gives, as an fp16 number, the e2m1 value
+    times 2**-14 for normal and subnormal codes alike (e2m1 has exponent bias 1, fp16 15); the caller folds
+    the 2**14 into the activations. Four integer ops per code instead of a select chain."""
+    bits = ((code & 8) << 12) | ((code & 7) << 9)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _e8m0(s):
+    """e8m0 scale bytes -> float32 2**(s - 127) (0 for s = 0, inf for s = 255, the NaN code)."""
+    return (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _block_scaled_sum(p, s_ptrs, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP_K: tl.constexpr):
+    """Row sums of one K step's products ``p`` [BLOCK_N, BLOCK_K] under 128x128-style block scales: the
+    step's ``max(1, BLOCK_K / GROUP_K)`` blocks are summed apart and scaled (``s_ptrs`` [BLOCK_N]: each
+    row's scales at K block 0), then added -> [BLOCK_N]."""
+    if BLOCK_K <= GROUP_K:
+        return tl.sum(p, axis=1) * tl.load(s_ptrs + (k0 // GROUP_K) * stride_sk, mask=n_ok, other=0.0)
+    else:
+        part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // GROUP_K, GROUP_K]), axis=2)
+        offs_g = k0 // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
+        sc = tl.load(s_ptrs[:, None] + offs_g[None, :] * stride_sk,
+                     mask=n_ok[:, None] & (offs_g * GROUP_K < K)[None, :], other=0.0)
+        return tl.sum(part * sc, axis=1)
+
+
+@triton.jit
+def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One K step of mxfp4 rows: bytes ``w_ptrs`` [BLOCK_N, BLOCK_K / 2], e8m0 scales ``s_ptrs`` [BLOCK_N,
+    BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2], times 2**14) ->
+    [BLOCK_N] float32 partial dot products, each 32-element group scaled once."""
+    raw = tl.load(w_ptrs, mask=wmask, other=0).to(tl.int32)
+    p = _e2m1_times_2pow14(raw & 15) * xe[None, :] + _e2m1_times_2pow14(raw >> 4) * xo[None, :]
+    part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2)
+    return tl.sum(part * _e8m0(tl.load(s_ptrs, mask=smask, other=0)), axis=1)
 
 
 @triton.jit
@@ -67,26 +135,44 @@ def _moe_gemv1_kernel(
         return
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    offs_k = tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + (slot // top_k).to(tl.int64) * stride_xm + offs_k
-    g_ptrs = w_ptr + e.to(tl.int64) * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
-    u_ptrs = g_ptrs + I * stride_wn
+    x_row = x_ptr + (slot // top_k).to(tl.int64) * stride_xm
+    rows = w_ptr + e.to(tl.int64) * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
     acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = offs_k < K - k0
-        xk = tl.load(x_ptrs + k0, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-        wmask = n_ok[:, None] & k_ok[None, :]
-        g = tl.load(g_ptrs + k0, mask=wmask, other=0.0).to(tl.float32)
-        u = tl.load(u_ptrs + k0, mask=wmask, other=0.0).to(tl.float32)
-        pg = tl.sum(g * xk, axis=1)
-        pu = tl.sum(u * xk, axis=1)
-        if W_SCALE == 2:
-            sk = s_ptr + e.to(tl.int64) * stride_se + (k0 // GROUP_K) * stride_sk
-            pg *= tl.load(sk + (offs_n // GROUP_N) * stride_sn, mask=n_ok, other=0.0)
-            pu *= tl.load(sk + ((offs_n + I) // GROUP_N) * stride_sn, mask=n_ok, other=0.0)
-        acc_g += pg
-        acc_u += pu
+    if W_SCALE == 3:  # mxfp4: byte j of a row holds K elements 2j (low nibble) and 2j + 1
+        offs_b = tl.arange(0, BLOCK_K // 2)
+        offs_s = tl.arange(0, BLOCK_K // 32)
+        g_ptrs = rows + offs_b[None, :]
+        s_rows = s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
+        for k0 in range(0, K, BLOCK_K):
+            b_ok = offs_b < (K - k0) // 2
+            xe = tl.load(x_row + k0 + 2 * offs_b, mask=b_ok, other=0.0).to(tl.float32) * 16384.0
+            xo = tl.load(x_row + k0 + 2 * offs_b + 1, mask=b_ok, other=0.0).to(tl.float32) * 16384.0
+            wmask = n_ok[:, None] & b_ok[None, :]
+            smask = n_ok[:, None] & (offs_s < (K - k0) // 32)[None, :]
+            s_ptrs = s_rows + (k0 // 32 + offs_s)[None, :] * stride_sk
+            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K)
+            acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
+                                  BLOCK_N, BLOCK_K)
+    else:
+        offs_k = tl.arange(0, BLOCK_K)
+        g_ptrs = rows + offs_k[None, :]
+        u_ptrs = g_ptrs + I * stride_wn
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = offs_k < K - k0
+            xk = tl.load(x_row + k0 + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+            wmask = n_ok[:, None] & k_ok[None, :]
+            g = tl.load(g_ptrs + k0, mask=wmask, other=0.0).to(tl.float32) * xk
+            u = tl.load(u_ptrs + k0, mask=wmask, other=0.0).to(tl.float32) * xk
+            if W_SCALE == 2:
+                sk = s_ptr + e.to(tl.int64) * stride_se
+                acc_g += _block_scaled_sum(g, sk + (offs_n // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
+                                           BLOCK_N, BLOCK_K, GROUP_K)
+                acc_u += _block_scaled_sum(u, sk + ((offs_n + I) // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
+                                           BLOCK_N, BLOCK_K, GROUP_K)
+            else:
+                acc_g += tl.sum(g, axis=1)
+                acc_u += tl.sum(u, axis=1)
     if W_SCALE == 1:
         sr = s_ptr + e.to(tl.int64) * stride_se
         acc_g *= tl.load(sr + offs_n * stride_sn, mask=n_ok, other=0.0)
@@ -114,24 +200,50 @@ def _moe_gemv2_kernel(
     wt = tl.load(topk_w_ptr + slot, mask=live, other=0.0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + slot.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
-    w_ptrs = (w_ptr + tl.maximum(e, 0).to(tl.int64)[:, None, None] * stride_we
-              + offs_n.to(tl.int64)[None, :, None] * stride_wn + offs_k[None, None, :])
+    e64 = tl.maximum(e, 0).to(tl.int64)
+    a_rows = a_ptr + slot.to(tl.int64)[:, None] * stride_am
+    w_rows = w_ptr + e64[:, None, None] * stride_we + offs_n.to(tl.int64)[None, :, None] * stride_wn
     rows_ok = live[:, None, None] & n_ok[None, :, None]
     acc = tl.zeros([TOPK, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = offs_k < K - k0
-        a = tl.load(a_ptrs + k0, mask=live[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        w = tl.load(w_ptrs + k0, mask=rows_ok & k_ok[None, None, :], other=0.0).to(tl.float32)
-        part = tl.sum(w * a[:, None, :], axis=2)
-        if W_SCALE == 2:
-            part *= tl.load(s_ptr + tl.maximum(e, 0).to(tl.int64)[:, None] * stride_se
-                            + (offs_n // GROUP_N)[None, :] * stride_sn + (k0 // GROUP_K) * stride_sk,
-                            mask=live[:, None] & n_ok[None, :], other=0.0)
-        acc += part
+    if W_SCALE == 3:  # mxfp4 (see GEMV 1)
+        offs_b = tl.arange(0, BLOCK_K // 2)
+        offs_s = tl.arange(0, BLOCK_K // 32)
+        s_rows = s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
+        for k0 in range(0, K, BLOCK_K):
+            b_ok = offs_b < (K - k0) // 2
+            amask = live[:, None] & b_ok[None, :]
+            ae = tl.load(a_rows + k0 + 2 * offs_b[None, :], mask=amask, other=0.0).to(tl.float32) * 16384.0
+            ao = tl.load(a_rows + k0 + 2 * offs_b[None, :] + 1, mask=amask, other=0.0).to(tl.float32) * 16384.0
+            raw = tl.load(w_rows + k0 // 2 + offs_b[None, None, :], mask=rows_ok & b_ok[None, None, :],
+                          other=0).to(tl.int32)
+            p = _e2m1_times_2pow14(raw & 15) * ae[:, None, :] + _e2m1_times_2pow14(raw >> 4) * ao[:, None, :]
+            part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // 32, 16]), axis=3)
+            sc = tl.load(s_rows + (k0 // 32 + offs_s)[None, None, :] * stride_sk,
+                         mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
+            acc += tl.sum(part * _e8m0(sc), axis=2)
+    else:
+        offs_k = tl.arange(0, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = offs_k < K - k0
+            a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            w = tl.load(w_rows + k0 + offs_k[None, None, :], mask=rows_ok & k_ok[None, None, :],
+                        other=0.0).to(tl.float32)
+            p = w * a[:, None, :]
+            if W_SCALE == 2:
+                s_blk = s_ptr + e64[:, None] * stride_se + (offs_n // GROUP_N)[None, :] * stride_sn
+                if BLOCK_K <= GROUP_K:
+                    acc += tl.sum(p, axis=2) * tl.load(s_blk + (k0 // GROUP_K) * stride_sk,
+                                                       mask=live[:, None] & n_ok[None, :], other=0.0)
+                else:
+                    part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // GROUP_K, GROUP_K]), axis=3)
+                    offs_g = k0 // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
+                    sc = tl.load(s_blk[:, :, None] + offs_g[None, None, :] * stride_sk,
+                                 mask=rows_ok & (offs_g * GROUP_K < K)[None, None, :], other=0.0)
+                    acc += tl.sum(part * sc, axis=2)
+            else:
+                acc += tl.sum(p, axis=2)
     if W_SCALE == 1:
-        acc *= tl.load(s_ptr + tl.maximum(e, 0).to(tl.int64)[:, None] * stride_se + offs_n[None, :] * stride_sn,
+        acc *= tl.load(s_ptr + e64[:, None] * stride_se + offs_n[None, :] * stride_sn,
                        mask=live[:, None] & n_ok[None, :], other=0.0)
     y = tl.sum(acc * wt[:, None], axis=0)
     tl.store(out_ptr + token.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
@@ -146,8 +258,8 @@ def _blocks(k: int, rows: int, max_block_k: int, tile: Optional[int] = None) -> 
 
 def gemv_supports(scheme) -> bool:
     """Schemes the GEMV kernels run: unquantized; fp8 weights per tensor, channel or block (run weight-only:
-    the activations are not quantized); int8 weight-only per channel (no zero point)."""
-    if scheme is None or not scheme.is_quantized:
+    the activations are not quantized); int8 weight-only per channel (no zero point); mxfp4."""
+    if scheme is None or not scheme.is_quantized or scheme.weight_dtype == "mxfp4":
         return True
     if scheme.weight_dtype == "int8":
         return scheme.weight_only and scheme.granularity == "channel" and not scheme.zero_point
@@ -157,9 +269,12 @@ def gemv_supports(scheme) -> bool:
 
 
 def _scale_args(scheme, scale: Optional[torch.Tensor]) -> dict:
-    """Kernel arguments of an fp8 weight's scale (see the module docstring); {} when unquantized."""
+    """Kernel arguments of a quantized weight's scale (see the module docstring); {} when unquantized."""
     if scheme is None or not scheme.is_quantized:
         return {}
+    if scheme.weight_dtype == "mxfp4":
+        return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
+                    W_SCALE=3)
     if scheme.granularity == "block":
         gn, gk = scheme.block_shape
         return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
@@ -174,8 +289,8 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
              w2_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The decode forward of the experts: x [M, H], w13 [E, 2I, H], w2 [E, H, I], topk_weights float32
     [M, k] and topk_ids int32 [M, k] (contiguous) -> [M, H] in x's dtype. Two launches. ``scheme``: a
-    QuantScheme that :func:`gemv_supports` (fp8 weights with ``w13_scale`` / ``w2_scale`` in the layouts of
-    :mod:`moekit.quant.moe`), or None."""
+    QuantScheme that :func:`gemv_supports` (weights and ``w13_scale`` / ``w2_scale`` in the layouts of
+    :mod:`moekit.quant.moe`; mxfp4 weights are packed [E, 2I, H / 2] and [E, H, I / 2]), or None."""
     m, h = x.shape
     i = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
@@ -183,8 +298,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     has_map = expert_map is not None
     emap = expert_map if has_map else topk_ids
-    cap_k = scheme.block_shape[1] if scheme is not None and scheme.granularity == "block" else 1 << 30
-    bn, bk = _blocks(h, 1, min(512, cap_k))
+    bn, bk = _blocks(h, 1, K_STEP[_weight_bits(scheme)][0])
     bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, x.stride(0), w13.stride(0), w13.stride(1), inter.stride(0),
@@ -192,7 +306,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
         **_scale_args(scheme, w13_scale),
     )
     topk_pad = triton.next_power_of_2(top_k)
-    bn, bk = _blocks(i, topk_pad, min(256, cap_k), GEMV2_TILE_ELEMS)
+    bn, bk = _blocks(i, topk_pad, K_STEP[_weight_bits(scheme)][1], GEMV2_TILE_ELEMS)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, inter.stride(0), w2.stride(0), w2.stride(1),

@@ -1,0 +1,112 @@
+"""Quantized decode GEMV (fp8, int8 weight-only, mxfp4 weights) vs the aligned grouped GEMMs, whole fused_moe
+(routing and, on the grouped path, activation quantization included) as CUDA-graph replay, with a sweep of
+the GEMV tiles, K steps and warps. The GEMV path is forced at every point (also where
+``gemv_applies`` would not take it), so the table shows where it should. GPU only.
+
+    PYTHONPATH=src python3 benchmarks/bench_gemv_quant.py [--out F.json]
+        [--cases qwen3_30b_a3b:fp8_block:1,2,4 gpt_oss_20b:mxfp4:1,2,4,8,16 ...]
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(__file__))
+import moekit.kernels.moe_gemv as gemv  # noqa: E402
+import moekit.quant.triton_moe as tq  # noqa: E402
+import moekit.triton_experts as te  # noqa: E402
+from bench_quant import WEIGHT_BYTES, make_quant_weights  # noqa: E402
+from moekit.bench import _median_us, kernel_times, measure_ceilings  # noqa: E402
+from moekit.experts import fused_moe  # noqa: E402
+from moekit.quant import QuantScheme  # noqa: E402
+from moekit.routing import select_experts  # noqa: E402
+from moekit.shapes import SHAPES  # noqa: E402
+
+SCHEMES = {"fp8_block": lambda: QuantScheme.fp8_block(128, 128), "fp8_channel": QuantScheme.fp8_channel,
+           "fp8_tensor": QuantScheme.fp8_tensor, "int8_weight_only": QuantScheme.int8_weight_only,
+           "mxfp4": QuantScheme.mxfp4}
+DEFAULT_CASES = ["qwen3_30b_a3b:fp8_block:1,2,4", "gpt_oss_20b:mxfp4:1,2,4,8,16", "dsv3:fp8_block:1,2,4,8",
+                 "qwen3_30b_a3b:int8_weight_only:1,2", "qwen3_30b_a3b:fp8_channel:1,2"]
+# (GEMV 1 tile elements, GEMV 2 tile elements, K-step divisor of GEMV 1, of GEMV 2, num_warps): the K steps
+# are the shipped K_STEP of the weight format divided by the divisors; the first variant is the shipped one
+VARIANTS = [(4096, 1024, 1, 1, 4), (4096, 1024, 2, 2, 4), (4096, 1024, 4, 4, 4), (4096, 1024, 2, 1, 4),
+            (2048, 1024, 1, 1, 4), (4096, 512, 1, 1, 4), (8192, 1024, 2, 2, 4), (4096, 1024, 2, 2, 2)]
+ROTATE = 4
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--cases", nargs="*", default=DEFAULT_CASES, help="shape:scheme:M,M,...")
+    ap.add_argument("--profile", action="store_true", help="per-kernel times of one eager forward at M=1")
+    args = ap.parse_args()
+    ceil = measure_ceilings()
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}: HBM "
+          f"{ceil.hbm_bytes_per_s / 1e12:.2f} TB/s", flush=True)
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "hbm_bytes_per_s": ceil.hbm_bytes_per_s, "variants": VARIANTS, "points": []}
+    real_gemv, real_applies = gemv.moe_gemv, gemv.gemv_applies
+    shipped = (gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS, dict(gemv.K_STEP))
+    for case in args.cases:
+        name, key, ms = case.split(":")
+        shape, scheme = SHAPES[name], SCHEMES[key]()
+        w13, s13, w2, s2 = make_quant_weights(shape, scheme)
+        bias = torch.randn(shape.E, device="cuda") * 0.1 if shape.num_expert_group else None
+        for m in [int(v) for v in ms.split(",")]:
+            xs = [torch.randn(m, shape.H, device="cuda", dtype=torch.bfloat16) for _ in range(ROTATE)]
+            lgs = [torch.randn(m, shape.E, device="cuda") for _ in range(ROTATE)]
+
+            def run():
+                for x, lg in zip(xs, lgs):
+                    fused_moe(x, w13, w2, lg, shape.top_k, correction_bias=bias, quant=scheme, w13_scale=s13,
+                              w2_scale=s2, **shape.route_kwargs())
+
+            touched = sum(int(torch.unique(select_experts(lg, shape.top_k, correction_bias=bias,
+                                                          **shape.route_kwargs())[1]).numel()) for lg in lgs) / ROTATE
+            floor = (touched * 3 * shape.H * shape.I * WEIGHT_BYTES[scheme.weight_dtype] + 4 * m * shape.H) \
+                / ceil.hbm_bytes_per_s * 1e6
+            row = {"shape": name, "scheme": scheme.name, "M": m, "floor_us": floor,
+                   "applies": te.use_decode_gemv(m, shape.E, shape.top_k, scheme)}
+            os.environ["MOEKIT_DECODE_GEMV"] = "0"
+            row["grouped_us"] = _median_us(run) / ROTATE
+            os.environ["MOEKIT_DECODE_GEMV"] = "1"
+            te.gemv_applies = lambda *a, **k: True  # time the GEMV path even where the default would not take it
+            bits = gemv._weight_bits(scheme)
+            for t1, t2, d1, d2, warps in VARIANTS:
+                k1, k2 = shipped[2][bits][0] // d1, shipped[2][bits][1] // d2
+                gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS = t1, t2
+                gemv.K_STEP = {**shipped[2], bits: (k1, k2)}
+                tq.moe_gemv = functools.partial(real_gemv, num_warps=warps)
+                k = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}_us"
+                try:
+                    row[k] = _median_us(run) / ROTATE
+                except Exception as e:  # noqa: BLE001 - record and go on
+                    row[k] = None
+                    print(f"  {k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS, gemv.K_STEP = shipped
+            tq.moe_gemv, te.gemv_applies = real_gemv, real_applies
+            if args.profile and m == 1:
+                print(kernel_times(lambda: fused_moe(xs[0], w13, w2, lgs[0], shape.top_k, correction_bias=bias,
+                                                     quant=scheme, w13_scale=s13, w2_scale=s2,
+                                                     **shape.route_kwargs())), flush=True)
+            best = min((v, k) for k, v in row.items() if k.startswith("gemv_") and v)
+            print(f"{name:14s} {scheme.name:18s} M={m:3d} floor {floor:7.1f}  grouped {row['grouped_us']:7.1f} us "
+                  f"({100 * floor / row['grouped_us']:4.1f}%)  gemv best {best[0]:7.1f} us "
+                  f"({100 * floor / best[0]:4.1f}%, {best[1][5:-3]})  applies={row['applies']}  "
+                  + " ".join(f"{k[5:-3]}={v:.1f}" for k, v in row.items() if k.startswith("gemv_") and v), flush=True)
+            res["points"].append(row)
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump(res, f, indent=1)
+        del w13, s13, w2, s2
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
