@@ -19,9 +19,10 @@ import moekit.triton_experts as te
 from moekit.bench import kernel_times, make_inputs, measure_ceilings, moekit_moe, time_moe
 from moekit.shapes import SHAPES, moe_bytes_flops
 
-# (GEMV 1 tile elements, GEMV 2 tile elements, num_warps, 16-bit K steps of GEMV 1 and 2); the first is shipped
-VARIANTS = [(4096, 1024, 4, 512, 256), (4096, 1024, 4, 256, 128), (4096, 1024, 4, 256, 256),
-            (4096, 1024, 4, 1024, 512), (4096, 2048, 4, 256, 128), (2048, 1024, 4, 256, 128)]
+# 16-bit GEMV_TILES entries (GEMV 1 tile, GEMV 2 tile, GEMV 1 K step, GEMV 2 K step) and num_warps; the shipped
+# entry is timed first
+VARIANTS = [(4096, 1024, 256, 128, 4), (4096, 1024, 256, 256, 4), (4096, 4096, 256, 128, 4),
+            (4096, 2048, 512, 128, 4), (2048, 1024, 256, 128, 4)]
 
 
 def main():
@@ -36,7 +37,7 @@ def main():
           f"{ceil.hbm_bytes_per_s / 1e12:.2f} TB/s", flush=True)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "hbm_bytes_per_s": ceil.hbm_bytes_per_s, "points": []}
-    real_gemv, shipped_k = gemv.moe_gemv, dict(gemv.K_STEP)
+    real_gemv, shipped = gemv.moe_gemv, dict(gemv.GEMV_TILES)
     for name in args.shapes.split(","):
         shape = SHAPES[name]
         for m in [int(v) for v in args.m.split(",")]:
@@ -48,18 +49,16 @@ def main():
             row["grouped_us"] = time_moe(moekit_moe, shape, m, inputs)
             os.environ["MOEKIT_DECODE_GEMV"] = "1"
             te.gemv_applies = lambda *a: True  # time the GEMV path even where the default would not take it
-            for t1, t2, warps, k1, k2 in VARIANTS:
-                gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS = t1, t2
-                gemv.K_STEP = {**shipped_k, 16: (k1, k2)}
+            for t1, t2, k1, k2, warps in [(*shipped[16], 4)] + VARIANTS:
+                gemv.GEMV_TILES = {**shipped, 16: (t1, t2, k1, k2)}
                 te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
-                key = f"gemv_t{t1}_{t2}_w{warps}_k{k1}_{k2}_us"
+                key = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}_us"
                 try:
                     row[key] = time_moe(moekit_moe, shape, m, inputs)
                 except Exception as e:  # noqa: BLE001 - record and go on
                     row[key] = None
                     print(f"  {key}: {type(e).__name__}: {str(e)[:200]}", flush=True)
-            gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS = VARIANTS[0][:2]
-            gemv.K_STEP = shipped_k
+            gemv.GEMV_TILES = shipped
             te.moe_gemv = real_gemv
             if args.profile and m == 1:
                 w13, w2, xs, lgs, bias = inputs

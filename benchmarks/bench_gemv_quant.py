@@ -33,10 +33,12 @@ SCHEMES = {"fp8_block": lambda: QuantScheme.fp8_block(128, 128), "fp8_channel": 
            "mxfp4": QuantScheme.mxfp4}
 DEFAULT_CASES = ["qwen3_30b_a3b:fp8_block:1,2,4", "gpt_oss_20b:mxfp4:1,2,4,8,16", "dsv3:fp8_block:1,2,4,8",
                  "qwen3_30b_a3b:int8_weight_only:1,2", "qwen3_30b_a3b:fp8_channel:1,2"]
-# (GEMV 1 tile elements, GEMV 2 tile elements, K-step divisor of GEMV 1, of GEMV 2, num_warps): the K steps
-# are the shipped K_STEP of the weight format divided by the divisors; the first variant is the shipped one
-VARIANTS = [(4096, 1024, 1, 1, 4), (4096, 1024, 2, 2, 4), (4096, 1024, 4, 4, 4), (4096, 1024, 2, 1, 4),
-            (2048, 1024, 1, 1, 4), (4096, 512, 1, 1, 4), (8192, 1024, 2, 2, 4), (4096, 1024, 2, 2, 2)]
+# per weight format (moe_gemv._weight_bits): GEMV_TILES entries (GEMV 1 tile, GEMV 2 tile, GEMV 1 K step, GEMV 2
+# K step) and num_warps; the shipped entry is timed first
+VARIANTS = {8: [(4096, 1024, 512, 256, 4), (2048, 1024, 512, 256, 4), (4096, 512, 512, 256, 4)],
+            4: [(4096, 1024, 256, 128, 4), (8192, 4096, 256, 128, 4), (4096, 4096, 256, 128, 4),
+                (8192, 2048, 512, 128, 4), (16384, 4096, 512, 256, 4), (8192, 4096, 256, 128, 8),
+                (4096, 2048, 128, 128, 4)]}
 ROTATE = 4
 
 
@@ -52,7 +54,7 @@ def main():
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "hbm_bytes_per_s": ceil.hbm_bytes_per_s, "variants": VARIANTS, "points": []}
     real_gemv, real_applies = gemv.moe_gemv, gemv.gemv_applies
-    shipped = (gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS, dict(gemv.K_STEP))
+    shipped = dict(gemv.GEMV_TILES)
     for case in args.cases:
         name, key, ms = case.split(":")
         shape, scheme = SHAPES[name], SCHEMES[key]()
@@ -78,10 +80,8 @@ def main():
             os.environ["MOEKIT_DECODE_GEMV"] = "1"
             te.gemv_applies = lambda *a, **k: True  # time the GEMV path even where the default would not take it
             bits = gemv._weight_bits(scheme)
-            for t1, t2, d1, d2, warps in VARIANTS:
-                k1, k2 = shipped[2][bits][0] // d1, shipped[2][bits][1] // d2
-                gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS = t1, t2
-                gemv.K_STEP = {**shipped[2], bits: (k1, k2)}
+            for t1, t2, k1, k2, warps in [(*shipped[bits], 4)] + VARIANTS.get(bits, []):
+                gemv.GEMV_TILES = {**shipped, bits: (t1, t2, k1, k2)}
                 tq.moe_gemv = functools.partial(real_gemv, num_warps=warps)
                 k = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}_us"
                 try:
@@ -89,7 +89,7 @@ def main():
                 except Exception as e:  # noqa: BLE001 - record and go on
                     row[k] = None
                     print(f"  {k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            gemv.TILE_ELEMS, gemv.GEMV2_TILE_ELEMS, gemv.K_STEP = shipped
+            gemv.GEMV_TILES = shipped
             tq.moe_gemv, te.gemv_applies = real_gemv, real_applies
             if args.profile and m == 1:
                 print(kernel_times(lambda: fused_moe(xs[0], w13, w2, lgs[0], shape.top_k, correction_bias=bias,

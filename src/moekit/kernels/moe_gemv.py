@@ -18,7 +18,7 @@ GROUP_N), cdiv(K, GROUP_K)]``: a K step spans ``max(1, BLOCK_K / GROUP_K)`` bloc
 ``GROUP_K`` are powers of two), each block's partial sum is scaled before it joins the accumulator; 3
 mxfp4, e2m1 codes packed two per byte along K (``[E, N, K / 2]`` uint8, low nibble first) with one e8m0
 scale per 32 K elements (``[E, N, K / 32]`` uint8), decoded on CUDA cores (:func:`_e2m1_times_2pow14`).
-K steps per weight format: :data:`K_STEP`.
+Tiles and K steps per weight format: :data:`GEMV_TILES`.
 
 No alignment, no host synchronization (CUDA-graph safe). Products and sums are float32; GEMV 2 keeps the
 weighted sum in float32 until the single rounding to the output dtype. Slots whose expert maps to -1
@@ -35,23 +35,24 @@ import triton.language as tl
 
 from moekit.kernels.moe_gemm import ACTIVATIONS, activate
 
-#: Elements of the float32 product tile one program holds per K step (GEMV 1: per gate/up tile). On the
-#: H100 4096 beat 2048, 8192 and 16384 at every measured point (more, smaller programs keep more loads in
-#: flight); GEMV 2 (all top-k experts' tiles at once) is best at 1024: gpt-oss-20b M=1 79.1 vs 84.4 us,
-#: qwen3 within 1 % (``benchmarks/results/bench_gemv_H100_round2.*``).
-TILE_ELEMS = 4096
-GEMV2_TILE_ELEMS = 1024
-#: Largest K step (elements of a weight row), GEMV 1 and GEMV 2, by weight bits (16: bf16 / fp16 / fp32;
-#: 8: fp8 / int8; 4: mxfp4). 8- and 4-bit measured on the H100 (``benchmarks/bench_gemv_quant.py``, results
-#: ``bench_gemv_quant_H100_*``): 512 / 256 fp8 elements beat 1024 / 512 by 4-12 % (qwen3 M=1 25.0 vs 27.1 us),
-#: 1024 / 512 e2m1 codes beat 2048 / 1024 by 23 % (gpt-oss-20b M=1 68.5 vs 89.4 us).
-K_STEP = {16: (512, 256), 8: (512, 256), 4: (1024, 512)}
+#: Launch shape per weight format (bits: 16 bf16 / fp16 / fp32, 8 fp8 / int8, 4 mxfp4 codes): (GEMV 1 tile,
+#: GEMV 2 tile, GEMV 1 K step, GEMV 2 K step). A tile is the elements of the float32 product one program
+#: holds per K step (GEMV 1: per gate / up tile; GEMV 2: all top-k experts' tiles at once); a K step the
+#: elements of a weight row read per step. Measured on the H100:
+#:
+#: * 16-bit (``benchmarks/bench_gemv.py``, ``bench_gemv_H100_round2.*``): GEMV 1 tiles of 4096 beat 2048,
+#:   8192 and 16384 at every point (more, smaller programs keep more loads in flight); GEMV 2 at 1024 was
+#:   best for gpt-oss-20b (M=1 79.1 vs 84.4 us at 4096) and within 1 % for qwen3.
+#: * 8-bit (``benchmarks/bench_gemv_quant.py``, ``bench_gemv_quant_H100_*``): K steps of 512 / 256 beat
+#:   1024 / 512 by 4-12 % and 256 / 128 by 15-20 % (qwen3 fp8 block M=1 25.0 vs 27.1 / 29.4 us).
+#: * mxfp4: see the entry's own comment.
+GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (4096, 1024, 1024, 512)}
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
 
 
 def _weight_bits(scheme) -> int:
-    """The :data:`K_STEP` key of a weight format: 4 (mxfp4 codes), 8 (fp8 / int8), else 16."""
+    """The :data:`GEMV_TILES` key of a weight format: 4 (mxfp4 codes), 8 (fp8 / int8), else 16."""
     if scheme is None or not scheme.is_quantized:
         return 16
     return 4 if scheme.weight_dtype == "mxfp4" else 8
@@ -80,8 +81,8 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
 def _e2m1_times_2pow14(code):
     """e2m1 codes (int32 0..15: sign bit 3, exponent bits 2..1, mantissa bit 0) -> float32 values / 2**14.
     Moving the exponent and mantissa bits to fp16's bits 11..9 gives, as an fp16 number, the e2m1 value
-    times 2**-14 for normal and subnormal codes alike (e2m1 has exponent bias 1, fp16 15); the caller folds
-    the 2**14 into the activations. Four integer ops per code instead of a select chain."""
+    times 2**-14 for normal and subnormal codes alike (e2m1 has exponent bias 1, fp16 15); the caller multiplies
+    its scaled sums by 2**14. Four integer ops per code instead of a select chain."""
     bits = ((code & 8) << 12) | ((code & 7) << 9)
     return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
 
@@ -111,8 +112,8 @@ def _block_scaled_sum(p, s_ptrs, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr, 
 @triton.jit
 def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One K step of mxfp4 rows: bytes ``w_ptrs`` [BLOCK_N, BLOCK_K / 2], e8m0 scales ``s_ptrs`` [BLOCK_N,
-    BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2], times 2**14) ->
-    [BLOCK_N] float32 partial dot products, each 32-element group scaled once."""
+    BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2]) -> [BLOCK_N] float32
+    partial dot products divided by 2**14, each 32-element group scaled once."""
     raw = tl.load(w_ptrs, mask=wmask, other=0).to(tl.int32)
     p = _e2m1_times_2pow14(raw & 15) * xe[None, :] + _e2m1_times_2pow14(raw >> 4) * xo[None, :]
     part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2)
@@ -140,20 +141,22 @@ def _moe_gemv1_kernel(
     acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
     if W_SCALE == 3:  # mxfp4: byte j of a row holds K elements 2j (low nibble) and 2j + 1
+        offs_k = tl.arange(0, BLOCK_K)
         offs_b = tl.arange(0, BLOCK_K // 2)
         offs_s = tl.arange(0, BLOCK_K // 32)
         g_ptrs = rows + offs_b[None, :]
         s_rows = s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
         for k0 in range(0, K, BLOCK_K):
-            b_ok = offs_b < (K - k0) // 2
-            xe = tl.load(x_row + k0 + 2 * offs_b, mask=b_ok, other=0.0).to(tl.float32) * 16384.0
-            xo = tl.load(x_row + k0 + 2 * offs_b + 1, mask=b_ok, other=0.0).to(tl.float32) * 16384.0
-            wmask = n_ok[:, None] & b_ok[None, :]
+            xk = tl.load(x_row + k0 + offs_k, mask=offs_k < K - k0, other=0.0).to(tl.float32)
+            xe, xo = tl.split(tl.reshape(xk, [BLOCK_K // 2, 2]))
+            wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
             smask = n_ok[:, None] & (offs_s < (K - k0) // 32)[None, :]
             s_ptrs = s_rows + (k0 // 32 + offs_s)[None, :] * stride_sk
             acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K)
             acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
                                   BLOCK_N, BLOCK_K)
+        acc_g *= 16384.0  # the 2**14 the e2m1 decode leaves out
+        acc_u *= 16384.0
     else:
         offs_k = tl.arange(0, BLOCK_K)
         g_ptrs = rows + offs_k[None, :]
@@ -209,11 +212,12 @@ def _moe_gemv2_kernel(
         offs_b = tl.arange(0, BLOCK_K // 2)
         offs_s = tl.arange(0, BLOCK_K // 32)
         s_rows = s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
+        offs_k = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             b_ok = offs_b < (K - k0) // 2
-            amask = live[:, None] & b_ok[None, :]
-            ae = tl.load(a_rows + k0 + 2 * offs_b[None, :], mask=amask, other=0.0).to(tl.float32) * 16384.0
-            ao = tl.load(a_rows + k0 + 2 * offs_b[None, :] + 1, mask=amask, other=0.0).to(tl.float32) * 16384.0
+            a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
+                        other=0.0).to(tl.float32)
+            ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
             raw = tl.load(w_rows + k0 // 2 + offs_b[None, None, :], mask=rows_ok & b_ok[None, None, :],
                           other=0).to(tl.int32)
             p = _e2m1_times_2pow14(raw & 15) * ae[:, None, :] + _e2m1_times_2pow14(raw >> 4) * ao[:, None, :]
@@ -221,6 +225,7 @@ def _moe_gemv2_kernel(
             sc = tl.load(s_rows + (k0 // 32 + offs_s)[None, None, :] * stride_sk,
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * _e8m0(sc), axis=2)
+        acc *= 16384.0  # the 2**14 the e2m1 decode leaves out
     else:
         offs_k = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
@@ -249,11 +254,11 @@ def _moe_gemv2_kernel(
     tl.store(out_ptr + token.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
-def _blocks(k: int, rows: int, max_block_k: int, tile: Optional[int] = None) -> tuple:
+def _blocks(k: int, rows: int, max_block_k: int, tile: int) -> tuple:
     """(BLOCK_N, BLOCK_K): K steps of up to ``max_block_k`` elements, and as many weight rows per step as
-    keep ``rows * BLOCK_N * BLOCK_K`` within ``tile`` elements (default :data:`TILE_ELEMS`)."""
+    keep ``rows * BLOCK_N * BLOCK_K`` within ``tile`` elements."""
     bk = min(max_block_k, triton.next_power_of_2(k))
-    return max(1, min(64, (tile or TILE_ELEMS) // (rows * bk))), bk
+    return max(1, min(64, tile // (rows * bk))), bk
 
 
 def gemv_supports(scheme) -> bool:
@@ -298,7 +303,8 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     has_map = expert_map is not None
     emap = expert_map if has_map else topk_ids
-    bn, bk = _blocks(h, 1, K_STEP[_weight_bits(scheme)][0])
+    tile1, tile2, kstep1, kstep2 = GEMV_TILES[_weight_bits(scheme)]
+    bn, bk = _blocks(h, 1, kstep1, tile1)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, x.stride(0), w13.stride(0), w13.stride(1), inter.stride(0),
@@ -306,7 +312,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
         **_scale_args(scheme, w13_scale),
     )
     topk_pad = triton.next_power_of_2(top_k)
-    bn, bk = _blocks(i, topk_pad, K_STEP[_weight_bits(scheme)][1], GEMV2_TILE_ELEMS)
+    bn, bk = _blocks(i, topk_pad, kstep2, tile2)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, inter.stride(0), w2.stride(0), w2.stride(1),
