@@ -45,8 +45,11 @@ from moekit.kernels.moe_gemm import ACTIVATIONS, activate
 #:   best for gpt-oss-20b (M=1 79.1 vs 84.4 us at 4096) and within 1 % for qwen3.
 #: * 8-bit (``benchmarks/bench_gemv_quant.py``, ``bench_gemv_quant_H100_*``): K steps of 512 / 256 beat
 #:   1024 / 512 by 4-12 % and 256 / 128 by 15-20 % (qwen3 fp8 block M=1 25.0 vs 27.1 / 29.4 us).
-#: * mxfp4: see the entry's own comment.
-GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (4096, 1024, 1024, 512)}
+#: * mxfp4 (``bench_gemv_quant_H100_round3.json``, gpt-oss-20b M=1/2/4): 16384 / 4096 with K steps of 512 /
+#:   256 codes gave 59.2 / 110.6 / 185.8 us, against 61.8 / 113.3 / 214.1 with the 8-bit entry's shape
+#:   (4096 / 1024, 1024 / 512) and at best 66.9 / 105.5 / 190.8 with the other six tried: more rows per
+#:   program spread each activation load and split over more decoded codes. It is the largest tile tried.
+GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 4096, 512, 256)}
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
 
