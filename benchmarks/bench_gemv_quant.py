@@ -21,11 +21,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import moekit.kernels.moe_gemv as gemv  # noqa: E402
 import moekit.quant.triton_moe as tq  # noqa: E402
 import moekit.triton_experts as te  # noqa: E402
-from bench_quant import WEIGHT_BYTES, make_quant_weights  # noqa: E402
+from bench_quant import ROTATE, WEIGHT_BYTES, experts_touched, make_quant_weights, quant_forward  # noqa: E402
 from moekit.bench import _median_us, kernel_times, measure_ceilings  # noqa: E402
-from moekit.experts import fused_moe  # noqa: E402
 from moekit.quant import QuantScheme  # noqa: E402
-from moekit.routing import select_experts  # noqa: E402
 from moekit.shapes import SHAPES  # noqa: E402
 
 SCHEMES = {"fp8_block": lambda: QuantScheme.fp8_block(128, 128), "fp8_channel": QuantScheme.fp8_channel,
@@ -39,7 +37,6 @@ VARIANTS = {8: [(4096, 1024, 512, 256, 4), (2048, 1024, 512, 256, 4), (4096, 512
             4: [(4096, 1024, 256, 128, 4), (8192, 4096, 256, 128, 4), (4096, 4096, 256, 128, 4),
                 (8192, 2048, 512, 128, 4), (16384, 4096, 512, 256, 4), (8192, 4096, 256, 128, 8),
                 (4096, 2048, 128, 128, 4)]}
-ROTATE = 4
 
 
 def main():
@@ -61,16 +58,8 @@ def main():
         w13, s13, w2, s2 = make_quant_weights(shape, scheme)
         bias = torch.randn(shape.E, device="cuda") * 0.1 if shape.num_expert_group else None
         for m in [int(v) for v in ms.split(",")]:
-            xs = [torch.randn(m, shape.H, device="cuda", dtype=torch.bfloat16) for _ in range(ROTATE)]
-            lgs = [torch.randn(m, shape.E, device="cuda") for _ in range(ROTATE)]
-
-            def run():
-                for x, lg in zip(xs, lgs):
-                    fused_moe(x, w13, w2, lg, shape.top_k, correction_bias=bias, quant=scheme, w13_scale=s13,
-                              w2_scale=s2, **shape.route_kwargs())
-
-            touched = sum(int(torch.unique(select_experts(lg, shape.top_k, correction_bias=bias,
-                                                          **shape.route_kwargs())[1]).numel()) for lg in lgs) / ROTATE
+            run, once, lgs = quant_forward(shape, scheme, (w13, s13, w2, s2), bias, m)
+            touched = experts_touched(shape, lgs, bias)
             floor = (touched * 3 * shape.H * shape.I * WEIGHT_BYTES[scheme.weight_dtype] + 4 * m * shape.H) \
                 / ceil.hbm_bytes_per_s * 1e6
             row = {"shape": name, "scheme": scheme.name, "M": m, "floor_us": floor,
@@ -92,9 +81,7 @@ def main():
             gemv.GEMV_TILES = shipped
             tq.moe_gemv, te.gemv_applies = real_gemv, real_applies
             if args.profile and m == 1:
-                print(kernel_times(lambda: fused_moe(xs[0], w13, w2, lgs[0], shape.top_k, correction_bias=bias,
-                                                     quant=scheme, w13_scale=s13, w2_scale=s2,
-                                                     **shape.route_kwargs())), flush=True)
+                print(kernel_times(once), flush=True)
             best = min((v, k) for k, v in row.items() if k.startswith("gemv_") and v)
             print(f"{name:14s} {scheme.name:18s} M={m:3d} floor {floor:7.1f}  grouped {row['grouped_us']:7.1f} us "
                   f"({100 * floor / row['grouped_us']:4.1f}%)  gemv best {best[0]:7.1f} us "

@@ -49,6 +49,34 @@ def make_quant_weights(shape, scheme, chunk=8, seed=0):
     return cat(parts13, 0), cat(parts13, 1), cat(parts2, 0), cat(parts2, 1)
 
 
+def quant_forward(shape, scheme, weights, bias, m, **extra):
+    """(run, once, lgs): ``run`` replays the whole forward over :data:`ROTATE` random inputs of ``m`` tokens
+    (so decode reads weights from HBM, not L2), ``once`` one forward (for profiles), ``lgs`` the logits.
+    ``extra``: more fused_moe keywords."""
+    w13, s13, w2, s2 = weights
+    xs = [torch.randn(m, shape.H, device="cuda", dtype=torch.bfloat16) for _ in range(ROTATE)]
+    lgs = [torch.randn(m, shape.E, device="cuda") for _ in range(ROTATE)]
+
+    def once(x=xs[0], lg=lgs[0]):
+        return fused_moe(x, w13, w2, lg, shape.top_k, correction_bias=bias, quant=scheme, w13_scale=s13,
+                         w2_scale=s2, **shape.route_kwargs(), **extra)
+
+    def run():
+        for x, lg in zip(xs, lgs):
+            once(x, lg)
+
+    return run, once, lgs
+
+
+def experts_touched(shape, lgs, bias) -> float:
+    """Mean distinct experts the routing of each logits tensor picks (grouped / biased routing touches fewer
+    than the uniform routing :func:`moekit.shapes.moe_bytes_flops` assumes)."""
+    from moekit.routing import select_experts
+
+    return sum(int(torch.unique(select_experts(lg, shape.top_k, correction_bias=bias,
+                                               **shape.route_kwargs())[1]).numel()) for lg in lgs) / len(lgs)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -79,19 +107,10 @@ def main(argv=None):
         wbytes = WEIGHT_BYTES[scheme.weight_dtype]
         peak = ceil.fp8_flops_per_s if scheme.act_dtype in ("fp8", "int8") else ceil.bf16_flops_per_s
         for m in [int(v) for v in args.m.split(",")]:
-            xs = [torch.randn(m, shape.H, device="cuda", dtype=torch.bfloat16) for _ in range(ROTATE)]
-            lgs = [torch.randn(m, shape.E, device="cuda") for _ in range(ROTATE)]
-
-            def run():
-                for x, lg in zip(xs, lgs):
-                    fused_moe(x, w13, w2, lg, shape.top_k, correction_bias=bias, quant=scheme, w13_scale=s13,
-                              w2_scale=s2, **shape.route_kwargs())
-
+            run, once, lgs = quant_forward(shape, scheme, (w13, s13, w2, s2), bias, m)
             if args.profile:
                 print(f"  M={m} kernels:", flush=True)
-                print(kernel_times(lambda: fused_moe(xs[0], w13, w2, lgs[0], shape.top_k, correction_bias=bias,
-                                                     quant=scheme, w13_scale=s13, w2_scale=s2,
-                                                     **shape.route_kwargs())), flush=True)
+                print(kernel_times(once), flush=True)
             try:
                 us = _median_us(run) / ROTATE
             except Exception as e:  # noqa: BLE001 - record and go on
@@ -99,12 +118,8 @@ def main(argv=None):
                 result["points"].append({"shape": name, "scheme": scheme.name, "M": m, "error": str(e)[:500]})
                 continue
             nbytes, flops = moe_bytes_flops(shape, m, weight_bytes=wbytes)
-            # the floor counts the experts this run's routing really touches (grouped / biased routing touches
-            # fewer than uniform routing, which moe_bytes_flops assumes)
-            from moekit.routing import select_experts
-
-            touched = sum(int(torch.unique(select_experts(lg, shape.top_k, correction_bias=bias,
-                                                          **shape.route_kwargs())[1]).numel()) for lg in lgs) / ROTATE
+            # the floor counts the experts this run's routing really touches
+            touched = experts_touched(shape, lgs, bias)
             per_expert = 3 * shape.H * shape.I * wbytes
             nbytes = touched * per_expert + 2 * m * shape.H * 2  # weights + bf16 input and output
             t_mem, t_math = nbytes / ceil.hbm_bytes_per_s * 1e6, flops / peak * 1e6
@@ -120,7 +135,7 @@ def main(argv=None):
             if args.out:
                 with open(args.out, "w") as f:
                     json.dump(result, f, indent=1)
-            del xs, lgs
+            del run, once, lgs
         del w13, s13, w2, s2
         torch.cuda.empty_cache()
     return result
