@@ -73,7 +73,8 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
     * fp8 block: qwen3 M=1/2/4 32.6 -> 25.0 / 46.6 -> 42.6 / 73.8 -> 73.0 us; DeepSeek-V3 (E=256, k=8,
       grouped routing concentrates the slots) M=1/2/4 225 -> 212 / 362 -> 325 / 561 -> 539, M=8 862 -> 942.
       fp8 per channel qwen3 M=1 32.3 -> 23.1; int8 weight-only 36.4 -> 25.4.
-    * mxfp4: gpt-oss-20b M=1/2/4 122.9 -> 68.5 / 186.8 -> 124.2 / 262.2 -> 235.8 us, M=8 406.6 -> 461.1."""
+    * mxfp4: gpt-oss-20b M=1/2/4 122.9 -> 59.2 / 188.9 -> 110.6 / 276.3 -> 185.8 us with the shipped tiles;
+      M=8 about even (407.8 vs 416.9 at the best tile tried)."""
     if m < 1 or e < MIN_EXPERTS:
         return False
     bits, slots = _weight_bits(scheme), m * top_k
@@ -84,8 +85,8 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
 def _e2m1_times_2pow14(code):
     """e2m1 codes (int32 0..15: sign bit 3, exponent bits 2..1, mantissa bit 0) -> float32 values / 2**14.
     Moving the exponent and mantissa bits to fp16's bits 11..9 gives, as an fp16 number, the e2m1 value
-    times 2**-14 for normal and subnormal codes alike (e2m1 has exponent bias 1, fp16 15); the caller multiplies
-    its scaled sums by 2**14. Four integer ops per code instead of a select chain."""
+    times 2**-14 for normal and subnormal codes alike (e2m1 has exponent bias 1, fp16 15); the caller
+    multiplies its scaled sums by 2**14. Four integer ops per code instead of a select chain."""
     bits = ((code & 8) << 12) | ((code & 7) << 9)
     return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
 
