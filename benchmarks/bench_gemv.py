@@ -25,6 +25,17 @@ VARIANTS = [(4096, 1024, 256, 128, 4), (4096, 1024, 256, 256, 4), (4096, 4096, 2
             (4096, 2048, 512, 128, 4), (2048, 1024, 256, 128, 4)]
 
 
+def print_point(label: str, row: dict) -> None:
+    """One line per point: floor, grouped GEMMs, the best GEMV variant (``gemv_<variant>_us`` keys) and every
+    variant, each with its share of the floor; ``applies``: whether the shipped rule takes the GEMV there."""
+    floor, times = row["floor_us"], {k[5:-3]: v for k, v in row.items() if k.startswith("gemv_") and v}
+    best = min(times, key=times.get)
+    print(f"{label} M={row['M']:3d} floor {floor:7.1f}  grouped {row['grouped_us']:7.1f} us "
+          f"({100 * floor / row['grouped_us']:4.1f}%)  gemv best {times[best]:7.1f} us "
+          f"({100 * floor / times[best]:4.1f}%, {best})  applies={row['applies']}  "
+          + " ".join(f"{k}={v:.1f}" for k, v in times.items()), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -64,11 +75,7 @@ def main():
                 w13, w2, xs, lgs, bias = inputs
                 print(kernel_times(lambda: moekit_moe(xs[0], w13, w2, lgs[0], shape, bias)), flush=True)
             te.gemv_applies = gemv.gemv_applies
-            best = min((v, k) for k, v in row.items() if k.startswith("gemv_") and v)
-            print(f"{name:14s} M={m:3d} floor {floor:7.1f}  grouped {row['grouped_us']:7.1f} us "
-                  f"({100 * floor / row['grouped_us']:4.1f}%)  gemv best {best[0]:7.1f} us ({100 * floor / best[0]:4.1f}%"
-                  f", {best[1]})  default-applies={row['applies']}  "
-                  + " ".join(f"{k[5:-3]}={v:.1f}" for k, v in row.items() if k.startswith("gemv_") and v), flush=True)
+            print_point(f"{name:14s}", row)
             res["points"].append(row)
             del inputs
             torch.cuda.empty_cache()

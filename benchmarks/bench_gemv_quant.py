@@ -19,8 +19,8 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 import moekit.kernels.moe_gemv as gemv  # noqa: E402
-import moekit.quant.triton_moe as tq  # noqa: E402
 import moekit.triton_experts as te  # noqa: E402
+from bench_gemv import print_point  # noqa: E402
 from bench_quant import ROTATE, WEIGHT_BYTES, experts_touched, make_quant_weights, quant_forward  # noqa: E402
 from moekit.bench import _median_us, kernel_times, measure_ceilings  # noqa: E402
 from moekit.quant import QuantScheme  # noqa: E402
@@ -71,7 +71,7 @@ def main():
             bits = gemv._weight_bits(scheme)
             for t1, t2, k1, k2, warps in [(*shipped[bits], 4)] + VARIANTS.get(bits, []):
                 gemv.GEMV_TILES = {**shipped, bits: (t1, t2, k1, k2)}
-                tq.moe_gemv = functools.partial(real_gemv, num_warps=warps)
+                te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
                 k = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}_us"
                 try:
                     row[k] = _median_us(run) / ROTATE
@@ -79,14 +79,10 @@ def main():
                     row[k] = None
                     print(f"  {k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
             gemv.GEMV_TILES = shipped
-            tq.moe_gemv, te.gemv_applies = real_gemv, real_applies
+            te.moe_gemv, te.gemv_applies = real_gemv, real_applies
             if args.profile and m == 1:
                 print(kernel_times(once), flush=True)
-            best = min((v, k) for k, v in row.items() if k.startswith("gemv_") and v)
-            print(f"{name:14s} {scheme.name:18s} M={m:3d} floor {floor:7.1f}  grouped {row['grouped_us']:7.1f} us "
-                  f"({100 * floor / row['grouped_us']:4.1f}%)  gemv best {best[0]:7.1f} us "
-                  f"({100 * floor / best[0]:4.1f}%, {best[1][5:-3]})  applies={row['applies']}  "
-                  + " ".join(f"{k[5:-3]}={v:.1f}" for k, v in row.items() if k.startswith("gemv_") and v), flush=True)
+            print_point(f"{name:14s} {scheme.name:18s}", row)
             res["points"].append(row)
             if args.out:
                 with open(args.out, "w") as f:

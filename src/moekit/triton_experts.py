@@ -50,12 +50,6 @@ def fused_experts_triton(
     QuantScheme) with ``qargs`` (w13_scale, w2_scale, w13_zero, w2_zero, a13_scale, a2_scale): see
     :func:`moekit.quant.triton_moe.fused_experts_triton_quant`. ``aligned``: the slots already aligned
     (the fused route-and-align decode path), used when its block size matches the config."""
-    if quant is not None and quant.is_quantized:
-        from moekit.quant.triton_moe import fused_experts_triton_quant
-
-        return fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
-                                          activation=activation, config=config, scheme=quant, aligned=aligned,
-                                          **qargs)
     m, h = x.shape
     e, i2, _ = w13.shape
     i = i2 // 2
@@ -64,9 +58,18 @@ def fused_experts_triton(
         return x.new_empty((0, h))
     topk_weights = topk_weights.float().contiguous()  # no-ops when already float32 and contiguous
     topk_ids = topk_ids.contiguous()
+    scheme = quant if quant is not None and quant.is_quantized else None
     e_global = expert_map.numel() if expert_map is not None else e
-    if config is None and aligned is None and use_decode_gemv(m, e_global, top_k):
-        return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation)
+    static_act_scales = qargs.get("a13_scale") is not None or qargs.get("a2_scale") is not None
+    if config is None and aligned is None and use_decode_gemv(m, e_global, top_k, scheme, static_act_scales):
+        return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation, scheme=scheme,
+                        w13_scale=qargs.get("w13_scale"), w2_scale=qargs.get("w2_scale"))
+    if scheme is not None:
+        from moekit.quant.triton_moe import fused_experts_triton_quant
+
+        return fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
+                                          activation=activation, config=config, scheme=scheme, aligned=aligned,
+                                          **qargs)
     if config is None:
         config = get_config(e, i, h, top_k, m, x.dtype)
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:

@@ -28,12 +28,10 @@ import torch
 from moekit.align import moe_align_block_size
 from moekit.configs import get_config
 from moekit.kernels.moe_gemm import GemmQuant, moe_gemm1, moe_gemm2
-from moekit.kernels.moe_gemv import moe_gemv
 from moekit.kernels.moe_sum import moe_sum
 from moekit.quant.moe import act_dtype
 from moekit.quant.ops import _qparams, per_tensor_quant, per_token_group_quant, per_token_quant
 from moekit.quant.scheme import QuantScheme
-from moekit.triton_experts import use_decode_gemv
 
 _WEIGHT_ONLY_MODE = {"int8": 3, "int4": 4, "mxfp4": 5}
 
@@ -120,11 +118,6 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     top_k = topk_ids.shape[1]
     if m == 0:
         return x.new_empty((0, h))
-    e_global = expert_map.numel() if expert_map is not None else e
-    if (config is None and aligned is None
-            and use_decode_gemv(m, e_global, top_k, scheme, a13_scale is not None or a2_scale is not None)):
-        return moe_gemv(x, w13, w2, topk_weights.float().contiguous(), topk_ids.contiguous(), expert_map,
-                        activation, scheme=scheme, w13_scale=w13_scale, w2_scale=w2_scale)
     adt = act_dtype(scheme, x.device)
     if config is None:
         config = quant_config(e, i, h, top_k, m, scheme)
