@@ -250,8 +250,9 @@ def test_fused_experts_bias_and_swigluoai_vs_float64():
             gu = w13[ex].double() @ x[t].double() + b13[ex].double()
             ref[t] += w[t, j] * (w2[ex].double() @ apply_activation(gu, "swigluoai") + b2[ex].double())
     assert rel_frobenius_error(out, ref) <= 1e-5
-    with pytest.raises(moekit.MoEInputError, match="backend"):
-        moekit.fused_moe(x, w13, w2, logits, k, activation="swigluoai", backend="triton")
+    out_triton = moekit.fused_moe(x, w13, w2, logits, k, activation="swigluoai", w13_bias=b13, w2_bias=b2,
+                                  backend="triton")
+    assert rel_frobenius_error(out_triton, ref) <= 1e-5
     with pytest.raises(moekit.MoEInputError, match="w2_bias"):
         moekit.fused_moe(x, w13, w2, logits, k, w2_bias=b2[:, :3])
 
