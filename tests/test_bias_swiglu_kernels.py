@@ -69,7 +69,8 @@ def test_bias_with_expert_map(e, poisoned_empty):
 
 
 SCHEMES = {"mxfp4": QuantScheme.mxfp4, "fp8_block": lambda: QuantScheme.fp8_block(128, 128),
-           "fp8_tensor": QuantScheme.fp8_tensor, "int8_weight_only": QuantScheme.int8_weight_only}
+           "fp8_tensor": QuantScheme.fp8_tensor, "int8_weight_only": QuantScheme.int8_weight_only,
+           "int8_channel": QuantScheme.int8_channel, "int4_weight_only": QuantScheme.int4_weight_only}
 
 
 @pytest.mark.parametrize("key", list(SCHEMES))
@@ -80,13 +81,15 @@ def test_quantized_bias_and_swigluoai(key, m, e, k, poisoned_empty):
     scheme = SCHEMES[key]()
     x, w13, w2, b13, b2, logits = _layer(m, e, 256, 128, torch.float16)
     q13, q2 = quantize_weights(w13, scheme), quantize_weights(w2, scheme)
+    zeros = dict(w13_zero=q13[2], w2_zero=q2[2]) if len(q13) > 2 else {}
     out = moekit.fused_moe(x, q13[0], q2[0], logits, k, activation="swigluoai", w13_bias=b13, w2_bias=b2,
-                           backend="triton", quant=scheme, w13_scale=q13[1], w2_scale=q2[1])
+                           backend="triton", quant=scheme, w13_scale=q13[1], w2_scale=q2[1], **zeros)
     w, ids = route_reference(logits, k)
-    ref = moe_reference(x, dequantize_weights(q13[0], q13[1], scheme, None, torch.float64),
-                        dequantize_weights(q2[0], q2[1], scheme, None, torch.float64), w, ids, None, "swigluoai",
-                        b13, b2)
-    assert_close_to_reference(out, ref, key if key in ("mxfp4", "fp8_block", "fp8_tensor") else torch.float16)
+    ref = moe_reference(x, dequantize_weights(q13[0], q13[1], scheme, zeros.get("w13_zero"), torch.float64),
+                        dequantize_weights(q2[0], q2[1], scheme, zeros.get("w2_zero"), torch.float64), w, ids,
+                        None, "swigluoai", b13, b2)
+    weight_only = key.endswith("weight_only")
+    assert_close_to_reference(out, ref, torch.float16 if weight_only else key)
 
 
 def test_triton_matches_torch_backend():
