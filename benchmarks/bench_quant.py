@@ -4,6 +4,7 @@ against the floor max(bytes / HBM, FLOPs / matmul peak) with the weights' real b
 
     PYTHONPATH=src python3 benchmarks/bench_quant.py [--out results.json] [--shapes dsv3,...] [--m 1,16,...]
         [--mxfp4-path auto|dot_scaled|decode]   (A/B of tl.dot_scaled against moekit's in-kernel decode)
+        [--gpt-oss-epilogue]   (activation swigluoai + expert biases, as gpt-oss runs)
         [--scheme int4_weight_only|int8_weight_only|fp8_channel|int8_channel]   (instead of each shape's own)
 """
 from __future__ import annotations
@@ -85,6 +86,8 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="per-kernel times of one eager forward per point")
     ap.add_argument("--scheme", choices=sorted(SCHEMES), default=None, help="one scheme for every shape")
     ap.add_argument("--mxfp4-path", choices=("auto", "dot_scaled", "decode"), default="auto")
+    ap.add_argument("--gpt-oss-epilogue", action="store_true",
+                    help="gpt-oss's real expert epilogue: activation swigluoai and random expert biases")
     args = ap.parse_args(argv)
     if args.mxfp4_path != "auto":
         import moekit.quant.triton_moe as tq
@@ -96,7 +99,8 @@ def main(argv=None):
     print(f"ceilings: HBM {ceil.hbm_bytes_per_s / 1e12:.2f} TB/s, bf16 {ceil.bf16_flops_per_s / 1e12:.0f}, "
           f"fp8 {ceil.fp8_flops_per_s / 1e12:.0f} TFLOP/s", flush=True)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "ceilings": asdict(ceil), "rotate": ROTATE, "mxfp4_path": args.mxfp4_path, "points": []}
+              "ceilings": asdict(ceil), "rotate": ROTATE, "mxfp4_path": args.mxfp4_path,
+              "gpt_oss_epilogue": args.gpt_oss_epilogue, "points": []}
     for name in args.shapes.split(","):
         shape = SHAPES[name]
         scheme = SCHEMES[args.scheme]() if args.scheme else CASES[name]
@@ -104,10 +108,15 @@ def main(argv=None):
         w13, s13, w2, s2 = make_quant_weights(shape, scheme)
         print(f"{name} {scheme.name}: weights ready in {time.time() - t0:.1f}s", flush=True)
         bias = torch.randn(shape.E, device="cuda") * 0.1 if shape.num_expert_group else None
+        epi = {}
+        if args.gpt_oss_epilogue:
+            epi = dict(activation="swigluoai",
+                       w13_bias=torch.randn(shape.E, 2 * shape.I, device="cuda", dtype=torch.bfloat16),
+                       w2_bias=torch.randn(shape.E, shape.H, device="cuda", dtype=torch.bfloat16))
         wbytes = WEIGHT_BYTES[scheme.weight_dtype]
         peak = ceil.fp8_flops_per_s if scheme.act_dtype in ("fp8", "int8") else ceil.bf16_flops_per_s
         for m in [int(v) for v in args.m.split(",")]:
-            run, once, lgs = quant_forward(shape, scheme, (w13, s13, w2, s2), bias, m)
+            run, once, lgs = quant_forward(shape, scheme, (w13, s13, w2, s2), bias, m, **epi)
             if args.profile:
                 print(f"  M={m} kernels:", flush=True)
                 print(kernel_times(once), flush=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device-tool call: GPU tests (bf16 included), demo, profile, benchmark, compute-sanitizer, config sweep.
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|repro|demo|profile|bench|gemv|gemvq|sanitize|sweep ...]
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|repro|demo|profile|bench|gemv|gemvq|gptoss|sanitize|sweep ...]
+# gptoss: expert biases + swigluoai on the Triton kernels: tests, then gpt-oss mxfp4 with and without them
 # gemvq: quantized decode GEMV A/B (MOEKIT_DECODE_GEMV=0|1) on bench_quant.py
 # gemv: decode GEMV kernels vs the grouped GEMMs, with a tile sweep (benchmarks/bench_gemv.py)
 # repro: replay the property-test space problem by problem (the last line printed names a crasher)
@@ -23,6 +24,11 @@ for s in $steps; do
           --out "$OUT/gemvq_fp8_$v.json" 2>&1 | grep -v WARN | tee "$OUT/gemvq_fp8_$v.log"
         MOEKIT_DECODE_GEMV=$v python3 benchmarks/bench_quant.py --shapes qwen3_30b_a3b --scheme int8_weight_only \
           --m 1,2,4,8 --out "$OUT/gemvq_int8wo_$v.json" 2>&1 | grep -v WARN | tee "$OUT/gemvq_int8wo_$v.log"; done ;;
+    gptoss) python3 -m pytest -q tests/test_bias_swiglu_kernels.py tests/test_integrations_transformers.py \
+          tests/test_gemv.py -p no:cacheprovider 2>&1 | tail -5 | tee "$OUT/gptoss_tests.log"
+        for epi in "" --gpt-oss-epilogue; do  # the epilogue's cost: silu without biases vs gpt-oss's own
+          python3 benchmarks/bench_quant.py --shapes gpt_oss_20b $epi --out "$OUT/gptoss${epi:+_epilogue}.json" \
+            2>&1 | grep -v WARN | tee -a "$OUT/gptoss_bench.log"; done ;;
     gemv) python3 benchmarks/bench_gemv.py --out "$OUT/bench_gemv.json" 2>&1 | grep -v WARN | tee "$OUT/bench_gemv.log" ;;
     sanitize) for t in memcheck racecheck; do
         compute-sanitizer --tool $t --error-exitcode 1 python3 benchmarks/sanitize_moe.py 2>&1 | tail -6 | tee -a "$OUT/sanitize.log"

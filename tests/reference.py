@@ -32,12 +32,20 @@ def route_reference(logits, top_k, renormalize=True, scoring="softmax", num_expe
     return torch.stack(ws), torch.stack(ids)
 
 
-def moe_reference(x, w13, w2, topk_weights, topk_ids, expert_map=None, activation="silu"):
-    """float64 MoE output [M, H], one token and one choice at a time."""
+def _swigluoai(gate, up, alpha=1.702, limit=7.0):
+    gate = gate.clamp(max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    return (up + 1) * gate * torch.sigmoid(alpha * gate)
+
+
+def moe_reference(x, w13, w2, topk_weights, topk_ids, expert_map=None, activation="silu", w13_bias=None,
+                  w2_bias=None):
+    """float64 MoE output [M, H], one token and one choice at a time (biases by local expert)."""
     x, w13, w2 = x.double().cpu(), w13.double().cpu(), w2.double().cpu()
     topk_weights, topk_ids = topk_weights.double().cpu(), topk_ids.long().cpu()
+    b13 = None if w13_bias is None else w13_bias.double().cpu()
+    b2 = None if w2_bias is None else w2_bias.double().cpu()
     i = w13.shape[1] // 2
-    act = F.silu if activation == "silu" else F.gelu
     out = torch.zeros(x.shape, dtype=torch.float64)
     for m in range(x.shape[0]):
         for j in range(topk_ids.shape[1]):
@@ -47,5 +55,14 @@ def moe_reference(x, w13, w2, topk_weights, topk_ids, expert_map=None, activatio
                 if e < 0:
                     continue
             gu = w13[e] @ x[m]
-            out[m] += topk_weights[m, j] * (w2[e] @ (act(gu[:i]) * gu[i:]))
+            if b13 is not None:
+                gu = gu + b13[e]
+            if activation == "swigluoai":
+                h = _swigluoai(gu[:i], gu[i:])
+            else:
+                h = (F.silu if activation == "silu" else F.gelu)(gu[:i]) * gu[i:]
+            y = w2[e] @ h
+            if b2 is not None:
+                y = y + b2[e]
+            out[m] += topk_weights[m, j] * y
     return out

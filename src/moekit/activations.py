@@ -4,16 +4,14 @@ first I columns are the gate and last I columns the up projection (the w13 layou
 * ``"silu"``: SiLU(gate) * up (Mixtral, Qwen3-MoE, DeepSeek, OLMoE).
 * ``"gelu"``: GELU(gate) * up with the exact (erf) GELU.
 * ``"swigluoai"``: gpt-oss's clamped SwiGLU: ``g = min(gate, 7)``, ``u = clamp(up, -7, 7)``,
-  ``(u + 1) * g * sigmoid(1.702 * g)``. Torch backend only (``fused_experts`` runs it there).
+  ``(u + 1) * g * sigmoid(1.702 * g)``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = ("silu", "gelu", "swigluoai")
-# activations the Triton GEMM-1 epilogue implements (kernel constexpr codes follow ACTIVATIONS' order)
-KERNEL_ACTIVATIONS = ("silu", "gelu")
+ACTIVATIONS = ("silu", "gelu", "swigluoai")  # all run on both backends; Triton's kernel codes follow this order
 SWIGLUOAI_ALPHA = 1.702
 SWIGLUOAI_LIMIT = 7.0
 

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from moekit import envs
-from moekit.activations import ACTIVATIONS, KERNEL_ACTIVATIONS
+from moekit.activations import ACTIVATIONS
 from moekit.backends import select_backend
 from moekit.errors import check_arg
 from moekit.platform import platform_of, triton_interpreter_active
@@ -129,8 +129,8 @@ def fused_experts(
     contribute nothing. Shapes and dtypes: see the module docstring. Returns ``[M, H]`` in x's dtype.
 
     ``w13_bias [E, 2I]`` and ``w2_bias [E, H]`` (optional, gpt-oss) are added to the two GEMM outputs of each
-    expert, before the activation and before the routing weight. Biases and ``activation="swigluoai"`` run on
-    the torch backend (the Triton kernels lack them): ``"auto"`` picks it, ``"triton"`` raises MoEInputError.
+    expert, before the activation and before the routing weight. Both backends run them, and
+    ``activation="swigluoai"`` (gpt-oss's clamped SwiGLU, :mod:`moekit.activations`).
 
     Quantized experts: ``quant`` is a :class:`moekit.QuantScheme` (or its name); w13/w2 are then the
     qweights of :func:`moekit.quant.quantize_weights` with their ``w13_scale``/``w2_scale`` (and
@@ -160,12 +160,10 @@ def fused_experts(
             check_arg(isinstance(b, torch.Tensor) and tuple(b.shape) == shape, name, f"a tensor of shape {shape}",
                       getattr(b, "shape", type(b).__name__))
             check_arg(b.device == hidden_states.device, name, f"device {hidden_states.device}", b.device)
-    torch_only = activation not in KERNEL_ACTIVATIONS or w13_bias is not None or w2_bias is not None
-    check_arg(not (torch_only and backend == "triton"), "backend",
-              f"'auto' or 'torch' for activation={activation!r} / expert biases (no Triton kernel yet)", backend)
+            check_arg(b.stride(-1) == 1, name, "a contiguous last dimension", f"strides {b.stride()}")
     x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()
     # _backend: fused_moe's decode path already resolved it (and _config, _aligned: looked up, aligned)
-    chosen = "torch" if torch_only else (_backend or resolve_backend(backend, x, scheme))
+    chosen = _backend or resolve_backend(backend, x, scheme)
     if chosen == "torch":
         from moekit.torch_experts import fused_experts_torch
 
@@ -178,11 +176,13 @@ def fused_experts(
                                    w13_bias=w13_bias, w2_bias=w2_bias, act_quant=aq, inter_quant=iq)
     from moekit.triton_experts import fused_experts_triton
 
+    biases = dict(w13_bias=w13_bias, w2_bias=w2_bias)
     if scheme.is_quantized:
         return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
-                                    activation=activation, quant=scheme, aligned=_aligned, config=_config, **qargs)
+                                    activation=activation, quant=scheme, aligned=_aligned, config=_config, **biases,
+                                    **qargs)
     return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation,
-                                aligned=_aligned, config=_config)
+                                aligned=_aligned, config=_config, **biases)
 
 
 def fused_moe(
@@ -228,8 +228,8 @@ def fused_moe(
                   f"{router_logits.shape[1]} entries (E_global, the columns of router_logits)",
                   f"{expert_map.numel()} entries")
     aligned = config = fast = None
-    if (w13_bias is None and w2_bias is None and num_expert_group is None and correction_bias is None
-            and activation in KERNEL_ACTIVATIONS and (quant is None or isinstance(quant, QuantScheme))):
+    if (num_expert_group is None and correction_bias is None and activation in ACTIVATIONS
+            and (quant is None or isinstance(quant, QuantScheme))):
         fast = _route_and_align_if_decode(hidden_states, w13, router_logits, top_k, renormalize, scoring,
                                           expert_map, backend, quant, a13_scale is not None or a2_scale is not None)
     if fast is not None:

@@ -42,6 +42,8 @@ def fused_experts_triton(
     config=None,
     quant=None,
     aligned: Optional[AlignedSlots] = None,
+    w13_bias: Optional[torch.Tensor] = None,
+    w2_bias: Optional[torch.Tensor] = None,
     **qargs,
 ) -> torch.Tensor:
     """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. ``config`` overrides
@@ -49,7 +51,8 @@ def fused_experts_triton(
     GEMMs at decode sizes, where the GEMV kernels would otherwise serve). ``quant`` (a quantized
     QuantScheme) with ``qargs`` (w13_scale, w2_scale, w13_zero, w2_zero, a13_scale, a2_scale): see
     :func:`moekit.quant.triton_moe.fused_experts_triton_quant`. ``aligned``: the slots already aligned
-    (the fused route-and-align decode path), used when its block size matches the config."""
+    (the fused route-and-align decode path), used when its block size matches the config. ``w13_bias`` /
+    ``w2_bias``: optional expert biases [E, 2I] / [E, H], contiguous last dimension."""
     m, h = x.shape
     e, i2, _ = w13.shape
     i = i2 // 2
@@ -63,24 +66,28 @@ def fused_experts_triton(
     static_act_scales = qargs.get("a13_scale") is not None or qargs.get("a2_scale") is not None
     if config is None and aligned is None and use_decode_gemv(m, e_global, top_k, scheme, static_act_scales):
         return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation, scheme=scheme,
-                        w13_scale=qargs.get("w13_scale"), w2_scale=qargs.get("w2_scale"))
+                        w13_scale=qargs.get("w13_scale"), w2_scale=qargs.get("w2_scale"), w13_bias=w13_bias,
+                        w2_bias=w2_bias)
     if scheme is not None:
         from moekit.quant.triton_moe import fused_experts_triton_quant
 
         return fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
                                           activation=activation, config=config, scheme=scheme, aligned=aligned,
-                                          **qargs)
+                                          w13_bias=w13_bias, w2_bias=w2_bias, **qargs)
     if config is None:
         config = get_config(e, i, h, top_k, m, x.dtype)
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:
         aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
     inter = torch.empty((aligned.sorted_ids.numel(), i), dtype=x.dtype, device=x.device)
-    moe_gemm1(x, w13, inter, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, top_k, config, activation)
+    moe_gemm1(x, w13, inter, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, top_k, config, activation,
+              bias=w13_bias)
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     if top_k == 1 and expert_map is None:
         # every slot is a token and every token is written: GEMM 2 writes the output directly
-        moe_gemm2(inter, w2, out, topk_weights, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, config)
+        moe_gemm2(inter, w2, out, topk_weights, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, config,
+                  bias=w2_bias)
         return out
     y = torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
-    moe_gemm2(inter, w2, y, topk_weights, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, config)
+    moe_gemm2(inter, w2, y, topk_weights, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, config,
+              bias=w2_bias)
     return moe_sum(y, out, topk_ids, e, expert_map)

@@ -37,10 +37,13 @@ import triton
 import triton.language as tl
 
 from moekit.activations import ACTIVATIONS as _NAMES
+from moekit.activations import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
 from moekit.kernels import tile_ids
 from moekit.kernels.quant import quantize_values
 
 ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constexpr codes
+_SWIGLU_ALPHA = tl.constexpr(SWIGLUOAI_ALPHA)
+_SWIGLU_LIMIT = tl.constexpr(SWIGLUOAI_LIMIT)
 
 
 @triton.jit
@@ -51,6 +54,19 @@ def activate(g, ACTIVATION: tl.constexpr):
         return g / (1.0 + tl.exp(-g))
     else:
         return 0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476))
+
+
+@triton.jit
+def gate_up(g, u, ACTIVATION: tl.constexpr):
+    """GEMM 1's gated output from its float32 gate and up halves: ``act(g) * u`` (codes 0, 1: see
+    :func:`activate`), or code 2, gpt-oss's clamped SwiGLU ``(clamp(u, -L, L) + 1) * g' * sigmoid(alpha * g')``
+    with ``g' = min(g, L)`` (:mod:`moekit.activations`)."""
+    if ACTIVATION == 2:
+        g = tl.minimum(g, _SWIGLU_LIMIT)
+        u = tl.minimum(tl.maximum(u, -_SWIGLU_LIMIT), _SWIGLU_LIMIT)
+        return (u + 1.0) * (g / (1.0 + tl.exp(-_SWIGLU_ALPHA * g)))
+    else:
+        return activate(g, ACTIVATION) * u
 
 
 @triton.jit
@@ -199,6 +215,7 @@ def _moe_gemm1_kernel(
     OUT_QUANT: tl.constexpr = 0,
     QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
@@ -292,13 +309,16 @@ def _moe_gemm1_kernel(
         bs_ptrs = b_scale_ptr + expert * stride_bse + offs_n * stride_bsn
         acc_g = acc_g.to(tl.float32) * (a_s * tl.load(bs_ptrs, mask=n_ok, other=0.0)[None, :])
         acc_u = acc_u.to(tl.float32) * (a_s * tl.load(bs_ptrs + I * stride_bsn, mask=n_ok, other=0.0)[None, :])
-    act = activate(acc_g, ACTIVATION)
+    if HAS_BIAS:  # gpt-oss: the expert's bias row, gate columns then up columns
+        b_ptrs = bias_ptr + expert * stride_bias_e + offs_n
+        acc_g = acc_g.to(tl.float32) + tl.load(b_ptrs, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        acc_u = acc_u.to(tl.float32) + tl.load(b_ptrs + I, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    h = gate_up(acc_g.to(tl.float32), acc_u.to(tl.float32), ACTIVATION)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     if OUT_QUANT == 0:
-        h = (act * acc_u).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptrs, h, mask=n_ok[None, :])
+        tl.store(out_ptrs, h.to(out_ptr.dtype.element_ty), mask=n_ok[None, :])
     else:
-        hf = tl.where(n_ok[None, :], act * acc_u, 0.0)
+        hf = tl.where(n_ok[None, :], h, 0.0)
         if OUT_QUANT == 1:  # this program's BLOCK_N columns are one quantization group
             o_s = tl.maximum(tl.max(tl.abs(hf), axis=1) * (1.0 / QMAX), 1e-12)  # kernels.quant.MIN_SCALE
             tl.store(out_scale_ptr + offs_m.to(tl.int64) * stride_osm + pid_n, o_s)
@@ -320,6 +340,7 @@ def _moe_gemm2_kernel(
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
@@ -385,6 +406,9 @@ def _moe_gemm2_kernel(
         a_s = tl.load(a_scale_ptr + offs_m.to(tl.int64) * stride_asm)[:, None]
         acc = acc.to(tl.float32) * (a_s * tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn,
                                                   mask=n_ok, other=0.0)[None, :])
+    if HAS_BIAS:  # before the routing weight, as the bias belongs to the expert's linear layer
+        acc = acc.to(tl.float32) + tl.load(bias_ptr + expert * stride_bias_e + offs_n, mask=n_ok,
+                                           other=0.0).to(tl.float32)[None, :]
     if MUL_WEIGHT:
         acc = acc * tl.load(topk_w_ptr + slot, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     y_ptrs = y_ptr + slot.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
@@ -450,9 +474,17 @@ def _mx_format(quant, dtype: torch.dtype) -> dict:
     return {"A_FMT": {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]}
 
 
-def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activation="silu", quant=None):
+def _bias_args(bias: Optional[torch.Tensor]) -> dict:
+    """Kernel arguments of an expert bias [E, N] (contiguous last dimension); {} without one."""
+    if bias is None:
+        return {}
+    return dict(bias_ptr=bias, stride_bias_e=bias.stride(0), HAS_BIAS=True)
+
+
+def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activation="silu", quant=None, bias=None):
     """out[P, I] = act(x[tok] @ w13[e, :I].T) * (x[tok] @ w13[e, I:].T) for each sorted slot's expert e.
-    ``quant``: a :class:`GemmQuant` (None: unquantized)."""
+    ``quant``: a :class:`GemmQuant` (None: unquantized). ``bias``: optional [E, 2I] added to the gate and up
+    halves before the activation."""
     i2, k = w13.shape[1], x.shape[1]
     i = i2 // 2
     num_pid_m = expert_ids.shape[0]
@@ -465,13 +497,14 @@ def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activatio
         ACTIVATION=ACTIVATIONS[activation], DOT_PRECISION=_dot_precision(x.dtype), EVEN_K=k % bk == 0,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
-        **({} if quant is None else quant.kernel_args(gemm1=True)), **_mx_format(quant, x.dtype),
+        **({} if quant is None else quant.kernel_args(gemm1=True)), **_mx_format(quant, x.dtype), **_bias_args(bias),
     )
 
 
-def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, mul_weight=True, quant=None):
-    """y[slot] = w_slot * (inter[row] @ w2[e].T) for each sorted row; y rows of dropped slots untouched.
-    ``quant``: a :class:`GemmQuant` (None: unquantized)."""
+def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, mul_weight=True, quant=None,
+              bias=None):
+    """y[slot] = w_slot * (inter[row] @ w2[e].T + bias[e]) for each sorted row; y rows of dropped slots
+    untouched. ``quant``: a :class:`GemmQuant` (None: unquantized). ``bias``: optional [E, H]."""
     n, k = w2.shape[1], inter.shape[1]
     num_pid_m = expert_ids.shape[0]
     bm, bn, bk = config.BLOCK_SIZE_M, config.BLOCK_SIZE_N, config.BLOCK_SIZE_K
@@ -484,4 +517,5 @@ def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, m
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
         **({} if quant is None else quant.kernel_args(gemm1=False)), **_mx_format(quant, inter.dtype),
+        **_bias_args(bias),
     )

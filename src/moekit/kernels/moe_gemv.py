@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from moekit.kernels.moe_gemm import ACTIVATIONS, activate
+from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
 
 #: Launch shape per weight format (bits: 16 bf16 / fp16 / fp32, 8 fp8 / int8, 4 mxfp4 codes): (GEMV 1 tile,
 #: GEMV 2 tile, GEMV 1 K step, GEMV 2 K step). A tile is the elements of the float32 product one program
@@ -131,6 +131,7 @@ def _moe_gemv1_kernel(
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
     e = tl.load(ids_ptr + slot)
@@ -184,7 +185,11 @@ def _moe_gemv1_kernel(
         sr = s_ptr + e.to(tl.int64) * stride_se
         acc_g *= tl.load(sr + offs_n * stride_sn, mask=n_ok, other=0.0)
         acc_u *= tl.load(sr + (offs_n + I) * stride_sn, mask=n_ok, other=0.0)
-    h = activate(acc_g, ACTIVATION) * acc_u
+    if HAS_BIAS:
+        b_ptrs = bias_ptr + e.to(tl.int64) * stride_bias_e + offs_n
+        acc_g += tl.load(b_ptrs, mask=n_ok, other=0.0).to(tl.float32)
+        acc_u += tl.load(b_ptrs + I, mask=n_ok, other=0.0).to(tl.float32)
+    h = gate_up(acc_g, acc_u, ACTIVATION)
     tl.store(out_ptr + slot.to(tl.int64) * stride_om + offs_n, h.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -195,6 +200,7 @@ def _moe_gemv2_kernel(
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -254,6 +260,9 @@ def _moe_gemv2_kernel(
     if W_SCALE == 1:
         acc *= tl.load(s_ptr + e64[:, None] * stride_se + offs_n[None, :] * stride_sn,
                        mask=live[:, None] & n_ok[None, :], other=0.0)
+    if HAS_BIAS:  # each live slot's expert bias, before its routing weight
+        acc += tl.load(bias_ptr + e64[:, None] * stride_bias_e + offs_n[None, :], mask=live[:, None] & n_ok[None, :],
+                       other=0.0).to(tl.float32)
     y = tl.sum(acc * wt[:, None], axis=0)
     tl.store(out_ptr + token.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
 
@@ -295,11 +304,13 @@ def _scale_args(scheme, scale: Optional[torch.Tensor]) -> dict:
 def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
              topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor] = None, activation: str = "silu",
              num_warps: int = 4, scheme=None, w13_scale: Optional[torch.Tensor] = None,
-             w2_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+             w2_scale: Optional[torch.Tensor] = None, w13_bias: Optional[torch.Tensor] = None,
+             w2_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The decode forward of the experts: x [M, H], w13 [E, 2I, H], w2 [E, H, I], topk_weights float32
     [M, k] and topk_ids int32 [M, k] (contiguous) -> [M, H] in x's dtype. Two launches. ``scheme``: a
     QuantScheme that :func:`gemv_supports` (weights and ``w13_scale`` / ``w2_scale`` in the layouts of
-    :mod:`moekit.quant.moe`; mxfp4 weights are packed [E, 2I, H / 2] and [E, H, I / 2]), or None."""
+    :mod:`moekit.quant.moe`; mxfp4 weights are packed [E, 2I, H / 2] and [E, H, I / 2]), or None.
+    ``w13_bias`` [E, 2I] / ``w2_bias`` [E, H]: optional expert biases (contiguous last dimension)."""
     m, h = x.shape
     i = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
@@ -313,7 +324,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, x.stride(0), w13.stride(0), w13.stride(1), inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps,
-        **_scale_args(scheme, w13_scale),
+        **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
     )
     topk_pad = triton.next_power_of_2(top_k)
     bn, bk = _blocks(i, topk_pad, kstep2, tile2)
@@ -321,6 +332,6 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, inter.stride(0), w2.stride(0), w2.stride(1),
         out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps,
-        **_scale_args(scheme, w2_scale),
+        **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
     )
     return out

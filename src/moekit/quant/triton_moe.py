@@ -111,7 +111,8 @@ def _quant_rows(scheme: QuantScheme, t, dt, static=None, npp=None):
 
 def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map=None, activation="silu",
                                config=None, scheme: QuantScheme, w13_scale=None, w2_scale=None, w13_zero=None,
-                               w2_zero=None, a13_scale=None, a2_scale=None, aligned=None):
+                               w2_zero=None, a13_scale=None, a2_scale=None, aligned=None, w13_bias=None,
+                               w2_bias=None):
     m, h = x.shape
     e, i2 = w13.shape[:2]
     i = i2 // 2
@@ -143,7 +144,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot)
         q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot)
         inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
-        moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1)
+        moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias)
         a2 = inter
     else:
         int_acc = adt == torch.int8
@@ -162,22 +163,22 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             inter_s = torch.empty((p, -(-i // g)), dtype=torch.float32, device=x.device)
             q1.out_quant, q1.out_scale, q1.out_stride, q1.out_qparams = 1, inter_s, inter_s.stride(0), _qparams(adt)
-            moe_gemm1(xq, w13, inter, *args, top_k, cfg1, activation, quant=q1)
+            moe_gemm1(xq, w13, inter, *args, top_k, cfg1, activation, quant=q1, bias=w13_bias)
             a2, q2.a_scale, q2.a_strides = inter, inter_s, (inter_s.stride(0), inter_s.stride(1))
             q2.a_group_k = g
         elif scheme.granularity == "tensor" and a2_scale is not None:
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             q1.out_quant, q1.out_scale, q1.out_qparams = 2, a2_scale.reshape(1).float(), _qparams(adt)
-            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1)
+            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias)
             a2, q2.a_scale, q2.a_strides = inter, q1.out_scale, (0, 0)
         else:
             inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
-            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1)
+            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias)
             a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp)
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     if top_k == 1 and expert_map is None:
-        moe_gemm2(a2, w2, out, topk_weights, *args, cfg2, quant=q2)
+        moe_gemm2(a2, w2, out, topk_weights, *args, cfg2, quant=q2, bias=w2_bias)
         return out
     y = torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
-    moe_gemm2(a2, w2, y, topk_weights, *args, cfg2, quant=q2)
+    moe_gemm2(a2, w2, y, topk_weights, *args, cfg2, quant=q2, bias=w2_bias)
     return moe_sum(y, out, topk_ids, e, expert_map)
