@@ -5,6 +5,8 @@ Tolerance: logits of the patched model vs the eager transformers model, float32,
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 import moekit  # noqa: E402
+from conftest import DEVICE  # noqa: E402
 from moekit.integrations.transformers import SUPPORTED_BLOCKS, is_patched, patch, unpatch  # noqa: E402
 from moekit.testing import rel_frobenius_error  # noqa: E402
 
@@ -100,7 +103,8 @@ def test_logits_match_on_triton_backend(arch_model):
     """The patched model on the Triton kernels (interpreted on a CPU): gpt-oss's biases and clamped SwiGLU in
     the kernels' epilogues, DeepSeek-V3's grouped routing, the decode and grouped paths."""
     arch, model = arch_model
-    ids = _ids(batch=1, seq=5)
+    model = copy.deepcopy(model).to(DEVICE)  # Triton needs CUDA tensors on a GPU machine (float32: exact dots)
+    ids = _ids(batch=1, seq=5).to(DEVICE)
     with torch.no_grad():
         ref = model(ids).logits
         patch(model, backend="triton")
@@ -266,7 +270,8 @@ def test_fused_experts_bias_and_swigluoai_vs_float64():
             gu = w13[ex].double() @ x[t].double() + b13[ex].double()
             ref[t] += w[t, j] * (w2[ex].double() @ apply_activation(gu, "swigluoai") + b2[ex].double())
     assert rel_frobenius_error(out, ref) <= 1e-5
-    out_triton = moekit.fused_moe(x, w13, w2, logits, k, activation="swigluoai", w13_bias=b13, w2_bias=b2,
+    dev = [t.to(DEVICE) for t in (x, w13, w2, logits, b13, b2)]
+    out_triton = moekit.fused_moe(*dev[:4], k, activation="swigluoai", w13_bias=dev[4], w2_bias=dev[5],
                                   backend="triton")
     assert rel_frobenius_error(out_triton, ref) <= 1e-5
     with pytest.raises(moekit.MoEInputError, match="w2_bias"):
