@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--cases", nargs="*", default=DEFAULT_CASES, help="shape:scheme:M,M,...")
     ap.add_argument("--profile", action="store_true", help="per-kernel times of one eager forward at M=1")
+    ap.add_argument("--mx-decodes", default=gemv.MX_DECODE, help="mxfp4: comma-separated moe_gemv.MX_DECODE values")
     args = ap.parse_args()
     ceil = measure_ceilings()
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}: HBM "
@@ -69,16 +70,20 @@ def main():
             os.environ["MOEKIT_DECODE_GEMV"] = "1"
             te.gemv_applies = lambda *a, **k: True  # time the GEMV path even where the default would not take it
             bits = gemv._weight_bits(scheme)
-            for t1, t2, k1, k2, warps in [(*shipped[bits], 4)] + VARIANTS.get(bits, []):
-                gemv.GEMV_TILES = {**shipped, bits: (t1, t2, k1, k2)}
-                te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
-                k = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}_us"
-                try:
-                    row[k] = _median_us(run) / ROTATE
-                except Exception as e:  # noqa: BLE001 - record and go on
-                    row[k] = None
-                    print(f"  {k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            gemv.GEMV_TILES = shipped
+            shipped_decode = gemv.MX_DECODE
+            for decode in args.mx_decodes.split(",") if bits == 4 else [shipped_decode]:
+                gemv.MX_DECODE = decode
+                tag = f"_{decode}" if decode != shipped_decode else ""
+                for t1, t2, k1, k2, warps in [(*shipped[bits], 4)] + VARIANTS.get(bits, []):
+                    gemv.GEMV_TILES = {**shipped, bits: (t1, t2, k1, k2)}
+                    te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
+                    k = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}{tag}_us"
+                    try:
+                        row[k] = _median_us(run) / ROTATE
+                    except Exception as e:  # noqa: BLE001 - record and go on
+                        row[k] = None
+                        print(f"  {k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            gemv.GEMV_TILES, gemv.MX_DECODE = shipped, shipped_decode
             te.moe_gemv, te.gemv_applies = real_gemv, real_applies
             if args.profile and m == 1:
                 print(kernel_times(once), flush=True)

@@ -50,6 +50,8 @@ from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
 #:   (4096 / 1024, 1024 / 512) and at best 66.9 / 105.5 / 190.8 with the other six tried: more rows per
 #:   program spread each activation load and split over more decoded codes. It is the largest tile tried.
 GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 4096, 512, 256)}
+#: e2m1 decode of the mxfp4 GEMVs: "fp16" (:func:`_e2m1_times_2pow14`) or "exact" (:func:`_e2m1_exact`)
+MX_DECODE = "fp16"
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
 
@@ -92,6 +94,25 @@ def _e2m1_times_2pow14(code):
 
 
 @triton.jit
+def _e2m1_exact(code):
+    """e2m1 codes (int32 0..15) -> exact float32 values with integer ops and one exact multiply, no
+    conversion instruction: the exponent and mantissa bits go to float32's bits 24..22 (the value times
+    2**-126, a float32 subnormal for codes 0 and 1), the sign bit to bit 31; times 2**126 gives the value
+    (Triton compiles float32 multiplies without flush-to-zero)."""
+    bits = ((code & 8) << 28) | ((code & 7) << 22)
+    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
+
+
+@triton.jit
+def _e2m1_decode(code, EXACT: tl.constexpr):
+    """:func:`_e2m1_exact` if ``EXACT`` else :func:`_e2m1_times_2pow14`."""
+    if EXACT:
+        return _e2m1_exact(code)
+    else:
+        return _e2m1_times_2pow14(code)
+
+
+@triton.jit
 def _e8m0(s):
     """e8m0 scale bytes -> float32 2**(s - 127) (0 for s = 0, inf for s = 255, the NaN code)."""
     return (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)
@@ -114,12 +135,13 @@ def _block_scaled_sum(p, s_ptrs, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr, 
 
 
 @triton.jit
-def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 EXACT: tl.constexpr):
     """One K step of mxfp4 rows: bytes ``w_ptrs`` [BLOCK_N, BLOCK_K / 2], e8m0 scales ``s_ptrs`` [BLOCK_N,
     BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2]) -> [BLOCK_N] float32
     partial dot products divided by 2**14, each 32-element group scaled once."""
     raw = tl.load(w_ptrs, mask=wmask, other=0).to(tl.int32)
-    p = _e2m1_times_2pow14(raw & 15) * xe[None, :] + _e2m1_times_2pow14(raw >> 4) * xo[None, :]
+    p = _e2m1_decode(raw & 15, EXACT) * xe[None, :] + _e2m1_decode(raw >> 4, EXACT) * xo[None, :]
     part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2)
     return tl.sum(part * _e8m0(tl.load(s_ptrs, mask=smask, other=0)), axis=1)
 
@@ -131,7 +153,7 @@ def _moe_gemv1_kernel(
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_EXACT: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
     e = tl.load(ids_ptr + slot)
@@ -157,11 +179,12 @@ def _moe_gemv1_kernel(
             wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
             smask = n_ok[:, None] & (offs_s < (K - k0) // 32)[None, :]
             s_ptrs = s_rows + (k0 // 32 + offs_s)[None, :] * stride_sk
-            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K)
+            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K, MX_EXACT)
             acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
-                                  BLOCK_N, BLOCK_K)
-        acc_g *= 16384.0  # the 2**14 the e2m1 decode leaves out
-        acc_u *= 16384.0
+                                  BLOCK_N, BLOCK_K, MX_EXACT)
+        if not MX_EXACT:
+            acc_g *= 16384.0  # the 2**14 the e2m1 decode leaves out
+            acc_u *= 16384.0
     else:
         offs_k = tl.arange(0, BLOCK_K)
         g_ptrs = rows + offs_k[None, :]
@@ -200,7 +223,7 @@ def _moe_gemv2_kernel(
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_EXACT: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -230,12 +253,13 @@ def _moe_gemv2_kernel(
             ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
             raw = tl.load(w_rows + k0 // 2 + offs_b[None, None, :], mask=rows_ok & b_ok[None, None, :],
                           other=0).to(tl.int32)
-            p = _e2m1_times_2pow14(raw & 15) * ae[:, None, :] + _e2m1_times_2pow14(raw >> 4) * ao[:, None, :]
+            p = _e2m1_decode(raw & 15, MX_EXACT) * ae[:, None, :] + _e2m1_decode(raw >> 4, MX_EXACT) * ao[:, None, :]
             part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // 32, 16]), axis=3)
             sc = tl.load(s_rows + (k0 // 32 + offs_s)[None, None, :] * stride_sk,
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * _e8m0(sc), axis=2)
-        acc *= 16384.0  # the 2**14 the e2m1 decode leaves out
+        if not MX_EXACT:
+            acc *= 16384.0  # the 2**14 the e2m1 decode leaves out
     else:
         offs_k = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
@@ -292,7 +316,7 @@ def _scale_args(scheme, scale: Optional[torch.Tensor]) -> dict:
         return {}
     if scheme.weight_dtype == "mxfp4":
         return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
-                    W_SCALE=3)
+                    W_SCALE=3, MX_EXACT=MX_DECODE == "exact")
     if scheme.granularity == "block":
         gn, gk = scheme.block_shape
         return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
