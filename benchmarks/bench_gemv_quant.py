@@ -34,9 +34,8 @@ DEFAULT_CASES = ["qwen3_30b_a3b:fp8_block:1,2,4", "gpt_oss_20b:mxfp4:1,2,4,8,16"
 # per weight format (moe_gemv._weight_bits): GEMV_TILES entries (GEMV 1 tile, GEMV 2 tile, GEMV 1 K step, GEMV 2
 # K step) and num_warps; the shipped entry is timed first
 VARIANTS = {8: [(4096, 1024, 512, 256, 4), (2048, 1024, 512, 256, 4), (4096, 512, 512, 256, 4)],
-            4: [(4096, 1024, 256, 128, 4), (8192, 4096, 256, 128, 4), (16384, 2048, 512, 256, 4),
-                (32768, 4096, 512, 256, 4), (16384, 8192, 512, 256, 4), (32768, 8192, 1024, 512, 4),
-                (16384, 4096, 512, 256, 8)]}
+            4: [(16384, 4096, 512, 256, 4), (8192, 8192, 256, 256, 4), (16384, 16384, 512, 512, 4),
+                (16384, 8192, 512, 512, 4), (16384, 8192, 1024, 256, 4), (16384, 8192, 512, 256, 8)]}
 
 
 def main():
@@ -44,7 +43,6 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--cases", nargs="*", default=DEFAULT_CASES, help="shape:scheme:M,M,...")
     ap.add_argument("--profile", action="store_true", help="per-kernel times of one eager forward at M=1")
-    ap.add_argument("--mx-decodes", default=gemv.MX_DECODE, help="mxfp4: comma-separated moe_gemv.MX_DECODE values")
     args = ap.parse_args()
     ceil = measure_ceilings()
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}: HBM "
@@ -70,20 +68,16 @@ def main():
             os.environ["MOEKIT_DECODE_GEMV"] = "1"
             te.gemv_applies = lambda *a, **k: True  # time the GEMV path even where the default would not take it
             bits = gemv._weight_bits(scheme)
-            shipped_decode = gemv.MX_DECODE
-            for decode in args.mx_decodes.split(",") if bits == 4 else [shipped_decode]:
-                gemv.MX_DECODE = decode
-                tag = f"_{decode}" if decode != shipped_decode else ""
-                for t1, t2, k1, k2, warps in [(*shipped[bits], 4)] + VARIANTS.get(bits, []):
-                    gemv.GEMV_TILES = {**shipped, bits: (t1, t2, k1, k2)}
-                    te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
-                    k = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}{tag}_us"
-                    try:
-                        row[k] = _median_us(run) / ROTATE
-                    except Exception as e:  # noqa: BLE001 - record and go on
-                        row[k] = None
-                        print(f"  {k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            gemv.GEMV_TILES, gemv.MX_DECODE = shipped, shipped_decode
+            for t1, t2, k1, k2, warps in [(*shipped[bits], 4)] + VARIANTS.get(bits, []):
+                gemv.GEMV_TILES = {**shipped, bits: (t1, t2, k1, k2)}
+                te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
+                k = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}_us"
+                try:
+                    row[k] = _median_us(run) / ROTATE
+                except Exception as e:  # noqa: BLE001 - record and go on
+                    row[k] = None
+                    print(f"  {k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            gemv.GEMV_TILES = shipped
             te.moe_gemv, te.gemv_applies = real_gemv, real_applies
             if args.profile and m == 1:
                 print(kernel_times(once), flush=True)

@@ -17,7 +17,7 @@ applied after the K loop; 2 fp8, one scale per (``GROUP_N`` rows, ``GROUP_K`` co
 GROUP_N), cdiv(K, GROUP_K)]``: a K step spans ``max(1, BLOCK_K / GROUP_K)`` blocks (``BLOCK_K`` and
 ``GROUP_K`` are powers of two), each block's partial sum is scaled before it joins the accumulator; 3
 mxfp4, e2m1 codes packed two per byte along K (``[E, N, K / 2]`` uint8, low nibble first) with one e8m0
-scale per 32 K elements (``[E, N, K / 32]`` uint8), decoded on CUDA cores (:func:`_e2m1_times_2pow14`).
+scale per 32 K elements (``[E, N, K / 32]`` uint8), decoded on CUDA cores (:func:`_e2m1_exact`).
 Tiles and K steps per weight format: :data:`GEMV_TILES`.
 
 No alignment, no host synchronization (CUDA-graph safe). Products and sums are float32; GEMV 2 keeps the
@@ -45,13 +45,12 @@ from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
 #:   best for gpt-oss-20b (M=1 79.1 vs 84.4 us at 4096) and within 1 % for qwen3.
 #: * 8-bit (``benchmarks/bench_gemv_quant.py``, ``bench_gemv_quant_H100_*``): K steps of 512 / 256 beat
 #:   1024 / 512 by 4-12 % and 256 / 128 by 15-20 % (qwen3 fp8 block M=1 25.0 vs 27.1 / 29.4 us).
-#: * mxfp4 (``bench_gemv_quant_H100_round3.json``, gpt-oss-20b M=1/2/4): 16384 / 4096 with K steps of 512 /
-#:   256 codes gave 59.2 / 110.6 / 185.8 us, against 61.8 / 113.3 / 214.1 with the 8-bit entry's shape
-#:   (4096 / 1024, 1024 / 512) and at best 66.9 / 105.5 / 190.8 with the other six tried: more rows per
-#:   program spread each activation load and split over more decoded codes. It is the largest tile tried.
-GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 4096, 512, 256)}
-#: e2m1 decode of the mxfp4 GEMVs: "fp16" (:func:`_e2m1_times_2pow14`) or "exact" (:func:`_e2m1_exact`)
-MX_DECODE = "fp16"
+#: * mxfp4 (``bench_gemv_quant_H100_round3.json``, ``bench_gemv_quant_H100_session5.json``, gpt-oss-20b):
+#:   16384 / 8192 with K steps of 512 / 256 codes gave M=1/2/4/8 60.5 / 97.8 / 163.8 / 307.7 us, against
+#:   59.5-60.0 / 108.5 / 184.6 / 346.4 with the earlier 16384 / 4096 and at best 57.9 / 99.7 / 178.5 / 309.1
+#:   with the other seven tried, 8 warps included. More rows per program spread each activation load and
+#:   split over more decoded codes; 32768-element GEMV 1 tiles leave too few programs (70.6 us at M=1).
+GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 512, 256)}
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
 
@@ -66,8 +65,8 @@ def _weight_bits(scheme) -> int:
 def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
     """Whether the decode GEMV kernels serve ``m`` tokens: at least :data:`MIN_EXPERTS` experts, and few enough
     slots that two slots rarely share an expert (each slot streams its expert's weights): ``m * top_k <=
-    E / 4`` for 16-bit weights, ``< E / 4`` for 8-bit ones, ``<= E / 2`` for mxfp4 (its grouped GEMMs run
-    at a quarter of the floor: the GEMV wins even with shared experts). Measured on the H100, whole forward:
+    E / 4`` for 16-bit weights, ``< E / 4`` for 8-bit ones, ``<= E`` for mxfp4 (its grouped GEMMs run at a
+    quarter of the floor: the GEMV wins even with shared experts). Measured on the H100, whole forward:
 
     * bf16: qwen3-30b-a3b (E=128, k=8) M=1/2 39.0 -> 34.7 / 64.4 -> 59.1 us (M=4: 2 % faster, M=8: slower),
       gpt-oss-20b (E=32, k=4) M=1/2 83.2 -> 79.1 / 139.2 -> 133.2 us; mixtral (E=8, k=2, I=14336) M=1
@@ -75,22 +74,12 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
     * fp8 block: qwen3 M=1/2/4 32.6 -> 25.0 / 46.6 -> 42.6 / 73.8 -> 73.0 us; DeepSeek-V3 (E=256, k=8,
       grouped routing concentrates the slots) M=1/2/4 225 -> 212 / 362 -> 325 / 561 -> 539, M=8 862 -> 942.
       fp8 per channel qwen3 M=1 32.3 -> 23.1; int8 weight-only 36.4 -> 25.4.
-    * mxfp4: gpt-oss-20b M=1/2/4 122.9 -> 59.2 / 188.9 -> 110.6 / 276.3 -> 185.8 us with the shipped tiles;
-      M=8 about even (407.8 vs 416.9 at the best tile tried)."""
+    * mxfp4: gpt-oss-20b M=1/2/4/8 124.2 -> 60.5 / 186.5 -> 97.8 / 266.9 -> 163.8 / 408.5 -> 307.7 us
+      with the shipped tiles and the exact e2m1 decode (``bench_gemv_quant_H100_session5.json``)."""
     if m < 1 or e < MIN_EXPERTS:
         return False
     bits, slots = _weight_bits(scheme), m * top_k
-    return 2 * slots <= e if bits == 4 else (4 * slots < e if bits == 8 else 4 * slots <= e)
-
-
-@triton.jit
-def _e2m1_times_2pow14(code):
-    """e2m1 codes (int32 0..15: sign bit 3, exponent bits 2..1, mantissa bit 0) -> float32 values / 2**14.
-    Moving the exponent and mantissa bits to fp16's bits 11..9 gives, as an fp16 number, the e2m1 value
-    times 2**-14 for normal and subnormal codes alike (e2m1 has exponent bias 1, fp16 15); the caller
-    multiplies its scaled sums by 2**14. Four integer ops per code instead of a select chain."""
-    bits = ((code & 8) << 12) | ((code & 7) << 9)
-    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return slots <= e if bits == 4 else (4 * slots < e if bits == 8 else 4 * slots <= e)
 
 
 @triton.jit
@@ -101,15 +90,6 @@ def _e2m1_exact(code):
     (Triton compiles float32 multiplies without flush-to-zero)."""
     bits = ((code & 8) << 28) | ((code & 7) << 22)
     return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
-
-
-@triton.jit
-def _e2m1_decode(code, EXACT: tl.constexpr):
-    """:func:`_e2m1_exact` if ``EXACT`` else :func:`_e2m1_times_2pow14`."""
-    if EXACT:
-        return _e2m1_exact(code)
-    else:
-        return _e2m1_times_2pow14(code)
 
 
 @triton.jit
@@ -135,13 +115,12 @@ def _block_scaled_sum(p, s_ptrs, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr, 
 
 
 @triton.jit
-def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 EXACT: tl.constexpr):
+def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One K step of mxfp4 rows: bytes ``w_ptrs`` [BLOCK_N, BLOCK_K / 2], e8m0 scales ``s_ptrs`` [BLOCK_N,
     BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2]) -> [BLOCK_N] float32
-    partial dot products divided by 2**14, each 32-element group scaled once."""
+    partial dot products, each 32-element group scaled once."""
     raw = tl.load(w_ptrs, mask=wmask, other=0).to(tl.int32)
-    p = _e2m1_decode(raw & 15, EXACT) * xe[None, :] + _e2m1_decode(raw >> 4, EXACT) * xo[None, :]
+    p = _e2m1_exact(raw & 15) * xe[None, :] + _e2m1_exact(raw >> 4) * xo[None, :]
     part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2)
     return tl.sum(part * _e8m0(tl.load(s_ptrs, mask=smask, other=0)), axis=1)
 
@@ -153,7 +132,7 @@ def _moe_gemv1_kernel(
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_EXACT: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
     e = tl.load(ids_ptr + slot)
@@ -179,12 +158,9 @@ def _moe_gemv1_kernel(
             wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
             smask = n_ok[:, None] & (offs_s < (K - k0) // 32)[None, :]
             s_ptrs = s_rows + (k0 // 32 + offs_s)[None, :] * stride_sk
-            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K, MX_EXACT)
+            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K)
             acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
-                                  BLOCK_N, BLOCK_K, MX_EXACT)
-        if not MX_EXACT:
-            acc_g *= 16384.0  # the 2**14 the e2m1 decode leaves out
-            acc_u *= 16384.0
+                                  BLOCK_N, BLOCK_K)
     else:
         offs_k = tl.arange(0, BLOCK_K)
         g_ptrs = rows + offs_k[None, :]
@@ -223,7 +199,7 @@ def _moe_gemv2_kernel(
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_EXACT: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -253,13 +229,11 @@ def _moe_gemv2_kernel(
             ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
             raw = tl.load(w_rows + k0 // 2 + offs_b[None, None, :], mask=rows_ok & b_ok[None, None, :],
                           other=0).to(tl.int32)
-            p = _e2m1_decode(raw & 15, MX_EXACT) * ae[:, None, :] + _e2m1_decode(raw >> 4, MX_EXACT) * ao[:, None, :]
+            p = _e2m1_exact(raw & 15) * ae[:, None, :] + _e2m1_exact(raw >> 4) * ao[:, None, :]
             part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // 32, 16]), axis=3)
             sc = tl.load(s_rows + (k0 // 32 + offs_s)[None, None, :] * stride_sk,
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * _e8m0(sc), axis=2)
-        if not MX_EXACT:
-            acc *= 16384.0  # the 2**14 the e2m1 decode leaves out
     else:
         offs_k = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
@@ -316,7 +290,7 @@ def _scale_args(scheme, scale: Optional[torch.Tensor]) -> dict:
         return {}
     if scheme.weight_dtype == "mxfp4":
         return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
-                    W_SCALE=3, MX_EXACT=MX_DECODE == "exact")
+                    W_SCALE=3)
     if scheme.granularity == "block":
         gn, gk = scheme.block_shape
         return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
