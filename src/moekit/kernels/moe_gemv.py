@@ -146,8 +146,8 @@ def _moe_gemv1_kernel(
     rows = w_ptr + e.to(tl.int64) * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
     acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
     if W_SCALE == 3:  # mxfp4: byte j of a row holds K elements 2j (low nibble) and 2j + 1
-        offs_k = tl.arange(0, BLOCK_K)
         offs_b = tl.arange(0, BLOCK_K // 2)
         offs_s = tl.arange(0, BLOCK_K // 32)
         g_ptrs = rows + offs_b[None, :]
@@ -162,7 +162,6 @@ def _moe_gemv1_kernel(
             acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
                                   BLOCK_N, BLOCK_K)
     else:
-        offs_k = tl.arange(0, BLOCK_K)
         g_ptrs = rows + offs_k[None, :]
         u_ptrs = g_ptrs + I * stride_wn
         for k0 in range(0, K, BLOCK_K):
@@ -217,11 +216,11 @@ def _moe_gemv2_kernel(
     w_rows = w_ptr + e64[:, None, None] * stride_we + offs_n.to(tl.int64)[None, :, None] * stride_wn
     rows_ok = live[:, None, None] & n_ok[None, :, None]
     acc = tl.zeros([TOPK, BLOCK_N], dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
     if W_SCALE == 3:  # mxfp4 (see GEMV 1)
         offs_b = tl.arange(0, BLOCK_K // 2)
         offs_s = tl.arange(0, BLOCK_K // 32)
         s_rows = s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
-        offs_k = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             b_ok = offs_b < (K - k0) // 2
             a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
@@ -235,7 +234,6 @@ def _moe_gemv2_kernel(
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * _e8m0(sc), axis=2)
     else:
-        offs_k = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             k_ok = offs_k < K - k0
             a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
