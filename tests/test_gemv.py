@@ -6,6 +6,7 @@ import torch
 
 import moekit
 import moekit.kernels.moe_gemv as gemv_mod
+import moekit.kernels.quant as kq
 import moekit.triton_experts as te
 from moekit.kernels.moe_gemv import gemv_applies
 from moekit.testing import assert_close_to_reference
@@ -207,7 +208,7 @@ def test_mxfp4_weights_gemv(dtype, m, e, k, h, i, gemv_calls, poisoned_empty):
 
 
 def test_e2m1_decode_every_code():
-    """The GEMV kernels' e2m1 decode (float32 bit placement, times 2**126: codes 0 and 1 pass through float32
+    """The kernels' e2m1 decode (GEMV and weight-only GEMM; float32 bit placement, times 2**126: codes 0 and 1 pass through float32
     subnormals) gives all 16 code values exactly."""
     import triton
     import triton.language as tl
@@ -215,7 +216,7 @@ def test_e2m1_decode_every_code():
     @triton.jit
     def decode(c_ptr, o_ptr):
         offs = tl.arange(0, 16)
-        tl.store(o_ptr + offs, gemv_mod._e2m1_exact(tl.load(c_ptr + offs)))
+        tl.store(o_ptr + offs, kq.e2m1_value(tl.load(c_ptr + offs)))
 
     codes = torch.arange(16, dtype=torch.int32, device=DEVICE)
     out = torch.full((16,), float("nan"), device=DEVICE)

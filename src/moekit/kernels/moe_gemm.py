@@ -39,7 +39,7 @@ import triton.language as tl
 from moekit.activations import ACTIVATIONS as _NAMES
 from moekit.activations import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
 from moekit.kernels import tile_ids
-from moekit.kernels.quant import quantize_values
+from moekit.kernels.quant import e2m1_value, e8m0_value, quantize_values
 
 ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constexpr codes
 _SWIGLU_ALPHA = tl.constexpr(SWIGLUOAI_ALPHA)
@@ -81,18 +81,15 @@ def _load_int8(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, HAS_ZERO: tl.constexpr, DT:
 @triton.jit
 def _decode_nibble(code, s, z, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr):
     """4-bit codes (int32 0..15) -> float32 weights. QUANT 4: int4 (signed two's complement, or unsigned
-    minus the zero point ``z``) times ``s``; QUANT 5: e2m1 (sign bit 3, exponent bits 2..1, mantissa bit 0;
-    magnitude = num / 4) times the e8m0 scale ``s`` (uint8, 2**(s - 127))."""
+    minus the zero point ``z``) times ``s``; QUANT 5: e2m1 times the e8m0 scale ``s`` (uint8, 2**(s - 127)),
+    both decoded exactly by bit placement (:func:`moekit.kernels.quant.e2m1_value`)."""
     if QUANT == 4:
         if HAS_ZERO:
             v = code.to(tl.float32) - z.to(tl.float32)
         else:
             v = ((code ^ 8) - 8).to(tl.float32)
         return v * s
-    e = (code >> 1) & 3
-    num = tl.where(e == 0, 2 * (code & 1), (2 + (code & 1)) << e).to(tl.float32)
-    v = tl.where((code & 8) != 0, -num, num) * 0.25
-    return v * (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # e8m0 -> 2**(s - 127)
+    return e2m1_value(code) * e8m0_value(s)
 
 
 @triton.jit

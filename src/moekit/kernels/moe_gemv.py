@@ -17,7 +17,8 @@ applied after the K loop; 2 fp8, one scale per (``GROUP_N`` rows, ``GROUP_K`` co
 GROUP_N), cdiv(K, GROUP_K)]``: a K step spans ``max(1, BLOCK_K / GROUP_K)`` blocks (``BLOCK_K`` and
 ``GROUP_K`` are powers of two), each block's partial sum is scaled before it joins the accumulator; 3
 mxfp4, e2m1 codes packed two per byte along K (``[E, N, K / 2]`` uint8, low nibble first) with one e8m0
-scale per 32 K elements (``[E, N, K / 32]`` uint8), decoded on CUDA cores (:func:`_e2m1_exact`).
+scale per 32 K elements (``[E, N, K / 32]`` uint8), decoded on CUDA cores
+(:func:`moekit.kernels.quant.e2m1_value`).
 Tiles and K steps per weight format: :data:`GEMV_TILES`.
 
 No alignment, no host synchronization (CUDA-graph safe). Products and sums are float32; GEMV 2 keeps the
@@ -34,6 +35,7 @@ import triton
 import triton.language as tl
 
 from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
+from moekit.kernels.quant import e2m1_value, e8m0_value
 
 #: Launch shape per weight format (bits: 16 bf16 / fp16 / fp32, 8 fp8 / int8, 4 mxfp4 codes): (GEMV 1 tile,
 #: GEMV 2 tile, GEMV 1 K step, GEMV 2 K step). A tile is the elements of the float32 product one program
@@ -83,22 +85,6 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
 
 
 @triton.jit
-def _e2m1_exact(code):
-    """e2m1 codes (int32 0..15) -> exact float32 values with integer ops and one exact multiply, no
-    conversion instruction: the exponent and mantissa bits go to float32's bits 24..22 (the value times
-    2**-126, a float32 subnormal for codes 0 and 1), the sign bit to bit 31; times 2**126 gives the value
-    (Triton compiles float32 multiplies without flush-to-zero)."""
-    bits = ((code & 8) << 28) | ((code & 7) << 22)
-    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
-
-
-@triton.jit
-def _e8m0(s):
-    """e8m0 scale bytes -> float32 2**(s - 127) (0 for s = 0, inf for s = 255, the NaN code)."""
-    return (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _block_scaled_sum(p, s_ptrs, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       GROUP_K: tl.constexpr):
     """Row sums of one K step's products ``p`` [BLOCK_N, BLOCK_K] under 128x128-style block scales: the
@@ -120,9 +106,9 @@ def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BL
     BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2]) -> [BLOCK_N] float32
     partial dot products, each 32-element group scaled once."""
     raw = tl.load(w_ptrs, mask=wmask, other=0).to(tl.int32)
-    p = _e2m1_exact(raw & 15) * xe[None, :] + _e2m1_exact(raw >> 4) * xo[None, :]
+    p = e2m1_value(raw & 15) * xe[None, :] + e2m1_value(raw >> 4) * xo[None, :]
     part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2)
-    return tl.sum(part * _e8m0(tl.load(s_ptrs, mask=smask, other=0)), axis=1)
+    return tl.sum(part * e8m0_value(tl.load(s_ptrs, mask=smask, other=0)), axis=1)
 
 
 @triton.jit
@@ -228,11 +214,11 @@ def _moe_gemv2_kernel(
             ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
             raw = tl.load(w_rows + k0 // 2 + offs_b[None, None, :], mask=rows_ok & b_ok[None, None, :],
                           other=0).to(tl.int32)
-            p = _e2m1_exact(raw & 15) * ae[:, None, :] + _e2m1_exact(raw >> 4) * ao[:, None, :]
+            p = e2m1_value(raw & 15) * ae[:, None, :] + e2m1_value(raw >> 4) * ao[:, None, :]
             part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // 32, 16]), axis=3)
             sc = tl.load(s_rows + (k0 // 32 + offs_s)[None, None, :] * stride_sk,
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
-            acc += tl.sum(part * _e8m0(sc), axis=2)
+            acc += tl.sum(part * e8m0_value(sc), axis=2)
     else:
         for k0 in range(0, K, BLOCK_K):
             k_ok = offs_k < K - k0

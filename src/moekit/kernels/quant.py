@@ -27,6 +27,24 @@ _RTNE_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 to the n
 
 
 @triton.jit
+def e2m1_value(code):
+    """mxfp4 weight codes: e2m1 (int32 0..15: sign bit 3, exponent bits 2..1, mantissa bit 0) -> their exact
+    float32 values (0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives) with integer ops and one exact multiply, no
+    conversion instruction: the exponent and mantissa bits go to float32's bits 24..22 (the value times
+    2**-126, a float32 subnormal for codes 0 and 1), the sign bit to bit 31; times 2**126 gives the value
+    (Triton compiles float32 multiplies without flush-to-zero)."""
+    bits = ((code & 8) << 28) | ((code & 7) << 22)
+    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
+
+
+@triton.jit
+def e8m0_value(s):
+    """mxfp4 scales: e8m0 bytes -> float32 2**(s - 127) (0 for s = 0, inf for s = 255, the NaN code), by
+    bit placement (:func:`moekit.quant.weights._e8m0_to_float` is the PyTorch twin)."""
+    return (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def round_to_int(v):
     """Round-half-to-even of float32 ``v`` (|v| < 2**22) to an integer value, in float32."""
     return (v + 12582912.0) - 12582912.0
