@@ -188,6 +188,23 @@ def test_quant_kernels_at_explicit_configs(key, cfg, poisoned_empty):
     assert_close_to_reference(out, ref, key)
 
 
+@pytest.mark.parametrize("bk", [64, 128, 256])
+def test_mxfp4_k_steps_span_scale_groups(bk, poisoned_empty):
+    """mxfp4 K steps longer than the 32-code scale group, with partial last steps (H = 160, I = 96 are not
+    multiples of the step): each 32-group keeps its own scale (BLOCK_K is not lowered to 32)."""
+    from moekit.configs import MoEKernelConfig
+    from moekit.routing import select_experts
+    from moekit.triton_experts import fused_experts_triton
+
+    scheme = SCHEMES["mxfp4"]
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    x, w13, w2, logits, kw, ref = _layer(scheme, 19, 4, 160, 96, dtype)
+    w, ids = select_experts(logits, 2)
+    out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(16, 32, bk, 1, 4, 2), quant=scheme,
+                               **{k: v for k, v in kw.items() if k != "quant"})
+    assert_close_to_reference(out, ref, "mxfp4")
+
+
 def test_block_k_corrected_once():
     from moekit.configs import MoEKernelConfig
     from moekit.quant.triton_moe import _fix_block_k

@@ -126,9 +126,11 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     least = 32 if scheme.weight_dtype in ("int4", "mxfp4") else 16  # packed: each half-K dot >= 16 deep
     if block:
         config = _fix_block_k(config, scheme.block_shape[1], least)
-    elif scheme.weight_only and scheme.granularity == "group":  # int8 / int4 groups, mxfp4's 32
+    elif scheme.weight_only and scheme.granularity == "group" and scheme.weight_dtype != "mxfp4":  # int8 / int4
         config = _fix_block_k(config, scheme.group_size, least)
-    elif least > 16:  # int4 per channel: only the packed floor applies
+    elif least > 16:  # int4 per channel, mxfp4: only the packed floor applies. mxfp4 K steps may span several
+        # 32-code scale groups (tl.dot_scaled reads [BLOCK_N, BLOCK_K / 32] scales, the in-kernel decode one
+        # scale per byte row): BLOCK_K = 32 made every step a 16-byte-per-row load.
         config = _fix_block_k(config, config.BLOCK_SIZE_K, least)
     topk_weights = topk_weights.float().contiguous()
     topk_ids = topk_ids.contiguous()
