@@ -94,8 +94,10 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     slower on an H100, ``benchmarks/results/configs_tuned_vs_default_*``) and BLOCK_K = 128 (one scale pair
     per K step). Per-tensor / per-channel 8-bit w8a8 from 32 tokens per expert: BLOCK_K = 128 (the same 128
     bytes per row as bf16's 64), as every entry of the tuned mixtral8x7b fp8 files chose (H100 and H200;
-    the old bf16-shaped default was 1.2-1.5x slower there, ``benchmarks/results/tune/``). ``dtype``: as for
-    :func:`get_config`.
+    the old bf16-shaped default was 1.2-1.5x slower there, ``benchmarks/results/tune/``). mxfp4: BLOCK_K = 32,
+    one scale group per K step, what every entry of the shipped gpt-oss-20b files runs (gpt-oss-20b on the
+    H100, M=16: 484 us with K steps of 32 against 536-567 us with 128; ``mxfp4_paths_H100_session6.*``).
+    ``dtype``: as for :func:`get_config`.
     """
     per_expert = M * top_k / max(E, 1)
     eight_bit = config_dtype_name(dtype) in ("fp8_w8a8", "int8_w8a8")
@@ -114,12 +116,16 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
             return MoEKernelConfig(64, 64, 128, 16, 4, 4)
         return MoEKernelConfig(128, 128, 128, 16, 8, 4)
     if per_expert <= 8:
-        return MoEKernelConfig(16, 64, 128, 1, 4, 4)
-    if per_expert <= 32:
-        return MoEKernelConfig(32, 64, 128, 1, 4, 4)
-    if per_expert <= 96:
-        return MoEKernelConfig(64, 64, 64, 8, 4, 4)
-    return MoEKernelConfig(128, 128, 64, 8, 8, 3)
+        config = MoEKernelConfig(16, 64, 128, 1, 4, 4)
+    elif per_expert <= 32:
+        config = MoEKernelConfig(32, 64, 128, 1, 4, 4)
+    elif per_expert <= 96:
+        config = MoEKernelConfig(64, 64, 64, 8, 4, 4)
+    else:
+        config = MoEKernelConfig(128, 128, 64, 8, 8, 3)
+    if config_dtype_name(dtype) == "mxfp4":  # K steps of one 32-code scale group (see the docstring)
+        config = replace(config, BLOCK_SIZE_K=32)
+    return config
 
 
 def shared_memory_bytes(config: MoEKernelConfig, elem_bytes: int) -> int:

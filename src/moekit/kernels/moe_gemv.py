@@ -47,12 +47,14 @@ from moekit.kernels.quant import e2m1_value, e8m0_value
 #:   best for gpt-oss-20b (M=1 79.1 vs 84.4 us at 4096) and within 1 % for qwen3.
 #: * 8-bit (``benchmarks/bench_gemv_quant.py``, ``bench_gemv_quant_H100_*``): K steps of 512 / 256 beat
 #:   1024 / 512 by 4-12 % and 256 / 128 by 15-20 % (qwen3 fp8 block M=1 25.0 vs 27.1 / 29.4 us).
-#: * mxfp4 (``bench_gemv_quant_H100_round3.json``, ``bench_gemv_quant_H100_session5.json``, gpt-oss-20b):
+#: * mxfp4 (``bench_gemv_quant_H100_round3.json``, ``bench_gemv_quant_H100_session{5,6}.json``, gpt-oss-20b):
 #:   16384 / 8192 with K steps of 512 / 256 codes gave M=1/2/4/8 60.5 / 97.8 / 163.8 / 307.7 us, against
 #:   59.5-60.0 / 108.5 / 184.6 / 346.4 with the earlier 16384 / 4096 and at best 57.9 / 99.7 / 178.5 / 309.1
 #:   with the other seven tried, 8 warps included. More rows per program spread each activation load and
 #:   split over more decoded codes; 32768-element GEMV 1 tiles leave too few programs (70.6 us at M=1).
-GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 512, 256)}
+#:   Session 6 re-ran the sweep: GEMV 1 K steps of 1024 were at or below 512 at every M (58.6 / 89.9 / 159.6
+#:   / 306.6 against 60.6 / 98.1 / 161.6 / 307.8 us), so they replaced them.
+GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 1024, 256)}
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
 
