@@ -1,9 +1,11 @@
 """fused_moe / fused_experts on every backend against a float64 per-token reference."""
+import dataclasses
+
 import pytest
 import torch
 
 import moekit
-from moekit.testing import assert_close_to_reference
+from moekit.testing import assert_close_to_reference, tolerance_for
 from reference import moe_reference, route_reference
 
 from conftest import DEVICE, KERNEL_DTYPES, check_fused_moe_graph_replays, gpu_only
@@ -171,7 +173,9 @@ def test_64bit_offsets():
     x, w13, w2, logits = make_layer(m, e, h, i, torch.bfloat16)
     out = moekit.fused_moe(x, w13, w2, logits, k, backend="triton")
     ref = moekit.fused_moe(x, w13, w2, logits, k, backend="torch")
-    assert_close_to_reference(out, ref.float(), "bf16")
+    # two bf16 forwards round their intermediates apart: a few of the 285M elements land 2 ulps off (seen once
+    # on the H100: 2 elements at 1.05x the tolerance). An offset overflow corrupts whole rows, millions of them.
+    assert_close_to_reference(out, ref.float(), dataclasses.replace(tolerance_for("bf16"), max_mismatch_frac=1e-6))
     # spot-check the last tokens against the float64 per-token reference
     w, ids = moekit.select_experts(logits[-4:], k)
     assert_close_to_reference(out[-4:], moe_reference(x[-4:], w13, w2, w, ids), "bf16")
