@@ -317,6 +317,18 @@ def test_eight_bit_default_uses_128_byte_k_steps(dtype):
     assert default_config(1, E, 14336, 4096, k, dtype) == default_config(1, E, 14336, 4096, k, torch.bfloat16)
 
 
+@pytest.mark.parametrize("m", [1, 16, 256, 4096])
+def test_mxfp4_default_and_shipped_k_steps_are_one_scale_group(m):
+    """mxfp4: BLOCK_K 32 (one e8m0 group per K step) in the default and in every shipped entry: longer K steps
+    measured slower on the H100 (benchmarks/results/mxfp4_paths_H100_session6)."""
+    import json
+
+    assert default_config(m, 32, 2880, 2880, 4, "mxfp4").BLOCK_SIZE_K == 32
+    assert default_config(m, 32, 2880, 2880, 4, torch.bfloat16).BLOCK_SIZE_K > 32
+    for path in (p for p in SHIPPED if "dtype=mxfp4" in p.name):
+        assert {v["BLOCK_SIZE_K"] for v in json.loads(path.read_text()).values() if isinstance(v, dict)} == {32}
+
+
 def test_bench_configs_repair_restores_default(tmp_path):
     """benchmarks/bench_configs.py --repair: an entry whose default measured > 2 % faster gets the default."""
     import importlib.util
