@@ -96,7 +96,8 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     bytes per row as bf16's 64), as every entry of the tuned mixtral8x7b fp8 files chose (H100 and H200;
     the old bf16-shaped default was 1.2-1.5x slower there, ``benchmarks/results/tune/``). mxfp4: BLOCK_K = 32,
     one scale group per K step, what every entry of the shipped gpt-oss-20b files runs (gpt-oss-20b on the
-    H100, M=16: 484 us with K steps of 32 against 536-567 us with 128; ``mxfp4_paths_H100_session6.*``).
+    H100, M=16: 460 us with K steps of 32 against 536-579 us with 128; ``benchmarks/results/
+    bench_quant_H100_gptoss_session6.json``, ``mxfp4_paths_H100_session6/``).
     ``dtype``: as for :func:`get_config`.
     """
     per_expert = M * top_k / max(E, 1)

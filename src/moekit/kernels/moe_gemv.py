@@ -47,13 +47,13 @@ from moekit.kernels.quant import e2m1_value, e8m0_value
 #:   best for gpt-oss-20b (M=1 79.1 vs 84.4 us at 4096) and within 1 % for qwen3.
 #: * 8-bit (``benchmarks/bench_gemv_quant.py``, ``bench_gemv_quant_H100_*``): K steps of 512 / 256 beat
 #:   1024 / 512 by 4-12 % and 256 / 128 by 15-20 % (qwen3 fp8 block M=1 25.0 vs 27.1 / 29.4 us).
-#: * mxfp4 (``bench_gemv_quant_H100_round3.json``, ``bench_gemv_quant_H100_session{5,6}.json``, gpt-oss-20b):
-#:   16384 / 8192 with K steps of 512 / 256 codes gave M=1/2/4/8 60.5 / 97.8 / 163.8 / 307.7 us, against
-#:   59.5-60.0 / 108.5 / 184.6 / 346.4 with the earlier 16384 / 4096 and at best 57.9 / 99.7 / 178.5 / 309.1
-#:   with the other seven tried, 8 warps included. More rows per program spread each activation load and
-#:   split over more decoded codes; 32768-element GEMV 1 tiles leave too few programs (70.6 us at M=1).
-#:   Session 6 re-ran the sweep: GEMV 1 K steps of 1024 were at or below 512 at every M (58.6 / 89.9 / 159.6
-#:   / 306.6 against 60.6 / 98.1 / 161.6 / 307.8 us), so they replaced them.
+#: * mxfp4 (``bench_gemv_quant_H100_round3.json``, ``bench_gemv_quant_H100_session6.json``, gpt-oss-20b,
+#:   exact e2m1 decode): 16384 / 8192 with K steps of 1024 / 256 codes gave M=1/2/4/8 58.6 / 89.9 / 159.6 /
+#:   306.6 us, against 60.6 / 98.1 / 161.6 / 307.8 with K steps of 512 / 256, 59.9 / 110.3 / 182.0 / 346.5
+#:   with the earlier 16384 / 4096, and 54.8-62.2 / 89.9-110.3 / 159.1-182.1 / 299.6-348.4 with the other
+#:   five tried (8 warps included; none better at every M). More rows per program spread each activation
+#:   load and split over more decoded codes; 32768-element GEMV 1 tiles leave too few programs (70.6 us at
+#:   M=1, round 3).
 GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 1024, 256)}
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
@@ -78,8 +78,8 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
     * fp8 block: qwen3 M=1/2/4 32.6 -> 25.0 / 46.6 -> 42.6 / 73.8 -> 73.0 us; DeepSeek-V3 (E=256, k=8,
       grouped routing concentrates the slots) M=1/2/4 225 -> 212 / 362 -> 325 / 561 -> 539, M=8 862 -> 942.
       fp8 per channel qwen3 M=1 32.3 -> 23.1; int8 weight-only 36.4 -> 25.4.
-    * mxfp4: gpt-oss-20b M=1/2/4/8 124.2 -> 60.5 / 186.5 -> 97.8 / 266.9 -> 163.8 / 408.5 -> 307.7 us
-      with the shipped tiles and the exact e2m1 decode (``bench_gemv_quant_H100_session5.json``)."""
+    * mxfp4: gpt-oss-20b M=1/2/4/8 113.3 -> 58.6 / 193.2 -> 89.9 / 291.8 -> 159.6 / 458.5 -> 306.6 us
+      with the shipped tiles and the exact e2m1 decode (``bench_gemv_quant_H100_session6.json``)."""
     if m < 1 or e < MIN_EXPERTS:
         return False
     bits, slots = _weight_bits(scheme), m * top_k
