@@ -135,6 +135,20 @@ def test_issue_cases(triton_importable):
     assert e.value.requested == "triton" and set(e.value.reasons) == {"triton", "torch", "vllm"}
 
 
+@pytest.mark.parametrize("block, ok", [((128, 128), True), ((64, 32), True), ((128, 16), True), ((16, 64), True),
+                                       ((128, 8), False), ((128, 96), False), ((48, 48), False), ((128, 1), False)])
+def test_triton_declines_block_k_it_cannot_take(block, ok, triton_importable):
+    """Block-scaled GEMM K steps must lie inside one scale block and be >= 16 deep: K sides that are not a
+    power of two >= 16 go to torch (they gave wrong results or compile errors), with the reason."""
+    scheme = Q.fp8_block(*block)
+    assert bool(B.triton_kernel_limits(scheme)) == ok
+    assert B.select_backend(scheme, "h100").name == ("triton" if ok else "torch")
+    if not ok:
+        with pytest.raises(B.NoBackendError, match="power of two >= 16 along K"):
+            B.select_backend(scheme, "h100", prefer="triton")
+    assert B.triton_kernel_limits(Q.int4_weight_only(8))  # weight-only groups are unaffected
+
+
 def test_verdict_truthiness():
     assert not B.Verdict(False, "x") and B.Verdict(True, "y")
     ok, why = B.Verdict(False, "x")

@@ -63,8 +63,8 @@ def _ref(x, w64, bias):
     return F.linear(x.double(), w64.double(), None if bias is None else bias.double())
 
 
-def _skip_unless_ok(path, scheme, M=1):
-    ok, why = _path_ok(path, torch.device(DEVICE), scheme, M)
+def _skip_unless_ok(path, scheme, M=1, dtype=None):
+    ok, why = _path_ok(path, torch.device(DEVICE), scheme, M, dtype or KERNEL_DTYPES[0])
     if not ok:
         pytest.skip(why)
 
@@ -118,7 +118,7 @@ def test_fp8_paths(path, scheme_name, M, N, K, bias, poisoned_empty):
     assert out.shape == (M, N) and out.dtype == dtype
     # activation quantization (w8a8, and torch._scaled_mm) costs fp8 precision; weight-only paths do not
     w8a8 = path == "triton_w8a8" or (path == "torch" and HAS_GPU and scheme.granularity != "block"
-                                     and _path_ok("triton_w8a8", torch.device(DEVICE), scheme, M)[0]
+                                     and _path_ok("triton_w8a8", torch.device(DEVICE), scheme, M, dtype)[0]
                                      and dtype == torch.bfloat16)
     key = ("fp8_block" if scheme.granularity == "block" else "fp8_tensor") if w8a8 else KEYS[dtype]
     assert_close_to_reference(out, _ref(x, deq, b), key, name=f"{path} {scheme_name}")
@@ -220,3 +220,15 @@ def test_cuda_graph_capture(path):
     graph.replay()
     torch.cuda.synchronize()
     assert_close_to_reference(out, _ref(x, w, b), "bf16", name=f"graph {path}")
+
+
+@pytest.mark.skipif(HAS_GPU, reason="CPU tensors: Triton's interpreter")
+def test_cpu_bf16_never_takes_a_triton_path():
+    """Triton's CPU interpreter computes bf16 wrongly: the router keeps bf16 on torch there, and forcing a
+    Triton path raises, naming the reason."""
+    scheme = FP8_SCHEMES["fp8_block128x128"]
+    assert select_path(4, 256, 256, torch.bfloat16, scheme, device="cpu")[0] == "torch"
+    assert select_path(4, 256, 256, torch.float16, scheme, device="cpu")[0] != "torch"
+    q, scale, _ = _fp8_weight(256, 256, scheme, _gen())
+    with pytest.raises(MoEInputError, match="bfloat16 wrongly"):
+        linear_path("skinny", torch.randn(4, 256, dtype=torch.bfloat16), q, quant=scheme, weight_scale=scale)

@@ -208,6 +208,47 @@ def test_mxfp4_k_steps_span_scale_groups(bk, poisoned_empty):
     assert_close_to_reference(out, ref, "mxfp4")
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="the Triton interpreter's limits")
+def test_triton_backend_refuses_what_the_interpreter_or_kernels_get_wrong(poisoned_empty):
+    """bf16 in the interpreter and fp8 blocks with K sides the kernels cannot take raise MoEInputError (they
+    gave wrong results); backend='auto' runs them on torch, right."""
+    scheme = QuantScheme.fp8_block(128, 8)
+    x, w13, w2, logits, kw, ref = _layer(scheme, 5, 4, 128, 128, torch.float32)
+    with pytest.raises(moekit.MoEInputError, match="quant.*power of two >= 16"):
+        moekit.fused_moe(x, w13, w2, logits, 2, backend="triton", **kw)
+    assert_close_to_reference(moekit.fused_moe(x, w13, w2, logits, 2, **kw), ref, "fp8_block")
+    xb = x.bfloat16()
+    wb13, wb2 = torch.randn(4, 256, 128).bfloat16(), torch.randn(4, 128, 128).bfloat16()
+    with pytest.raises(moekit.MoEInputError, match="hidden_states.*bfloat16 wrongly"):
+        moekit.fused_moe(xb, wb13, wb2, logits, 2, backend="triton")
+    assert moekit.fused_moe(xb, wb13, wb2, logits, 2).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("key", sorted(SCHEMES))
+def test_dequantize_weights_round_trips_2d(key):
+    scheme = SCHEMES[key]
+    w = torch.randn(64, 128)
+    r = quantize_weights(w, scheme)
+    d = dequantize_weights(r[0], r[1], scheme, r[2] if len(r) > 2 else None)
+    lifted = [t.unsqueeze(0) for t in r]
+    assert torch.equal(d, dequantize_weights(lifted[0], lifted[1], scheme, lifted[2] if len(r) > 2 else None)[0])
+    assert d.shape == w.shape and ((d - w).norm() / w.norm()).item() < 0.2  # 4-bit codes: ~0.1
+
+
+def test_dequantize_weights_checks_scale_and_zero_points():
+    zp = QuantScheme.int4_weight_only(32, zero_point=True)
+    q, s, z = quantize_weights(torch.randn(2, 64, 128), zp)
+    bad = [((q, s, zp, None), "zero"), ((q, s, QuantScheme.int4_weight_only(32), z), "zero"),
+           ((q, s[:, :, :2], zp, z), "scale"), ((q, s.half(), zp, z), "scale.*float16"),
+           ((q, s, zp, z.to(torch.int8)), "zero.*int8"), ((q, s, None, z), "scheme"),
+           ((q[0, 0], s, zp, z), "q")]
+    qb, sb = quantize_weights(torch.randn(2, 128, 128), QuantScheme.fp8_block(32, 32))
+    bad.append(((qb, sb, QuantScheme.fp8_block(64, 64), None), "scale"))
+    for args, arg in bad:
+        with pytest.raises(moekit.MoEInputError, match=arg):
+            dequantize_weights(*args)
+
+
 def test_block_k_corrected_once():
     from moekit.configs import MoEKernelConfig
     from moekit.quant.triton_moe import _fix_block_k
@@ -224,6 +265,8 @@ def test_block_k_corrected_once():
     (dict(w13=lambda w: w.float()), "w13"),
     (dict(a13_scale=lambda s: torch.ones(2)), "a13_scale"),
     (dict(w13_zero=lambda s: torch.zeros(1, dtype=torch.uint8)), "w13_zero"),
+    (dict(w13_scale=lambda s: s.half()), "w13_scale.*got float16 tensor"),  # the message names the dtype
+    (dict(w2_bias=lambda s: torch.zeros(4, 256, dtype=torch.int32)), "w2_bias.*got torch.int32"),
 ])
 def test_bad_quant_args_name_the_argument(bad, argname):
     scheme = QuantScheme.fp8_block(128, 128)

@@ -115,6 +115,18 @@ class Backend:
         return f"<moekit backend {self.name!r} priority={self.priority}>"
 
 
+def triton_kernel_limits(scheme: QuantScheme) -> Verdict:
+    """Scheme parameters moekit's Triton kernels cannot take on any device: a w8a8 block whose K side is not a
+    power of two >= 16 (each K step of the block-scaled GEMMs must lie inside one scale block, and a
+    ``tl.dot`` is at least 16 deep; other blocks gave wrong results or compile errors)."""
+    if scheme.granularity == "block" and not scheme.weight_only:
+        bk = scheme.block_shape[1]
+        if bk < 16 or bk & (bk - 1):
+            return Verdict(False, f"block_shape[1] = {bk}: the Triton block-scaled GEMMs need a power of two >= 16 "
+                                  "along K")
+    return Verdict(True, "")
+
+
 class TritonBackend(Backend):
     name = "triton"
     priority = 100
@@ -130,6 +142,9 @@ class TritonBackend(Backend):
         return Verdict(ok, why)
 
     def supports_scheme(self, scheme: QuantScheme, platform: Platform) -> Verdict:
+        limits = triton_kernel_limits(scheme)
+        if not limits:
+            return limits
         kind = scheme_kind(scheme)
         if kind == "none":
             return Verdict(True, f"{scheme.weight_dtype} tl.dot")

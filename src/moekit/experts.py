@@ -23,10 +23,10 @@ import torch
 
 from moekit import envs
 from moekit.activations import ACTIVATIONS
-from moekit.backends import select_backend
+from moekit.backends import select_backend, triton_kernel_limits
 from moekit.errors import check_arg
-from moekit.platform import platform_of, triton_interpreter_active
-from moekit.quant.scheme import QuantScheme
+from moekit.platform import interpreter_runs, platform_of, triton_interpreter_active
+from moekit.quant.scheme import QuantScheme, as_scheme
 from moekit.routing import select_experts, validate_routing
 
 BACKENDS = ("auto", "triton", "torch")
@@ -92,6 +92,12 @@ def resolve_backend(backend: str, x: torch.Tensor, scheme=None) -> str:
         check_arg(x.dtype in _KERNEL_DTYPES, "hidden_states", f"a dtype in {_KERNEL_DTYPES} for backend='triton'",
                   x.dtype)
         if x.device.type == "cpu" and triton_interpreter_active():
+            ok, why = interpreter_runs(x.dtype)
+            check_arg(ok, "hidden_states", "float16 or float32 for backend='triton' on CPU tensors", f"{x.dtype} ({why})")
+            if scheme is not None:
+                sch = as_scheme(scheme)
+                ok, why = triton_kernel_limits(sch)
+                check_arg(ok, "quant", "a scheme moekit's Triton kernels take", f"{sch.name} ({why})")
             return "triton"
     name = select_backend(scheme, platform_of(x.device), prefer=backend).name
     if name == "triton" and x.dtype not in _KERNEL_DTYPES:
@@ -157,8 +163,9 @@ def fused_experts(
     h = hidden_states.shape[1]
     for name, b, shape in (("w13_bias", w13_bias, (e, i2)), ("w2_bias", w2_bias, (e, h))):
         if b is not None:
-            check_arg(isinstance(b, torch.Tensor) and tuple(b.shape) == shape, name, f"a tensor of shape {shape}",
-                      getattr(b, "shape", type(b).__name__))
+            check_arg(isinstance(b, torch.Tensor) and tuple(b.shape) == shape and b.is_floating_point(), name,
+                      f"a floating-point tensor of shape {shape}",
+                      f"{b.dtype} tensor of shape {tuple(b.shape)}" if isinstance(b, torch.Tensor) else type(b).__name__)
             check_arg(b.device == hidden_states.device, name, f"device {hidden_states.device}", b.device)
             check_arg(b.stride(-1) == 1, name, "a contiguous last dimension", f"strides {b.stride()}")
     x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()

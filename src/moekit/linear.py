@@ -187,19 +187,19 @@ def _check_env() -> bool:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int) -> Tuple[bool, str]:
+def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype: torch.dtype) -> Tuple[bool, str]:
     if path == "torch":
         return True, ""
     if path == "skinny" and M > SKINNY_MAX_M:
         return False, f"skinny serves M <= {SKINNY_MAX_M}"
     if path == "triton_w8a8" and not scheme.is_quantized:
         return False, "triton_w8a8 needs fp8 weights"
-    from moekit.platform import has_feature, platform_of, triton_interpreter_active
+    from moekit.platform import has_feature, interpreter_runs, platform_of
 
     if envs.optional_import("triton", "moekit.linear Triton paths", "using torch") is None:
         return False, "Triton is not installed"
     if device.type == "cpu":
-        return (True, "") if triton_interpreter_active() else (False, "Triton runs on CPU only under TRITON_INTERPRET=1")
+        return interpreter_runs(dtype)
     plat = platform_of(device)
     ok, why = has_feature("triton_target", plat)
     if not ok:
@@ -211,7 +211,7 @@ def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int) -> Tu
     return True, ""
 
 
-def _default_choice(M: int, N: int, K: int, device: torch.device, scheme: QuantScheme):
+def _default_choice(M: int, N: int, K: int, device: torch.device, scheme: QuantScheme, dtype: torch.dtype):
     if not scheme.is_quantized:
         return "torch", None
     from moekit.platform import has_feature, platform_of
@@ -219,10 +219,10 @@ def _default_choice(M: int, N: int, K: int, device: torch.device, scheme: QuantS
     plat = platform_of(device)
     if scheme.granularity != "block" and device.type == "cuda" and has_feature("fp8_mma", plat)[0]:
         return "torch", None
-    if _path_ok("triton", device, scheme, M)[0]:
+    if _path_ok("triton", device, scheme, M, dtype)[0]:
         if M <= SKINNY_MAX_M:
             return "skinny", default_skinny(N, K, max(plat.multiprocessor_count, 1))
-        if scheme.granularity == "block" and _path_ok("triton_w8a8", device, scheme, M)[0]:
+        if scheme.granularity == "block" and _path_ok("triton_w8a8", device, scheme, M, dtype)[0]:
             return "triton_w8a8", DEFAULT_W8A8
         return "triton", DEFAULT_TRITON
     return "torch", None
@@ -254,13 +254,13 @@ def _choose(M: int, N: int, K: int, dtype: torch.dtype, scheme: QuantScheme, dev
         i = min(bisect.bisect_left(ks, M), len(ks) - 1)
         entry = entries[i]
         path = entry["path"]
-        ok, why = _path_ok(path, device, scheme, M)
+        ok, why = _path_ok(path, device, scheme, M, dtype)
         if ok:
             choice = (path, None if path == "torch" else LinearConfig.from_dict(entry))
         else:
             envs.warn_once(f"linear-path:{path}:{why}", f"moekit.linear: tuned path {path!r} skipped: {why}")
     if choice is None:
-        choice = _default_choice(M, N, K, device, scheme)
+        choice = _default_choice(M, N, K, device, scheme, dtype)
     with _lock:
         if len(_choices) > 65536:
             _choices.clear()
@@ -355,7 +355,7 @@ def linear_path(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional
     _validate(x, weight, bias, scheme, weight_scale)
     N, K = weight.shape
     M = x.numel() // K if K else x.numel()
-    ok, why = _path_ok(path, x.device, scheme, M)
+    ok, why = _path_ok(path, x.device, scheme, M, x.dtype)
     if not ok:
         raise MoEInputError(f"path: expected a path that can run here, got {path!r} ({why})")
     if config is None and path != "torch":

@@ -211,7 +211,7 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
             return t
 
         consider("torch", None)
-        if M <= SKINNY_MAX_M and _path_ok("skinny", dev, prob.scheme, M)[0]:
+        if M <= SKINNY_MAX_M and _path_ok("skinny", dev, prob.scheme, M, prob.dtype)[0]:
             if not skinny_rank:
                 cands = skinny_candidates(prob.N, prob.K, prob.scheme, sms)
                 timed = [(consider("skinny", c), c) for c in cands]
@@ -224,10 +224,10 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
             else:
                 for _, c in skinny_rank[:3]:
                     consider("skinny", c)
-        if M >= SKINNY_MAX_M and _path_ok("triton", dev, prob.scheme, M)[0]:
+        if M >= SKINNY_MAX_M and _path_ok("triton", dev, prob.scheme, M, prob.dtype)[0]:
             for c in triton_candidates(M, prob.N, prob.K, prob.scheme, sms, False):
                 consider("triton", c)
-        if prob.scheme.is_quantized and M >= SKINNY_MAX_M and _path_ok("triton_w8a8", dev, prob.scheme, M)[0]:
+        if prob.scheme.is_quantized and M >= SKINNY_MAX_M and _path_ok("triton_w8a8", dev, prob.scheme, M, prob.dtype)[0]:
             for c in triton_candidates(M, prob.N, prob.K, prob.scheme, sms, True):
                 consider("triton_w8a8", c)
         best = min(results, key=lambda p: results[p][0])

@@ -569,6 +569,21 @@ def triton_interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+#: dtypes whose arithmetic Triton's CPU interpreter gets wrong (seen with triton 3.6: bfloat16 products are
+#: off by orders of magnitude; float16, float32 and fp8 are right). Kernels never run there on these.
+INTERPRETER_WRONG_DTYPES = (torch.bfloat16,)
+
+
+def interpreter_runs(dtype: torch.dtype) -> Tuple[bool, str]:
+    """Whether moekit's Triton kernels may run on CPU tensors of ``dtype``: only in Triton's interpreter
+    (``TRITON_INTERPRET=1``) and in a dtype it computes right. Returns (ok, why not)."""
+    if not triton_interpreter_active():
+        return False, "Triton runs on CPU only under TRITON_INTERPRET=1"
+    if dtype in INTERPRETER_WRONG_DTYPES:
+        return False, f"Triton's CPU interpreter computes {str(dtype).replace('torch.', '')} wrongly"
+    return True, ""
+
+
 def platform_of(device: torch.device) -> Platform:
     """The platform that runs tensors on ``device``: the CPU preset for CPU tensors, else the current GPU."""
     return PRESETS["cpu"] if torch.device(device).type == "cpu" else current_platform()

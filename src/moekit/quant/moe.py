@@ -55,6 +55,37 @@ def scale_dtypes(scheme: QuantScheme):
     return (torch.uint8,) if scheme.weight_dtype == "mxfp4" else (torch.float32,)
 
 
+def _described(t) -> str:
+    """A tensor as error messages name it: dtype and shape (or the type of a non-tensor)."""
+    if isinstance(t, torch.Tensor):
+        return f"{str(t.dtype).replace('torch.', '')} tensor of shape {tuple(t.shape)}"
+    return type(t).__name__
+
+
+def check_qweight(scheme: QuantScheme, q, scale, zero, n: int, k: int, names=("q", "scale", "zero"),
+                  q_dtypes=None) -> None:
+    """One quantized weight of logical shape [E, N, K] for ``scheme`` (E = ``q.shape[0]``): ``q`` in one of
+    ``q_dtypes`` (default: :func:`qweight_dtypes` with either fp8 format) with a contiguous last dimension,
+    ``scale`` of :func:`scale_shape` and :func:`scale_dtypes`, and ``zero`` a uint8 tensor of the scale's
+    shape exactly when the scheme has zero points. ``names``: the arguments' names in error messages."""
+    qn, sn, zn = names
+    if q_dtypes is None:
+        q_dtypes = sum((qweight_dtypes(scheme, f) for f in (torch.float8_e4m3fn, torch.float8_e4m3fnuz)), ())
+    check_arg(isinstance(q, torch.Tensor) and q.dim() == 3, qn, "a 3-D tensor [E, N, K] (packed: [E, N, K/2])",
+              _described(q))
+    check_arg(q.dtype in q_dtypes, qn, f"dtype {' or '.join(map(str, q_dtypes))} for {scheme.name}", q.dtype)
+    check_arg(q.stride(-1) == 1, qn, "a contiguous last dimension", f"strides {q.stride()}")
+    want = scale_shape(scheme, q.shape[0], n, k)
+    sd = scale_dtypes(scheme)
+    check_arg(isinstance(scale, torch.Tensor) and tuple(scale.shape) == want and scale.dtype in sd, sn,
+              f"a {str(sd[0]).replace('torch.', '')} tensor of shape {want} for {scheme.name}", _described(scale))
+    if scheme.zero_point:
+        check_arg(isinstance(zero, torch.Tensor) and tuple(zero.shape) == want and zero.dtype == torch.uint8, zn,
+                  f"a uint8 tensor of shape {want} (zero_point=True)", _described(zero))
+    else:
+        check_arg(zero is None, zn, f"None for {scheme.name} (no zero points)", _described(zero))
+
+
 def check_quant_args(scheme: QuantScheme, x, w13, w2, w13_scale, w2_scale, w13_zero, w2_zero, a13_scale,
                      a2_scale) -> None:
     """Shapes, dtypes and devices of quantized weights and their scales (no host sync)."""
@@ -77,34 +108,19 @@ def check_quant_args(scheme: QuantScheme, x, w13, w2, w13_scale, w2_scale, w13_z
     check_arg(tuple(w2.shape) == (e, h, i // div), "w2", f"shape [E, H, I/{div}] = {(e, h, i // div)} for "
               f"{scheme.name}", f"shape {tuple(w2.shape)}")
     fp8 = fp8_format(x.device)[0]
-    wd = qweight_dtypes(scheme, fp8)
-    for name, t in (("w13", w13), ("w2", w2)):
-        check_arg(t.dtype in wd, name, f"dtype {' or '.join(map(str, wd))} for {scheme.name}", t.dtype)
-        check_arg(t.stride(-1) == 1, name, "a contiguous last dimension", f"strides {t.stride()}")
-        check_arg(t.device == x.device, name, f"device {x.device} (that of hidden_states)", t.device)
-    sd = scale_dtypes(scheme)
-    for name, t, (n, k) in (("w13_scale", w13_scale, (i2, h)), ("w2_scale", w2_scale, (h, i))):
-        want = scale_shape(scheme, e, n, k)
-        check_arg(isinstance(t, torch.Tensor), name, f"a tensor of shape {want} for {scheme.name}",
-                  type(t).__name__)
-        check_arg(tuple(t.shape) == want, name, f"shape {want} for {scheme.name}", f"shape {tuple(t.shape)}")
-        check_arg(t.dtype in sd, name, f"dtype {sd[0]}", t.dtype)
-        check_arg(t.device == x.device, name, f"device {x.device}", t.device)
-    for name, t, s in (("w13_zero", w13_zero, w13_scale), ("w2_zero", w2_zero, w2_scale)):
-        if scheme.zero_point:
-            check_arg(isinstance(t, torch.Tensor) and tuple(t.shape) == tuple(s.shape) and t.dtype == torch.uint8,
-                      name, f"a uint8 tensor of shape {tuple(s.shape)} (zero_point=True)",
-                      getattr(t, "shape", type(t).__name__))
-            check_arg(t.device == x.device, name, f"device {x.device}", t.device)
-        else:
-            check_arg(t is None, name, f"None for {scheme.name} (no zero points)", type(t).__name__)
+    for names, t, sc, z, (n, k) in ((("w13", "w13_scale", "w13_zero"), w13, w13_scale, w13_zero, (i2, h)),
+                                    (("w2", "w2_scale", "w2_zero"), w2, w2_scale, w2_zero, (h, i))):
+        check_qweight(scheme, t, sc, z, n, k, names, qweight_dtypes(scheme, fp8))
+        for name, v in zip(names, (t, sc, z)):
+            if v is not None:
+                check_arg(v.device == x.device, name, f"device {x.device} (that of hidden_states)", v.device)
     for name, t in (("a13_scale", a13_scale), ("a2_scale", a2_scale)):
         if t is None:
             continue
         check_arg(scheme.granularity == "tensor" and not scheme.weight_only, name,
                   "None (static activation scales are for per-tensor w8a8 schemes only)", "a tensor")
         check_arg(isinstance(t, torch.Tensor) and t.numel() == 1 and t.dtype == torch.float32, name,
-                  "a float32 tensor with 1 element", getattr(t, "shape", type(t).__name__))
+                  "a float32 tensor with 1 element", _described(t))
         check_arg(t.device == x.device, name, f"device {x.device}", t.device)
 
 

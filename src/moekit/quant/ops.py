@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 
 from moekit.errors import check_arg
-from moekit.platform import fp8_dtype, fp8_max, platform_of, triton_interpreter_active
+from moekit.platform import fp8_dtype, fp8_max, interpreter_runs, platform_of
 
 MIN_SCALE = 1e-12
 INT8_MAX = 127.0
@@ -43,7 +43,7 @@ def _qparams(dtype: torch.dtype) -> Tuple[int, float, int]:
 def _use_triton(x: torch.Tensor, use_triton: Optional[bool]) -> bool:
     if use_triton is not None:
         return use_triton
-    return x.is_cuda or (x.device.type == "cpu" and triton_interpreter_active())
+    return x.is_cuda or (x.device.type == "cpu" and interpreter_runs(x.dtype)[0])
 
 
 # ------------------------------------------------------------------------------------------ PyTorch twins

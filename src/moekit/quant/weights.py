@@ -158,9 +158,21 @@ def _quantize(wf: torch.Tensor, s: QuantScheme, f8: torch.dtype):
 
 def dequantize_weights(q: torch.Tensor, scale: torch.Tensor, scheme, zero: Optional[torch.Tensor] = None,
                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of :func:`quantize_weights`: [E, N, K] in ``dtype`` (the tensors moekit's references use)."""
+    """Inverse of :func:`quantize_weights`: [E, N, K] in ``dtype`` (the tensors moekit's references use); a
+    2-D ``q`` [N, K] (with the scale and zero points :func:`quantize_weights` gave for a 2-D weight) gives
+    [N, K]. Raises :class:`~moekit.MoEInputError` when the scale or zero points do not fit ``q`` and
+    ``scheme`` (layouts: module docstring)."""
+    from moekit.quant.moe import check_qweight, packed
+
     s = as_scheme(scheme)
+    check_arg(s.is_quantized, "scheme", "a quantized QuantScheme", s.name)
+    check_arg(isinstance(q, torch.Tensor) and q.dim() in (2, 3), "q", "a tensor [E, N, K] or [N, K] (packed: K/2)",
+              getattr(q, "shape", type(q).__name__))
+    if q.dim() == 2:
+        lift = (lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t)  # noqa: E731
+        return dequantize_weights(q.unsqueeze(0), lift(scale), s, lift(zero), dtype).squeeze(0)
     e, n = q.shape[0], q.shape[1]
+    check_qweight(s, q, scale, zero, n, q.shape[2] * (2 if packed(s) else 1))
     if s.weight_dtype == "fp8" or s.act_dtype == "int8":
         qf = q.float()
         k = q.shape[2]
