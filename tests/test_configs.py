@@ -118,6 +118,24 @@ def test_nearest_m_and_unknown_keys(tmp_path):
         assert get_config(8, 64, 256, 2, 1, torch.bfloat16) == MoEKernelConfig(16, 32, 128, 1, 4, 3)
 
 
+def test_bad_batch_keys_and_values_are_reported(tmp_path):
+    """Non-finite values, non-integer or repeated batch-size keys and num_warps past 32 are errors (each
+    entry dropped, the rest kept), never a crash or a silent choice."""
+    from moekit.configs import check_config_file, load_config_file
+
+    path = tmp_path / config_file_name(8, 64, H100)
+    good = json.dumps(_entry())
+    path.write_text('{"1": %s, "8.0": %s, "08": %s, "8": %s, "16": {"BLOCK_SIZE_M": NaN}, "32": %s}'
+                    % (good, good, good, good, json.dumps(_entry(num_warps=64))))
+    parsed = load_config_file(path)
+    assert parsed.batch_sizes == (1, 8)
+    text = "\n".join(parsed.errors)
+    for what in ("M=8.0: expected an integer batch size", "M=8: the same batch size as key '08'",
+                 "M=16: BLOCK_SIZE_M: expected an integer, got nan", "M=32: num_warps: expected a power of two <= 32"):
+        assert what in text
+    assert set(check_config_file(path)[0]) == set(parsed.errors)  # (M=16 names each missing field too)
+
+
 def test_search_order_env_then_user_then_package(tmp_path, monkeypatch):
     name = config_file_name(8, 64, H100)
     _write(tmp_path / "pkg", name, {"1": _entry(BLOCK_SIZE_N=32)})

@@ -241,3 +241,32 @@ def test_decode_path_resolves_backend_and_config_once(monkeypatch):
     out = moekit.fused_moe(x, w13, w2, logits, 2, backend="triton")
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert calls == {"resolve": 1, "config": 1}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m", [1, 6])  # the decode GEMV (E >= 16) and the grouped GEMMs
+def test_non_contiguous_expert_map(backend, m, poisoned_empty):
+    """A strided expert_map (a column of a [E_global, 2] tensor) gives the same result as its contiguous copy:
+    the kernels index the map without a stride, so it is made contiguous first."""
+    emap = torch.full((64,), -1, dtype=torch.int32, device=DEVICE)
+    emap[16:32] = torch.arange(16, dtype=torch.int32, device=DEVICE)
+    strided = torch.stack([emap, emap], 1)[:, 0]
+    assert not strided.is_contiguous()
+    run_and_check(backend, KERNEL_DTYPES[-1], m, e=16, k=4, h=64, i=32, expert_map=strided, e_logits=64)
+
+
+def test_fused_moe_checks_the_layer_before_routing():
+    """Bad layer arguments are reported by name before the decode fast path touches them."""
+    x, w13, w2, logits = make_layer(1, 16, 64, 32, KERNEL_DTYPES[-1])
+    emap = list(range(16))
+    with pytest.raises(moekit.MoEInputError, match="expert_map"):
+        moekit.fused_moe(x, w13, w2, logits, 2, expert_map=emap, backend="triton")
+    with pytest.raises(moekit.MoEInputError, match="top_k"):
+        moekit.fused_moe(x, w13, w2, logits, True, backend="triton")
+    with pytest.raises(moekit.MoEInputError, match="hidden_states.*H >= 1"):
+        moekit.fused_moe(x[:, :0], w13[:, :, :0], w2[:, :0], logits, 2, backend="torch")
+    with pytest.raises(moekit.MoEInputError, match="w13.*E >= 1"):
+        moekit.fused_experts(x, w13[:0], w2[:0], torch.ones(1, 2, device=DEVICE),
+                             torch.zeros(1, 2, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(moekit.MoEInputError, match="router_logits.*device"):
+        moekit.fused_moe(x, w13, w2, logits.to("meta"), 2)

@@ -1,6 +1,7 @@
 """moekit.linear: every path against float64 F.linear (CPU: Triton interpreter, fp16/fp32/fp8; GPU: bf16 too),
 odd shapes, 3-D inputs, bias, M = 0, input errors, the table lookup and the MOEKIT_LINEAR switch."""
 import json
+import logging
 
 import pytest
 import torch
@@ -197,12 +198,39 @@ def test_table_path_unavailable_falls_back(table_dir):
     assert select_path(100, N, K, dtype, device=DEVICE) == ("torch", None)
 
 
-def test_bad_table_is_a_clear_error(table_dir):
+def test_bad_table_entries_are_ignored_with_one_warning(table_dir, caplog):
+    """Bad entries (unknown path, sizes that are not powers of two, negative or NaN values) are dropped with
+    a warning naming each problem; the good ones are used; ``moekit configs check`` lints the file."""
+    from moekit.configs import check_config_file
+
     dtype = KERNEL_DTYPES[0]
     name = device_name_for_configs(platform_of(torch.device(DEVICE)))
-    (table_dir / table_file_name(8, 8, name, dtype)).write_text(json.dumps({"1": {"path": "cutlass"}}))
-    with pytest.raises(MoEInputError, match="path"):
-        select_path(1, 8, 8, dtype, device=DEVICE)
+    path = table_dir / table_file_name(8, 8, name, dtype)
+    path.write_text('{"1": {"path": "cutlass"}, "2": {"path": "triton", "BLOCK_SIZE_M": -16}, '
+                    '"3": {"path": "skinny", "num_warps": NaN}, "4": {"path": "torch"}}')
+    with caplog.at_level(logging.WARNING, logger="moekit"):
+        assert select_path(1, 8, 8, dtype, device=DEVICE) == ("torch", None)
+    err = "\n".join(r.getMessage() for r in caplog.records)
+    assert "bucket 1: path" in err and "bucket 2: BLOCK_SIZE_M" in err and "bucket 3: num_warps" in err
+    errors, _ = check_config_file(path)
+    assert len(errors) == 3
+    path.write_text("[1, 2]")
+    assert check_config_file(path)[0] == ["expected a JSON object mapping M buckets to entries, got list"]
+
+
+def test_non_contiguous_bias_and_empty_k(poisoned_empty):
+    g = _gen()
+    dtype = KERNEL_DTYPES[-1]
+    x, w = _rand((5, 64), dtype, g), _rand((48, 64), dtype, g, 1 / 8)
+    b = _rand((48, 2), dtype, g)[:, 0]
+    for path in PATHS:
+        ok, _ = _path_ok(path, torch.device(DEVICE), QuantScheme.none(), 5, dtype)
+        if ok and path != "triton_w8a8":
+            assert_close_to_reference(linear_path(path, x, w, b, config=CONFIGS.get(path)), _ref(x, w, b),
+                                      KEYS[dtype], name=path)
+    out = linear(torch.ones(3, 0, dtype=dtype, device=DEVICE), torch.ones(4, 0, dtype=dtype, device=DEVICE),
+                 torch.ones(4, dtype=dtype, device=DEVICE))
+    assert torch.equal(out, torch.ones(3, 4, dtype=dtype, device=DEVICE))
 
 
 @gpu_only

@@ -29,6 +29,7 @@ import argparse
 import bisect
 import functools
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -312,15 +313,15 @@ def _pow2(v: int) -> bool:
 def validate_entry(entry: Any, k_block: Optional[int] = None) -> Tuple[Optional[MoEKernelConfig], List[str], List[str]]:
     """Check one JSON entry: returns (config or None if unusable, errors, fixes applied).
 
-    Errors: missing/non-integer fields, block sizes not powers of two >= 16, num_warps not a power of two,
-    num_stages < 1, GROUP_SIZE_M < 1. Fix: BLOCK_SIZE_K lowered to divide ``k_block`` (quantization block)."""
+    Errors: missing/non-integer fields, block sizes not powers of two >= 16, num_warps not a power of two
+    <= 32, num_stages < 1, GROUP_SIZE_M < 1. Fix: BLOCK_SIZE_K lowered to divide ``k_block`` (quantization block)."""
     if not isinstance(entry, Mapping):
         return None, [f"expected an object, got {type(entry).__name__}"], []
     errors: List[str] = []
     vals: Dict[str, int] = {}
     for f in _INT_FIELDS:
         v = entry.get(f)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v:
             errors.append(f"{f}: expected an integer, got {v!r}")
         else:
             vals[f] = int(v)
@@ -329,8 +330,8 @@ def validate_entry(entry: Any, k_block: Optional[int] = None) -> Tuple[Optional[
     for f in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
         if not (_pow2(vals[f]) and vals[f] >= 16):
             errors.append(f"{f}: expected a power of two >= 16, got {vals[f]}")
-    if not _pow2(vals["num_warps"]):
-        errors.append(f"num_warps: expected a power of two, got {vals['num_warps']}")
+    if not (_pow2(vals["num_warps"]) and vals["num_warps"] <= 32):
+        errors.append(f"num_warps: expected a power of two <= 32, got {vals['num_warps']}")
     if vals["num_stages"] < 1:
         errors.append(f"num_stages: expected >= 1, got {vals['num_stages']}")
     if vals["GROUP_SIZE_M"] < 1:
@@ -387,11 +388,21 @@ def _parse_file(path: str, k_block: Optional[int]) -> ConfigFile:
     if not isinstance(raw, dict):
         return ConfigFile(path, (), (f"expected a JSON object mapping batch size to config, got {type(raw).__name__}",), ())
     table = {}
+    keys: Dict[int, str] = {}
     for key, entry in raw.items():
         try:
             m = int(key)
         except (TypeError, ValueError):
-            continue  # "triton_version" and other non-numeric keys
+            try:
+                float(key)
+            except (TypeError, ValueError):
+                continue  # "triton_version" and other non-numeric keys
+            errors.append(f"M={key}: expected an integer batch size")
+            continue
+        if m in keys:
+            errors.append(f"M={key}: the same batch size as key {keys[m]!r} (the later one is ignored)")
+            continue
+        keys[m] = key
         if m < 1:
             errors.append(f"M={key}: expected a batch size >= 1")
             continue
@@ -566,9 +577,14 @@ def _shared_memory_by_device() -> Dict[str, int]:
 
 def check_config_file(path: os.PathLike) -> Tuple[List[str], List[str]]:
     """Lint one file: (errors, warnings). Errors: a name that is not vLLM's pattern, unreadable JSON, invalid
-    entries, configs that do not fit the named device's shared memory. Warnings: BLOCK_SIZE_K lowered to
+    entries, configs that do not fit the named device's shared memory. ``linear,...`` files are
+    :mod:`moekit.linear` tables, linted by :func:`moekit.linear.parse_table`. Warnings: BLOCK_SIZE_K lowered to
     the quantization block, unknown keys, a device moekit has no shared-memory figure for."""
     path = str(path)
+    if Path(path).name.startswith("linear,"):  # a moekit.linear choice table
+        from moekit.linear import parse_table
+
+        return parse_table(path)[1], []
     errors: List[str] = []
     warnings: List[str] = []
     parts = parse_config_file_name(path)

@@ -33,16 +33,17 @@ BACKENDS = ("auto", "triton", "torch")
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def _check_experts_args(x, w13, w2, topk_weights, topk_ids, expert_map, activation, backend,
-                        quantized: bool = False) -> None:
-    """Shape, dtype and device checks only: no host synchronization. ``quantized``: the weights' shapes and
-    dtypes are checked by :func:`moekit.quant.moe.check_quant_args` instead."""
-    for name, t, dims in (("hidden_states", x, 2), ("w13", w13, 3), ("w2", w2, 3),
-                          ("topk_weights", topk_weights, 2), ("topk_ids", topk_ids, 2)):
+def _check_layer_args(x, w13, w2, expert_map, activation, backend, quantized: bool = False) -> None:
+    """The layer's arguments (all but the routing): shapes, dtypes and devices, no host synchronization.
+    ``quantized``: the weights' shapes and dtypes are checked by :func:`moekit.quant.moe.check_quant_args`
+    instead."""
+    for name, t, dims in (("hidden_states", x, 2), ("w13", w13, 3), ("w2", w2, 3)):
         check_arg(isinstance(t, torch.Tensor), name, "a torch.Tensor", type(t).__name__)
         check_arg(t.dim() == dims, name, f"a {dims}-D tensor", f"shape {tuple(t.shape)}")
-    m, h = x.shape
+    h = x.shape[1]
     e, i2, h13 = w13.shape
+    check_arg(h >= 1, "hidden_states", "at least one column (H >= 1)", f"shape {tuple(x.shape)}")
+    check_arg(e >= 1, "w13", "at least one expert (E >= 1)", f"shape {tuple(w13.shape)}")
     check_arg(quantized or h13 == h, "w13", f"shape [E, 2I, H={h}] (H of hidden_states)", f"shape {tuple(w13.shape)}")
     check_arg(i2 % 2 == 0 and i2 > 0, "w13", "an even, non-zero number of rows 2I (gate rows then up rows)",
               f"{i2} rows")
@@ -51,24 +52,36 @@ def _check_experts_args(x, w13, w2, topk_weights, topk_ids, expert_map, activati
     for name, t in (("w13", w13), ("w2", w2)):
         check_arg(quantized or t.dtype == x.dtype, name, f"dtype {x.dtype} (that of hidden_states)", t.dtype)
         check_arg(t.stride(-1) == 1, name, "a contiguous last dimension", f"strides {t.stride()}")
-    check_arg(topk_ids.shape[0] == m, "topk_ids", f"shape [M={m}, k]", f"shape {tuple(topk_ids.shape)}")
-    check_arg(tuple(topk_weights.shape) == tuple(topk_ids.shape), "topk_weights",
-              f"shape {tuple(topk_ids.shape)} (that of topk_ids)", f"shape {tuple(topk_weights.shape)}")
-    check_arg(topk_ids.dtype in (torch.int32, torch.int64), "topk_ids", "dtype int32 or int64", topk_ids.dtype)
-    check_arg(topk_weights.is_floating_point(), "topk_weights", "a floating-point dtype", topk_weights.dtype)
-    check_arg(topk_ids.shape[1] >= 1, "topk_ids", "at least one choice per token (k >= 1)", f"shape {tuple(topk_ids.shape)}")
-    tensors = {"w13": w13, "w2": w2, "topk_weights": topk_weights, "topk_ids": topk_ids}
     if expert_map is not None:
         check_arg(isinstance(expert_map, torch.Tensor) and expert_map.dim() == 1, "expert_map",
                   "a 1-D int32 tensor [E_global]", getattr(expert_map, "shape", type(expert_map).__name__))
         check_arg(expert_map.dtype in (torch.int32, torch.int64), "expert_map", "dtype int32", expert_map.dtype)
         check_arg(expert_map.numel() >= e, "expert_map", f"at least E={e} entries (one per global expert)",
                   f"{expert_map.numel()} entries")
-        tensors["expert_map"] = expert_map
-    for name, t in tensors.items():
-        check_arg(t.device == x.device, name, f"device {x.device} (that of hidden_states)", t.device)
+    for name, t in (("w13", w13), ("w2", w2), ("expert_map", expert_map)):
+        if t is not None:
+            check_arg(t.device == x.device, name, f"device {x.device} (that of hidden_states)", t.device)
     check_arg(activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}", activation)
     check_arg(backend in BACKENDS, "backend", f"one of {BACKENDS}", backend)
+
+
+def _check_experts_args(x, w13, w2, topk_weights, topk_ids, expert_map, activation, backend,
+                        quantized: bool = False, layer_checked: bool = False) -> None:
+    """:func:`_check_layer_args` (unless ``layer_checked``: fused_moe did) and the routing tensors'."""
+    if not layer_checked:
+        _check_layer_args(x, w13, w2, expert_map, activation, backend, quantized)
+    for name, t in (("topk_weights", topk_weights), ("topk_ids", topk_ids)):
+        check_arg(isinstance(t, torch.Tensor), name, "a torch.Tensor", type(t).__name__)
+        check_arg(t.dim() == 2, name, "a 2-D tensor", f"shape {tuple(t.shape)}")
+    m = x.shape[0]
+    check_arg(topk_ids.shape[0] == m, "topk_ids", f"shape [M={m}, k]", f"shape {tuple(topk_ids.shape)}")
+    check_arg(tuple(topk_weights.shape) == tuple(topk_ids.shape), "topk_weights",
+              f"shape {tuple(topk_ids.shape)} (that of topk_ids)", f"shape {tuple(topk_weights.shape)}")
+    check_arg(topk_ids.dtype in (torch.int32, torch.int64), "topk_ids", "dtype int32 or int64", topk_ids.dtype)
+    check_arg(topk_weights.is_floating_point(), "topk_weights", "a floating-point dtype", topk_weights.dtype)
+    check_arg(topk_ids.shape[1] >= 1, "topk_ids", "at least one choice per token (k >= 1)", f"shape {tuple(topk_ids.shape)}")
+    for name, t in (("topk_weights", topk_weights), ("topk_ids", topk_ids)):
+        check_arg(t.device == x.device, name, f"device {x.device} (that of hidden_states)", t.device)
 
 
 def _check_values(e: int, topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor]) -> None:
@@ -127,6 +140,7 @@ def fused_experts(
     _aligned=None,
     _config=None,
     _backend: Optional[str] = None,
+    _layer_checked: bool = False,
 ) -> torch.Tensor:
     """Run the chosen experts of every token and sum their outputs by routing weight.
 
@@ -147,7 +161,9 @@ def fused_experts(
 
     scheme = as_scheme(quant, "quant")
     _check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, activation, backend,
-                        quantized=scheme.is_quantized)
+                        quantized=scheme.is_quantized, layer_checked=_layer_checked)
+    if expert_map is not None:
+        expert_map = expert_map.contiguous()  # the kernels index it without a stride
     if envs.get("MOEKIT_VALIDATE"):
         _check_values(w13.shape[0], topk_ids, expert_map)
     qargs = dict(w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero, a13_scale=a13_scale,
@@ -222,18 +238,22 @@ def fused_moe(
     ``router_logits`` is ``[M, E_global]`` (``E_global == E`` without ``expert_map``). All other arguments:
     see those two functions. Returns ``[M, H]`` in ``hidden_states``' dtype.
     """
+    _check_layer_args(hidden_states, w13, w2, expert_map, activation, backend,
+                      quantized=quant is not None and as_scheme(quant, "quant").is_quantized)
     check_arg(isinstance(router_logits, torch.Tensor) and router_logits.dim() == 2, "router_logits",
               "a 2-D tensor [M, E]", getattr(router_logits, "shape", type(router_logits).__name__))
-    if isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 2:
-        check_arg(router_logits.shape[0] == hidden_states.shape[0], "router_logits",
-                  f"{hidden_states.shape[0]} rows (M of hidden_states)", f"shape {tuple(router_logits.shape)}")
-    if expert_map is None and isinstance(w13, torch.Tensor) and w13.dim() == 3:
+    check_arg(router_logits.device == hidden_states.device, "router_logits",
+              f"device {hidden_states.device} (that of hidden_states)", router_logits.device)
+    check_arg(router_logits.shape[0] == hidden_states.shape[0], "router_logits",
+              f"{hidden_states.shape[0]} rows (M of hidden_states)", f"shape {tuple(router_logits.shape)}")
+    if expert_map is None:
         check_arg(router_logits.shape[1] == w13.shape[0], "router_logits",
                   f"E={w13.shape[0]} columns (experts in w13)", f"shape {tuple(router_logits.shape)}")
-    if expert_map is not None and isinstance(expert_map, torch.Tensor):
+    else:
         check_arg(expert_map.numel() == router_logits.shape[1], "expert_map",
                   f"{router_logits.shape[1]} entries (E_global, the columns of router_logits)",
                   f"{expert_map.numel()} entries")
+        expert_map = expert_map.contiguous()  # the kernels index it without a stride
     aligned = config = fast = None
     if (num_expert_group is None and correction_bias is None and activation in ACTIVATIONS
             and (quant is None or isinstance(quant, QuantScheme))):
@@ -250,7 +270,7 @@ def fused_moe(
                          activation=activation, backend=backend, w13_bias=w13_bias, w2_bias=w2_bias, quant=quant,
                          w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero,
                          a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned, _config=config,
-                         _backend=None if fast is None else "triton")
+                         _backend=None if fast is None else "triton", _layer_checked=True)
 
 
 def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend,
@@ -263,7 +283,8 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     (or None); its kernel config decides the alignment block."""
     if not (isinstance(x, torch.Tensor) and x.dim() == 2 and isinstance(w13, torch.Tensor) and w13.dim() == 3
             and x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0
-            and isinstance(top_k, int) and top_k >= 1 and backend in BACKENDS and router_logits.device == x.device
+            and isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1 and backend in BACKENDS
+            and router_logits.device == x.device
             and (x.is_cuda or x.device.type == "cpu" and backend == "triton")):
         return None  # not applicable; select_experts / fused_experts validate and report bad input
     from moekit.kernels.align import route_align_applicable

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -124,16 +125,66 @@ def config_dirs() -> List[Path]:
     return dirs
 
 
-def load_table(path: Union[str, Path]) -> Dict[int, Dict[str, Any]]:
-    """Parse one table file: {M bucket: {"path": ..., config keys...}}; non-numeric keys are metadata."""
-    with open(path) as f:
-        raw = json.load(f)
+def _pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+#: Per-field rules of a table entry's config keys: (test, what is expected).
+_FIELD_RULES = {
+    "BLOCK_SIZE_M": (lambda v: _pow2(v) and v >= 16, "a power of two >= 16"),
+    "BLOCK_SIZE_N": (lambda v: _pow2(v) and v >= 16, "a power of two >= 16"),
+    "BLOCK_SIZE_K": (lambda v: _pow2(v) and v >= 16, "a power of two >= 16"),
+    "SPLIT_K": (lambda v: v >= 1, ">= 1"),
+    "GROUP_SIZE_M": (lambda v: v >= 1, ">= 1"),
+    "num_warps": (lambda v: _pow2(v) and v <= 32, "a power of two <= 32"),
+    "num_stages": (lambda v: v >= 1, ">= 1"),
+    "FUSED_REDUCE": (lambda v: v in (0, 1), "0 or 1"),
+}
+
+
+def table_entry_problems(entry: Any) -> List[str]:
+    """What is wrong with one table entry ({"path": ..., config keys...}); [] when it is usable."""
+    if not isinstance(entry, dict):
+        return [f"expected an object, got {type(entry).__name__}"]
+    problems = [] if entry.get("path") in PATHS else [f"path: expected one of {PATHS}, got {entry.get('path')!r}"]
+    for name, (ok, what) in _FIELD_RULES.items():
+        if name not in entry:
+            continue
+        v = entry[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v:
+            problems.append(f"{name}: expected an integer, got {v!r}")
+        elif not ok(int(v)):
+            problems.append(f"{name}: expected {what}, got {v!r}")
+    return problems
+
+
+def parse_table(path: Union[str, Path]) -> Tuple[Dict[int, Dict[str, Any]], List[str]]:
+    """One table file -> ({M bucket: entry} of the usable entries, problems). Non-numeric keys are metadata."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        return {}, [f"cannot read: {e}"]
+    if not isinstance(raw, dict):
+        return {}, [f"expected a JSON object mapping M buckets to entries, got {type(raw).__name__}"]
     table: Dict[int, Dict[str, Any]] = {}
+    problems: List[str] = []
     for k, v in raw.items():
-        if str(k).isdigit():
-            if not isinstance(v, dict) or v.get("path") not in PATHS:
-                raise MoEInputError(f"{path}: bucket {k}: expected an object with 'path' in {PATHS}, got {v!r}")
+        if not str(k).isdigit():
+            continue
+        bad = table_entry_problems(v)
+        problems += [f"bucket {k}: {b}" for b in bad]
+        if not bad:
             table[int(k)] = v
+    return table, problems
+
+
+def load_table(path: Union[str, Path]) -> Dict[int, Dict[str, Any]]:
+    """Parse one table file: {M bucket: {"path": ..., config keys...}}, keeping the usable entries; what is
+    wrong is said once, in a warning (``moekit configs check`` lints tables too)."""
+    table, problems = parse_table(path)
+    if problems:
+        envs.warn_once(f"linear-table:{path}", f"moekit.linear: {path}: ignoring {'; '.join(problems)}")
     return table
 
 
@@ -374,10 +425,12 @@ def linear_path(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional
 def _run(path, cfg, x, weight, bias, scheme, weight_scale):
     N, K = weight.shape
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, K)
+    x2 = x.reshape(math.prod(lead), K)  # (not -1: K may be 0)
     M = x2.shape[0]
     if M == 0:
         return x.new_empty((*lead, N))
+    if bias is not None:
+        bias = bias.contiguous()  # the Triton paths index it without a stride
     if path == "torch" or K == 0:
         out = _run_torch(x2, weight, bias, scheme, weight_scale)
     else:

@@ -19,7 +19,8 @@ Ties are broken towards the lower expert id on every backend.
 NaN policy: router logits are not inspected on the fast path (that would cost a host synchronization).
 A token whose scores contain NaN gets in-range expert ids and NaN weights, so its output is NaN, never a
 plausible-looking wrong value. With ``MOEKIT_VALIDATE=1`` NaN/inf logits raise :class:`MoEInputError`.
-+/-inf logits are valid input (softmax handles them; an all -inf row is NaN as above).
+-inf logits are valid input (an expert that is never chosen while others are finite; an all -inf row is NaN as
+above). A +inf logit makes softmax NaN (inf / inf): its token's output is NaN on every backend.
 
 The Triton kernel (``moekit.kernels.routing``) runs the non-grouped modes in one launch; the grouped mode
 and CPU tensors use the PyTorch code below, which is also the reference.
@@ -84,7 +85,8 @@ def check_routing_args(router_logits, top_k, scoring, num_expert_group, topk_gro
     check_arg(router_logits.dim() == 2, "router_logits", "a 2-D tensor [M, E]", f"shape {tuple(router_logits.shape)}")
     check_arg(router_logits.is_floating_point(), "router_logits", "a floating-point dtype", router_logits.dtype)
     e = router_logits.shape[1]
-    check_arg(isinstance(top_k, int) and 1 <= top_k <= e, "top_k", f"an int in [1, E={e}]", top_k)
+    check_arg(isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k <= e, "top_k",
+              f"an int in [1, E={e}]", repr(top_k))
     check_arg(scoring in SCORINGS, "scoring", f"one of {SCORINGS}", scoring)
     check_arg((num_expert_group is None) == (topk_group is None), "num_expert_group/topk_group",
               "both set or both None", f"num_expert_group={num_expert_group}, topk_group={topk_group}")
