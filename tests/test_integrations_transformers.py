@@ -310,3 +310,46 @@ def test_bf16_patched_no_farther_from_fp32_than_eager_bf16(arch):
         patched = patch(copy.deepcopy(base).to(torch.bfloat16))(ids).logits
     err_eager, err_patched = rel_frobenius_error(eager, ref), rel_frobenius_error(patched, ref)
     assert err_patched <= 1.25 * err_eager + 1e-3, (err_patched, err_eager)
+
+
+@pytest.mark.parametrize("arch, scheme", [("gpt_oss", None), ("qwen3_moe", "int8_weight_only")])
+def test_derived_copies_follow_load_state_dict_and_to(arch, scheme):
+    """gpt-oss's repacked experts and quantized experts are copies: after load_state_dict (or .to()) the next
+    forward rebuilds them, so the patched model computes with the loaded weights."""
+    model, other = _model(arch), _model(arch)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        want = patch(copy.deepcopy(other), scheme, backend="torch")(_ids()).logits
+        patch(model, scheme, backend="torch")
+        model.load_state_dict(other.state_dict())
+        got = model(_ids()).logits
+        assert rel_frobenius_error(got, want) < 1e-5
+        half = model.to(torch.float16)(_ids()).logits  # the codes and scales are rebuilt, in their own dtypes
+        assert rel_frobenius_error(half.float(), want) < 5e-2
+
+
+def test_patched_model_is_for_inference():
+    """Training mode with autograd raises (no gradient would reach the experts, the router or anything
+    upstream); eval mode with autograd warns once; no_grad is silent. Qwen3 on the torch backend shares the
+    model's Parameters and runs PyTorch ops: gradients flow, nothing is said."""
+    gpt = patch(_model("gpt_oss"), backend="torch")
+    gpt.train()
+    with pytest.raises(moekit.MoEInputError, match="training mode with autograd"):
+        gpt(_ids())
+    gpt.eval()
+    with torch.no_grad():
+        gpt(_ids())
+    qwen = patch(_model("qwen3_moe"), backend="torch").train()
+    qwen(_ids(), labels=_ids()).loss.backward()
+    experts = next(m for m in qwen.modules() if type(m).__name__ == "MoEKitSparseMoeBlock").experts
+    assert experts.gate_up_proj.grad is not None
+
+
+def test_patching_again_needs_the_same_request():
+    model = patch(_model("qwen3_moe"))
+    assert patch(model) is model  # the same request: a no-op
+    with pytest.raises(moekit.MoEInputError, match="unpatch"):
+        patch(model, "fp8_channel")
+    with pytest.raises(moekit.MoEInputError, match="unpatch"):
+        patch(model, backend="torch")

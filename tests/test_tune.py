@@ -284,3 +284,27 @@ def test_real_tuning_small(dtype, block_shape):
     assert not [f for f in pool.futures.values() if f.done() and not f.cancelled() and f.exception()]
     done = [f.result() for f in pool.futures.values() if f.done() and not f.cancelled()]
     assert done and all(err is None for r in done for err in r)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--model", "qwen3_30b_a3b", "--batch-sizes", "0", "-1"], "batch-sizes"),
+    (["--model", "qwen3_30b_a3b", "--E", "4"], "--model with --E"),
+    (["--model", "dsv3", "--dtype", "fp8_w8a8", "--block-shape", "128", "96"], "block-shape"),
+    (["--model", "dsv3", "--dtype", "fp8_w8a8", "--block-shape", "0", "0"], "block-shape"),
+])
+def test_cli_refuses_bad_tune_arguments_in_one_line(argv, says, capsys):
+    assert cli_main(["tune", "--dry-run", *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_setting_errors_are_one_line(monkeypatch, capsys):
+    """A backend the machine cannot run (MOEKIT_BACKEND=triton on a CPU) is an error line and exit code 2."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    monkeypatch.setenv("MOEKIT_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert cli_main(["demo"]) == 2
+    assert "moekit demo: error:" in capsys.readouterr().err

@@ -76,8 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run one command; bad arguments or settings (MoEInputError, NoBackendError, EnvError) print one line
+    naming the problem and return 2, as argparse does for its own errors."""
+    from moekit.backends import NoBackendError
+    from moekit.envs import EnvError
+    from moekit.errors import MoEInputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (MoEInputError, NoBackendError, EnvError) as e:
+        print(f"{parser.prog} {getattr(args, 'command', '') or ''}: error: {e}".replace("  ", " "), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

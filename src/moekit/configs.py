@@ -581,6 +581,8 @@ def check_config_file(path: os.PathLike) -> Tuple[List[str], List[str]]:
     :mod:`moekit.linear` tables, linted by :func:`moekit.linear.parse_table`. Warnings: BLOCK_SIZE_K lowered to
     the quantization block, unknown keys, a device moekit has no shared-memory figure for."""
     path = str(path)
+    if not Path(path).is_file():
+        return [f"cannot read: no such file {path}"], []
     if Path(path).name.startswith("linear,"):  # a moekit.linear choice table
         from moekit.linear import parse_table
 

@@ -775,7 +775,16 @@ def spec_from_args(args: argparse.Namespace) -> TuneSpec:
     from moekit.errors import check_arg
 
     bs = tuple(args.block_shape) if args.block_shape else None
+    if bs is not None:
+        bk = bs[1]
+        check_arg(bs[0] >= 1 and bk >= 16 and bk & (bk - 1) == 0, "block-shape",
+                  "BN >= 1 and BK a power of two >= 16 (the Triton block-scaled GEMMs' K steps)", list(bs))
+    bad = [m for m in (getattr(args, "batch_sizes", None) or ()) if m < 1]
+    check_arg(not bad, "batch-sizes", "batch sizes >= 1", bad)
     if args.model:
+        given = [f"--{n.replace('_', '-')}" for n in ("E", "N", "K", "top_k") if getattr(args, n, None) is not None]
+        check_arg(not given, "model", "--model alone, or --E --N --K --top-k without it",
+                  f"--model with {' '.join(given)}")
         return spec_for_model(args.model, args.tp, args.ep, args.dtype, bs)
     missing = [f"--{n.replace('_', '-')}" for n in ("E", "N", "K", "top_k") if getattr(args, n) is None]
     check_arg(not missing, "shape", "--model, or all of --E --N --K --top-k", f"missing {' '.join(missing)}")

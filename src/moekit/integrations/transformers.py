@@ -40,7 +40,8 @@ from torch import nn
 
 from moekit.activations import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
 from moekit.errors import MoEInputError, check_arg
-from moekit.experts import BACKENDS, fused_experts
+from moekit.envs import warn_once
+from moekit.experts import BACKENDS, fused_experts, resolve_backend
 from moekit.quant.scheme import as_scheme
 from moekit.routing import select_experts
 
@@ -158,10 +159,31 @@ class MoEKitSparseMoeBlock(nn.Module):
             if (float(alpha), float(limit)) != (SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT):
                 raise _unsupported(f"gpt-oss experts with alpha={alpha}, limit={limit} (moekit implements "
                                    f"alpha={SWIGLUOAI_ALPHA}, limit={SWIGLUOAI_LIMIT})")
-        self._layout(experts, arch)
-        self.quant = None
-        if scheme is not None and scheme.is_quantized:
-            self._quantize(scheme)
+        self.quant = scheme if scheme is not None and scheme.is_quantized else None
+        self._derive()
+
+    def _sources(self) -> List[torch.Tensor]:
+        """The original expert tensors the derived copies (repacked layout, quantized codes) come from."""
+        experts = self.experts
+        if isinstance(experts, nn.ModuleList):
+            return [p for m in experts for p in m.parameters(recurse=False)]
+        names = ("gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias")
+        return [t for t in (getattr(experts, n, None) for n in names) if isinstance(t, torch.Tensor)]
+
+    def _stamp(self) -> Tuple:
+        """Where the sources live and their in-place version counters (``load_state_dict``, in-place edits and
+        ``.to()`` all change one)."""
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in self._sources())
+
+    def _derive(self) -> None:
+        """(Re)build the derived copies from the current sources."""
+        self._layout(self.experts, self.arch)
+        if self.quant is not None:
+            self._quantize(self.quant)
+        self._derived_stamp = self._stamp()
+
+    def _derives(self) -> bool:
+        return self.quant is not None or not self._shared_weights or (self.arch.expert_bias and not self._bias_shared)
 
     def _quantize(self, scheme) -> None:
         """Quantize the experts once (:func:`moekit.quant.quantize_weights`); the originals stay for unpatch."""
@@ -232,9 +254,30 @@ class MoEKitSparseMoeBlock(nn.Module):
         b13 = self.experts.gate_up_proj_bias if self._bias_shared else self.w13_bias
         return b13, self.experts.down_proj_bias
 
+    def _check_grad(self, x: torch.Tensor) -> None:
+        """The patched block is for inference: gradients flow through it only on the PyTorch backend with the
+        model's own (unquantized, unrepacked) Parameters. Elsewhere, with autograd on, training mode raises
+        and eval mode warns once (the outputs are right; no gradient reaches the experts, the router or
+        anything upstream)."""
+        if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in self._sources())):
+            return
+        flows = self.quant is None and not self._derives() and resolve_backend(self.backend, x) == "torch"
+        if flows:
+            return
+        msg = ("moekit's patched MoE blocks are for inference: no gradient flows through them here (Triton "
+               "kernels, quantized or repacked experts)")
+        if self.training:
+            raise MoEInputError(f"model: expected eval mode or torch.no_grad() / torch.inference_mode() for a "
+                                f"patched model, got training mode with autograd on ({msg}; unpatch() to train)")
+        warn_once("transformers-patch-no-grad", f"{msg}; run it under torch.no_grad() or torch.inference_mode()")
+
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
+        if self._derives() and self._stamp() != self._derived_stamp:
+            with torch.no_grad():  # the original weights changed (load_state_dict, in-place edit, .to())
+                self._derive()
+        self._check_grad(x)
         gate = getattr(self, self.arch.router)
         if gate._forward_hooks or gate._forward_pre_hooks:
             gate(x)  # transformers records router logits with hooks (output_router_logits); keep them working
@@ -308,13 +351,24 @@ def patch(model: nn.Module, scheme=None, *, backend: str = "auto") -> nn.Module:
     unquantized :class:`~moekit.QuantScheme`) keeps the model's weights; a quantized scheme (or its name)
     quantizes the experts once at patch time with :func:`moekit.quant.quantize_weights` (the original
     weights are kept for :func:`unpatch`, so memory grows by the quantized copy). Raises :class:`moekit.MoEInputError` for models without a
-    supported block or with an unknown one. Patching a patched model is a no-op for the patched blocks."""
+    supported block or with an unknown one. Patching a patched model again with the same request is a no-op for
+    the patched blocks; another scheme or backend raises (unpatch first).
+
+    Derived copies (gpt-oss's repacked layout, quantized experts) follow the original weights: when those
+    change (``load_state_dict``, an in-place edit, ``.to()``), the next forward rebuilds the copies. The
+    patched blocks are for inference: see :meth:`MoEKitSparseMoeBlock._check_grad`."""
     check_arg(isinstance(model, nn.Module), "model", "a torch.nn.Module (a transformers model)", type(model).__name__)
     check_arg(backend in BACKENDS, "backend", f"one of {BACKENDS}", backend)
     sch = as_scheme(scheme)
     config = _config_of(model)
     blocks = _find_blocks(model)
-    already = any(isinstance(m, MoEKitSparseMoeBlock) for m in model.modules())
+    patched = [m for m in model.modules() if isinstance(m, MoEKitSparseMoeBlock)]
+    for m in patched:
+        old = m.quant.name if m.quant is not None else "none"
+        check_arg((old, m.backend) == (sch.name if sch.is_quantized else "none", backend), "model",
+                  f"an unpatched model, or the same request (quant={old}, backend={m.backend!r}) as its patch",
+                  f"quant={sch.name if sch.is_quantized else 'none'}, backend={backend!r} (unpatch() first)")
+    already = bool(patched)
     if not blocks and not already:
         raise _unsupported(f"no sparse MoE block found in {type(model).__name__}")
     for parent, name, child in blocks:
