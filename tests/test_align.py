@@ -79,3 +79,20 @@ def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, with_map, 
     assert torch.equal(got.sorted_ids[:n].cpu(), ref.sorted_ids[:n])
     assert torch.equal(got.expert_ids[:n // bm].cpu(), ref.expert_ids[:n // bm])
     assert (got.expert_ids[n // bm:] == -1).all()
+
+
+@pytest.mark.parametrize("kw, arg", [
+    (dict(topk_ids=torch.zeros(2, 2)), "topk_ids"),  # float ids
+    (dict(block_m=0), "block_m"),
+    (dict(block_m=-16), "block_m"),
+    (dict(num_experts=True), "num_experts"),
+    (dict(expert_map=[0, 1, 2, 3]), "expert_map"),
+])
+def test_align_arguments_are_checked(kw, arg):
+    from moekit.align import moe_align_block_size
+    from moekit.errors import MoEInputError
+
+    args = dict(topk_ids=torch.zeros(2, 2, dtype=torch.int32), num_experts=4, block_m=16)
+    args.update(kw)
+    with pytest.raises(MoEInputError, match=arg):
+        moe_align_block_size(args.pop("topk_ids"), args.pop("num_experts"), args.pop("block_m"), **args)

@@ -159,3 +159,14 @@ def test_readme_tables_are_current():
     assert refresh_docs(str(readme), check=True) == [], (
         "README.md is stale: python -c \"from moekit.info import refresh_docs; refresh_docs('README.md')\""
     )
+
+
+def test_int_variables_are_bounded(monkeypatch):
+    from moekit import envs
+
+    monkeypatch.setenv("MOEKIT_TEST_SEED", "-5")
+    with pytest.raises(envs.EnvError, match="MOEKIT_TEST_SEED"):
+        envs.get("MOEKIT_TEST_SEED")
+    monkeypatch.setenv("MOEKIT_TEST_SEED", "99999999999999999999")
+    with pytest.raises(envs.EnvError, match="MOEKIT_TEST_SEED"):
+        envs.get("MOEKIT_TEST_SEED")

@@ -316,3 +316,22 @@ def test_mxfp4_dot_scaled_choice():
     expected = HAS_GPU and has_feature("dot_scaled", platform_of(x.device))[0]
     assert mxfp4_dot_scaled(x) is expected
     assert mxfp4_dot_scaled(x.float()) is False
+
+
+def test_activation_quant_edge_inputs():
+    """per_tensor_quant's PyTorch twin: empty input gives the floor scale, npp limits the dynamic scale like
+    the kernel; bad scale / npp / group_size raise naming the argument; e4m3fnuz on CPU uses the twin."""
+    from moekit.quant import per_tensor_quant, per_token_group_quant_fp8
+
+    assert per_tensor_quant(torch.zeros(0, 64), use_triton=False)[1].item() == pytest.approx(1e-12)
+    x = torch.randn(4, 64)
+    x[1:] *= 100
+    npp = torch.tensor([1], dtype=torch.int32)
+    s_torch = per_tensor_quant(x, npp=npp, use_triton=False)[1]
+    assert s_torch.item() == pytest.approx(x[0].abs().max().item() / 448, rel=1e-6)
+    for bad, arg in ((dict(scale=torch.tensor([True])), "scale"), (dict(npp=1), "npp")):
+        with pytest.raises(MoEInputError, match=arg):
+            per_tensor_quant(torch.randn(2, 8), **bad)
+    with pytest.raises(MoEInputError, match="group_size"):
+        per_token_group_quant_fp8(torch.randn(2, 128), True)
+    assert per_token_group_quant_fp8(torch.randn(2, 128), dtype=torch.float8_e4m3fnuz)[0].dtype == torch.float8_e4m3fnuz

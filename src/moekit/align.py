@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from moekit.errors import check_arg
+
 
 @dataclass
 class AlignedSlots:
@@ -63,7 +65,23 @@ def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int,
     """Align ``topk_ids`` [M, k] (int32) for experts ``0..num_experts-1`` (local ids after ``expert_map``).
 
     ``use_triton`` defaults to ``topk_ids.is_cuda``; pass True to run the kernels under TRITON_INTERPRET=1.
+    ``expert_map`` (int32 [E_global]) maps ids to local experts (-1: not here); ids must be below its length
+    and map entries below ``num_experts`` (values are not inspected: that would cost a host sync; ids past
+    ``num_experts`` without a map are dropped).
     """
+    check_arg(isinstance(topk_ids, torch.Tensor) and not topk_ids.is_floating_point()
+              and not topk_ids.is_complex() and topk_ids.dtype != torch.bool, "topk_ids",
+              "an integer tensor [M, k]", getattr(topk_ids, "dtype", type(topk_ids).__name__))
+    check_arg(isinstance(num_experts, int) and not isinstance(num_experts, bool) and num_experts >= 0, "num_experts",
+              "an int >= 0", repr(num_experts))
+    check_arg(isinstance(block_m, int) and not isinstance(block_m, bool) and block_m >= 1, "block_m", "an int >= 1",
+              repr(block_m))
+    if expert_map is not None:
+        check_arg(isinstance(expert_map, torch.Tensor) and expert_map.dim() == 1
+                  and expert_map.dtype in (torch.int32, torch.int64), "expert_map", "a 1-D int32 tensor [E_global]",
+                  getattr(expert_map, "dtype", type(expert_map).__name__))
+        check_arg(expert_map.device == topk_ids.device, "expert_map", f"device {topk_ids.device}", expert_map.device)
+        expert_map = expert_map.contiguous()
     if use_triton is None:
         use_triton = topk_ids.is_cuda
     if not use_triton:

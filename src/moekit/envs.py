@@ -54,10 +54,14 @@ def _parse_choice(name: str, raw: str, choices) -> str:
 
 
 def _parse_int(name: str, raw: str, choices) -> int:
+    """An integer; ``choices`` (lo, hi), when given, bounds it (inclusive)."""
     try:
-        return int(raw.strip(), 0)
+        v = int(raw.strip(), 0)
     except ValueError:
         raise EnvError(f"{name}: expected an integer, got {raw!r}") from None
+    if choices and not choices[0] <= v <= choices[1]:
+        raise EnvError(f"{name}: expected an integer in [{choices[0]}, {choices[1]}], got {raw!r}")
+    return v
 
 
 def _parse_dir(name: str, raw: str, choices) -> Path:
@@ -91,7 +95,7 @@ class EnvVar:
     type: str  # a key of _PARSERS
     default: Any
     doc: str
-    choices: Tuple[str, ...] = ()
+    choices: Tuple[Any, ...] = ()  # choice: the allowed values; int: (lo, hi)
 
     def __post_init__(self) -> None:
         if self.type not in _PARSERS:
@@ -131,7 +135,8 @@ registry: List[EnvVar] = [
     ),
     EnvVar(
         "MOEKIT_TEST_SEED", "int", None,
-        "Seed for `moekit.testing.seeded_generator` (replay a failing randomized test); unset: a fresh seed.",
+        "Seed for `moekit.testing.seeded_generator` (replay a failing randomized test); unset: a fresh seed. "
+        "0 to 2**63 - 1.", (0, 2 ** 63 - 1),
     ),
     EnvVar(
         "MOEKIT_DECODE_GEMV", "bool", True,

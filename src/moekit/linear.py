@@ -113,10 +113,10 @@ def config_dirs() -> List[Path]:
     """Folders searched for tables, first match wins: MOEKIT_CONFIG_DIR (``linear/`` then itself), the user
     folder of the MoE configs (:func:`moekit.configs.user_config_dir`, ``linear/`` then itself), the shipped
     tables."""
-    from moekit.configs import user_config_dir
+    from moekit.configs import _env_config_dir, user_config_dir
 
     dirs: List[Path] = []
-    d = envs.get("MOEKIT_CONFIG_DIR")
+    d = _env_config_dir()  # a bad value is warned about once and ignored, as for the MoE configs
     if d is not None:
         dirs += [d / "linear", d]
     user = user_config_dir()

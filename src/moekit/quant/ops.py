@@ -40,10 +40,16 @@ def _qparams(dtype: torch.dtype) -> Tuple[int, float, int]:
     return 0, float(torch.finfo(dtype).max), _emin(dtype)
 
 
-def _use_triton(x: torch.Tensor, use_triton: Optional[bool]) -> bool:
+def _use_triton(x: torch.Tensor, use_triton: Optional[bool], dtype: Optional[torch.dtype] = None) -> bool:
+    """The Triton kernel on GPUs and, under TRITON_INTERPRET=1, on CPU tensors the interpreter handles (not
+    bf16 inputs, not e4m3fnuz outputs: it cannot store that format); the PyTorch twin otherwise."""
+    cpu_ok = x.device.type == "cpu" and interpreter_runs(x.dtype)[0] and dtype != torch.float8_e4m3fnuz
     if use_triton is not None:
+        check_arg(not (use_triton and x.device.type == "cpu" and dtype == torch.float8_e4m3fnuz), "use_triton",
+                  "False (or None) for e4m3fnuz on CPU tensors: Triton's interpreter cannot store that format",
+                  use_triton)
         return use_triton
-    return x.is_cuda or (x.device.type == "cpu" and interpreter_runs(x.dtype)[0])
+    return x.is_cuda or cpu_ok
 
 
 # ------------------------------------------------------------------------------------------ PyTorch twins
@@ -83,13 +89,24 @@ def per_token_group_quant_torch(x: torch.Tensor, group_size: int, dtype: torch.d
     return q.contiguous(), scale
 
 
-def per_tensor_quant_torch(x: torch.Tensor, dtype: torch.dtype, scale: Optional[torch.Tensor] = None):
+def per_tensor_quant_torch(x: torch.Tensor, dtype: torch.dtype, scale: Optional[torch.Tensor] = None, npp=None):
+    """``npp``: device int32 [1]; rows at or past it do not count in the dynamic scale (no host sync)."""
     if scale is None:
-        scale = _scale_from_amax(x.float().abs().amax().reshape(1), _qparams(dtype)[1])
+        a = x.float().abs()
+        if npp is not None:
+            a = a * (torch.arange(x.shape[0], device=x.device) < npp.reshape(1)).unsqueeze(1)
+        amax = a.amax().reshape(1) if a.numel() else torch.zeros(1, device=x.device)
+        scale = _scale_from_amax(amax, _qparams(dtype)[1])
     return quantize_with_scale_torch(x, scale.float().reshape(1), dtype), scale.float().reshape(1)
 
 
 # ------------------------------------------------------------------------------------------ public calls
+def _check_npp(npp, x) -> None:
+    if npp is not None:
+        check_arg(isinstance(npp, torch.Tensor) and npp.numel() == 1 and npp.device == x.device, "npp",
+                  f"None or an int32 tensor of 1 element on {x.device}", getattr(npp, "shape", type(npp).__name__))
+
+
 def _check_x(x):
     check_arg(isinstance(x, torch.Tensor) and x.dim() == 2, "x", "a 2-D tensor [M, K]",
               getattr(x, "shape", type(x).__name__))
@@ -101,9 +118,11 @@ def per_token_group_quant(x: torch.Tensor, group_size: int, dtype: torch.dtype, 
     """q [M, K] in ``dtype``, scale float32 [M, ceil(K / group_size)]. ``npp``: device int32 [1]; rows at
     or past it are skipped (their q and scale are left unwritten) - used on padded sorted rows."""
     x = _check_x(x)
-    check_arg(isinstance(group_size, int) and group_size > 0, "group_size", "a positive int", group_size)
+    check_arg(isinstance(group_size, int) and not isinstance(group_size, bool) and group_size > 0, "group_size",
+              "a positive int", repr(group_size))
+    _check_npp(npp, x)
     qkind, qmax, emin = _qparams(dtype)
-    if not _use_triton(x, use_triton):
+    if not _use_triton(x, use_triton, dtype):
         return per_token_group_quant_torch(x, group_size, dtype)
     from moekit.kernels.quant import group_quant
 
@@ -137,12 +156,15 @@ def per_tensor_quant(x: torch.Tensor, dtype: Optional[torch.dtype] = None, scale
     x = _check_x(x)
     dtype = dtype or fp8_format(x.device)[0]
     qkind, qmax, emin = _qparams(dtype)
+    _check_npp(npp, x)
     if scale is not None:
-        check_arg(isinstance(scale, torch.Tensor) and scale.numel() == 1, "scale", "a float32 tensor of 1 element",
-                  getattr(scale, "shape", type(scale).__name__))
+        check_arg(isinstance(scale, torch.Tensor) and scale.numel() == 1 and scale.is_floating_point()
+                  and scale.device == x.device, "scale", f"a floating-point tensor of 1 element on {x.device}",
+                  f"{scale.dtype} tensor of shape {tuple(scale.shape)} on {scale.device}"
+                  if isinstance(scale, torch.Tensor) else type(scale).__name__)
         scale = scale.reshape(1).float()
-    if not _use_triton(x, use_triton):
-        return per_tensor_quant_torch(x, dtype, scale)
+    if not _use_triton(x, use_triton, dtype):
+        return per_tensor_quant_torch(x, dtype, scale, npp)
     from moekit.kernels.quant import tensor_quant
 
     m, k = x.shape
