@@ -253,7 +253,7 @@ PRESETS: Dict[str, Platform] = {
     "rx7900": _rocm("AMD Radeon RX 7900 XTX", "gfx1100", 24.0, 96, 0x744C),
     "gfx1030": _rocm("AMD Radeon RX 6900 XT", "gfx1030", 16.0, 80, 0x73BF),
     "gfx906": _rocm("AMD Instinct MI50", "gfx906", 32.0, 60, 0x66A1),
-    "cpu": Platform("cpu", "cpu", fake=True),
+    "cpu": Platform("cpu", "cpu"),  # what CPU tensors run on (platform_of): nothing about it is fake
 }
 
 # --------------------------------------------------------------------------------------------------------
