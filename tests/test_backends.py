@@ -103,8 +103,8 @@ EXPECTED = {
     "h100":        "triton triton triton triton triton triton triton triton",
     "h200":        "triton triton triton triton triton triton triton triton",
     "b200":        "triton triton triton triton triton triton triton triton",
-    "rtx_pro_6000": "triton triton triton triton triton triton triton torch",
-    "a100":        "triton torch  torch  torch  triton triton triton torch",
+    "rtx_pro_6000": "triton triton triton triton triton triton triton triton",  # mxfp4: in-kernel decode
+    "a100":        "triton torch  torch  torch  triton triton triton triton",
     "mi300x":      "triton triton triton triton triton triton triton triton",
     "mi355":       "triton triton triton triton triton triton triton triton",
     "r9700":       "triton triton triton triton torch  triton triton triton",
@@ -262,3 +262,18 @@ def test_verdicts_are_memoized_and_follow_the_import_probe(monkeypatch):
     assert not after["triton"] and "missing (test)" in after["triton"].reason
     B.clear_verdict_cache()
     assert not B._VERDICT_CACHE
+
+
+def test_mxfp4_without_dot_scaled_runs_the_in_kernel_decode(triton_importable):
+    v = B.get_backend("triton").supports_scheme(Q.mxfp4(), P.PRESETS["a100"])
+    assert v and "decoded in the kernel" in v.reason
+    assert "decoded in the kernel" not in B.get_backend("triton").supports_scheme(Q.mxfp4(), P.PRESETS["h100"]).reason
+
+
+def test_platform_of_reads_the_tensors_own_gpu(monkeypatch):
+    """Machines may mix GPU models: platform_of asks about the tensor's own device index."""
+    seen = []
+    monkeypatch.setattr(P, "current_platform", lambda index=None: seen.append(index) or P.PRESETS["h100"])
+    P.platform_of(__import__("torch").device("cuda", 1))
+    assert seen == [1]
+    assert not P.has_feature("grouped_mm_bf16", P.PRESETS["b200"])[0]  # torch 2.8's _grouped_mm: 9.x only

@@ -150,7 +150,11 @@ class TritonBackend(Backend):
             return Verdict(True, f"{scheme.weight_dtype} tl.dot")
         if kind == "weight_only":
             return Verdict(True, f"{scheme.weight_dtype} weights dequantized in the kernel (any GPU)")
-        feature = {"fp8": "fp8_mma", "int8_w8a8": "int8_mma", "mxfp4": "dot_scaled"}[kind]
+        if kind == "mxfp4":  # tl.dot_scaled where the device has it, moekit's in-kernel e2m1 decode elsewhere
+            ok, why = _plat.has_feature("dot_scaled", platform)
+            return Verdict(True, why if ok else "e2m1 weights decoded in the kernel (no tl.dot_scaled here: "
+                                                 f"{why})")
+        feature = {"fp8": "fp8_mma", "int8_w8a8": "int8_mma"}[kind]
         ok, why = _plat.has_feature(feature, platform)
         if ok and kind == "fp8":
             why += f"; fp8 format {str(_plat.fp8_dtype(platform)).replace('torch.', '')}"

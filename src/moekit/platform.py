@@ -89,7 +89,7 @@ FEATURES: Dict[str, Feature] = {
             "grouped_mm_bf16",
             "torch._grouped_mm for bf16 on the GPU (the PyTorch backend's grouped GEMM)",
             cuda_min=(9, 0),
-            cuda_below=None,
+            cuda_below=(10, 0),  # torch 2.8 runs it on 9.x only (raises elsewhere); later ones: not verified here
             rocm_arches=(),
         ),
         Feature(
@@ -585,5 +585,7 @@ def interpreter_runs(dtype: torch.dtype) -> Tuple[bool, str]:
 
 
 def platform_of(device: torch.device) -> Platform:
-    """The platform that runs tensors on ``device``: the CPU preset for CPU tensors, else the current GPU."""
-    return PRESETS["cpu"] if torch.device(device).type == "cpu" else current_platform()
+    """The platform that runs tensors on ``device``: the CPU preset for CPU tensors, else that GPU (its own
+    index: machines may mix GPU models)."""
+    d = torch.device(device)
+    return PRESETS["cpu"] if d.type == "cpu" else current_platform(d.index)
