@@ -260,3 +260,16 @@ def test_cpu_bf16_never_takes_a_triton_path():
     q, scale, _ = _fp8_weight(256, 256, scheme, _gen())
     with pytest.raises(MoEInputError, match="bfloat16 wrongly"):
         linear_path("skinny", torch.randn(4, 256, dtype=torch.bfloat16), q, quant=scheme, weight_scale=scale)
+
+
+def test_shipped_tables_are_valid():
+    from pathlib import Path
+
+    import moekit.linear as lin
+    from moekit.linear import parse_table
+
+    tables = sorted((Path(lin.__file__).parent / "configs_data" / "linear").glob("*.json"))
+    assert tables
+    for p in tables:
+        table, problems = parse_table(p)
+        assert table and not problems, (p.name, problems)
