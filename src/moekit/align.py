@@ -21,6 +21,14 @@ import torch
 from moekit.errors import check_arg
 
 
+def check_expert_map(expert_map, device: torch.device, device_of: str) -> None:
+    """An expert map: a 1-D int32 (or int64) tensor [E_global] on ``device`` (that of ``device_of``)."""
+    check_arg(isinstance(expert_map, torch.Tensor) and expert_map.dim() == 1, "expert_map",
+              "a 1-D int32 tensor [E_global]", getattr(expert_map, "shape", type(expert_map).__name__))
+    check_arg(expert_map.dtype in (torch.int32, torch.int64), "expert_map", "dtype int32", expert_map.dtype)
+    check_arg(expert_map.device == device, "expert_map", f"device {device} (that of {device_of})", expert_map.device)
+
+
 @dataclass
 class AlignedSlots:
     sorted_ids: torch.Tensor
@@ -77,10 +85,7 @@ def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int,
     check_arg(isinstance(block_m, int) and not isinstance(block_m, bool) and block_m >= 1, "block_m", "an int >= 1",
               repr(block_m))
     if expert_map is not None:
-        check_arg(isinstance(expert_map, torch.Tensor) and expert_map.dim() == 1
-                  and expert_map.dtype in (torch.int32, torch.int64), "expert_map", "a 1-D int32 tensor [E_global]",
-                  getattr(expert_map, "dtype", type(expert_map).__name__))
-        check_arg(expert_map.device == topk_ids.device, "expert_map", f"device {topk_ids.device}", expert_map.device)
+        check_expert_map(expert_map, topk_ids.device, "topk_ids")
         expert_map = expert_map.contiguous()
     if use_triton is None:
         use_triton = topk_ids.is_cuda

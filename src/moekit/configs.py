@@ -310,6 +310,13 @@ def _pow2(v: int) -> bool:
     return v > 0 and v & (v - 1) == 0
 
 
+def _as_int(v: Any) -> Optional[int]:
+    """A JSON number that is an integer (not a bool, not NaN/inf, no fraction) as an int, else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v:
+        return None
+    return int(v)
+
+
 def validate_entry(entry: Any, k_block: Optional[int] = None) -> Tuple[Optional[MoEKernelConfig], List[str], List[str]]:
     """Check one JSON entry: returns (config or None if unusable, errors, fixes applied).
 
@@ -321,10 +328,10 @@ def validate_entry(entry: Any, k_block: Optional[int] = None) -> Tuple[Optional[
     vals: Dict[str, int] = {}
     for f in _INT_FIELDS:
         v = entry.get(f)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v:
+        if _as_int(v) is None:
             errors.append(f"{f}: expected an integer, got {v!r}")
         else:
-            vals[f] = int(v)
+            vals[f] = _as_int(v)
     if errors:
         return None, errors, []
     for f in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):

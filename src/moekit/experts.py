@@ -23,6 +23,7 @@ import torch
 
 from moekit import envs
 from moekit.activations import ACTIVATIONS
+from moekit.align import check_expert_map
 from moekit.backends import select_backend, triton_kernel_limits
 from moekit.errors import check_arg
 from moekit.platform import interpreter_runs, platform_of, triton_interpreter_active
@@ -53,14 +54,11 @@ def _check_layer_args(x, w13, w2, expert_map, activation, backend, quantized: bo
         check_arg(quantized or t.dtype == x.dtype, name, f"dtype {x.dtype} (that of hidden_states)", t.dtype)
         check_arg(t.stride(-1) == 1, name, "a contiguous last dimension", f"strides {t.stride()}")
     if expert_map is not None:
-        check_arg(isinstance(expert_map, torch.Tensor) and expert_map.dim() == 1, "expert_map",
-                  "a 1-D int32 tensor [E_global]", getattr(expert_map, "shape", type(expert_map).__name__))
-        check_arg(expert_map.dtype in (torch.int32, torch.int64), "expert_map", "dtype int32", expert_map.dtype)
+        check_expert_map(expert_map, x.device, "hidden_states")
         check_arg(expert_map.numel() >= e, "expert_map", f"at least E={e} entries (one per global expert)",
                   f"{expert_map.numel()} entries")
-    for name, t in (("w13", w13), ("w2", w2), ("expert_map", expert_map)):
-        if t is not None:
-            check_arg(t.device == x.device, name, f"device {x.device} (that of hidden_states)", t.device)
+    for name, t in (("w13", w13), ("w2", w2)):
+        check_arg(t.device == x.device, name, f"device {x.device} (that of hidden_states)", t.device)
     check_arg(activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}", activation)
     check_arg(backend in BACKENDS, "backend", f"one of {BACKENDS}", backend)
 
@@ -281,10 +279,9 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     it does not apply. Where the decode GEMV kernels serve (``triton_experts.use_decode_gemv``) there is
     nothing to align: the routing kernel's (topk_weights, topk_ids, None, None). ``quant``: a QuantScheme
     (or None); its kernel config decides the alignment block."""
-    if not (isinstance(x, torch.Tensor) and x.dim() == 2 and isinstance(w13, torch.Tensor) and w13.dim() == 3
-            and x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0
-            and isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1 and backend in BACKENDS
-            and router_logits.device == x.device
+    # (fused_moe checked the layer, and router_logits' shape and device, first)
+    if not (x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0
+            and isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1
             and (x.is_cuda or x.device.type == "cpu" and backend == "triton")):
         return None  # not applicable; select_experts / fused_experts validate and report bad input
     from moekit.kernels.align import route_align_applicable

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from moekit import envs
+from moekit.backends import triton_kernel_limits
+from moekit.configs import _as_int, _pow2
 from moekit.errors import MoEInputError, check_arg
 from moekit.quant.scheme import QuantScheme, as_scheme
 
@@ -125,10 +127,6 @@ def config_dirs() -> List[Path]:
     return dirs
 
 
-def _pow2(v: int) -> bool:
-    return v > 0 and v & (v - 1) == 0
-
-
 #: Per-field rules of a table entry's config keys: (test, what is expected).
 _FIELD_RULES = {
     "BLOCK_SIZE_M": (lambda v: _pow2(v) and v >= 16, "a power of two >= 16"),
@@ -151,9 +149,9 @@ def table_entry_problems(entry: Any) -> List[str]:
         if name not in entry:
             continue
         v = entry[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v:
+        if _as_int(v) is None:
             problems.append(f"{name}: expected an integer, got {v!r}")
-        elif not ok(int(v)):
+        elif not ok(_as_int(v)):
             problems.append(f"{name}: expected {what}, got {v!r}")
     return problems
 
@@ -364,7 +362,7 @@ def _validate(x, weight, bias, scheme: QuantScheme, weight_scale):
     K = weight.shape[1]
     if scheme.granularity == "block":
         bn, bk = scheme.block_shape
-        check_arg(bk >= 16 and bk & (bk - 1) == 0, "quant", "block_shape with block_k a power of two >= 16",
+        check_arg(bool(triton_kernel_limits(scheme)), "quant", "block_shape with block_k a power of two >= 16",
                   scheme.block_shape)
         want = (-(-N // bn), -(-K // bk))
         check_arg(tuple(weight_scale.shape) == want, "weight_scale", f"shape {list(want)} for {scheme.name}",

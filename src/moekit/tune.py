@@ -776,8 +776,10 @@ def spec_from_args(args: argparse.Namespace) -> TuneSpec:
 
     bs = tuple(args.block_shape) if args.block_shape else None
     if bs is not None:
-        bk = bs[1]
-        check_arg(bs[0] >= 1 and bk >= 16 and bk & (bk - 1) == 0, "block-shape",
+        from moekit.backends import triton_kernel_limits
+        from moekit.quant import QuantScheme
+
+        check_arg(min(bs) >= 1 and triton_kernel_limits(QuantScheme.fp8_block(*bs)), "block-shape",
                   "BN >= 1 and BK a power of two >= 16 (the Triton block-scaled GEMMs' K steps)", list(bs))
     bad = [m for m in (getattr(args, "batch_sizes", None) or ()) if m < 1]
     check_arg(not bad, "batch-sizes", "batch sizes >= 1", bad)

@@ -261,7 +261,7 @@ class MoEKitSparseMoeBlock(nn.Module):
         anything upstream)."""
         if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in self._sources())):
             return
-        flows = self.quant is None and not self._derives() and resolve_backend(self.backend, x) == "torch"
+        flows = not self._derives() and resolve_backend(self.backend, x) == "torch"
         if flows:
             return
         msg = ("moekit's patched MoE blocks are for inference: no gradient flows through them here (Triton "
@@ -363,11 +363,12 @@ def patch(model: nn.Module, scheme=None, *, backend: str = "auto") -> nn.Module:
     config = _config_of(model)
     blocks = _find_blocks(model)
     patched = [m for m in model.modules() if isinstance(m, MoEKitSparseMoeBlock)]
+    want = sch.name if sch.is_quantized else "none"
     for m in patched:
         old = m.quant.name if m.quant is not None else "none"
-        check_arg((old, m.backend) == (sch.name if sch.is_quantized else "none", backend), "model",
+        check_arg((old, m.backend) == (want, backend), "model",
                   f"an unpatched model, or the same request (quant={old}, backend={m.backend!r}) as its patch",
-                  f"quant={sch.name if sch.is_quantized else 'none'}, backend={backend!r} (unpatch() first)")
+                  f"quant={want}, backend={backend!r} (unpatch() first)")
     already = bool(patched)
     if not blocks and not already:
         raise _unsupported(f"no sparse MoE block found in {type(model).__name__}")
