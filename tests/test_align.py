@@ -48,6 +48,33 @@ def test_expert_map_drops_slots(m, poisoned_empty):
     _check(_random_ids(m, e_global, k), 8, 16, emap)
 
 
+@pytest.mark.parametrize("m", [6, 200])
+@pytest.mark.parametrize("with_map", [False, True])
+def test_out_of_range_ids_are_dropped(m, with_map, poisoned_empty):
+    """ids outside [0, E) (or outside the expert map) are dropped like remote experts, both in the single-program
+    and the multi-program alignment, instead of reading the map out of bounds."""
+    e_global, e, k = (16, 8, 4) if with_map else (8, 8, 4)
+    ids = _random_ids(m, e_global, k)
+    ids[::2, 0] = e_global
+    ids[1::3, 1] = -3
+    ids[::5, 2] = 2 ** 30
+    bad = (ids < 0) | (ids >= e_global)
+    # the reference: each bad id replaced by one extra global expert that maps to -1
+    ref_map = torch.full((e_global + 1,), -1, dtype=torch.int32)
+    ref_map[:e_global] = torch.arange(e_global, dtype=torch.int32) if not with_map else -1
+    emap = None
+    if with_map:
+        emap = torch.full((e_global,), -1, dtype=torch.int32)
+        emap[4:12] = torch.arange(8, dtype=torch.int32)
+        ref_map[:e_global] = emap
+    ref = align_torch(ids.masked_fill(bad, e_global), e, 16, ref_map)
+    got = moe_align_block_size(ids.to(DEVICE), e, 16, None if emap is None else emap.to(DEVICE), use_triton=True)
+    n = int(ref.num_padded)
+    assert int(got.num_padded) == n
+    assert torch.equal(got.sorted_ids[:n].cpu(), ref.sorted_ids[:n])
+    assert torch.equal(got.expert_ids[:n // 16].cpu(), ref.expert_ids[:n // 16])
+
+
 def test_bound_is_tight_enough():
     # every slot on its own expert: one block per slot
     assert max_blocks(8, 128, 16) == 8

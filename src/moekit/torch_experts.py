@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from moekit.activations import apply_activation
+from moekit.align import local_expert_ids
 from moekit.platform import has_feature, platform_of
 
 
@@ -57,9 +58,7 @@ def fused_experts_torch(
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if m == 0:
         return x.new_empty((0, h))
-    ids = topk_ids.reshape(-1).long()
-    if expert_map is not None:
-        ids = expert_map.long()[ids]
+    ids = local_expert_ids(topk_ids, expert_map)
     valid = (ids >= 0) & (ids < e)
     ids = torch.where(valid, ids, e)  # dropped slots sort last, into a bin no GEMM reads
     order = torch.argsort(ids, stable=True)

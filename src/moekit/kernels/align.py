@@ -34,12 +34,13 @@ def expert_bins(num_experts: int) -> int:
 
 
 @triton.jit
-def _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP: tl.constexpr):
-    """Local expert id of each slot; E (not routed here) for padding lanes and experts mapped to -1."""
+def _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP: tl.constexpr):
+    """Local expert id of each slot; E (not routed here) for padding lanes, experts mapped to -1 and ids outside
+    the ``n_map`` entries of the expert map (ids outside [0, E) without a map fall out of the final test)."""
     valid = offs < N
     ids = tl.load(ids_ptr + offs, mask=valid, other=0).to(tl.int32)
     if HAS_MAP:
-        ids = tl.load(map_ptr + ids, mask=valid, other=-1).to(tl.int32)
+        ids = tl.load(map_ptr + ids, mask=valid & (ids >= 0) & (ids < n_map), other=-1).to(tl.int32)
     return tl.where(valid & (ids >= 0) & (ids < E), ids, E)
 
 
@@ -97,11 +98,11 @@ def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_bloc
 
 
 @triton.jit
-def _align_single_kernel(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
+def _align_single_kernel(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, n_map, max_blocks,
                          HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
                          CHUNK_: tl.constexpr):
     offs = tl.arange(0, CHUNK_)
-    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP)
+    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
     _align_lanes(ids, offs, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD, CHUNK_)
 
 
@@ -128,11 +129,11 @@ def _route_align_kernel(logits_ptr, map_ptr, w_ptr, ids_ptr, sorted_ptr, expert_
 
 
 @triton.jit
-def _align_count_kernel(ids_ptr, map_ptr, counts_ptr, N, E, HAS_MAP: tl.constexpr, E_PAD: tl.constexpr,
+def _align_count_kernel(ids_ptr, map_ptr, counts_ptr, N, E, n_map, HAS_MAP: tl.constexpr, E_PAD: tl.constexpr,
                         CHUNK_: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
-    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP)
+    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
     tl.store(counts_ptr + pid * E_PAD + tl.arange(0, E_PAD), tl.histogram(ids, E_PAD, mask=ids < E))
 
 
@@ -156,11 +157,11 @@ def _align_offsets_kernel(counts_ptr, base_ptr, sorted_ptr, expert_ids_ptr, npp_
 
 
 @triton.jit
-def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, sorted_ptr, expert_ids_ptr, N, E, HAS_MAP: tl.constexpr,
-                          BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CHUNK_: tl.constexpr):
+def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, sorted_ptr, expert_ids_ptr, N, E, n_map,
+                          HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CHUNK_: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
-    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, HAS_MAP)
+    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
     valid = ids < E
     base = tl.load(base_ptr + pid * E_PAD + ids, mask=valid, other=0)
     _store_slots(sorted_ptr, expert_ids_ptr, base + _rank_in_chunk(ids, CHUNK_), ids, offs, E, BLOCK_M)
@@ -178,20 +179,21 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     e_pad = expert_bins(num_experts)
     has_map = expert_map is not None
     emap = expert_map if has_map else flat
+    n_map = emap.numel()
     if n <= SINGLE_MAX:
         chunk = max(16, triton.next_power_of_2(n))
-        _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, npp, n, num_experts, max_blocks,
+        _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, npp, n, num_experts, n_map, max_blocks,
                                    HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk,
                                    num_warps=warps_for(chunk * e_pad, 64))
     else:
         num_chunks = triton.cdiv(n, CHUNK)
         counts = torch.empty((num_chunks, e_pad), dtype=torch.int32, device=device)
         base = torch.empty_like(counts)
-        _align_count_kernel[(num_chunks,)](flat, emap, counts, n, num_experts, HAS_MAP=has_map, E_PAD=e_pad,
-                                           CHUNK_=CHUNK, num_warps=4)
+        _align_count_kernel[(num_chunks,)](flat, emap, counts, n, num_experts, n_map, HAS_MAP=has_map,
+                                           E_PAD=e_pad, CHUNK_=CHUNK, num_warps=4)
         _align_offsets_kernel[(1,)](counts, base, sorted_ids, expert_ids, npp, n, num_experts, max_blocks,
                                     num_chunks, BLOCK_M=block_m, E_PAD=e_pad, CB=64, num_warps=8)
-        _align_scatter_kernel[(num_chunks,)](flat, emap, base, sorted_ids, expert_ids, n, num_experts,
+        _align_scatter_kernel[(num_chunks,)](flat, emap, base, sorted_ids, expert_ids, n, num_experts, n_map,
                                              HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=CHUNK,
                                              num_warps=8)
     return sorted_ids, expert_ids, npp

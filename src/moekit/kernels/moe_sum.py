@@ -1,7 +1,7 @@
 """Triton kernel: the top-k reduction out[m] = sum_j y[m*k + j] over the slots whose expert is local.
 
-Slots whose expert is mapped to -1 (expert parallelism) were never written by GEMM 2; they are skipped by
-mask, not read. Accumulates in float32.
+Slots whose expert is mapped to -1 (expert parallelism), or whose id is outside [0, E) or the expert map, were
+never written by GEMM 2; they are skipped by mask, not read. Accumulates in float32.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _moe_sum_kernel(y_ptr, out_ptr, ids_ptr, map_ptr, H, E, stride_ym, stride_om,
+def _moe_sum_kernel(y_ptr, out_ptr, ids_ptr, map_ptr, H, E, n_map, stride_ym, stride_om,
                     TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr):
     m = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -20,8 +20,8 @@ def _moe_sum_kernel(y_ptr, out_ptr, ids_ptr, map_ptr, H, E, stride_ym, stride_om
     for j in tl.static_range(TOP_K):  # unrolled: the k row loads are in flight together
         slot = m * TOP_K + j
         e = tl.load(ids_ptr + slot)
-        if HAS_MAP:
-            e = tl.load(map_ptr + e)
+        if HAS_MAP:  # an id outside the map is dropped, as in the alignment
+            e = tl.load(map_ptr + e, mask=(e >= 0) & (e < n_map), other=-1)
         ok = (e >= 0) & (e < E)
         acc += tl.load(y_ptr + slot * stride_ym + offs, mask=h_ok & ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + m * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=h_ok)
@@ -36,7 +36,7 @@ def moe_sum(y: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, num_expe
     block_h = min(1024 if m >= 64 else 256, triton.next_power_of_2(h))
     has_map = expert_map is not None
     _moe_sum_kernel[(m, triton.cdiv(h, block_h))](
-        y, out, topk_ids, expert_map if has_map else topk_ids, h, num_experts,
+        y, out, topk_ids, expert_map if has_map else topk_ids, h, num_experts, expert_map.numel() if has_map else 0,
         y.stride(0), out.stride(0), TOP_K=top_k, HAS_MAP=has_map, BLOCK_H=block_h, num_warps=4,
     )
     return out
