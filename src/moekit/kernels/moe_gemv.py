@@ -23,8 +23,13 @@ Tiles and K steps per weight format: :data:`GEMV_TILES`.
 
 No alignment, no host synchronization (CUDA-graph safe). Products and sums are float32; GEMV 2 keeps the
 weighted sum in float32 until the single rounding to the output dtype. Slots whose expert maps to -1
-(expert parallelism) are skipped and contribute nothing. A slot's weights are read once per slot, so two
-slots on one expert read it twice: :func:`gemv_applies` keeps this path to shapes where that is rare.
+(expert parallelism), and ids outside [0, E) (or outside the expert map), are skipped and contribute
+nothing. A slot's weights are read once per slot, so two slots on one expert read it twice:
+:func:`gemv_applies` keeps this path to shapes where that is rare.
+
+Tried and dropped (session 7, ``benchmarks/results/bench_gemv*_prefetch_H100_session7.json``): each program
+loading the next K step into registers while it computes the current one. fp8 block Qwen3 M=1 went 22.6 ->
+27.1 us, DeepSeek-V3 M=4 496 -> 585 us; bf16 within 2 %; mxfp4 within 4 % either way.
 """
 from __future__ import annotations
 
@@ -55,9 +60,6 @@ from moekit.kernels.quant import e2m1_value, e8m0_value
 #:   load and split over more decoded codes; 32768-element GEMV 1 tiles leave too few programs (70.6 us at
 #:   M=1, round 3).
 GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 1024, 256)}
-#: Per weight format: whether each program loads the next K step while it computes the current one (the
-#: loads of a plain loop wait for the previous step's arithmetic). A/B in ``benchmarks/bench_gemv_quant.py``.
-GEMV_PREFETCH = {16: True, 8: True, 4: True}
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
 
@@ -106,41 +108,14 @@ def _block_scaled_sum(p, s_ptrs, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr, 
 
 
 @triton.jit
-def _mx_dot(raw, sc, xe, xo, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One K step of mxfp4 rows: code bytes ``raw`` [BLOCK_N, BLOCK_K / 2] (uint8), e8m0 scales ``sc``
-    [BLOCK_N, BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` float32 [BLOCK_K / 2]) ->
-    [BLOCK_N] float32 partial dot products, each 32-element group scaled once."""
-    raw = raw.to(tl.int32)
+def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One K step of mxfp4 rows: bytes ``w_ptrs`` [BLOCK_N, BLOCK_K / 2], e8m0 scales ``s_ptrs`` [BLOCK_N,
+    BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2]) -> [BLOCK_N] float32
+    partial dot products, each 32-element group scaled once."""
+    raw = tl.load(w_ptrs, mask=wmask, other=0).to(tl.int32)
     p = e2m1_value(raw & 15) * xe[None, :] + e2m1_value(raw >> 4) * xo[None, :]
     part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2)
-    return tl.sum(part * e8m0_value(sc), axis=1)
-
-
-@triton.jit
-def _gemv1_step(x_row, g_ptrs, s_ptrs, n_ok, k0, K, up_w, up_s, stride_sk, W_SCALE: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-    """GEMV 1's loads of the K step at ``k0``: the activations [BLOCK_K] and the gate and up weight tiles
-    (mxfp4: their code bytes [BLOCK_N, BLOCK_K / 2] and e8m0 scales [BLOCK_N, BLOCK_K / 32]; else
-    [BLOCK_N, BLOCK_K] with the scale tiles standing in as the weight tiles). ``up_w`` / ``up_s``: the up
-    rows' offsets from the gate rows. A step past K loads nothing (every lane masked)."""
-    offs_k = tl.arange(0, BLOCK_K)
-    xk = tl.load(x_row + k0 + offs_k, mask=offs_k < K - k0, other=0.0)
-    if W_SCALE == 3:
-        offs_b = tl.arange(0, BLOCK_K // 2)
-        offs_s = tl.arange(0, BLOCK_K // 32)
-        wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
-        smask = n_ok[:, None] & (offs_s < (K - k0) // 32)[None, :]
-        g = tl.load(g_ptrs + k0 // 2, mask=wmask, other=0)
-        u = tl.load(g_ptrs + up_w + k0 // 2, mask=wmask, other=0)
-        sg = tl.load(s_ptrs + (k0 // 32) * stride_sk, mask=smask, other=0)
-        su = tl.load(s_ptrs + up_s + (k0 // 32) * stride_sk, mask=smask, other=0)
-    else:
-        wmask = n_ok[:, None] & (offs_k < K - k0)[None, :]
-        g = tl.load(g_ptrs + k0, mask=wmask, other=0.0)
-        u = tl.load(g_ptrs + up_w + k0, mask=wmask, other=0.0)
-        sg = g
-        su = u
-    return xk, g, u, sg, su
+    return tl.sum(part * e8m0_value(tl.load(s_ptrs, mask=smask, other=0)), axis=1)
 
 
 @triton.jit
@@ -150,7 +125,7 @@ def _moe_gemv1_kernel(
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PREFETCH: tl.constexpr = True,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
     e = tl.load(ids_ptr + slot)
@@ -166,44 +141,39 @@ def _moe_gemv1_kernel(
     rows = w_ptr + e.to(tl.int64) * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
     acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
     if W_SCALE == 3:  # mxfp4: byte j of a row holds K elements 2j (low nibble) and 2j + 1
-        g_ptrs = rows + tl.arange(0, BLOCK_K // 2)[None, :]
-        s_ptrs = (s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
-                  + tl.arange(0, BLOCK_K // 32)[None, :] * stride_sk)
-        up_s = I * stride_sn
+        offs_b = tl.arange(0, BLOCK_K // 2)
+        offs_s = tl.arange(0, BLOCK_K // 32)
+        g_ptrs = rows + offs_b[None, :]
+        s_rows = s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
+        for k0 in range(0, K, BLOCK_K):
+            xk = tl.load(x_row + k0 + offs_k, mask=offs_k < K - k0, other=0.0).to(tl.float32)
+            xe, xo = tl.split(tl.reshape(xk, [BLOCK_K // 2, 2]))
+            wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
+            smask = n_ok[:, None] & (offs_s < (K - k0) // 32)[None, :]
+            s_ptrs = s_rows + (k0 // 32 + offs_s)[None, :] * stride_sk
+            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K)
+            acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
+                                  BLOCK_N, BLOCK_K)
     else:
-        g_ptrs = rows + tl.arange(0, BLOCK_K)[None, :]
-        s_ptrs = g_ptrs
-        up_s = 0
-    if PREFETCH:  # registers hold the next K step's loads while this one computes
-        xk, g, u, sg, su = _gemv1_step(x_row, g_ptrs, s_ptrs, n_ok, 0, K, I * stride_wn, up_s, stride_sk, W_SCALE,
-                                       BLOCK_K)
-    for k0 in range(0, K, BLOCK_K):
-        if PREFETCH:
-            nxk, ng, nu, nsg, nsu = _gemv1_step(x_row, g_ptrs, s_ptrs, n_ok, k0 + BLOCK_K, K, I * stride_wn, up_s,
-                                                stride_sk, W_SCALE, BLOCK_K)
-        else:
-            xk, g, u, sg, su = _gemv1_step(x_row, g_ptrs, s_ptrs, n_ok, k0, K, I * stride_wn, up_s, stride_sk,
-                                           W_SCALE, BLOCK_K)
-        xf = xk.to(tl.float32)
-        if W_SCALE == 3:
-            xe, xo = tl.split(tl.reshape(xf, [BLOCK_K // 2, 2]))
-            acc_g += _mx_dot(g, sg, xe, xo, BLOCK_N, BLOCK_K)
-            acc_u += _mx_dot(u, su, xe, xo, BLOCK_N, BLOCK_K)
-        else:
-            pg = g.to(tl.float32) * xf[None, :]
-            pu = u.to(tl.float32) * xf[None, :]
+        g_ptrs = rows + offs_k[None, :]
+        u_ptrs = g_ptrs + I * stride_wn
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = offs_k < K - k0
+            xk = tl.load(x_row + k0 + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+            wmask = n_ok[:, None] & k_ok[None, :]
+            g = tl.load(g_ptrs + k0, mask=wmask, other=0.0).to(tl.float32) * xk
+            u = tl.load(u_ptrs + k0, mask=wmask, other=0.0).to(tl.float32) * xk
             if W_SCALE == 2:
                 sk = s_ptr + e.to(tl.int64) * stride_se
-                acc_g += _block_scaled_sum(pg, sk + (offs_n // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
+                acc_g += _block_scaled_sum(g, sk + (offs_n // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
                                            BLOCK_N, BLOCK_K, GROUP_K)
-                acc_u += _block_scaled_sum(pu, sk + ((offs_n + I) // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
+                acc_u += _block_scaled_sum(u, sk + ((offs_n + I) // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
                                            BLOCK_N, BLOCK_K, GROUP_K)
             else:
-                acc_g += tl.sum(pg, axis=1)
-                acc_u += tl.sum(pu, axis=1)
-        if PREFETCH:
-            xk, g, u, sg, su = nxk, ng, nu, nsg, nsu
+                acc_g += tl.sum(g, axis=1)
+                acc_u += tl.sum(u, axis=1)
     if W_SCALE == 1:
         sr = s_ptr + e.to(tl.int64) * stride_se
         acc_g *= tl.load(sr + offs_n * stride_sn, mask=n_ok, other=0.0)
@@ -217,33 +187,13 @@ def _moe_gemv1_kernel(
 
 
 @triton.jit
-def _gemv2_step(a_rows, w_rows, s_rows, live, rows_ok, k0, K, stride_sk, W_SCALE: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-    """GEMV 2's loads of the K step at ``k0``: the top-k slots' activations [TOPK, BLOCK_K] and weight tiles
-    (mxfp4: code bytes [TOPK, BLOCK_N, BLOCK_K / 2] and e8m0 scales [TOPK, BLOCK_N, BLOCK_K / 32]; else
-    [TOPK, BLOCK_N, BLOCK_K], returned twice). A step past K loads nothing."""
-    offs_k = tl.arange(0, BLOCK_K)
-    a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :], other=0.0)
-    if W_SCALE == 3:
-        offs_b = tl.arange(0, BLOCK_K // 2)
-        offs_s = tl.arange(0, BLOCK_K // 32)
-        w = tl.load(w_rows + k0 // 2, mask=rows_ok & (offs_b < (K - k0) // 2)[None, None, :], other=0)
-        sc = tl.load(s_rows + (k0 // 32) * stride_sk, mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :],
-                     other=0)
-    else:
-        w = tl.load(w_rows + k0, mask=rows_ok & (offs_k < K - k0)[None, None, :], other=0.0)
-        sc = w
-    return a, w, sc
-
-
-@triton.jit
 def _moe_gemv2_kernel(
     a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr,
     N, K, top_k, num_ids, stride_am, stride_we, stride_wn, stride_om,
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PREFETCH: tl.constexpr = True,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -261,30 +211,30 @@ def _moe_gemv2_kernel(
     w_rows = w_ptr + e64[:, None, None] * stride_we + offs_n.to(tl.int64)[None, :, None] * stride_wn
     rows_ok = live[:, None, None] & n_ok[None, :, None]
     acc = tl.zeros([TOPK, BLOCK_N], dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
     if W_SCALE == 3:  # mxfp4 (see GEMV 1)
-        w_rows += tl.arange(0, BLOCK_K // 2)[None, None, :]
-        s_rows = (s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
-                  + tl.arange(0, BLOCK_K // 32)[None, None, :] * stride_sk)
-    else:
-        w_rows += tl.arange(0, BLOCK_K)[None, None, :]
-        s_rows = w_rows
-    if PREFETCH:
-        a, w, sc = _gemv2_step(a_rows, w_rows, s_rows, live, rows_ok, 0, K, stride_sk, W_SCALE, BLOCK_K)
-    for k0 in range(0, K, BLOCK_K):
-        if PREFETCH:
-            na, nw, nsc = _gemv2_step(a_rows, w_rows, s_rows, live, rows_ok, k0 + BLOCK_K, K, stride_sk, W_SCALE,
-                                      BLOCK_K)
-        else:
-            a, w, sc = _gemv2_step(a_rows, w_rows, s_rows, live, rows_ok, k0, K, stride_sk, W_SCALE, BLOCK_K)
-        af = a.to(tl.float32)
-        if W_SCALE == 3:
-            ae, ao = tl.split(tl.reshape(af, [TOPK, BLOCK_K // 2, 2]))
-            raw = w.to(tl.int32)
+        offs_b = tl.arange(0, BLOCK_K // 2)
+        offs_s = tl.arange(0, BLOCK_K // 32)
+        s_rows = s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
+        for k0 in range(0, K, BLOCK_K):
+            b_ok = offs_b < (K - k0) // 2
+            a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
+                        other=0.0).to(tl.float32)
+            ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
+            raw = tl.load(w_rows + k0 // 2 + offs_b[None, None, :], mask=rows_ok & b_ok[None, None, :],
+                          other=0).to(tl.int32)
             p = e2m1_value(raw & 15) * ae[:, None, :] + e2m1_value(raw >> 4) * ao[:, None, :]
             part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // 32, 16]), axis=3)
+            sc = tl.load(s_rows + (k0 // 32 + offs_s)[None, None, :] * stride_sk,
+                         mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * e8m0_value(sc), axis=2)
-        else:
-            p = w.to(tl.float32) * af[:, None, :]
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = offs_k < K - k0
+            a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            w = tl.load(w_rows + k0 + offs_k[None, None, :], mask=rows_ok & k_ok[None, None, :],
+                        other=0.0).to(tl.float32)
+            p = w * a[:, None, :]
             if W_SCALE == 2:
                 s_blk = s_ptr + e64[:, None] * stride_se + (offs_n // GROUP_N)[None, :] * stride_sn
                 if BLOCK_K <= GROUP_K:
@@ -293,13 +243,11 @@ def _moe_gemv2_kernel(
                 else:
                     part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // GROUP_K, GROUP_K]), axis=3)
                     offs_g = k0 // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
-                    bsc = tl.load(s_blk[:, :, None] + offs_g[None, None, :] * stride_sk,
-                                  mask=rows_ok & (offs_g * GROUP_K < K)[None, None, :], other=0.0)
-                    acc += tl.sum(part * bsc, axis=2)
+                    sc = tl.load(s_blk[:, :, None] + offs_g[None, None, :] * stride_sk,
+                                 mask=rows_ok & (offs_g * GROUP_K < K)[None, None, :], other=0.0)
+                    acc += tl.sum(part * sc, axis=2)
             else:
                 acc += tl.sum(p, axis=2)
-        if PREFETCH:
-            a, w, sc = na, nw, nsc
     if W_SCALE == 1:
         acc *= tl.load(s_ptr + e64[:, None] * stride_se + offs_n[None, :] * stride_sn,
                        mask=live[:, None] & n_ok[None, :], other=0.0)
@@ -361,23 +309,22 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     has_map = expert_map is not None
     emap = expert_map if has_map else topk_ids
-    num_ids = expert_map.numel() if has_map else w13.shape[0]
-    prefetch = GEMV_PREFETCH[_weight_bits(scheme)]
+    num_ids = expert_map.numel() if has_map else w13.shape[0]  # the range of valid topk_ids
     tile1, tile2, kstep1, kstep2 = GEMV_TILES[_weight_bits(scheme)]
     bn, bk = _blocks(h, 1, kstep1, tile1)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, num_ids, x.stride(0), w13.stride(0), w13.stride(1),
         inter.stride(0),
-        HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, PREFETCH=prefetch,
-        num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
+        HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps,
+        **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
     )
     topk_pad = triton.next_power_of_2(top_k)
     bn, bk = _blocks(i, topk_pad, kstep2, tile2)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, num_ids, inter.stride(0), w2.stride(0),
-        w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, PREFETCH=prefetch,
-        num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
+        w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps,
+        **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
     )
     return out
