@@ -75,6 +75,65 @@ def test_token_and_tensor_quant_bit_exact(qdtype):
         assert torch.equal(_bits(q), _bits(q2)) and torch.equal(s, s2)
 
 
+def _same_nan(a, b):
+    """Equal, with NaN equal to NaN."""
+    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("qdtype", [torch.float8_e4m3fn, torch.int8])
+@pytest.mark.parametrize("kind", ["group", "token", "tensor"])
+def test_nan_and_inf_propagate_like_the_twin(qdtype, kind):
+    """A NaN makes its group's scale NaN and an inf its scale inf, in the kernels as in the twins (torch.amax
+    propagates NaN), so no NaN or inf activation turns into a finite, plausible product. fp8 codes are
+    compared on the GPU (the interpreter casts a float32 NaN to fp8 code 124, 384); everywhere, which
+    dequantized values q * scale are not finite, and the finite ones."""
+    x = _nasty(8, 300)
+    x[1, 5] = float("nan")
+    x[2, 130] = float("inf")
+    x[6, 7] = -float("inf")
+    fn = {"group": lambda u: per_token_group_quant(x, 128, qdtype, use_triton=u),
+          "token": lambda u: per_token_quant(x, qdtype, use_triton=u),
+          "tensor": lambda u: per_tensor_quant(x, qdtype, use_triton=u)}[kind]
+    (q, s), (q2, s2) = fn(True), fn(False)
+    assert _same_nan(s, s2)
+    if kind == "tensor":
+        assert torch.isnan(s).all()
+    else:
+        assert torch.isnan(s[1]).any() and torch.isinf(s[2]).any() and torch.isinf(s[6]).any()
+        assert torch.isfinite(s[0]).all()
+
+    def dequant(qq, ss):
+        ss = ss.repeat_interleave(128, dim=1)[:, :300] if kind == "group" else ss.reshape(-1, 1)
+        return qq.float() * ss
+
+    d, d2 = dequant(q, s), dequant(q2, s2)
+    bad = ~torch.isfinite(d)
+    assert torch.equal(bad, ~torch.isfinite(d2)) and bad[1, :128].all() and bad[2, 128:256].all()
+    assert torch.equal(d[~bad], d2[~bad])
+    if qdtype != torch.int8 and x.is_cuda:  # int8 has no NaN code: only its scale carries the NaN
+        assert torch.equal(_bits(q), _bits(q2))
+
+
+def test_nan_activation_gives_nan_rows_not_wrong_values():
+    """fp8 block experts: a token whose hidden state holds a NaN gets a NaN output row (its activation group
+    scale is NaN), and the other tokens are unaffected, on both backends."""
+    scheme = SCHEMES["fp8_block"]
+    m, e, k, h, i = 6, 4, 2, 256, 128
+    x = torch.randn(m, h, device=DEVICE)
+    x[2, 17] = float("nan")
+    w13 = torch.randn(e, 2 * i, h) / h ** 0.5
+    w2 = torch.randn(e, h, i) / i ** 0.5
+    q13, s13 = quantize_weights(w13, scheme)[:2]
+    q2, s2 = quantize_weights(w2, scheme)[:2]
+    logits = torch.randn(m, e, device=DEVICE)
+    for backend in ("triton", "torch"):
+        out = moekit.fused_moe(x, q13.to(DEVICE), q2.to(DEVICE), logits, k, quant=scheme, w13_scale=s13.to(DEVICE),
+                               w2_scale=s2.to(DEVICE), backend=backend)
+        assert torch.isnan(out[2]).all(), backend
+        keep = [0, 1, 3, 4, 5]
+        assert torch.isfinite(out[keep]).all(), backend
+
+
 def test_scale_is_amax_times_reciprocal():
     x = torch.tensor([[3.0, -7.0, 1.0]], device=DEVICE)
     dt, qmax = torch.float8_e4m3fn, 448.0

@@ -39,10 +39,13 @@ import triton.language as tl
 from moekit.activations import ACTIVATIONS as _NAMES
 from moekit.activations import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
 from moekit.kernels import tile_ids
-from moekit.kernels.quant import e2m1_value, e8m0_value, quantize_values
+from moekit.kernels.quant import (
+    MIN_SCALE, abs_max, e2m1_value, e8m0_value, quantize_values, scale_from_amax,
+)
 
 ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constexpr codes
 _SWIGLU_ALPHA = tl.constexpr(SWIGLUOAI_ALPHA)
+_MIN_SCALE = tl.constexpr(MIN_SCALE)
 _SWIGLU_LIMIT = tl.constexpr(SWIGLUOAI_LIMIT)
 
 
@@ -317,7 +320,7 @@ def _moe_gemm1_kernel(
     else:
         hf = tl.where(n_ok[None, :], h, 0.0)
         if OUT_QUANT == 1:  # this program's BLOCK_N columns are one quantization group
-            o_s = tl.maximum(tl.max(tl.abs(hf), axis=1) * (1.0 / QMAX), 1e-12)  # kernels.quant.MIN_SCALE
+            o_s = scale_from_amax(abs_max(hf, 1), 1.0 / QMAX, _MIN_SCALE)
             tl.store(out_scale_ptr + offs_m.to(tl.int64) * stride_osm + pid_n, o_s)
             q = quantize_values(hf, o_s[:, None], QKIND, QMAX, EMIN)
         else:

@@ -9,6 +9,10 @@ One kernel family, rows x groups:
 Numerics (shared with the PyTorch twins in :mod:`moekit.quant.ops`, which are bit-exact with these kernels):
   scale = max(amax * (1 / qmax), MIN_SCALE)        (never amax / qmax; an all-zero group gets MIN_SCALE, not NaN)
   q     = round(clamp(x / scale, -qmax, qmax))     x / scale is the IEEE-rounded division (tl.div_rn)
+NaN propagates as in torch: a group holding a NaN gets a NaN amax and scale, and its fp8 codes are NaN
+(int8 has no NaN: its codes are then meaningless, the NaN scale still makes every product NaN); an inf gives
+an inf scale, so finite values quantize to 0 and the inf itself to NaN. So a NaN or inf activation never
+leaves the layer as a finite, plausible number.
 ``round`` is round-half-to-even onto the target grid done in float32 arithmetic (:func:`round_to_fp8` /
 :func:`round_to_int`), so the final cast is exact. Doing the fp8 rounding ourselves is also what makes the
 kernels right under ``TRITON_INTERPRET=1``, whose float32 -> fp8 cast mis-rounds values that carry into the
@@ -51,10 +55,35 @@ def round_to_int(v):
 
 
 @triton.jit
+def _max_keep_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def abs_max(x, axis: tl.constexpr):
+    """max |x| along ``axis``, NaN if any element is NaN (``torch.amax``; ``tl.max`` would skip NaN)."""
+    return tl.reduce(tl.abs(x), axis, _max_keep_nan)
+
+
+@triton.jit
+def scale_from_amax(amax, inv_qmax, min_s):
+    """max(amax * (1 / qmax), min_s), keeping a NaN amax NaN."""
+    return tl.maximum(amax * inv_qmax, min_s, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _clamp(v, QMAX: tl.constexpr):
+    """v clamped to [-QMAX, QMAX]; NaN stays NaN (as ``torch.clamp``)."""
+    return tl.minimum(tl.maximum(v, -QMAX, propagate_nan=tl.PropagateNan.ALL), QMAX,
+                      propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def round_to_fp8(v, QMAX: tl.constexpr, EMIN: tl.constexpr):
     """Clamp float32 ``v`` to [-QMAX, QMAX] and round it (ties to even) onto the e4m3 grid whose smallest
-    normal exponent is EMIN (-6 for e4m3fn, -7 for e4m3fnuz); 3 mantissa bits. Result is exact in fp8."""
-    v = tl.minimum(tl.maximum(v, -QMAX), QMAX)
+    normal exponent is EMIN (-6 for e4m3fn, -7 for e4m3fnuz); 3 mantissa bits. Result is exact in fp8; NaN
+    stays NaN."""
+    v = _clamp(v, QMAX)
     bits = v.to(tl.int32, bitcast=True)
     e = ((bits >> 23) & 0xFF) - 127
     e = tl.maximum(e, EMIN)
@@ -68,7 +97,7 @@ def quantize_values(v, scale, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.
     t = tl.div_rn(v, scale)
     if QKIND == 0:
         return round_to_fp8(t, QMAX, EMIN)
-    return round_to_int(tl.minimum(tl.maximum(t, -QMAX), QMAX))
+    return round_to_int(_clamp(t, QMAX))
 
 
 @triton.jit
@@ -89,8 +118,7 @@ def _group_quant_kernel(
     cols = gs[:, None] * GROUP + inner[None, :]
     ok = (inner < GROUP)[None, :] & (cols < N) & (gs < n_groups)[:, None]
     x = tl.load(x_ptr + row64 * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=1)
-    scale = tl.maximum(amax * INV_QMAX, MIN_S)
+    scale = scale_from_amax(abs_max(x, 1), INV_QMAX, MIN_S)
     q = quantize_values(x, scale[:, None], QKIND, QMAX, EMIN)
     tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
     tl.store(s_ptr + row64 * stride_sm + gs, scale, mask=gs < n_groups)
@@ -107,8 +135,9 @@ def _amax_kernel(x_ptr, amax_ptr, npp_ptr, N, stride_xm, BLOCK: tl.constexpr, HA
     for start in range(0, N, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + row64 * stride_xm + cols, mask=cols < N, other=0.0).to(tl.float32)
-        m = tl.maximum(m, tl.abs(x))
-    tl.atomic_max(amax_ptr, tl.max(m, axis=0))
+        m = tl.maximum(m, tl.abs(x), propagate_nan=tl.PropagateNan.ALL)
+    # a NaN row max (positive: abs clears the sign) orders above every float in the atomic's integer compare
+    tl.atomic_max(amax_ptr, abs_max(m, 0))
 
 
 @triton.jit
@@ -122,7 +151,7 @@ def _tensor_quant_kernel(
         if row >= tl.load(npp_ptr):
             return
     if DYNAMIC:
-        scale = tl.maximum(tl.load(amax_ptr) * INV_QMAX, MIN_S)
+        scale = scale_from_amax(tl.load(amax_ptr), INV_QMAX, MIN_S)
         if row == 0:
             tl.store(s_ptr, scale)
     else:
