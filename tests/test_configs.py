@@ -368,3 +368,13 @@ def test_bench_configs_repair_restores_default(tmp_path):
     assert bc.repair(result, tmp_path) == 0
     out = json.loads((tmp_path / name).read_text())
     assert out["1"] == default and out["2"] == tuned and out["triton_version"] == "3.6.0"
+
+
+@pytest.mark.parametrize("m, e, k, expected", [
+    (96, 8, 2, "M32 N64 K128 G1 w4 s4"),  # 24 tokens per expert
+    (112, 8, 2, "M64 N64 K128 G1 w4 s3"),  # 28: 32-row tiles would overflow for the busier experts
+    (128, 8, 2, "M64 N64 K128 G1 w4 s3"),  # 32 (Mixtral bf16 on the H100: 1355 -> 990 us)
+    (1024, 128, 8, "M64 N64 K64 G8 w4 s4"),  # 48 < 64 per expert <= 96
+])
+def test_default_bf16_tile_rows_leave_headroom(m, e, k, expected):
+    assert default_config(m, e, 14336, 4096, k, torch.bfloat16).short() == expected
