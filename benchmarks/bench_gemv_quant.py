@@ -34,7 +34,7 @@ DEFAULT_CASES = ["qwen3_30b_a3b:fp8_block:1,2,4", "gpt_oss_20b:mxfp4:1,2,4,8,16"
 # per weight format (moe_gemv._weight_bits): GEMV_TILES entries (GEMV 1 tile, GEMV 2 tile, GEMV 1 K step, GEMV 2
 # K step), num_warps and moe_gemv.MX_3D (mxfp4 only); the shipped entry is timed first
 VARIANTS = {8: [(4096, 1024, 512, 256, 4, True), (2048, 1024, 512, 256, 4, True), (4096, 512, 512, 256, 4, True)],
-            4: [(16384, 8192, 1024, 256, 4, False), (8192, 8192, 512, 128, 4, True), (16384, 8192, 512, 256, 4, True),
+            4: [(16384, 8192, 1024, 256, 4, True), (8192, 8192, 512, 128, 4, True), (16384, 8192, 512, 256, 4, True),
                 (16384, 16384, 1024, 512, 4, True), (8192, 4096, 1024, 256, 4, True)]}
 
 

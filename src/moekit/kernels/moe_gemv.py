@@ -61,8 +61,11 @@ from moekit.kernels.quant import e2m1_value, e8m0_value
 #:   M=1, round 3).
 GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 1024, 256)}
 #: mxfp4 K steps loaded as [groups of 32 codes, 16 bytes] tensors (True) or as flat rows reshaped into groups
-#: (False); A/B in ``benchmarks/bench_gemv_quant.py``.
-MX_3D = True
+#: (False, the measured and GPU-tested path). The grouped form avoids the layout conversions through shared
+#: memory that ncu found in GEMV 1 (``benchmarks/results/ncu_gemv_mx_m1_H100_session7_details.txt``); it is
+#: CPU-tested only (interpreter) and waits for its GPU A/B: ``benchmarks/bench_gemv_quant.py --cases
+#: gpt_oss_20b:mxfp4:1,2,4,8`` times both.
+MX_3D = False
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
 
@@ -139,7 +142,7 @@ def _moe_gemv1_kernel(
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_3D: tl.constexpr = True,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_3D: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
     e = tl.load(ids_ptr + slot)
@@ -221,7 +224,7 @@ def _moe_gemv2_kernel(
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_3D: tl.constexpr = True,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_3D: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
