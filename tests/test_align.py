@@ -50,14 +50,16 @@ def test_expert_map_drops_slots(m, poisoned_empty):
 
 @pytest.mark.parametrize("m", [6, 200])
 @pytest.mark.parametrize("with_map", [False, True])
-def test_out_of_range_ids_are_dropped(m, with_map, poisoned_empty):
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+def test_out_of_range_ids_are_dropped(m, with_map, id_dtype, poisoned_empty):
     """ids outside [0, E) (or outside the expert map) are dropped like remote experts, both in the single-program
-    and the multi-program alignment, instead of reading the map out of bounds."""
+    and the multi-program alignment, instead of reading the map out of bounds; int64 ids past 2**31 are
+    compared before any narrowing (2**32 + 1 must not become expert 1)."""
     e_global, e, k = (16, 8, 4) if with_map else (8, 8, 4)
-    ids = _random_ids(m, e_global, k)
+    ids = _random_ids(m, e_global, k).to(id_dtype)
     ids[::2, 0] = e_global
     ids[1::3, 1] = -3
-    ids[::5, 2] = 2 ** 30
+    ids[::5, 2] = 2 ** 32 + 1 if id_dtype == torch.int64 else 2 ** 30
     bad = (ids < 0) | (ids >= e_global)
     # the reference: each bad id replaced by one extra global expert that maps to -1
     ref_map = torch.full((e_global + 1,), -1, dtype=torch.int32)

@@ -262,9 +262,11 @@ def test_gemv_supports(scheme, ok):
 
 @pytest.mark.parametrize("path", ["gemv", "grouped", "torch"])
 @pytest.mark.parametrize("with_map", [False, True])
-def test_out_of_range_ids_are_skipped(path, with_map, monkeypatch, gemv_calls, poisoned_empty):
-    """topk_ids outside [0, E) given to fused_experts (unchecked unless MOEKIT_VALIDATE=1) contribute nothing on
-    every path (the decode GEMVs, the grouped GEMMs, the torch backend) instead of reading out of bounds."""
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+def test_out_of_range_ids_are_skipped(path, with_map, id_dtype, monkeypatch, gemv_calls, poisoned_empty):
+    """topk_ids outside [0, E) given to fused_experts (unchecked unless MOEKIT_VALIDATE=1), int64 ids past 2**31
+    (no wrap-around to a valid expert) and expert_map values past the local experts contribute nothing on every
+    path (the decode GEMVs, the grouped GEMMs, the torch backend) instead of reading out of bounds."""
     monkeypatch.setenv("MOEKIT_DECODE_GEMV", "1" if path == "gemv" else "0")
     m, e, k, h, i = 2, 32, 4, 64, 32
     e_global = 2 * e if with_map else e
@@ -272,13 +274,17 @@ def test_out_of_range_ids_are_skipped(path, with_map, monkeypatch, gemv_calls, p
     if with_map:
         emap = torch.full((e_global,), -1, dtype=torch.int32)
         emap[::2] = torch.arange(e, dtype=torch.int32)
+        emap[1] = e + 3  # a map value past the local experts
     x, w13, w2, _ = layer(m, e, k, h, i, torch.float32)
-    ids = torch.tensor([[0, e_global, 2, -1], [e_global + 7, 4, 6, 2 ** 30]], dtype=torch.int32)
+    huge = 2 ** 32 + 2 if id_dtype == torch.int64 else 2 ** 30
+    ids = torch.tensor([[0, e_global, 2, -1], [e_global + 7, 4, 1, huge]], dtype=id_dtype)
     w = torch.rand(m, k)
     out = moekit.fused_experts(x, w13, w2, w.to(DEVICE), ids.to(DEVICE),
                                expert_map=None if emap is None else emap.to(DEVICE),
                                backend="torch" if path == "torch" else "triton")
     assert gemv_calls == ([m] if path == "gemv" else [])
     bad = (ids < 0) | (ids >= e_global)
+    if with_map:
+        bad |= emap[ids.clamp(0, e_global - 1).long()] >= e
     ref = moe_reference(x, w13, w2, w.masked_fill(bad, 0), ids.masked_fill(bad, 0), emap)
     assert_close_to_reference(out, ref, torch.float32)

@@ -134,6 +134,21 @@ def test_nan_activation_gives_nan_rows_not_wrong_values():
         assert torch.isfinite(out[keep]).all(), backend
 
 
+@pytest.mark.parametrize("npp_value", [0, 2])
+def test_per_tensor_npp_ignores_skipped_rows(npp_value):
+    """Rows at or past npp do not count in the dynamic per-tensor scale, even when they hold inf or NaN (the
+    twin masks them with where, not a product), and npp = 0 still writes the floor scale."""
+    x = torch.randn(5, 64, device=DEVICE)
+    x[2, 3] = float("inf")
+    x[3, 1] = float("nan")
+    npp = torch.tensor([npp_value], dtype=torch.int32, device=DEVICE)
+    s = per_tensor_quant(x, torch.float8_e4m3fn, npp=npp, use_triton=True)[1]
+    s2 = per_tensor_quant(x, torch.float8_e4m3fn, npp=npp, use_triton=False)[1]
+    assert torch.equal(s, s2) and torch.isfinite(s).all()
+    if npp_value == 0:
+        assert torch.equal(s, torch.full_like(s, MIN_SCALE))
+
+
 def test_scale_is_amax_times_reciprocal():
     x = torch.tensor([[3.0, -7.0, 1.0]], device=DEVICE)
     dt, qmax = torch.float8_e4m3fn, 448.0

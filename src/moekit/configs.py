@@ -99,7 +99,8 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     one scale group per K step, what every entry of the shipped gpt-oss-20b files runs (gpt-oss-20b on the
     H100, M=16: 460 us with K steps of 32 against 536-579 us with 128; ``benchmarks/results/
     bench_quant_H100_gptoss_session6.json``, ``mxfp4_paths_H100_session6/``).
-    16-bit, 28-48 tokens per expert: 64x64x128 tiles, 3 stages. 32-row tiles there put the busier experts
+    bf16 / fp16, 28-48 tokens per expert: 64x64x128 tiles, 3 stages (other dtypes keep the earlier buckets:
+    32-row tiles up to 32 tokens per expert, then 64x64x64). 32-row tiles there put the busier experts
     over one tile (their weights read twice): Mixtral-8x7B bf16 on the H100, M=112 / 128 / 160 (28 / 32 /
     40 per expert) 1131 / 1355 / 1666 us with 32x64x128 against 989 / 990 / 971 us; Qwen3-30B-A3B M=448 /
     512 / 640 457 / 472 / 517 against 464 / 468 / 471 (``benchmarks/results/default_threshold_bf16_H100_
@@ -124,9 +125,10 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
         return MoEKernelConfig(128, 128, 128, 16, 8, 4)
     if per_expert <= 8:
         config = MoEKernelConfig(16, 64, 128, 1, 4, 4)
-    elif per_expert < 28:  # 32-row tiles need headroom: an expert over 32 tokens reads its weights twice
+    elif per_expert < 28 or (per_expert <= 32 and config_dtype_name(dtype) is not None):
         config = MoEKernelConfig(32, 64, 128, 1, 4, 4)
-    elif per_expert <= 48:
+    elif per_expert <= 48 and config_dtype_name(dtype) is None:  # bf16 / fp16 only: what was measured
+        # 32-row tiles need headroom: an expert over 32 tokens reads its weights twice
         config = MoEKernelConfig(64, 64, 128, 1, 4, 3)
     elif per_expert <= 96:
         config = MoEKernelConfig(64, 64, 64, 8, 4, 4)

@@ -36,11 +36,13 @@ def expert_bins(num_experts: int) -> int:
 @triton.jit
 def _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP: tl.constexpr):
     """Local expert id of each slot; E (not routed here) for padding lanes, experts mapped to -1 and ids outside
-    the ``n_map`` entries of the expert map (ids outside [0, E) without a map fall out of the final test)."""
+    the ``n_map`` entries of the expert map, and (without a map) ids outside [0, E)."""
     valid = offs < N
-    ids = tl.load(ids_ptr + offs, mask=valid, other=0).to(tl.int32)
+    raw = tl.load(ids_ptr + offs, mask=valid, other=0)  # compared in its own dtype: int64 ids never wrap
     if HAS_MAP:
-        ids = tl.load(map_ptr + ids, mask=valid & (ids >= 0) & (ids < n_map), other=-1).to(tl.int32)
+        ids = tl.load(map_ptr + raw, mask=valid & (raw >= 0) & (raw < n_map), other=-1).to(tl.int32)
+    else:
+        ids = tl.where((raw >= 0) & (raw < E), raw, E).to(tl.int32)
     return tl.where(valid & (ids >= 0) & (ids < E), ids, E)
 
 
@@ -179,7 +181,7 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     e_pad = expert_bins(num_experts)
     has_map = expert_map is not None
     emap = expert_map if has_map else flat
-    n_map = emap.numel()
+    n_map = emap.numel() if has_map else num_experts
     if n <= SINGLE_MAX:
         chunk = max(16, triton.next_power_of_2(n))
         _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, npp, n, num_experts, n_map, max_blocks,

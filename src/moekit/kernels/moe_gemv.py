@@ -23,8 +23,8 @@ Tiles and K steps per weight format: :data:`GEMV_TILES`.
 
 No alignment, no host synchronization (CUDA-graph safe). Products and sums are float32; GEMV 2 keeps the
 weighted sum in float32 until the single rounding to the output dtype. Slots whose expert maps to -1
-(expert parallelism), and ids outside [0, E) (or outside the expert map), are skipped and contribute
-nothing. A slot's weights are read once per slot, so two slots on one expert read it twice:
+(expert parallelism), ids outside [0, E) (or outside the expert map) and map values past the local
+experts are skipped and contribute nothing. A slot's weights are read once per slot, so two slots on one expert read it twice:
 :func:`gemv_applies` keeps this path to shapes where that is rare.
 
 Tried and dropped (session 7, ``benchmarks/results/bench_gemv*_prefetch_H100_session7.json``): each program
@@ -138,7 +138,7 @@ def _mx_groups_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask):
 @triton.jit
 def _moe_gemv1_kernel(
     x_ptr, w_ptr, out_ptr, ids_ptr, map_ptr,
-    I, K, top_k, num_ids, stride_xm, stride_we, stride_wn, stride_om,
+    I, K, top_k, num_ids, E, stride_xm, stride_we, stride_wn, stride_om,
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
@@ -150,7 +150,7 @@ def _moe_gemv1_kernel(
         return
     if HAS_MAP:
         e = tl.load(map_ptr + e)
-    if e < 0:  # a remote expert: GEMV 2 skips this slot too
+    if (e < 0) | (e >= E):  # a remote expert (or a map value past the local experts): GEMV 2 skips it too
         return
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
@@ -220,7 +220,7 @@ def _moe_gemv1_kernel(
 @triton.jit
 def _moe_gemv2_kernel(
     a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr,
-    N, K, top_k, num_ids, stride_am, stride_we, stride_wn, stride_om,
+    N, K, top_k, num_ids, E, stride_am, stride_we, stride_wn, stride_om,
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
@@ -233,7 +233,7 @@ def _moe_gemv2_kernel(
     e = tl.where((e >= 0) & (e < num_ids), e, -1)  # out-of-range ids are skipped (see GEMV 1)
     if HAS_MAP:
         e = tl.load(map_ptr + e, mask=e >= 0, other=-1)
-    live = e >= 0
+    live = (e >= 0) & (e < E)
     wt = tl.load(topk_w_ptr + slot, mask=live, other=0.0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
@@ -356,12 +356,13 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     has_map = expert_map is not None
     emap = expert_map if has_map else topk_ids
-    num_ids = expert_map.numel() if has_map else w13.shape[0]  # the range of valid topk_ids
+    e_local = w13.shape[0]
+    num_ids = expert_map.numel() if has_map else e_local  # the range of valid topk_ids
     tile1, tile2, kstep1, kstep2 = GEMV_TILES[_weight_bits(scheme)]
     bn, bk = _blocks(h, 1, kstep1, tile1)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
-        x, w13, inter, topk_ids, emap, i, h, top_k, num_ids, x.stride(0), w13.stride(0), w13.stride(1),
+        x, w13, inter, topk_ids, emap, i, h, top_k, num_ids, e_local, x.stride(0), w13.stride(0), w13.stride(1),
         inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, MX_3D=MX_3D,
         num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
@@ -370,7 +371,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     bn, bk = _blocks(i, topk_pad, kstep2, tile2)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
-        inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, num_ids, inter.stride(0), w2.stride(0),
+        inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, num_ids, e_local, inter.stride(0), w2.stride(0),
         w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, MX_3D=MX_3D,
         num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
     )

@@ -9,10 +9,11 @@ One kernel family, rows x groups:
 Numerics (shared with the PyTorch twins in :mod:`moekit.quant.ops`, which are bit-exact with these kernels):
   scale = max(amax * (1 / qmax), MIN_SCALE)        (never amax / qmax; an all-zero group gets MIN_SCALE, not NaN)
   q     = round(clamp(x / scale, -qmax, qmax))     x / scale is the IEEE-rounded division (tl.div_rn)
-NaN propagates as in torch: a group holding a NaN gets a NaN amax and scale, and its fp8 codes are NaN
-(int8 has no NaN: its codes are then meaningless, the NaN scale still makes every product NaN); an inf gives
-an inf scale, so finite values quantize to 0 and the inf itself to NaN. So a NaN or inf activation never
-leaves the layer as a finite, plausible number.
+NaN propagates as in torch: with a dynamic scale, a group holding a NaN gets a NaN amax and scale, and its
+fp8 codes are NaN (int8 has no NaN: its codes are then meaningless, the NaN scale still makes every product
+NaN); an inf gives an inf scale, so finite values quantize to 0 and the inf itself to NaN. So with dynamic
+scales a NaN or inf activation never leaves the layer as a finite number. A static scale cannot carry it:
+there an inf clamps to +-qmax and an int8 NaN to code 0 (fp8 keeps NaN codes), as in the twins.
 ``round`` is round-half-to-even onto the target grid done in float32 arithmetic (:func:`round_to_fp8` /
 :func:`round_to_int`), so the final cast is exact. Doing the fp8 rounding ourselves is also what makes the
 kernels right under ``TRITON_INTERPRET=1``, whose float32 -> fp8 cast mis-rounds values that carry into the
@@ -147,15 +148,15 @@ def _tensor_quant_kernel(
     INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, DYNAMIC: tl.constexpr, HAS_NPP: tl.constexpr,
 ):
     row = tl.program_id(0)
-    if HAS_NPP:
-        if row >= tl.load(npp_ptr):
-            return
     if DYNAMIC:
         scale = scale_from_amax(tl.load(amax_ptr), INV_QMAX, MIN_S)
-        if row == 0:
+        if row == 0:  # also when npp skips every row: the scale is MIN_S then, as in the twin
             tl.store(s_ptr, scale)
     else:
         scale = tl.load(s_ptr)
+    if HAS_NPP:
+        if row >= tl.load(npp_ptr):
+            return
     row64 = row.to(tl.int64)
     for start in range(0, N, BLOCK):
         cols = start + tl.arange(0, BLOCK)

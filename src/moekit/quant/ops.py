@@ -93,8 +93,8 @@ def per_tensor_quant_torch(x: torch.Tensor, dtype: torch.dtype, scale: Optional[
     """``npp``: device int32 [1]; rows at or past it do not count in the dynamic scale (no host sync)."""
     if scale is None:
         a = x.float().abs()
-        if npp is not None:
-            a = a * (torch.arange(x.shape[0], device=x.device) < npp.reshape(1)).unsqueeze(1)
+        if npp is not None:  # where, not a product: 0 * inf and 0 * NaN would count rows the kernel skips
+            a = torch.where((torch.arange(x.shape[0], device=x.device) < npp.reshape(1)).unsqueeze(1), a, 0.0)
         amax = a.amax().reshape(1) if a.numel() else torch.zeros(1, device=x.device)
         scale = _scale_from_amax(amax, _qparams(dtype)[1])
     return quantize_with_scale_torch(x, scale.float().reshape(1), dtype), scale.float().reshape(1)
