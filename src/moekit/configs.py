@@ -108,7 +108,8 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     ``dtype``: as for :func:`get_config`.
     """
     per_expert = M * top_k / max(E, 1)
-    eight_bit = config_dtype_name(dtype) in ("fp8_w8a8", "int8_w8a8")
+    name = config_dtype_name(dtype)  # None: bf16 / fp16
+    eight_bit = name in ("fp8_w8a8", "int8_w8a8")
     if eight_bit and block_shape is not None:
         if per_expert <= 8:
             return MoEKernelConfig(16, 64, 128, 1, 4, 4)
@@ -123,18 +124,18 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
         if per_expert <= 96:
             return MoEKernelConfig(64, 64, 128, 16, 4, 4)
         return MoEKernelConfig(128, 128, 128, 16, 8, 4)
+    sixteen_bit = name is None  # the 28-48 bucket was measured for bf16 / fp16 only
     if per_expert <= 8:
         config = MoEKernelConfig(16, 64, 128, 1, 4, 4)
-    elif per_expert < 28 or (per_expert <= 32 and config_dtype_name(dtype) is not None):
+    elif per_expert < 28 or (per_expert <= 32 and not sixteen_bit):  # 32-row tiles need headroom (docstring)
         config = MoEKernelConfig(32, 64, 128, 1, 4, 4)
-    elif per_expert <= 48 and config_dtype_name(dtype) is None:  # bf16 / fp16 only: what was measured
-        # 32-row tiles need headroom: an expert over 32 tokens reads its weights twice
+    elif per_expert <= 48 and sixteen_bit:
         config = MoEKernelConfig(64, 64, 128, 1, 4, 3)
     elif per_expert <= 96:
         config = MoEKernelConfig(64, 64, 64, 8, 4, 4)
     else:
         config = MoEKernelConfig(128, 128, 64, 8, 8, 3)
-    if config_dtype_name(dtype) == "mxfp4":  # K steps of one 32-code scale group (see the docstring)
+    if name == "mxfp4":  # K steps of one 32-code scale group (see the docstring)
         config = replace(config, BLOCK_SIZE_K=32)
     return config
 

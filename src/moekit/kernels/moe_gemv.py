@@ -24,8 +24,8 @@ Tiles and K steps per weight format: :data:`GEMV_TILES`.
 No alignment, no host synchronization (CUDA-graph safe). Products and sums are float32; GEMV 2 keeps the
 weighted sum in float32 until the single rounding to the output dtype. Slots whose expert maps to -1
 (expert parallelism), ids outside [0, E) (or outside the expert map) and map values past the local
-experts are skipped and contribute nothing. A slot's weights are read once per slot, so two slots on one expert read it twice:
-:func:`gemv_applies` keeps this path to shapes where that is rare.
+experts are skipped and contribute nothing. A slot's weights are read once per slot, so two slots on one
+expert read it twice: :func:`gemv_applies` keeps this path to shapes where that is rare.
 
 Tried and dropped (session 7, ``benchmarks/results/bench_gemv*_prefetch_H100_session7.json``): each program
 loading the next K step into registers while it computes the current one. fp8 block Qwen3 M=1 went 22.6 ->
@@ -162,8 +162,8 @@ def _moe_gemv1_kernel(
     if W_SCALE == 3 and MX_3D:  # mxfp4, the K step as [groups of 32 codes, 16 bytes] (see _mx_groups_dot)
         offs_g = tl.arange(0, BLOCK_K // 32)
         byte = offs_g[:, None] * 16 + tl.arange(0, 16)[None, :]  # [groups, 16]: byte j holds K 2j and 2j + 1
-        g3 = (w_ptr + e.to(tl.int64) * stride_we + offs_n.to(tl.int64) * stride_wn)[:, None, None] + byte[None, :, :]
-        s_rows = (s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64) * stride_sn)[:, None]
+        g3 = rows[:, :, None] + byte[None, :, :]
+        s_rows = s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
         for k0 in range(0, K, BLOCK_K):
             b_ok = byte < (K - k0) // 2
             xe = tl.load(x_row + k0 + 2 * byte, mask=b_ok, other=0.0).to(tl.float32)
