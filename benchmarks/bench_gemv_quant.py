@@ -32,10 +32,10 @@ SCHEMES = {"fp8_block": lambda: QuantScheme.fp8_block(128, 128), "fp8_channel": 
 DEFAULT_CASES = ["qwen3_30b_a3b:fp8_block:1,2,4", "gpt_oss_20b:mxfp4:1,2,4,8,16", "dsv3:fp8_block:1,2,4,8",
                  "qwen3_30b_a3b:int8_weight_only:1,2", "qwen3_30b_a3b:fp8_channel:1,2"]
 # per weight format (moe_gemv._weight_bits): GEMV_TILES entries (GEMV 1 tile, GEMV 2 tile, GEMV 1 K step, GEMV 2
-# K step), num_warps and moe_gemv.MX_3D (mxfp4 only); the shipped entry is timed first
-VARIANTS = {8: [(4096, 1024, 512, 256, 4, True), (2048, 1024, 512, 256, 4, True), (4096, 512, 512, 256, 4, True)],
-            4: [(16384, 8192, 1024, 256, 4, True), (8192, 8192, 512, 128, 4, True), (16384, 8192, 512, 256, 4, True),
-                (16384, 16384, 1024, 512, 4, True), (8192, 4096, 1024, 256, 4, True)]}
+# K step) and num_warps; the shipped entry is timed first
+VARIANTS = {8: [(4096, 1024, 512, 256, 4), (2048, 1024, 512, 256, 4), (4096, 512, 512, 256, 4)],
+            4: [(16384, 8192, 1024, 256, 4), (8192, 8192, 512, 128, 4), (16384, 8192, 512, 256, 4),
+                (16384, 16384, 1024, 512, 4), (8192, 4096, 1024, 256, 4)]}
 
 
 def main():
@@ -50,7 +50,7 @@ def main():
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "hbm_bytes_per_s": ceil.hbm_bytes_per_s, "variants": VARIANTS, "points": []}
     real_gemv, real_applies = gemv.moe_gemv, gemv.gemv_applies
-    shipped, shipped_mx3 = dict(gemv.GEMV_TILES), gemv.MX_3D
+    shipped = dict(gemv.GEMV_TILES)
     for case in args.cases:
         name, key, ms = case.split(":")
         shape, scheme = SHAPES[name], SCHEMES[key]()
@@ -68,17 +68,16 @@ def main():
             os.environ["MOEKIT_DECODE_GEMV"] = "1"
             te.gemv_applies = lambda *a, **k: True  # time the GEMV path even where the default would not take it
             bits = gemv._weight_bits(scheme)
-            for t1, t2, k1, k2, warps, mx3 in [(*shipped[bits], 4, shipped_mx3)] + VARIANTS.get(bits, []):
+            for t1, t2, k1, k2, warps in [(*shipped[bits], 4)] + VARIANTS.get(bits, []):
                 gemv.GEMV_TILES = {**shipped, bits: (t1, t2, k1, k2)}
-                gemv.MX_3D = mx3
                 te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
-                k = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}" + ("" if mx3 else "_flat") + "_us"
+                k = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}_us"
                 try:
                     row[k] = _median_us(run) / ROTATE
                 except Exception as e:  # noqa: BLE001 - record and go on
                     row[k] = None
                     print(f"  {k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            gemv.GEMV_TILES, gemv.MX_3D = shipped, shipped_mx3
+            gemv.GEMV_TILES = shipped
             te.moe_gemv, te.gemv_applies = real_gemv, real_applies
             if args.profile and m == 1:
                 print(kernel_times(once), flush=True)

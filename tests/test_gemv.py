@@ -196,12 +196,9 @@ def test_fp8_weights_gemv(dtype, key, m, e, k, h, i, gemv_calls, poisoned_empty)
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("m, e, k, h, i", [(1, 32, 4, 256, 128), (2, 64, 8, 160, 96), (1, 16, 2, 4160, 32)])
-@pytest.mark.parametrize("mx_3d", [False, True])
-def test_mxfp4_weights_gemv(dtype, m, e, k, h, i, mx_3d, gemv_calls, poisoned_empty, monkeypatch):
+def test_mxfp4_weights_gemv(dtype, m, e, k, h, i, gemv_calls, poisoned_empty):
     """mxfp4 weights at decode: e2m1 codes and e8m0 scales decoded in the GEMV kernels (K steps of several
-    MX groups, a tail step, H over one 2048-code step) match the float64 layer of the dequantized weights,
-    with the K step as flat rows and as [groups, 16 bytes] (moe_gemv.MX_3D)."""
-    monkeypatch.setattr(gemv_mod, "MX_3D", mx_3d)
+    MX groups, a tail step, H over one 2048-code step) match the float64 layer of the dequantized weights."""
     scheme = moekit.QuantScheme.mxfp4()
     x, q13, s13, q2, s2, logits, ref13, ref2 = fp8_layer(scheme, m, e, h, i, dtype)
     out = moekit.fused_moe(x, q13, q2, logits, k, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2)

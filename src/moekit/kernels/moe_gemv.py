@@ -60,12 +60,6 @@ from moekit.kernels.quant import e2m1_value, e8m0_value
 #:   load and split over more decoded codes; 32768-element GEMV 1 tiles leave too few programs (70.6 us at
 #:   M=1, round 3).
 GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 1024, 256)}
-#: mxfp4 K steps loaded as [groups of 32 codes, 16 bytes] tensors (True) or as flat rows reshaped into groups
-#: (False, the measured and GPU-tested path). The grouped form avoids the layout conversions through shared
-#: memory that ncu found in GEMV 1 (``benchmarks/results/ncu_gemv_mx_m1_H100_session7_details.txt``); it is
-#: CPU-tested only (interpreter) and waits for its GPU A/B: ``benchmarks/bench_gemv_quant.py --cases
-#: gpt_oss_20b:mxfp4:1,2,4,8`` times both.
-MX_3D = False
 MIN_EXPERTS = 16  # see gemv_applies
 _MAX_GRID_Y = 65535
 
@@ -125,24 +119,13 @@ def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BL
 
 
 @triton.jit
-def _mx_groups_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask):
-    """:func:`_mx_rows_dot` with the K step loaded as [BLOCK_N, groups, 16] bytes (``w_ptrs``) and the even /
-    odd activations as [groups, 16] (``xe``, ``xo``), so the 32-code groups are a tensor axis from the load
-    on: no reshape or split, hence no layout conversion through shared memory. Scales ``s_ptrs`` [BLOCK_N,
-    groups]."""
-    raw = tl.load(w_ptrs, mask=wmask, other=0).to(tl.int32)
-    p = e2m1_value(raw & 15) * xe[None, :, :] + e2m1_value(raw >> 4) * xo[None, :, :]
-    return tl.sum(tl.sum(p, axis=2) * e8m0_value(tl.load(s_ptrs, mask=smask, other=0)), axis=1)
-
-
-@triton.jit
 def _moe_gemv1_kernel(
     x_ptr, w_ptr, out_ptr, ids_ptr, map_ptr,
     I, K, top_k, num_ids, E, stride_xm, stride_we, stride_wn, stride_om,
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_3D: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
     e = tl.load(ids_ptr + slot)
@@ -159,21 +142,7 @@ def _moe_gemv1_kernel(
     acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
-    if W_SCALE == 3 and MX_3D:  # mxfp4, the K step as [groups of 32 codes, 16 bytes] (see _mx_groups_dot)
-        offs_g = tl.arange(0, BLOCK_K // 32)
-        byte = offs_g[:, None] * 16 + tl.arange(0, 16)[None, :]  # [groups, 16]: byte j holds K 2j and 2j + 1
-        g3 = rows[:, :, None] + byte[None, :, :]
-        s_rows = s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
-        for k0 in range(0, K, BLOCK_K):
-            b_ok = byte < (K - k0) // 2
-            xe = tl.load(x_row + k0 + 2 * byte, mask=b_ok, other=0.0).to(tl.float32)
-            xo = tl.load(x_row + k0 + 2 * byte + 1, mask=b_ok, other=0.0).to(tl.float32)
-            wmask = n_ok[:, None, None] & b_ok[None, :, :]
-            smask = n_ok[:, None] & (offs_g < (K - k0) // 32)[None, :]
-            s_ptrs = s_rows + (k0 // 32 + offs_g)[None, :] * stride_sk
-            acc_g += _mx_groups_dot(g3 + k0 // 2, s_ptrs, xe, xo, wmask, smask)
-            acc_u += _mx_groups_dot(g3 + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask)
-    elif W_SCALE == 3:  # mxfp4: byte j of a row holds K elements 2j (low nibble) and 2j + 1
+    if W_SCALE == 3:  # mxfp4: byte j of a row holds K elements 2j (low nibble) and 2j + 1
         offs_b = tl.arange(0, BLOCK_K // 2)
         offs_s = tl.arange(0, BLOCK_K // 32)
         g_ptrs = rows + offs_b[None, :]
@@ -224,7 +193,7 @@ def _moe_gemv2_kernel(
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_3D: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -243,23 +212,7 @@ def _moe_gemv2_kernel(
     rows_ok = live[:, None, None] & n_ok[None, :, None]
     acc = tl.zeros([TOPK, BLOCK_N], dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
-    if W_SCALE == 3 and MX_3D:  # mxfp4 as [TOPK, BLOCK_N, groups, 16] bytes (see GEMV 1)
-        offs_g = tl.arange(0, BLOCK_K // 32)
-        byte = offs_g[:, None] * 16 + tl.arange(0, 16)[None, :]
-        w4 = w_rows[:, :, :, None] + byte[None, None, :, :]
-        a3 = a_rows[:, :, None] + 2 * byte[None, :, :]
-        s3 = s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
-        for k0 in range(0, K, BLOCK_K):
-            b_ok = byte < (K - k0) // 2
-            am = live[:, None, None] & b_ok[None, :, :]
-            ae = tl.load(a3 + k0, mask=am, other=0.0).to(tl.float32)
-            ao = tl.load(a3 + k0 + 1, mask=am, other=0.0).to(tl.float32)
-            raw = tl.load(w4 + k0 // 2, mask=rows_ok[:, :, :, None] & b_ok[None, None, :, :], other=0).to(tl.int32)
-            p = e2m1_value(raw & 15) * ae[:, None, :, :] + e2m1_value(raw >> 4) * ao[:, None, :, :]
-            sc = tl.load(s3 + (k0 // 32 + offs_g)[None, None, :] * stride_sk,
-                         mask=rows_ok & (offs_g < (K - k0) // 32)[None, None, :], other=0)
-            acc += tl.sum(tl.sum(p, axis=3) * e8m0_value(sc), axis=2)
-    elif W_SCALE == 3:  # mxfp4 (see GEMV 1)
+    if W_SCALE == 3:  # mxfp4 (see GEMV 1)
         offs_b = tl.arange(0, BLOCK_K // 2)
         offs_s = tl.arange(0, BLOCK_K // 32)
         s_rows = s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
@@ -364,7 +317,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, num_ids, e_local, x.stride(0), w13.stride(0), w13.stride(1),
         inter.stride(0),
-        HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, MX_3D=MX_3D,
+        HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk,
         num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
     )
     topk_pad = triton.next_power_of_2(top_k)
@@ -372,7 +325,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, num_ids, e_local, inter.stride(0), w2.stride(0),
-        w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, MX_3D=MX_3D,
+        w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk,
         num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
     )
     return out

@@ -1,0 +1,89 @@
+"""Compile a moekit Triton kernel for an NVIDIA GPU on a machine without one, and count the SASS instructions
+of its loops: a cheap first check of an instruction-count idea before any device time is spent.
+
+    PYTHONPATH=src python3 tools/sass_loops.py gemv1_mxfp4 [--arch 90] [--warps 4] [--block-n 16] [--block-k 1024]
+
+Triton compiles for any target without a device (``triton.compile`` with a ``GPUTarget``); its wheel ships
+``ptxas`` and ``cuobjdump``. Integer arguments that are multiples of 16 at run time must be marked
+``divisible`` here (Triton specializes them, and vectorization depends on it), and arguments equal to 1 are
+constants. Counts are static (one loop iteration), not a profile: they say nothing of stalls or occupancy,
+which only ncu on the device measures (``docs/PERF_NOTES.md``, session 8: a decode with 25 % fewer
+instructions per code ran slower).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+
+def compile_sass(fn, signature: dict, constants: dict, divisible, arch: int = 90, num_warps: int = 4):
+    """SASS text and resource line of ``fn`` (a ``triton.jit`` function): ``signature`` maps every argument
+    to a Triton type string ("*bf16", "i32", ...; constants are filled in), ``divisible`` names the
+    arguments known to be multiples of 16."""
+    names = list(fn.arg_names)
+    sig = {n: "constexpr" if n in constants else signature[n] for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    kernel = triton.compile(ASTSource(fn, sig, constants, attrs), target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": num_warps})
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return sass, res.strip().splitlines()[-1].strip()
+
+
+def loop_histograms(sass: str):
+    """[(instruction count, Counter of opcodes)] for each loop (a backward branch) of ``sass``."""
+    ins = [(int(a, 16), t.strip()) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
+    where = {a: i for i, (a, _) in enumerate(ins)}
+    out = []
+    for i, (a, t) in enumerate(ins):
+        m = re.search(r"BRA 0x([0-9a-f]+)", t)
+        if m and int(m.group(1), 16) < a and int(m.group(1), 16) in where:
+            body = ins[where[int(m.group(1), 16)]:i + 1]
+            ops = collections.Counter((t.split()[1] if t.startswith("@") else t.split()[0]) for _, t in body)
+            out.append((len(body), ops))
+    return out
+
+
+def _gemv1_mxfp4(args):
+    from moekit.kernels.moe_gemv import _moe_gemv1_kernel
+
+    ptrs = {"x_ptr": "*bf16", "w_ptr": "*u8", "out_ptr": "*bf16", "ids_ptr": "*i32", "map_ptr": "*i32",
+            "s_ptr": "*u8", "bias_ptr": "*bf16"}
+    sig = {n: ptrs.get(n, "i32") for n in _moe_gemv1_kernel.arg_names}
+    consts = {"stride_sk": 1, "HAS_MAP": False, "ACTIVATION": 0, "BLOCK_N": args.block_n, "BLOCK_K": args.block_k,
+              "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False}
+    div = list(ptrs)[:-1] + ["I", "K", "stride_xm", "stride_we", "stride_wn", "stride_om", "stride_se"]  # gpt-oss-20b
+    return compile_sass(_moe_gemv1_kernel, sig, consts, div, args.arch, args.warps)
+
+
+KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kernel", choices=sorted(KERNELS))
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--block-n", type=int, default=16)
+    ap.add_argument("--block-k", type=int, default=1024)
+    args = ap.parse_args()
+    sass, res = KERNELS[args.kernel](args)
+    print(res)
+    for n, ops in loop_histograms(sass):
+        print(f"loop of {n} instructions:", ", ".join(f"{k} {v}" for k, v in ops.most_common(24)))
+
+
+if __name__ == "__main__":
+    main()
