@@ -45,7 +45,7 @@ def max_blocks(num_slots: int, num_experts: int, block_m: int) -> int:
 def local_expert_ids(topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor]) -> torch.Tensor:
     """Flat int64 local expert id of each slot: ``expert_map[id]``, or the id without a map. Ids outside the map
     give -1, as remote experts do (no index wrap-around); callers drop every id outside [0, E), as the Triton
-    kernels do."""
+    kernels do (their one rule: :func:`moekit.kernels.align.local_expert`)."""
     ids = topk_ids.reshape(-1).long()
     if expert_map is None:
         return ids

@@ -34,16 +34,27 @@ def expert_bins(num_experts: int) -> int:
 
 
 @triton.jit
-def _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP: tl.constexpr):
-    """Local expert id of each slot; E (not routed here) for padding lanes, experts mapped to -1 and ids outside
-    the ``n_map`` entries of the expert map, and (without a map) ids outside [0, E)."""
-    valid = offs < N
-    raw = tl.load(ids_ptr + offs, mask=valid, other=0)  # compared in its own dtype: int64 ids never wrap
+def local_expert(ids_ptr, map_ptr, offs, valid, E, n_map, HAS_MAP: tl.constexpr):
+    """The one rule for which local expert a top-k slot goes to, shared by the alignment, the top-k sum and the
+    decode GEMVs (PyTorch twin: :func:`moekit.align.local_expert_ids`). ``offs``: slot indices (a tensor or a
+    scalar), ``valid``: which of them exist. Returns (local id int32, routed here): a slot is routed here when
+    it is valid, its id is inside the ``n_map`` entries of the expert map (without a map: inside [0, E)) and
+    the local id is in [0, E); remote experts (mapped to -1) and map values past the local experts are not.
+    Ids are compared in their own dtype before narrowing, so int64 ids never wrap."""
+    raw = tl.load(ids_ptr + offs, mask=valid, other=-1)
     if HAS_MAP:
-        ids = tl.load(map_ptr + raw, mask=valid & (raw >= 0) & (raw < n_map), other=-1).to(tl.int32)
+        e = tl.load(map_ptr + raw, mask=valid & (raw >= 0) & (raw < n_map), other=-1).to(tl.int32)
     else:
-        ids = tl.where((raw >= 0) & (raw < E), raw, E).to(tl.int32)
-    return tl.where(valid & (ids >= 0) & (ids < E), ids, E)
+        e = tl.where((raw >= 0) & (raw < E), raw, -1).to(tl.int32)
+    return e, valid & (e >= 0) & (e < E)
+
+
+@triton.jit
+def _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP: tl.constexpr):
+    """Local expert id of each of the N slots (:func:`local_expert`), E (the bin of slots not routed here)
+    for padding lanes and slots not routed here."""
+    e, live = local_expert(ids_ptr, map_ptr, offs, offs < N, E, n_map, HAS_MAP)
+    return tl.where(live, e, E)
 
 
 @triton.jit

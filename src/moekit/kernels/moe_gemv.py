@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from moekit.kernels.align import local_expert
 from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
 from moekit.kernels.quant import e2m1_value, e8m0_value
 
@@ -121,19 +122,15 @@ def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BL
 @triton.jit
 def _moe_gemv1_kernel(
     x_ptr, w_ptr, out_ptr, ids_ptr, map_ptr,
-    I, K, top_k, num_ids, E, stride_xm, stride_we, stride_wn, stride_om,
+    I, K, top_k, n_map, E, stride_xm, stride_we, stride_wn, stride_om,
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
-    e = tl.load(ids_ptr + slot)
-    if (e < 0) | (e >= num_ids):  # an id out of range: skipped, as the grouped GEMMs' alignment drops it
-        return
-    if HAS_MAP:
-        e = tl.load(map_ptr + e)
-    if (e < 0) | (e >= E):  # a remote expert (or a map value past the local experts): GEMV 2 skips it too
+    e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
+    if not live:  # a remote expert or an id out of range: GEMV 2 skips the slot too
         return
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
@@ -189,7 +186,7 @@ def _moe_gemv1_kernel(
 @triton.jit
 def _moe_gemv2_kernel(
     a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr,
-    N, K, top_k, num_ids, E, stride_am, stride_we, stride_wn, stride_om,
+    N, K, top_k, n_map, E, stride_am, stride_we, stride_wn, stride_om,
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
@@ -198,11 +195,7 @@ def _moe_gemv2_kernel(
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
     slot = token * top_k + offs_j
-    e = tl.load(ids_ptr + slot, mask=offs_j < top_k, other=-1)
-    e = tl.where((e >= 0) & (e < num_ids), e, -1)  # out-of-range ids are skipped (see GEMV 1)
-    if HAS_MAP:
-        e = tl.load(map_ptr + e, mask=e >= 0, other=-1)
-    live = (e >= 0) & (e < E)
+    e, live = local_expert(ids_ptr, map_ptr, slot, offs_j < top_k, E, n_map, HAS_MAP)
     wt = tl.load(topk_w_ptr + slot, mask=live, other=0.0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
@@ -310,12 +303,12 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     has_map = expert_map is not None
     emap = expert_map if has_map else topk_ids
     e_local = w13.shape[0]
-    num_ids = expert_map.numel() if has_map else e_local  # the range of valid topk_ids
+    n_map = expert_map.numel() if has_map else 0
     tile1, tile2, kstep1, kstep2 = GEMV_TILES[_weight_bits(scheme)]
     bn, bk = _blocks(h, 1, kstep1, tile1)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
-        x, w13, inter, topk_ids, emap, i, h, top_k, num_ids, e_local, x.stride(0), w13.stride(0), w13.stride(1),
+        x, w13, inter, topk_ids, emap, i, h, top_k, n_map, e_local, x.stride(0), w13.stride(0), w13.stride(1),
         inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk,
         num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
@@ -324,7 +317,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     bn, bk = _blocks(i, topk_pad, kstep2, tile2)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
-        inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, num_ids, e_local, inter.stride(0), w2.stride(0),
+        inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, n_map, e_local, inter.stride(0), w2.stride(0),
         w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk,
         num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
     )

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from moekit.kernels.align import local_expert
+
 
 @triton.jit
 def _moe_sum_kernel(y_ptr, out_ptr, ids_ptr, map_ptr, H, E, n_map, stride_ym, stride_om,
@@ -19,10 +21,7 @@ def _moe_sum_kernel(y_ptr, out_ptr, ids_ptr, map_ptr, H, E, n_map, stride_ym, st
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
     for j in tl.static_range(TOP_K):  # unrolled: the k row loads are in flight together
         slot = m * TOP_K + j
-        e = tl.load(ids_ptr + slot)
-        if HAS_MAP:  # an id outside the map is dropped, as in the alignment
-            e = tl.load(map_ptr + e, mask=(e >= 0) & (e < n_map), other=-1)
-        ok = (e >= 0) & (e < E)
+        _, ok = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
         acc += tl.load(y_ptr + slot * stride_ym + offs, mask=h_ok & ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + m * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=h_ok)
 
