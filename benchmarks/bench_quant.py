@@ -85,7 +85,9 @@ def main(argv=None):
     ap.add_argument("--m", default="1,16,64,256,1024,4096")
     ap.add_argument("--profile", action="store_true", help="per-kernel times of one eager forward per point")
     ap.add_argument("--scheme", choices=sorted(SCHEMES), default=None, help="one scheme for every shape")
-    ap.add_argument("--mxfp4-path", choices=("auto", "dot_scaled", "decode"), default="auto")
+    ap.add_argument("--mxfp4-path", choices=("auto", "dot_scaled", "decode"), default="auto",
+                    help="auto: inline-PTX decode where it applies, else tl.dot_scaled; dot_scaled: tl.dot_scaled "
+                         "only; decode: moekit's Triton decode")
     ap.add_argument("--gpt-oss-epilogue", action="store_true",
                     help="gpt-oss's real expert epilogue: activation swigluoai and random expert biases")
     args = ap.parse_args(argv)
@@ -93,6 +95,7 @@ def main(argv=None):
         import moekit.quant.triton_moe as tq
 
         tq.mxfp4_dot_scaled = lambda x: args.mxfp4_path == "dot_scaled"  # noqa: E731 - benchmark-only override
+        tq.MX_PTX_DECODE = False
     import triton
 
     ceil = measure_ceilings()

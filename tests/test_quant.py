@@ -392,6 +392,38 @@ def test_mxfp4_dot_scaled_choice():
     assert mxfp4_dot_scaled(x.float()) is False
 
 
+@pytest.mark.skipif(not (HAS_GPU and torch.version.hip is None), reason="inline PTX needs an NVIDIA GPU")
+def test_mxfp4_ptx_decode_is_exact():
+    """The inline-PTX mxfp4 decode of the grouped GEMMs (``mxfp4_bf16_scaled``: bf16 bit placement, times
+    2**126, times the scale) gives the same bf16 as the float32 decode cast to bf16, for every byte and every
+    e8m0 scale (0, subnormal and overflowing results included; byte 255 is NaN on both)."""
+    import triton
+    import triton.language as tl
+
+    import moekit.kernels.quant as kq
+
+    @triton.jit
+    def decode(w_ptr, s_ptr, lo_ptr, hi_ptr, ref_lo_ptr, ref_hi_ptr):
+        r = tl.program_id(0)
+        offs = tl.arange(0, 256)
+        raw = tl.load(w_ptr + offs)
+        s = tl.load(s_ptr + r + 0 * offs)
+        lo, hi = kq.mxfp4_bf16_scaled(raw, kq.e8m0_bf16(s))
+        tl.store(lo_ptr + r * 256 + offs, lo)
+        tl.store(hi_ptr + r * 256 + offs, hi)
+        code = raw.to(tl.int32)
+        tl.store(ref_lo_ptr + r * 256 + offs, (kq.e2m1_value(code & 15) * kq.e8m0_value(s)).to(tl.bfloat16))
+        tl.store(ref_hi_ptr + r * 256 + offs, (kq.e2m1_value(code >> 4) * kq.e8m0_value(s)).to(tl.bfloat16))
+
+    raw = torch.arange(256, dtype=torch.uint8, device="cuda")
+    scales = torch.arange(256, dtype=torch.uint8, device="cuda")
+    outs = [torch.full((256, 256), float("nan"), dtype=torch.bfloat16, device="cuda") for _ in range(4)]
+    decode[(256,)](raw, scales, *outs)
+    for got, ref in ((outs[0], outs[2]), (outs[1], outs[3])):  # scale byte 255 (NaN) gives NaN on both
+        torch.testing.assert_close(got, ref, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(torch.signbit(got) | got.isnan(), torch.signbit(ref) | ref.isnan())
+
+
 def test_activation_quant_edge_inputs():
     """per_tensor_quant's PyTorch twin: empty input gives the floor scale, npp limits the dynamic scale like
     the kernel; bad scale / npp / group_size raise naming the argument; e4m3fnuz on CPU uses the twin."""

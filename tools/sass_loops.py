@@ -2,6 +2,7 @@
 of its loops: a cheap first check of an instruction-count idea before any device time is spent.
 
     PYTHONPATH=src python3 tools/sass_loops.py gemv1_mxfp4 [--arch 90] [--warps 4] [--block-n 16] [--block-k 1024]
+    PYTHONPATH=src python3 tools/sass_loops.py gemm1_mxfp4 --block-m 16 --block-n 64 --block-k 32 --stages 4
 
 Triton compiles for any target without a device (``triton.compile`` with a ``GPUTarget``); its wheel ships
 ``ptxas`` and ``cuobjdump``. Integer arguments that are multiples of 16 at run time must be marked
@@ -24,7 +25,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 
-def compile_sass(fn, signature: dict, constants: dict, divisible, arch: int = 90, num_warps: int = 4):
+def compile_sass(fn, signature: dict, constants: dict, divisible, arch: int = 90, num_warps: int = 4,
+                 num_stages: int = 3):
     """SASS text and resource line of ``fn`` (a ``triton.jit`` function): ``signature`` maps every argument
     to a Triton type string ("*bf16", "i32", ...; constants are filled in), ``divisible`` names the
     arguments known to be multiples of 16."""
@@ -32,7 +34,7 @@ def compile_sass(fn, signature: dict, constants: dict, divisible, arch: int = 90
     sig = {n: "constexpr" if n in constants else signature[n] for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
     kernel = triton.compile(ASTSource(fn, sig, constants, attrs), target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": num_warps})
+                            options={"num_warps": num_warps, "num_stages": num_stages})
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -68,7 +70,24 @@ def _gemv1_mxfp4(args):
     return compile_sass(_moe_gemv1_kernel, sig, consts, div, args.arch, args.warps)
 
 
-KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4}
+def _gemm1_mxfp4(args):
+    from moekit.kernels.moe_gemm import _moe_gemm1_kernel
+
+    ptrs = {"x_ptr": "*bf16", "w_ptr": "*u8", "out_ptr": "*bf16", "sorted_ptr": "*i32", "experts_ptr": "*i32",
+            "npp_ptr": "*i32", "a_scale_ptr": "*fp32", "b_scale_ptr": "*u8", "b_zero_ptr": "*u8",
+            "out_scale_ptr": "*fp32", "bias_ptr": "*bf16"}
+    sig = {n: ptrs.get(n, "i32") for n in _moe_gemm1_kernel.arg_names}
+    consts = {"stride_bsk": 1, "ACTIVATION": 0, "DOT_PRECISION": "tf32", "EVEN_K": True, "BLOCK_M": args.block_m,
+              "BLOCK_N": args.block_n, "BLOCK_K": args.block_k, "GROUP_M": 1, "QUANT": 5, "INT_ACC": False,
+              "HAS_ZERO": False, "GROUP_N": 1, "GROUP_K": 32, "SCALE_TILE": False, "OUT_QUANT": 0, "QKIND": 0,
+              "QMAX": 448.0, "EMIN": -6, "MX_DOT": args.mx_dot, "A_FMT": "bf16", "HAS_BIAS": False,
+              "MX_ASM": args.mx_asm}
+    div = ["x_ptr", "w_ptr", "out_ptr", "sorted_ptr", "experts_ptr", "npp_ptr", "b_scale_ptr", "I", "K",
+           "stride_xm", "stride_we", "stride_wn", "stride_om", "up_offset", "stride_bse"]  # gpt-oss-20b
+    return compile_sass(_moe_gemm1_kernel, sig, consts, div, args.arch, args.warps, args.stages)
+
+
+KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4}
 
 
 def main():
@@ -78,6 +97,10 @@ def main():
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--block-n", type=int, default=16)
     ap.add_argument("--block-k", type=int, default=1024)
+    ap.add_argument("--block-m", type=int, default=16)
+    ap.add_argument("--stages", type=int, default=3)
+    ap.add_argument("--no-mx-dot", dest="mx_dot", action="store_false", help="gemm1_mxfp4: moekit's own decode")
+    ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32)")
     args = ap.parse_args()
     sass, res = KERNELS[args.kernel](args)
     print(res)

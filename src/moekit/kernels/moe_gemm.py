@@ -40,7 +40,7 @@ from moekit.activations import ACTIVATIONS as _NAMES
 from moekit.activations import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
 from moekit.kernels import tile_ids
 from moekit.kernels.quant import (
-    MIN_SCALE, abs_max, e2m1_value, e8m0_value, quantize_values, scale_from_amax,
+    MIN_SCALE, abs_max, e2m1_value, e8m0_bf16, e8m0_value, mxfp4_bf16_scaled, quantize_values, scale_from_amax,
 )
 
 ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constexpr codes
@@ -122,6 +122,18 @@ def _mx_dot_t(w_ptrs, s_ptrs, a_t, acc_t, n_ok, k_left, BLOCK_K: tl.constexpr, A
     w = tl.load(w_ptrs, mask=n_ok[:, None] & kp_ok[None, :], other=0)
     s = tl.load(s_ptrs, mask=n_ok[:, None] & (tl.arange(0, BLOCK_K // 32) < k_left // 32)[None, :], other=0)
     return tl.dot_scaled(w, s, "e2m1", a_t, None, A_FMT, acc_t)
+
+
+@triton.jit
+def _mx_asm_dot_t(w_ptrs, s_ptrs, ae_t, ao_t, acc_t, n_ok, BLOCK_N: tl.constexpr):
+    """:func:`_mx_dot_t` for BLOCK_K = 32 (one scale group per K step) with moekit's own decode: the bytes
+    [BLOCK_N, 16] become bf16 through inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`, scale
+    applied), and meet the even and odd K activations (``ae_t``, ``ao_t`` [16, BLOCK_M]) in two dots."""
+    w = tl.load(w_ptrs, mask=n_ok[:, None], other=0)
+    s = tl.broadcast_to(e8m0_bf16(tl.load(s_ptrs, mask=n_ok[:, None], other=0)), [BLOCK_N, 16])
+    lo, hi = mxfp4_bf16_scaled(w, s)
+    acc_t = tl.dot(lo, ae_t, acc_t)
+    return tl.dot(hi, ao_t, acc_t)
 
 
 @triton.jit
@@ -215,7 +227,7 @@ def _moe_gemm1_kernel(
     OUT_QUANT: tl.constexpr = 0,
     QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
 ):
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
@@ -258,7 +270,14 @@ def _moe_gemm1_kernel(
             wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
         else:
             wmask = k_ok[:, None] & n_ok[None, :]
-        if MX_DOT:  # mxfp4 on a tl.dot_scaled device
+        if MX_ASM:  # mxfp4, BLOCK_K = 32, decoded by inline PTX
+            ks = k * stride_bsk
+            ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
+            ae_t = tl.trans(ae)
+            ao_t = tl.trans(ao)
+            acc_g = _mx_asm_dot_t(g_ptrs, sgt_ptrs + ks, ae_t, ao_t, acc_g, n_ok, BLOCK_N)
+            acc_u = _mx_asm_dot_t(u_ptrs, sut_ptrs + ks, ae_t, ao_t, acc_u, n_ok, BLOCK_N)
+        elif MX_DOT:  # mxfp4 on a tl.dot_scaled device
             ks = (k * (BLOCK_K // 32)) * stride_bsk
             a_t = tl.trans(a)
             acc_g = _mx_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
@@ -339,7 +358,7 @@ def _moe_gemm2_kernel(
     stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
-    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1, MX_ASM: tl.constexpr = False,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
 ):
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -374,7 +393,10 @@ def _moe_gemm2_kernel(
             wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
         else:
             wmask = k_ok[:, None] & n_ok[None, :]
-        if MX_DOT:
+        if MX_ASM:
+            ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
+            acc = _mx_asm_dot_t(b_ptrs, st_ptrs + k * stride_bsk, tl.trans(ae), tl.trans(ao), acc, n_ok, BLOCK_N)
+        elif MX_DOT:
             acc = _mx_dot_t(b_ptrs, st_ptrs + (k * (BLOCK_K // 32)) * stride_bsk, tl.trans(a), acc, n_ok,
                             K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
@@ -438,6 +460,7 @@ class GemmQuant:
     out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
     scale_tile: bool = False  # weight-only: the K group is a multiple of BLOCK_K (one scale per column per step)
     mx_dot: bool = False  # mxfp4 through tl.dot_scaled (else decoded in the kernel)
+    mx_asm: bool = False  # mxfp4 in the swapped layout, decoded by inline PTX (BLOCK_K 32, bf16)
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
 
     @property
@@ -451,7 +474,7 @@ class GemmQuant:
             stride_asm=self.a_strides[0], stride_ask=self.a_strides[1], stride_bse=self.b_strides[0],
             stride_bsn=self.b_strides[1], stride_bsk=self.b_strides[2], QUANT=self.mode, INT_ACC=self.int_acc,
             HAS_ZERO=self.b_zero is not None, GROUP_N=self.group_n, GROUP_K=self.group_k,
-            SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot,
+            SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot, MX_ASM=self.mx_asm,
         )
         if not gemm1:
             d.update(GROUP_KA=self.a_group_k or self.group_k)

@@ -74,7 +74,24 @@ def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
     return has_feature("dot_scaled", platform_of(x.device))[0]
 
 
-def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False) -> GemmQuant:
+#: A/B switch (session 8): mxfp4 decoded by inline PTX in the swapped layout where :func:`mxfp4_ptx_decode` allows.
+MX_PTX_DECODE = True
+
+
+def mxfp4_ptx_decode(x: torch.Tensor, block_k: int) -> bool:
+    """Whether mxfp4 GEMMs on ``x`` decode the weights with moekit's inline PTX
+    (:func:`moekit.kernels.quant.mxfp4_bf16_scaled`, about 3 instructions per code against about 6 for
+    ``tl.dot_scaled``'s upcast on Hopper) instead of ``tl.dot_scaled``: NVIDIA sm_80+, bf16 activations, and
+    K steps of one 32-code scale group (``BLOCK_SIZE_K`` 32, what the shipped configs use)."""
+    from moekit.platform import on_sm80_plus, platform_of
+
+    if not MX_PTX_DECODE or x.device.type != "cuda" or x.dtype != torch.bfloat16 or block_k != 32:
+        return False
+    return on_sm80_plus(platform_of(x.device))
+
+
+def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False,
+                  mx_asm: bool = False) -> GemmQuant:
     """The weight half of a GemmQuant for a weight-only scheme."""
     scale = scale.contiguous()
     zero = None if zero is None else zero.contiguous()
@@ -85,7 +102,7 @@ def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool =
     # int8/int4: one scale per column per K step when BLOCK_K divides the group (channel: gk = 1, stride 0)
     tile = scheme.weight_dtype != "mxfp4" and (scale.dim() == 2 or gk % block_k == 0)
     return GemmQuant(_WEIGHT_ONLY_MODE[scheme.weight_dtype], b_scale=scale, b_strides=strides, b_zero=zero,
-                     group_k=gk, scale_tile=tile, mx_dot=mx_dot)
+                     group_k=gk, scale_tile=tile, mx_dot=mx_dot, mx_asm=mx_asm)
 
 
 def _w8a8_weight(scheme: QuantScheme, scale) -> dict:
@@ -143,8 +160,9 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
 
     if adt is None:  # weight-only
         mx_dot = scheme.weight_dtype == "mxfp4" and mxfp4_dot_scaled(x)
-        q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot)
-        q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot)
+        mx_asm = mx_dot and mxfp4_ptx_decode(x, config.BLOCK_SIZE_K)
+        q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm)
+        q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm)
         inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
         moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias)
         a2 = inter
