@@ -265,6 +265,31 @@ def test_quant_kernels_at_explicit_configs(key, cfg, poisoned_empty):
     assert_close_to_reference(out, ref, key)
 
 
+@pytest.mark.parametrize("bm, bn, ptx", [(16, 64, False), (32, 64, True), (64, 64, True), (128, 32, True),
+                                          (32, 128, True)])
+def test_mxfp4_grouped_decode_paths(bm, bn, ptx, poisoned_empty, monkeypatch):
+    """mxfp4 grouped GEMMs with 32-code K steps: on an NVIDIA GPU in bf16, tiles of >= 32 rows decode by
+    inline PTX and 16-row tiles keep ``tl.dot_scaled`` (``mxfp4_ptx_decode``); elsewhere (the interpreter)
+    moekit's Triton decode. Every path matches the float64 layer, H and I not multiples of BLOCK_N."""
+    import moekit.quant.triton_moe as tq
+    from moekit.configs import MoEKernelConfig
+    from moekit.quant.triton_moe import mxfp4_dot_scaled
+    from moekit.routing import select_experts
+    from moekit.triton_experts import fused_experts_triton
+
+    scheme = SCHEMES["mxfp4"]
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    x, w13, w2, logits, kw, ref = _layer(scheme, 70, 4, 352, 160, dtype)
+    w, ids = select_experts(logits, 2)
+    seen, real = [], tq.moe_gemm1
+    monkeypatch.setattr(tq, "moe_gemm1", lambda *a, **k: seen.append(k["quant"].mx_asm) or real(*a, **k))
+    out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, 32, 1, 4, 3), quant=scheme,
+                               **{k: v for k, v in kw.items() if k != "quant"})
+    nvidia = HAS_GPU and torch.version.hip is None and mxfp4_dot_scaled(x)
+    assert seen == [ptx and nvidia]
+    assert_close_to_reference(out, ref, "mxfp4")
+
+
 @pytest.mark.parametrize("bk", [64, 128, 256])
 def test_mxfp4_k_steps_span_scale_groups(bk, poisoned_empty):
     """mxfp4 K steps longer than the 32-code scale group, with partial last steps (H = 160, I = 96 are not

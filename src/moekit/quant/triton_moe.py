@@ -78,16 +78,20 @@ def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
 MX_PTX_DECODE = True
 
 
-def mxfp4_ptx_decode(x: torch.Tensor, block_k: int) -> bool:
+def mxfp4_ptx_decode(x: torch.Tensor, block_m: int, block_k: int) -> bool:
     """Whether mxfp4 GEMMs on ``x`` decode the weights with moekit's inline PTX
-    (:func:`moekit.kernels.quant.mxfp4_bf16_scaled`, about 3 instructions per code against about 6 for
-    ``tl.dot_scaled``'s upcast on Hopper) instead of ``tl.dot_scaled``: NVIDIA sm_80+, bf16 activations, and
-    K steps of one 32-code scale group (``BLOCK_SIZE_K`` 32, what the shipped configs use)."""
+    (:func:`moekit.kernels.quant.mxfp4_bf16_scaled`: 250 instructions per K step of a 16x64x32 tile against
+    314 for ``tl.dot_scaled``'s upcast on Hopper, ``tools/sass_loops.py``) instead of ``tl.dot_scaled``:
+    NVIDIA sm_80+, bf16 activations, K steps of one 32-code scale group (``BLOCK_SIZE_K`` 32, what the
+    shipped configs use) and tiles of at least 32 token rows. Measured on the H100, gpt-oss-20b, whole
+    forward, the two arms interleaved (``benchmarks/ab_mxfp4_decode.py``,
+    ``ab_mxfp4_decode_H100_session8_all_configs.json``): 1.09-1.25x at M=128..4096 (32- to 128-row tiles);
+    with 16-row tiles 1.07x at M=16 but 0.93x / 0.92x at M=32 / 64, so those keep ``tl.dot_scaled``."""
     from moekit.platform import on_sm80_plus, platform_of
 
-    if not MX_PTX_DECODE or x.device.type != "cuda" or x.dtype != torch.bfloat16 or block_k != 32:
+    if not MX_PTX_DECODE or x.device.type != "cuda" or x.dtype != torch.bfloat16:
         return False
-    return on_sm80_plus(platform_of(x.device))
+    return block_k == 32 and block_m >= 32 and on_sm80_plus(platform_of(x.device))
 
 
 def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False,
@@ -160,7 +164,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
 
     if adt is None:  # weight-only
         mx_dot = scheme.weight_dtype == "mxfp4" and mxfp4_dot_scaled(x)
-        mx_asm = mx_dot and mxfp4_ptx_decode(x, config.BLOCK_SIZE_K)
+        mx_asm = mx_dot and mxfp4_ptx_decode(x, config.BLOCK_SIZE_M, config.BLOCK_SIZE_K)
         q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm)
         q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm)
         inter = torch.empty((p, i), dtype=x.dtype, device=x.device)

@@ -1,0 +1,55 @@
+"""A/B of the mxfp4 grouped-GEMM weight decode: moekit's inline PTX (``moekit.quant.triton_moe.MX_PTX_DECODE``)
+against ``tl.dot_scaled``'s upcast, whole forward (routing included) as CUDA-graph replay, the two arms
+interleaved over several rounds in one process (best median per arm). GPU only.
+
+    PYTHONPATH=src python3 benchmarks/ab_mxfp4_decode.py [--m 16,64,256,1024,4096] [--rounds 3] [--out F.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(__file__))
+import moekit.quant.triton_moe as tq  # noqa: E402
+from bench_quant import ROTATE, make_quant_weights, quant_forward  # noqa: E402
+from moekit.bench import _median_us  # noqa: E402
+from moekit.quant import QuantScheme  # noqa: E402
+from moekit.shapes import SHAPES  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="gpt_oss_20b")
+    ap.add_argument("--m", default="16,64,256,1024,4096")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    shape, scheme = SHAPES[args.shape], QuantScheme.mxfp4()
+    weights = make_quant_weights(shape, scheme)
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "shape": args.shape, "rounds": args.rounds, "points": []}
+    for m in [int(v) for v in args.m.split(",")]:
+        run, _, _ = quant_forward(shape, scheme, weights, None, m)
+        best = {"ptx": float("inf"), "dot_scaled": float("inf")}
+        for _ in range(args.rounds):
+            for arm in best:
+                tq.MX_PTX_DECODE = arm == "ptx"
+                best[arm] = min(best[arm], _median_us(run) / ROTATE)
+        tq.MX_PTX_DECODE = True
+        row = {"M": m, "ptx_us": best["ptx"], "dot_scaled_us": best["dot_scaled"],
+               "speedup": best["dot_scaled"] / best["ptx"]}
+        res["points"].append(row)
+        print(f"M={m:5d}  ptx {row['ptx_us']:8.1f} us  dot_scaled {row['dot_scaled_us']:8.1f} us  "
+              f"{row['speedup']:.3f}x", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
