@@ -21,7 +21,11 @@ Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel)
   2 w8a8 fp8 block (bn, bk): BLOCK_K divides bk; per K step ``acc += dot(a, b) * a_scale[row, kb] *
     w_scale[n // bn, kb]``.
   3/4/5 weight-only int8 / int4 / mxfp4: codes loaded (int4/mxfp4: two per byte along K, low nibble first),
-    decoded and scaled per (column, K-group) in registers, cast to the activation dtype, ``tl.dot``.
+    decoded and scaled per (column, K-group) in registers, cast to the activation dtype, ``tl.dot``. mxfp4
+    on GPUs with ``tl.dot_scaled`` swaps the operands (``MX_DOT``, the weight is the MMA's left operand in
+    registers) and lets ``tl.dot_scaled`` decode, or (``MX_ASM``, NVIDIA, bf16, 32-code K steps) decodes by
+    inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`) into two ``tl.dot`` on the even and odd K
+    activations (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode` says where).
 GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N columns): the program takes the
 row amax of its tile and writes q and scale [P, I / BLOCK_N] - the activation of GEMM 2 never exists in bf16.
 BLOCK_N divides the weight's 128 block, so this group is the block or finer (finer is more accurate), and
