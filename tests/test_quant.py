@@ -268,10 +268,12 @@ def test_quant_kernels_at_explicit_configs(key, cfg, poisoned_empty):
 @pytest.mark.parametrize("bm, bn, ptx", [(16, 64, False), (32, 64, True), (64, 64, True), (128, 32, True),
                                           (32, 128, True)])
 def test_mxfp4_grouped_decode_paths(bm, bn, ptx, poisoned_empty, monkeypatch):
-    """mxfp4 grouped GEMMs with 32-code K steps: on an NVIDIA GPU in bf16, tiles of >= 32 rows decode by
-    inline PTX and 16-row tiles keep ``tl.dot_scaled`` (``mxfp4_ptx_decode``); elsewhere (the interpreter)
-    moekit's Triton decode. Every path matches the float64 layer, H and I not multiples of BLOCK_N."""
+    """mxfp4 grouped GEMMs with 32-code K steps: on a Hopper GPU in bf16, tiles of >= 32 rows decode by
+    inline PTX and 16-row tiles keep ``tl.dot_scaled`` (``mxfp4_ptx_decode``); elsewhere ``tl.dot_scaled``
+    or (the interpreter) moekit's Triton decode. Every path matches the float64 layer, H and I not multiples
+    of BLOCK_N."""
     import moekit.quant.triton_moe as tq
+    from moekit.platform import on_sm90, platform_of
     from moekit.configs import MoEKernelConfig
     from moekit.quant.triton_moe import mxfp4_dot_scaled
     from moekit.routing import select_experts
@@ -285,8 +287,8 @@ def test_mxfp4_grouped_decode_paths(bm, bn, ptx, poisoned_empty, monkeypatch):
     monkeypatch.setattr(tq, "moe_gemm1", lambda *a, **k: seen.append(k["quant"].mx_asm) or real(*a, **k))
     out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, 32, 1, 4, 3), quant=scheme,
                                **{k: v for k, v in kw.items() if k != "quant"})
-    nvidia = HAS_GPU and torch.version.hip is None and mxfp4_dot_scaled(x)
-    assert seen == [ptx and nvidia]
+    hopper = HAS_GPU and mxfp4_dot_scaled(x) and on_sm90(platform_of(x.device))
+    assert seen == [ptx and hopper]
     assert_close_to_reference(out, ref, "mxfp4")
 
 

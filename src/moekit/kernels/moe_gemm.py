@@ -23,7 +23,7 @@ Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel)
   3/4/5 weight-only int8 / int4 / mxfp4: codes loaded (int4/mxfp4: two per byte along K, low nibble first),
     decoded and scaled per (column, K-group) in registers, cast to the activation dtype, ``tl.dot``. mxfp4
     on GPUs with ``tl.dot_scaled`` swaps the operands (``MX_DOT``, the weight is the MMA's left operand in
-    registers) and lets ``tl.dot_scaled`` decode, or (``MX_ASM``, NVIDIA, bf16, 32-code K steps) decodes by
+    registers) and lets ``tl.dot_scaled`` decode, or (``MX_ASM``, Hopper, bf16, 32-code K steps) decodes by
     inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`) into two ``tl.dot`` on the even and odd K
     activations (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode` says where).
 GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N columns): the program takes the
@@ -132,7 +132,8 @@ def _mx_dot_t(w_ptrs, s_ptrs, a_t, acc_t, n_ok, k_left, BLOCK_K: tl.constexpr, A
 def _mx_asm_dot_t(w_ptrs, s_ptrs, ae_t, ao_t, acc_t, n_ok, BLOCK_N: tl.constexpr):
     """:func:`_mx_dot_t` for BLOCK_K = 32 (one scale group per K step) with moekit's own decode: the bytes
     [BLOCK_N, 16] become bf16 through inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`, scale
-    applied), and meet the even and odd K activations (``ae_t``, ``ao_t`` [16, BLOCK_M]) in two dots."""
+    applied), and meet the even and odd K activations (``ae_t``, ``ao_t`` [16, BLOCK_M]) in two dots. K is
+    a multiple of 32 for mxfp4, so every step is whole: only rows are masked."""
     w = tl.load(w_ptrs, mask=n_ok[:, None], other=0)
     s = tl.broadcast_to(e8m0_bf16(tl.load(s_ptrs, mask=n_ok[:, None], other=0)), [BLOCK_N, 16])
     lo, hi = mxfp4_bf16_scaled(w, s)

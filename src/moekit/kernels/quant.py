@@ -43,8 +43,10 @@ def e2m1_value(code):
 
 
 def _mx_pair_ptx(t: str, mag_shift: int, sign_shift: int, scale: str, out: str) -> str:
-    """PTX: two e2m1 codes of ``t`` (nibbles at bits mag_shift-free positions 0..3 and 16..19 after the
-    shifts below) -> a bf16x2 ``out`` = code values times the bf16x2 ``scale``."""
+    """PTX for two e2m1 codes of register ``t``, one per 16-bit half (bits 0..3 and 16..19: shifts 6 and 12;
+    bits 4..7 and 20..23: shifts 2 and 8): ``mag_shift`` moves the exponent and mantissa bits to bf16 bits
+    6..8, ``sign_shift`` the sign to bit 15; then times 2**126 (``k``) and ``scale``, with -0.0 (``z``) as
+    the exact addend -> the bf16x2 ``out``."""
     return (f"shl.b32 m, {t}, {mag_shift};\nand.b32 m, m, 0x01C001C0;\nshl.b32 s, {t}, {sign_shift};\n"
             f"and.b32 s, s, 0x80008000;\nor.b32 m, m, s;\nfma.rn.bf16x2 m, m, k, z;\n"
             f"fma.rn.bf16x2 {out}, m, {scale}, z;\n")
@@ -64,7 +66,7 @@ _MX_BF16_PTX = tl.constexpr(
 def mxfp4_bf16_scaled(raw, scale):
     """mxfp4 bytes ``raw`` (uint8, two e2m1 codes each, low nibble first) and each byte's bf16 scale
     (2**(s - 127), see :func:`e8m0_bf16`) -> (low-nibble values, high-nibble values) in bf16, exact, through
-    inline PTX (NVIDIA sm_90+: ``fma.rn.bf16x2``); about 3 instructions per code. The Triton-ops twin is
+    inline PTX (NVIDIA sm_80+: ``fma.rn.bf16x2``); about 4.5 instructions per code. The Triton-ops twin is
     :func:`e2m1_value` times :func:`e8m0_value`, cast to bf16 (same bits)."""
     return tl.inline_asm_elementwise(_MX_BF16_PTX, "=r,=r,=r,=r,r,r,r", [raw, scale],
                                      dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)

@@ -83,18 +83,19 @@ def mxfp4_ptx_decode(x: torch.Tensor, block_m: int, block_k: int) -> bool:
     """Whether mxfp4 GEMMs on ``x`` decode the weights with moekit's inline PTX
     (:func:`moekit.kernels.quant.mxfp4_bf16_scaled`: 250 instructions per K step of a 16x64x32 tile against
     314 for ``tl.dot_scaled``'s upcast on Hopper, ``tools/sass_loops.py``) instead of ``tl.dot_scaled``:
-    NVIDIA sm_80+, bf16 activations, K steps of one 32-code scale group (``BLOCK_SIZE_K`` 32, what the
-    shipped configs use) and tiles of at least 32 token rows. Measured on the H100, gpt-oss-20b, whole
+    Hopper (sm_90, where ``tl.dot_scaled`` decodes in software; Blackwell's MMAs take mxfp4 natively), bf16
+    activations, K steps of one 32-code scale group (``BLOCK_SIZE_K`` 32, what the shipped configs use) and
+    tiles of at least 32 token rows. Measured on the H100, gpt-oss-20b, whole
     forward, the two arms interleaved (``benchmarks/ab_mxfp4_decode.py``,
     ``ab_mxfp4_decode_H100_session8_all_configs.json``): 1.09-1.25x at M=128..4096 (32- to 128-row tiles);
     with 16-row tiles 1.07x at M=16 but 0.93x / 0.92x at M=32 / 64, so those keep ``tl.dot_scaled``. With
     this rule: H100 1.09-1.17x, H200 1.06-1.24x at M=128..4096, 1.00x at M=16 / 64
     (``ab_mxfp4_decode_{H100,H200}_session8_rule.json``)."""
-    from moekit.platform import on_sm80_plus, platform_of
+    from moekit.platform import on_sm90, platform_of
 
     if not MX_PTX_DECODE or x.device.type != "cuda" or x.dtype != torch.bfloat16:
         return False
-    return block_k == 32 and block_m >= 32 and on_sm80_plus(platform_of(x.device))
+    return block_k == 32 and block_m >= 32 and on_sm90(platform_of(x.device))
 
 
 def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False,
