@@ -363,8 +363,8 @@ def _moe_gemm2_kernel(
     stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
-    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1, MX_ASM: tl.constexpr = False,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
 ):
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(npp_ptr):
