@@ -28,9 +28,10 @@ from triton.compiler import ASTSource
 def compile_sass(fn, signature: dict, constants: dict, divisible, arch: int = 90, num_warps: int = 4,
                  num_stages: int = 3):
     """SASS text and resource line of ``fn`` (a ``triton.jit`` function): ``signature`` maps every argument
-    to a Triton type string ("*bf16", "i32", ...; constants are filled in), ``divisible`` names the
-    arguments known to be multiples of 16."""
+    to a Triton type string ("*bf16", "i32", ...; constants are filled in, and constexpr parameters not in
+    ``constants`` take their defaults), ``divisible`` names the arguments known to be multiples of 16."""
     names = list(fn.arg_names)
+    constants = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **constants}
     sig = {n: "constexpr" if n in constants else signature[n] for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
     kernel = triton.compile(ASTSource(fn, sig, constants, attrs), target=GPUTarget("cuda", arch, 32),
@@ -66,6 +67,8 @@ def _gemv1_mxfp4(args):
     sig = {n: ptrs.get(n, "i32") for n in _moe_gemv1_kernel.arg_names}
     consts = {"stride_sk": 1, "HAS_MAP": False, "ACTIVATION": 0, "BLOCK_N": args.block_n, "BLOCK_K": args.block_k,
               "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False}
+    if "PTX" in _moe_gemv1_kernel.arg_names:  # docs/next/gemv_mxfp4_ptx_decode.diff adds it
+        consts["PTX"] = args.ptx
     div = list(ptrs)[:-1] + ["I", "K", "stride_xm", "stride_we", "stride_wn", "stride_om", "stride_se"]  # gpt-oss-20b
     return compile_sass(_moe_gemv1_kernel, sig, consts, div, args.arch, args.warps)
 
@@ -101,6 +104,7 @@ def main():
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--no-mx-dot", dest="mx_dot", action="store_false", help="gemm1_mxfp4: moekit's own decode")
     ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32)")
+    ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode, where the kernel has it")
     args = ap.parse_args()
     sass, res = KERNELS[args.kernel](args)
     print(res)
