@@ -42,15 +42,16 @@ def max_blocks(num_slots: int, num_experts: int, block_m: int) -> int:
     return -(-(num_slots + min(num_experts, num_slots) * (block_m - 1)) // block_m)
 
 
-def local_expert_ids(topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor]) -> torch.Tensor:
-    """Flat int64 local expert id of each slot: ``expert_map[id]``, or the id without a map. Ids outside the map
-    give -1, as remote experts do (no index wrap-around); callers drop every id outside [0, E), as the Triton
-    kernels do (their one rule: :func:`moekit.kernels.align.local_expert`)."""
+def local_expert_ids(topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor], num_experts: int) -> torch.Tensor:
+    """Flat int64 local expert id of each slot (``expert_map[id]``, or the id without a map), ``num_experts``
+    for every slot not routed here: remote experts, ids outside the map (no index wrap-around) and local ids
+    outside [0, num_experts). The PyTorch twin of the Triton kernels' one rule,
+    :func:`moekit.kernels.align.local_expert`."""
     ids = topk_ids.reshape(-1).long()
-    if expert_map is None:
-        return ids
-    n_map = expert_map.numel()
-    return torch.where((ids >= 0) & (ids < n_map), expert_map.long()[ids.clamp(0, n_map - 1)], -1)
+    if expert_map is not None:
+        n_map = expert_map.numel()
+        ids = torch.where((ids >= 0) & (ids < n_map), expert_map.long()[ids.clamp(0, n_map - 1)], -1)
+    return torch.where((ids >= 0) & (ids < num_experts), ids, num_experts)
 
 
 def align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int,
@@ -58,8 +59,7 @@ def align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int,
     """PyTorch alignment (reference; host-synchronizing)."""
     device = topk_ids.device
     n = topk_ids.numel()
-    ids = local_expert_ids(topk_ids, expert_map)
-    ids = torch.where((ids >= 0) & (ids < num_experts), ids, num_experts)
+    ids = local_expert_ids(topk_ids, expert_map, num_experts)
     nb = max_blocks(n, num_experts, block_m)
     sorted_ids = torch.full((nb * block_m,), n, dtype=torch.int32, device=device)
     expert_ids = torch.full((nb,), -1, dtype=torch.int32, device=device)

@@ -58,9 +58,8 @@ def fused_experts_torch(
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if m == 0:
         return x.new_empty((0, h))
-    ids = local_expert_ids(topk_ids, expert_map)
-    valid = (ids >= 0) & (ids < e)
-    ids = torch.where(valid, ids, e)  # dropped slots sort last, into a bin no GEMM reads
+    ids = local_expert_ids(topk_ids, expert_map, e)  # dropped slots get e: they sort last, a bin no GEMM reads
+    valid = ids < e
     order = torch.argsort(ids, stable=True)
     # scatter_add, not bincount: bincount reads max(ids) back to the host, which breaks graph capture
     counts = torch.zeros(e + 1, dtype=torch.int64, device=x.device).scatter_add_(0, ids, torch.ones_like(ids))[:e]

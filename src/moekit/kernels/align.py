@@ -192,7 +192,7 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     e_pad = expert_bins(num_experts)
     has_map = expert_map is not None
     emap = expert_map if has_map else flat
-    n_map = emap.numel() if has_map else num_experts
+    n_map = expert_map.numel() if has_map else 0
     if n <= SINGLE_MAX:
         chunk = max(16, triton.next_power_of_2(n))
         _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, npp, n, num_experts, n_map, max_blocks,
