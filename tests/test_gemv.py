@@ -225,6 +225,27 @@ def test_e2m1_decode_every_code():
     assert out.tolist() == mag + [-v for v in mag]
 
 
+@pytest.mark.skipif(DEVICE != "cuda" or torch.version.hip is not None, reason="inline PTX needs an NVIDIA GPU")
+def test_mxfp4_gemv_ptx_decode_is_exact():
+    """The GEMVs' inline-PTX mxfp4 decode (float16 bit placement, halves converted in place) gives the same
+    float32 values (times 2**-14) as the Triton-ops twin, for every byte."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def decode(w_ptr, o_ptr, PTX: tl.constexpr):
+        offs = tl.arange(0, 256)
+        lo, hi = kq.mxfp4_f32_scaled_down(tl.load(w_ptr + offs), PTX)
+        tl.store(o_ptr + offs, lo)
+        tl.store(o_ptr + 256 + offs, hi)
+
+    raw = torch.arange(256, dtype=torch.uint8, device=DEVICE)
+    got, ref = (torch.full((512,), float("nan"), device=DEVICE) for _ in range(2))
+    decode[(1,)](raw, got, True)
+    decode[(1,)](raw, ref, False)
+    assert torch.equal(got, ref) and torch.equal(torch.signbit(got), torch.signbit(ref))
+
+
 def test_fp8_gemv_expert_map(gemv_calls, poisoned_empty):
     scheme = moekit.QuantScheme.fp8_block(128, 128)
     emap = torch.full((128,), -1, dtype=torch.int32)
@@ -285,3 +306,20 @@ def test_out_of_range_ids_are_skipped(path, with_map, id_dtype, monkeypatch, gem
         bad |= emap[ids.clamp(0, e_global - 1).long()] >= e
     ref = moe_reference(x, w13, w2, w.masked_fill(bad, 0), ids.masked_fill(bad, 0), emap)
     assert_close_to_reference(out, ref, torch.float32)
+
+
+def test_mxfp4_gemv_ptx_rule():
+    """The GEMVs take the inline-PTX mxfp4 decode only for mxfp4 weights on an NVIDIA GPU, and never with the
+    benchmarks' switch off."""
+    from moekit.quant import triton_moe as tq
+
+    x = torch.zeros(1, 64, device=DEVICE)
+    on_nvidia = DEVICE == "cuda" and torch.version.hip is None
+    assert tq.mxfp4_gemv_ptx_decode(x, moekit.QuantScheme.mxfp4()) is on_nvidia
+    assert not tq.mxfp4_gemv_ptx_decode(x, moekit.QuantScheme.fp8_block(128, 128))
+    assert not tq.mxfp4_gemv_ptx_decode(x, None)
+    tq.MX_PTX_DECODE = False
+    try:
+        assert not tq.mxfp4_gemv_ptx_decode(x, moekit.QuantScheme.mxfp4())
+    finally:
+        tq.MX_PTX_DECODE = True

@@ -66,9 +66,7 @@ def _gemv1_mxfp4(args):
             "s_ptr": "*u8", "bias_ptr": "*bf16"}
     sig = {n: ptrs.get(n, "i32") for n in _moe_gemv1_kernel.arg_names}
     consts = {"stride_sk": 1, "HAS_MAP": False, "ACTIVATION": 0, "BLOCK_N": args.block_n, "BLOCK_K": args.block_k,
-              "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False}
-    if "PTX" in _moe_gemv1_kernel.arg_names:  # docs/next/gemv_mxfp4_ptx_decode.diff adds it
-        consts["PTX"] = args.ptx
+              "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False, "PTX": args.ptx}
     div = list(ptrs)[:-1] + ["I", "K", "stride_xm", "stride_we", "stride_wn", "stride_om", "stride_se"]  # gpt-oss-20b
     return compile_sass(_moe_gemv1_kernel, sig, consts, div, args.arch, args.warps)
 
@@ -104,7 +102,7 @@ def main():
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--no-mx-dot", dest="mx_dot", action="store_false", help="gemm1_mxfp4: moekit's own decode")
     ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32)")
-    ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode, where the kernel has it")
+    ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode")
     args = ap.parse_args()
     sass, res = KERNELS[args.kernel](args)
     print(res)

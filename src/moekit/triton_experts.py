@@ -65,9 +65,11 @@ def fused_experts_triton(
     e_global = expert_map.numel() if expert_map is not None else e
     static_act_scales = qargs.get("a13_scale") is not None or qargs.get("a2_scale") is not None
     if config is None and aligned is None and use_decode_gemv(m, e_global, top_k, scheme, static_act_scales):
+        from moekit.quant.triton_moe import mxfp4_gemv_ptx_decode
+
         return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation, scheme=scheme,
                         w13_scale=qargs.get("w13_scale"), w2_scale=qargs.get("w2_scale"), w13_bias=w13_bias,
-                        w2_bias=w2_bias)
+                        w2_bias=w2_bias, mx_ptx=mxfp4_gemv_ptx_decode(x, scheme))
     if scheme is not None:
         from moekit.quant.triton_moe import fused_experts_triton_quant
 

@@ -275,18 +275,18 @@ def _moe_gemm1_kernel(
             wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
         else:
             wmask = k_ok[:, None] & n_ok[None, :]
-        if MX_ASM:  # mxfp4, BLOCK_K = 32, decoded by inline PTX
-            ks = k * stride_bsk
-            ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
-            ae_t = tl.trans(ae)
-            ao_t = tl.trans(ao)
-            acc_g = _mx_asm_dot_t(g_ptrs, sgt_ptrs + ks, ae_t, ao_t, acc_g, n_ok, BLOCK_N)
-            acc_u = _mx_asm_dot_t(u_ptrs, sut_ptrs + ks, ae_t, ao_t, acc_u, n_ok, BLOCK_N)
-        elif MX_DOT:  # mxfp4 on a tl.dot_scaled device
+        if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
-            a_t = tl.trans(a)
-            acc_g = _mx_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
-            acc_u = _mx_dot_t(u_ptrs, sut_ptrs + ks, a_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
+            if MX_ASM:  # BLOCK_K = 32, decoded by inline PTX
+                ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
+                ae_t = tl.trans(ae)
+                ao_t = tl.trans(ao)
+                acc_g = _mx_asm_dot_t(g_ptrs, sgt_ptrs + ks, ae_t, ao_t, acc_g, n_ok, BLOCK_N)
+                acc_u = _mx_asm_dot_t(u_ptrs, sut_ptrs + ks, ae_t, ao_t, acc_u, n_ok, BLOCK_N)
+            else:  # decoded by tl.dot_scaled
+                a_t = tl.trans(a)
+                acc_g = _mx_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
+                acc_u = _mx_dot_t(u_ptrs, sut_ptrs + ks, a_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
             # Order measured on the H100 (qwen3 shape): int8 decodes both tiles before the dots (4.5 % faster
             # at M=4096 than gate-then-up); packed weights go gate-then-up (4.5 % faster at M=1024).
@@ -398,12 +398,13 @@ def _moe_gemm2_kernel(
             wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
         else:
             wmask = k_ok[:, None] & n_ok[None, :]
-        if MX_ASM:
-            ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
-            acc = _mx_asm_dot_t(b_ptrs, st_ptrs + k * stride_bsk, tl.trans(ae), tl.trans(ao), acc, n_ok, BLOCK_N)
-        elif MX_DOT:
-            acc = _mx_dot_t(b_ptrs, st_ptrs + (k * (BLOCK_K // 32)) * stride_bsk, tl.trans(a), acc, n_ok,
-                            K - k * BLOCK_K, BLOCK_K, A_FMT)
+        if MX_DOT:  # mxfp4 in the swapped layout
+            ks = (k * (BLOCK_K // 32)) * stride_bsk
+            if MX_ASM:  # BLOCK_K = 32, decoded by inline PTX
+                ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
+                acc = _mx_asm_dot_t(b_ptrs, st_ptrs + ks, tl.trans(ae), tl.trans(ao), acc, n_ok, BLOCK_N)
+            else:  # decoded by tl.dot_scaled
+                acc = _mx_dot_t(b_ptrs, st_ptrs + ks, tl.trans(a), acc, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
             b0, b1 = _weight_only_tiles(b_ptrs, b_scale_ptr + s_off, b_zero_ptr + s_off, wmask, n_ok, k, stride_bsk,
                                         a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
@@ -464,8 +465,8 @@ class GemmQuant:
     out_stride: int = 0
     out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
     scale_tile: bool = False  # weight-only: the K group is a multiple of BLOCK_K (one scale per column per step)
-    mx_dot: bool = False  # mxfp4 through tl.dot_scaled (else decoded in the kernel)
-    mx_asm: bool = False  # mxfp4 in the swapped layout, decoded by inline PTX (BLOCK_K 32, bf16)
+    mx_dot: bool = False  # mxfp4 in the swapped layout, decoded by tl.dot_scaled unless mx_asm (else: in-kernel decode)
+    mx_asm: bool = False  # with mx_dot: decoded by inline PTX instead of tl.dot_scaled (BLOCK_K 32, bf16)
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
 
     @property

@@ -41,7 +41,7 @@ import triton.language as tl
 
 from moekit.kernels.align import local_expert
 from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
-from moekit.kernels.quant import e2m1_value, e8m0_value
+from moekit.kernels.quant import e8m0_value, mxfp4_f32_scaled_down
 
 #: Launch shape per weight format (bits: 16 bf16 / fp16 / fp32, 8 fp8 / int8, 4 mxfp4 codes): (GEMV 1 tile,
 #: GEMV 2 tile, GEMV 1 K step, GEMV 2 K step). A tile is the elements of the float32 product one program
@@ -109,13 +109,14 @@ def _block_scaled_sum(p, s_ptrs, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr, 
 
 
 @triton.jit
-def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 PTX: tl.constexpr):
     """One K step of mxfp4 rows: bytes ``w_ptrs`` [BLOCK_N, BLOCK_K / 2], e8m0 scales ``s_ptrs`` [BLOCK_N,
     BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2]) -> [BLOCK_N] float32
     partial dot products, each 32-element group scaled once."""
-    raw = tl.load(w_ptrs, mask=wmask, other=0).to(tl.int32)
-    p = e2m1_value(raw & 15) * xe[None, :] + e2m1_value(raw >> 4) * xo[None, :]
-    part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2)
+    lo, hi = mxfp4_f32_scaled_down(tl.load(w_ptrs, mask=wmask, other=0), PTX)
+    p = lo * xe[None, :] + hi * xo[None, :]
+    part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2) * 16384.0  # 2**14: see the decode
     return tl.sum(part * e8m0_value(tl.load(s_ptrs, mask=smask, other=0)), axis=1)
 
 
@@ -126,7 +127,7 @@ def _moe_gemv1_kernel(
     HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
     e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
@@ -150,9 +151,9 @@ def _moe_gemv1_kernel(
             wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
             smask = n_ok[:, None] & (offs_s < (K - k0) // 32)[None, :]
             s_ptrs = s_rows + (k0 // 32 + offs_s)[None, :] * stride_sk
-            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K)
+            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K, PTX)
             acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
-                                  BLOCK_N, BLOCK_K)
+                                  BLOCK_N, BLOCK_K, PTX)
     else:
         g_ptrs = rows + offs_k[None, :]
         u_ptrs = g_ptrs + I * stride_wn
@@ -190,7 +191,7 @@ def _moe_gemv2_kernel(
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -214,10 +215,10 @@ def _moe_gemv2_kernel(
             a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
                         other=0.0).to(tl.float32)
             ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
-            raw = tl.load(w_rows + k0 // 2 + offs_b[None, None, :], mask=rows_ok & b_ok[None, None, :],
-                          other=0).to(tl.int32)
-            p = e2m1_value(raw & 15) * ae[:, None, :] + e2m1_value(raw >> 4) * ao[:, None, :]
-            part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // 32, 16]), axis=3)
+            lo, hi = mxfp4_f32_scaled_down(tl.load(w_rows + k0 // 2 + offs_b[None, None, :],
+                                                   mask=rows_ok & b_ok[None, None, :], other=0), PTX)
+            p = lo * ae[:, None, :] + hi * ao[:, None, :]
+            part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // 32, 16]), axis=3) * 16384.0
             sc = tl.load(s_rows + (k0 // 32 + offs_s)[None, None, :] * stride_sk,
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * e8m0_value(sc), axis=2)
@@ -289,12 +290,14 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
              topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor] = None, activation: str = "silu",
              num_warps: int = 4, scheme=None, w13_scale: Optional[torch.Tensor] = None,
              w2_scale: Optional[torch.Tensor] = None, w13_bias: Optional[torch.Tensor] = None,
-             w2_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+             w2_bias: Optional[torch.Tensor] = None, mx_ptx: bool = False) -> torch.Tensor:
     """The decode forward of the experts: x [M, H], w13 [E, 2I, H], w2 [E, H, I], topk_weights float32
     [M, k] and topk_ids int32 [M, k] (contiguous) -> [M, H] in x's dtype. Two launches. ``scheme``: a
     QuantScheme that :func:`gemv_supports` (weights and ``w13_scale`` / ``w2_scale`` in the layouts of
     :mod:`moekit.quant.moe`; mxfp4 weights are packed [E, 2I, H / 2] and [E, H, I / 2]), or None.
-    ``w13_bias`` [E, 2I] / ``w2_bias`` [E, H]: optional expert biases (contiguous last dimension)."""
+    ``w13_bias`` [E, 2I] / ``w2_bias`` [E, H]: optional expert biases (contiguous last dimension).
+    ``mx_ptx``: decode mxfp4 codes by inline PTX (NVIDIA GPUs only; the rule is
+    :func:`moekit.quant.triton_moe.mxfp4_gemv_ptx_decode`)."""
     m, h = x.shape
     i = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
@@ -310,7 +313,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, n_map, e_local, x.stride(0), w13.stride(0), w13.stride(1),
         inter.stride(0),
-        HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk,
+        HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
         num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
     )
     topk_pad = triton.next_power_of_2(top_k)
@@ -318,7 +321,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, n_map, e_local, inter.stride(0), w2.stride(0),
-        w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk,
+        w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
         num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
     )
     return out

@@ -98,6 +98,18 @@ def mxfp4_ptx_decode(x: torch.Tensor, block_m: int, block_k: int) -> bool:
     return block_k == 32 and block_m >= 32 and on_sm90(platform_of(x.device))
 
 
+def mxfp4_gemv_ptx_decode(x: torch.Tensor, scheme) -> bool:
+    """Whether the decode GEMVs (:func:`moekit.kernels.moe_gemv.moe_gemv`) decode mxfp4 codes of ``scheme`` with
+    inline PTX (:func:`moekit.kernels.quant.mxfp4_f32_scaled_down`: float16 bit placement, halves converted in
+    place) instead of Triton integer ops: any NVIDIA GPU (the PTX is plain integer and conversion
+    instructions), mxfp4 weights, unless :data:`MX_PTX_DECODE` is off."""
+    from moekit.platform import on_cuda, platform_of
+
+    if not MX_PTX_DECODE or scheme is None or scheme.weight_dtype != "mxfp4" or x.device.type != "cuda":
+        return False
+    return on_cuda(platform_of(x.device))
+
+
 def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False,
                   mx_asm: bool = False) -> GemmQuant:
     """The weight half of a GemmQuant for a weight-only scheme."""
