@@ -37,6 +37,7 @@ SHAPES = {
 SHAPES["mixtral_tp2"] = SHAPES["mixtral8x7b"].tp(2)
 SHAPES["qwen3_30b_tp2"] = SHAPES["qwen3_30b_a3b"].tp(2)
 SHAPES["dsv3_tp8"] = SHAPES["dsv3"].tp(8)
+SHAPES["gpt_oss_120b"] = MoEShape("gpt_oss_120b", 128, 4, 2880, 2880)  # benchmarks: a shape with no tuned file
 
 BATCH_SIZES: Tuple[int, ...] = (1, 16, 64, 256, 1024, 4096)
 
