@@ -2,8 +2,8 @@
 # One device-tool call for the inline-PTX mxfp4 decode: steps run in the order given.
 #   tests            GEMV / quant / fused-MoE mxfp4 tests on the GPU (exactness of both PTX decodes included)
 #   gemv             GEMV decode A/B (PTX vs Triton ops), gpt-oss-20b M=1,2,4,8
-#   small:SHAPE      PTX vs dot_scaled plus a forced 32x64x32 (4 stages) arm, M=16..256 (default configs where
-#                    SHAPE has no tuned file, e.g. gpt_oss_120b)
+#   small:SHAPE[:M..] PTX vs dot_scaled plus a forced 32x64x32 (4 stages) arm, M=16..256 by default (default
+#                    configs where SHAPE has no tuned file, e.g. gpt_oss_120b)
 #   tune:BUDGET:M..  moekit tune gpt_oss_20b mxfp4 at the given batch sizes ("," separated), BUDGET seconds
 # Usage (device tool): OUT=$OUT bash benchmarks/mxfp4_ptx_gpu.sh tests gemv small:gpt_oss_120b tune:200:96,128
 set -u
@@ -15,8 +15,8 @@ for step in "$@"; do
   case $step in
     tests) python3 -m pytest -q tests/test_gemv.py tests/test_quant.py -p no:cacheprovider -n 8 -k "mxfp4 or ptx or amax" 2>&1 | tail -4 ;;
     gemv) python3 benchmarks/ab_mxfp4_decode.py --m 1,2,4,8 --rounds 3 --out "$OUT/ab_mxfp4_gemv_${dev}.json" 2>&1 | grep "M=" ;;
-    small:*) shape=${step#small:}
-      python3 benchmarks/ab_mxfp4_decode.py --shape "$shape" --m 16,32,64,128,256 --rounds 2 --configs 32,64,32,1,4,4 \
+    small:*) IFS=: read -r _ shape ms <<< "$step"
+      python3 benchmarks/ab_mxfp4_decode.py --shape "$shape" --m "${ms:-16,32,64,128,256}" --rounds 2 --configs 32,64,32,1,4,4 \
         --out "$OUT/ab_mxfp4_small_m_${shape}_${dev}.json" 2>&1 | grep "M=" ;;
     tune:*) IFS=: read -r _ budget ms <<< "$step"
       timeout -s INT $((budget + 90)) python3 -m moekit.cli tune --model gpt_oss_20b --dtype mxfp4 --batch-sizes ${ms//,/ } \

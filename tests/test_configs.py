@@ -347,6 +347,14 @@ def test_mxfp4_default_and_shipped_k_steps_are_one_scale_group(m):
         assert {v["BLOCK_SIZE_K"] for v in json.loads(path.read_text()).values() if isinstance(v, dict)} == {32}
 
 
+@pytest.mark.parametrize("m", [1, 64, 256])
+def test_mxfp4_default_tiles_have_32_rows(m):
+    """mxfp4 defaults: tiles of at least 32 rows at every M (those take the inline-PTX decode on Hopper; 1.10x
+    over 16-row tiles at gpt-oss-120b M=64-256 on the H100), where other dtypes start at 16."""
+    assert default_config(m, 128, 2880, 2880, 4, "mxfp4").BLOCK_SIZE_M >= 32
+    assert default_config(1, 128, 2880, 2880, 4, torch.bfloat16).BLOCK_SIZE_M == 16
+
+
 def test_bench_configs_repair_restores_default(tmp_path):
     """benchmarks/bench_configs.py --repair: an entry whose default measured > 2 % faster gets the default."""
     import importlib.util

@@ -98,7 +98,10 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     the old bf16-shaped default was 1.2-1.5x slower there, ``benchmarks/results/tune/``). mxfp4: BLOCK_K = 32,
     one scale group per K step, what every entry of the shipped gpt-oss-20b files runs (gpt-oss-20b on the
     H100, M=16: 460 us with K steps of 32 against 536-579 us with 128; ``benchmarks/results/
-    bench_quant_H100_gptoss_session6.json``, ``mxfp4_paths_H100_session6/``).
+    bench_quant_H100_gptoss_session6.json``, ``mxfp4_paths_H100_session6/``), and tiles of at least 32 rows,
+    which take the inline-PTX decode on Hopper (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode`): gpt-oss-120b
+    shape (E=128, no tuned file) on the H100, M=64 / 128 / 256: 1396 / 1534 / 1573 us with 32x64x32 against
+    1539 / 1695 / 1741 us with 16x64x32 (``ab_mxfp4_small_m_gpt_oss_120b_H100_session9.json``).
     bf16 / fp16, 28-48 tokens per expert: 64x64x128 tiles, 3 stages (other dtypes keep the earlier buckets:
     32-row tiles up to 32 tokens per expert, then 64x64x64). 32-row tiles there put the busier experts
     over one tile (their weights read twice): Mixtral-8x7B bf16 on the H100, M=112 / 128 / 160 (28 / 32 /
@@ -135,8 +138,8 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
         config = MoEKernelConfig(64, 64, 64, 8, 4, 4)
     else:
         config = MoEKernelConfig(128, 128, 64, 8, 8, 3)
-    if name == "mxfp4":  # K steps of one 32-code scale group (see the docstring)
-        config = replace(config, BLOCK_SIZE_K=32)
+    if name == "mxfp4":  # K steps of one 32-code scale group; 32-row tiles from the first token (docstring)
+        config = replace(config, BLOCK_SIZE_M=max(config.BLOCK_SIZE_M, 32), BLOCK_SIZE_K=32)
     return config
 
 
