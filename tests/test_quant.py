@@ -265,13 +265,15 @@ def test_quant_kernels_at_explicit_configs(key, cfg, poisoned_empty):
     assert_close_to_reference(out, ref, key)
 
 
-@pytest.mark.parametrize("bm, bn, ptx", [(16, 64, False), (32, 64, True), (64, 64, True), (128, 32, True),
-                                          (32, 128, True)])
-def test_mxfp4_grouped_decode_paths(bm, bn, ptx, poisoned_empty, monkeypatch):
-    """mxfp4 grouped GEMMs with 32-code K steps: on a Hopper GPU in bf16, tiles of >= 32 rows decode by
-    inline PTX and 16-row tiles keep ``tl.dot_scaled`` (``mxfp4_ptx_decode``); elsewhere ``tl.dot_scaled``
-    or (the interpreter) moekit's Triton decode. Every path matches the float64 layer, H and I not multiples
-    of BLOCK_N."""
+@pytest.mark.parametrize("bm, bn, bk, ptx", [(16, 64, 32, False), (32, 64, 32, True), (64, 64, 32, True),
+                                              (128, 32, 32, True), (32, 128, 32, True), (32, 64, 64, True),
+                                              (64, 64, 128, True), (32, 64, 256, False)])
+def test_mxfp4_grouped_decode_paths(bm, bn, bk, ptx, poisoned_empty, monkeypatch):
+    """mxfp4 grouped GEMMs: on a Hopper GPU in bf16, tiles of >= 32 rows with K steps of 32-128 codes decode
+    by inline PTX, 16-row tiles and 256-code steps keep ``tl.dot_scaled`` (``mxfp4_ptx_decode``); elsewhere
+    ``tl.dot_scaled`` or (the interpreter) moekit's Triton decode. Every path matches the float64 layer, H
+    and I not multiples of BLOCK_N, nor (for K steps over 32) of BLOCK_K: the last step's groups past K are
+    masked."""
     import moekit.quant.triton_moe as tq
     from moekit.platform import on_sm90, platform_of
     from moekit.configs import MoEKernelConfig
@@ -285,7 +287,7 @@ def test_mxfp4_grouped_decode_paths(bm, bn, ptx, poisoned_empty, monkeypatch):
     w, ids = select_experts(logits, 2)
     seen, real = [], tq.moe_gemm1
     monkeypatch.setattr(tq, "moe_gemm1", lambda *a, **k: seen.append(k["quant"].mx_asm) or real(*a, **k))
-    out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, 32, 1, 4, 3), quant=scheme,
+    out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 3), quant=scheme,
                                **{k: v for k, v in kw.items() if k != "quant"})
     hopper = HAS_GPU and mxfp4_dot_scaled(x) and on_sm90(platform_of(x.device))
     assert seen == [ptx and hopper]

@@ -78,7 +78,8 @@ def _gemm1_mxfp4(args):
             "npp_ptr": "*i32", "a_scale_ptr": "*fp32", "b_scale_ptr": "*u8", "b_zero_ptr": "*u8",
             "out_scale_ptr": "*fp32", "bias_ptr": "*bf16"}
     sig = {n: ptrs.get(n, "i32") for n in _moe_gemm1_kernel.arg_names}
-    consts = {"stride_bsk": 1, "ACTIVATION": 0, "DOT_PRECISION": "tf32", "EVEN_K": True, "BLOCK_M": args.block_m,
+    consts = {"stride_bsk": 1, "ACTIVATION": 0, "DOT_PRECISION": "tf32", "EVEN_K": not args.uneven_k,
+              "BLOCK_M": args.block_m,
               "BLOCK_N": args.block_n, "BLOCK_K": args.block_k, "GROUP_M": 1, "QUANT": 5, "INT_ACC": False,
               "HAS_ZERO": False, "GROUP_N": 1, "GROUP_K": 32, "SCALE_TILE": False, "OUT_QUANT": 0, "QKIND": 0,
               "QMAX": 448.0, "EMIN": -6, "MX_DOT": args.mx_dot, "A_FMT": "bf16", "HAS_BIAS": False,
@@ -101,7 +102,8 @@ def main():
     ap.add_argument("--block-m", type=int, default=16)
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--no-mx-dot", dest="mx_dot", action="store_false", help="gemm1_mxfp4: moekit's own decode")
-    ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32)")
+    ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32-128)")
+    ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode")
     args = ap.parse_args()
     sass, res = KERNELS[args.kernel](args)

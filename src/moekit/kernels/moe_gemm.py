@@ -23,7 +23,7 @@ Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel)
   3/4/5 weight-only int8 / int4 / mxfp4: codes loaded (int4/mxfp4: two per byte along K, low nibble first),
     decoded and scaled per (column, K-group) in registers, cast to the activation dtype, ``tl.dot``. mxfp4
     on GPUs with ``tl.dot_scaled`` swaps the operands (``MX_DOT``, the weight is the MMA's left operand in
-    registers) and lets ``tl.dot_scaled`` decode, or (``MX_ASM``, Hopper, bf16, 32-code K steps) decodes by
+    registers) and lets ``tl.dot_scaled`` decode, or (``MX_ASM``, Hopper, bf16, K steps of 32-128 codes) decodes by
     inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`) into two ``tl.dot`` on the even and odd K
     activations (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode` says where).
 GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N columns): the program takes the
@@ -129,13 +129,25 @@ def _mx_dot_t(w_ptrs, s_ptrs, a_t, acc_t, n_ok, k_left, BLOCK_K: tl.constexpr, A
 
 
 @triton.jit
-def _mx_asm_dot_t(w_ptrs, s_ptrs, ae_t, ao_t, acc_t, n_ok, BLOCK_N: tl.constexpr):
-    """:func:`_mx_dot_t` for BLOCK_K = 32 (one scale group per K step) with moekit's own decode: the bytes
-    [BLOCK_N, 16] become bf16 through inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`, scale
-    applied), and meet the even and odd K activations (``ae_t``, ``ao_t`` [16, BLOCK_M]) in two dots. K is
-    a multiple of 32 for mxfp4, so every step is whole: only rows are masked."""
-    w = tl.load(w_ptrs, mask=n_ok[:, None], other=0)
-    s = tl.broadcast_to(e8m0_bf16(tl.load(s_ptrs, mask=n_ok[:, None], other=0)), [BLOCK_N, 16])
+def _mx_asm_dot_t(w_ptrs, s_ptrs, ae_t, ao_t, acc_t, n_ok, k_left, BLOCK_N: tl.constexpr, G: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """:func:`_mx_dot_t` for K steps of ``G`` 32-code scale groups (BLOCK_K = 32 G) with moekit's own decode:
+    the bytes [BLOCK_N, 16 G] become bf16 through inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`,
+    each group's scale applied), and meet the even and odd K activations (``ae_t``, ``ao_t`` [16 G, BLOCK_M])
+    in two dots. K is a multiple of 32 for mxfp4, so a step of one group is always whole; with ``G`` > 1 and
+    not ``EVEN_K``, groups at or past ``k_left`` (K from this step on) are masked."""
+    if G == 1 or EVEN_K:
+        wmask = n_ok[:, None]
+        smask = n_ok[:, None]
+    else:
+        wmask = n_ok[:, None] & (tl.arange(0, 16 * G) < k_left // 2)[None, :]
+        smask = n_ok[:, None] & (tl.arange(0, G) < k_left // 32)[None, :]
+    w = tl.load(w_ptrs, mask=wmask, other=0)
+    s = e8m0_bf16(tl.load(s_ptrs, mask=smask, other=0))
+    if G == 1:
+        s = tl.broadcast_to(s, [BLOCK_N, 16])
+    else:  # each group's scale over its 16 bytes
+        s = tl.reshape(tl.broadcast_to(s[:, :, None], [BLOCK_N, G, 16]), [BLOCK_N, 16 * G])
     lo, hi = mxfp4_bf16_scaled(w, s)
     acc_t = tl.dot(lo, ae_t, acc_t)
     return tl.dot(hi, ao_t, acc_t)
@@ -277,12 +289,14 @@ def _moe_gemm1_kernel(
             wmask = k_ok[:, None] & n_ok[None, :]
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
-            if MX_ASM:  # BLOCK_K = 32, decoded by inline PTX
+            if MX_ASM:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
                 ae_t = tl.trans(ae)
                 ao_t = tl.trans(ao)
-                acc_g = _mx_asm_dot_t(g_ptrs, sgt_ptrs + ks, ae_t, ao_t, acc_g, n_ok, BLOCK_N)
-                acc_u = _mx_asm_dot_t(u_ptrs, sut_ptrs + ks, ae_t, ao_t, acc_u, n_ok, BLOCK_N)
+                acc_g = _mx_asm_dot_t(g_ptrs, sgt_ptrs + ks, ae_t, ao_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_N,
+                                      BLOCK_K // 32, EVEN_K)
+                acc_u = _mx_asm_dot_t(u_ptrs, sut_ptrs + ks, ae_t, ao_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_N,
+                                      BLOCK_K // 32, EVEN_K)
             else:  # decoded by tl.dot_scaled
                 a_t = tl.trans(a)
                 acc_g = _mx_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
@@ -400,9 +414,10 @@ def _moe_gemm2_kernel(
             wmask = k_ok[:, None] & n_ok[None, :]
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
-            if MX_ASM:  # BLOCK_K = 32, decoded by inline PTX
+            if MX_ASM:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
-                acc = _mx_asm_dot_t(b_ptrs, st_ptrs + ks, tl.trans(ae), tl.trans(ao), acc, n_ok, BLOCK_N)
+                acc = _mx_asm_dot_t(b_ptrs, st_ptrs + ks, tl.trans(ae), tl.trans(ao), acc, n_ok, K - k * BLOCK_K,
+                                    BLOCK_N, BLOCK_K // 32, EVEN_K)
             else:  # decoded by tl.dot_scaled
                 acc = _mx_dot_t(b_ptrs, st_ptrs + ks, tl.trans(a), acc, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
@@ -466,7 +481,7 @@ class GemmQuant:
     out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
     scale_tile: bool = False  # weight-only: the K group is a multiple of BLOCK_K (one scale per column per step)
     mx_dot: bool = False  # mxfp4 in the swapped layout, decoded by tl.dot_scaled unless mx_asm (else: in-kernel decode)
-    mx_asm: bool = False  # with mx_dot: decoded by inline PTX instead of tl.dot_scaled (BLOCK_K 32, bf16)
+    mx_asm: bool = False  # with mx_dot: decoded by inline PTX instead of tl.dot_scaled (BLOCK_K 32-128, bf16)
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
 
     @property

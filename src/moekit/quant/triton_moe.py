@@ -84,7 +84,7 @@ def mxfp4_ptx_decode(x: torch.Tensor, block_m: int, block_k: int) -> bool:
     (:func:`moekit.kernels.quant.mxfp4_bf16_scaled`: 250 instructions per K step of a 16x64x32 tile against
     314 for ``tl.dot_scaled``'s upcast on Hopper, ``tools/sass_loops.py``) instead of ``tl.dot_scaled``:
     Hopper (sm_90, where ``tl.dot_scaled`` decodes in software; Blackwell's MMAs take mxfp4 natively), bf16
-    activations, K steps of one 32-code scale group (``BLOCK_SIZE_K`` 32, what the shipped configs use) and
+    activations, K steps of one to four 32-code scale groups (``BLOCK_SIZE_K`` 32, 64 or 128) and
     tiles of at least 32 token rows. Measured on the H100, gpt-oss-20b, whole
     forward, the two arms interleaved (``benchmarks/ab_mxfp4_decode.py``,
     ``ab_mxfp4_decode_H100_session8_all_configs.json``): 1.09-1.25x at M=128..4096 (32- to 128-row tiles);
@@ -95,7 +95,7 @@ def mxfp4_ptx_decode(x: torch.Tensor, block_m: int, block_k: int) -> bool:
 
     if not MX_PTX_DECODE or x.device.type != "cuda" or x.dtype != torch.bfloat16:
         return False
-    return block_k == 32 and block_m >= 32 and on_sm90(platform_of(x.device))
+    return block_k in (32, 64, 128) and block_m >= 32 and on_sm90(platform_of(x.device))
 
 
 def mxfp4_gemv_ptx_decode(x: torch.Tensor, scheme) -> bool:
