@@ -56,6 +56,12 @@ def test_candidates_are_valid_and_pruned(spec, M):
     assert all(prune_reason(n, spec, M, SMEM) is None for n in neighbours(screen[0], spec, M, SMEM))
 
 
+def test_mxfp4_window_reaches_32_rows():
+    """mxfp4 tiles of 32 rows take the inline-PTX decode on Hopper, so the tuner tries them at decode sizes."""
+    assert bm_window(spec_for_model("gpt_oss_20b", dtype="mxfp4"), 16)[1] == 32
+    assert bm_window(spec_for_model("gpt_oss_20b"), 16)[1] == 16
+
+
 def test_pruning_reasons():
     assert "BLOCK_SIZE_M" in prune_reason(MoEKernelConfig(128, 64, 64, 1, 4, 3), QWEN, 1, SMEM)
     assert "shared memory" in prune_reason(MoEKernelConfig(256, 256, 256, 16, 8, 5), QWEN, 4096, SMEM)

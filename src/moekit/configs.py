@@ -95,13 +95,14 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     slower on an H100, ``benchmarks/results/configs_tuned_vs_default_*``) and BLOCK_K = 128 (one scale pair
     per K step). Per-tensor / per-channel 8-bit w8a8 from 32 tokens per expert: BLOCK_K = 128 (the same 128
     bytes per row as bf16's 64), as every entry of the tuned mixtral8x7b fp8 files chose (H100 and H200;
-    the old bf16-shaped default was 1.2-1.5x slower there, ``benchmarks/results/tune/``). mxfp4: BLOCK_K = 32,
-    one scale group per K step, what every entry of the shipped gpt-oss-20b files runs (gpt-oss-20b on the
-    H100, M=16: 460 us with K steps of 32 against 536-579 us with 128; ``benchmarks/results/
-    bench_quant_H100_gptoss_session6.json``, ``mxfp4_paths_H100_session6/``), and tiles of at least 32 rows,
-    which take the inline-PTX decode on Hopper (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode`): gpt-oss-120b
-    shape (E=128, no tuned file) on the H100, M=64 / 128 / 256: 1396 / 1534 / 1573 us with 32x64x32 against
-    1539 / 1695 / 1741 us with 16x64x32 (``ab_mxfp4_small_m_gpt_oss_120b_H100_session9.json``).
+    the old bf16-shaped default was 1.2-1.5x slower there, ``benchmarks/results/tune/``). mxfp4: what the
+    H100 tuning chose once the inline-PTX decode (Hopper, tiles of >= 32 rows,
+    :func:`moekit.quant.triton_moe.mxfp4_ptx_decode`) took K steps of 64 and 128 codes: 32x64x128 up to 32
+    tokens per expert, 64x128x64 up to 192, then 128x64x64. gpt-oss-20b on the H100, whole forward: M=16 / 64
+    310.6 / 340.5 us against 429.2 / 473.8 with 32x64x32 (``ab_mxfp4_bk64_H100_session9.json``); the tuner's
+    picks at M=256 / 1024 / 4096 475.6 / 972.2 / 2893.6 us against 625.1 / 1319.6 / 3605.5 for the previous
+    default (``tune_gpt_oss_mxfp4_H100_session9_bk64_report.json``). Elsewhere (``tl.dot_scaled``, or the
+    Triton decode) these tiles are unmeasured.
     bf16 / fp16, 28-48 tokens per expert: 64x64x128 tiles, 3 stages (other dtypes keep the earlier buckets:
     32-row tiles up to 32 tokens per expert, then 64x64x64). 32-row tiles there put the busier experts
     over one tile (their weights read twice): Mixtral-8x7B bf16 on the H100, M=112 / 128 / 160 (28 / 32 /
@@ -127,6 +128,12 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
         if per_expert <= 96:
             return MoEKernelConfig(64, 64, 128, 16, 4, 4)
         return MoEKernelConfig(128, 128, 128, 16, 8, 4)
+    if name == "mxfp4":  # the H100 tuning with the inline-PTX decode (docstring)
+        if per_expert <= 32:
+            return MoEKernelConfig(32, 64, 128, 1, 4, 3)
+        if per_expert <= 192:
+            return MoEKernelConfig(64, 128, 64, 1, 4, 3)
+        return MoEKernelConfig(128, 64, 64, 1, 4, 3)
     sixteen_bit = name is None  # the 28-48 bucket was measured for bf16 / fp16 only
     if per_expert <= 8:
         config = MoEKernelConfig(16, 64, 128, 1, 4, 4)
@@ -138,8 +145,6 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
         config = MoEKernelConfig(64, 64, 64, 8, 4, 4)
     else:
         config = MoEKernelConfig(128, 128, 64, 8, 8, 3)
-    if name == "mxfp4":  # K steps of one 32-code scale group; 32-row tiles from the first token (docstring)
-        config = replace(config, BLOCK_SIZE_M=max(config.BLOCK_SIZE_M, 32), BLOCK_SIZE_K=32)
     return config
 
 
