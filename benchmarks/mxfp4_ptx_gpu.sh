@@ -5,6 +5,7 @@
 #   small:SHAPE[:M..] PTX vs dot_scaled plus a forced 32x64x32 (4 stages) arm, M=16..256 by default (default
 #                    configs where SHAPE has no tuned file, e.g. gpt_oss_120b)
 #   tune:BUDGET:M..  moekit tune gpt_oss_20b mxfp4 at the given batch sizes ("," separated), BUDGET seconds
+#   cross:SHAPE:M..:CFG  the decode GEMVs against the grouped GEMMs (MOEKIT_DECODE_GEMV=0) with config CFG
 # Usage (device tool): OUT=$OUT bash benchmarks/mxfp4_ptx_gpu.sh tests gemv small:gpt_oss_120b tune:200:96,128
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:${PYTHONPATH:-}
@@ -23,6 +24,10 @@ for step in "$@"; do
         --budget-s "$budget" --out "$OUT/tune_gpt_oss_mxfp4_${dev}.json" --report "$OUT/tune_report_gpt_oss_${dev}.json" \
         2> "$OUT/tune_gpt_oss_${dev}.log" | tail -25
       tail -2 "$OUT/tune_gpt_oss_${dev}.log" | tr '\r' '\n' | tail -2 ;;
+    cross:*) IFS=: read -r _ shape ms cfg <<< "$step"
+      echo "-- GEMV (ptx arm)"; python3 benchmarks/ab_mxfp4_decode.py --shape "$shape" --m "$ms" --rounds 2 2>&1 | grep "M="
+      echo "-- grouped GEMMs, [$cfg]"; MOEKIT_DECODE_GEMV=0 python3 benchmarks/ab_mxfp4_decode.py --shape "$shape" --m "$ms" \
+        --rounds 2 --configs "$cfg" 2>&1 | grep "M=" ;;
     *) echo "unknown step $step" ;;
   esac
 done
