@@ -49,11 +49,11 @@ _Q = moekit.QuantScheme
 
 @pytest.mark.parametrize("scheme, m, e, k, expected", [
     (_Q.fp8_block(128, 128), 4, 128, 8, False), (_Q.fp8_block(128, 128), 2, 128, 8, True),
-    (_Q.int8_weight_only(), 3, 128, 8, True), (_Q.mxfp4(), 8, 32, 4, True), (_Q.mxfp4(), 9, 32, 4, False),
+    (_Q.int8_weight_only(), 3, 128, 8, True), (_Q.mxfp4(), 4, 32, 4, True), (_Q.mxfp4(), 5, 32, 4, False),
     (_Q.mxfp4(), 1, 8, 2, False),
 ])
 def test_gemv_applies_per_weight_format(scheme, m, e, k, expected):
-    """8-bit weights stop one step earlier than bf16 (slots < E / 4), mxfp4 later (slots <= E)."""
+    """8-bit weights stop one step earlier than bf16 (slots < E / 4), mxfp4 later (slots <= E / 2)."""
     assert gemv_applies(m, e, k, scheme) is expected
 
 

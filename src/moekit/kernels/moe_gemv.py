@@ -75,8 +75,8 @@ def _weight_bits(scheme) -> int:
 def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
     """Whether the decode GEMV kernels serve ``m`` tokens: at least :data:`MIN_EXPERTS` experts, and few enough
     slots that two slots rarely share an expert (each slot streams its expert's weights): ``m * top_k <=
-    E / 4`` for 16-bit weights, ``< E / 4`` for 8-bit ones, ``<= E`` for mxfp4 (its grouped GEMMs run at a
-    quarter of the floor: the GEMV wins even with shared experts). Measured on the H100, whole forward:
+    E / 4`` for 16-bit weights, ``< E / 4`` for 8-bit ones, ``<= E / 2`` for mxfp4 (its grouped GEMMs decode
+    slowly, so the GEMV wins even with some shared experts). Measured on the H100, whole forward:
 
     * bf16: qwen3-30b-a3b (E=128, k=8) M=1/2 39.0 -> 34.7 / 64.4 -> 59.1 us (M=4: 2 % faster, M=8: slower),
       gpt-oss-20b (E=32, k=4) M=1/2 83.2 -> 79.1 / 139.2 -> 133.2 us; mixtral (E=8, k=2, I=14336) M=1
@@ -85,11 +85,15 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
       grouped routing concentrates the slots) M=1/2/4 225 -> 212 / 362 -> 325 / 561 -> 539, M=8 862 -> 942.
       fp8 per channel qwen3 M=1 32.3 -> 23.1; int8 weight-only 36.4 -> 25.4.
     * mxfp4: gpt-oss-20b M=1/2/4/8 113.3 -> 58.6 / 193.2 -> 89.9 / 291.8 -> 159.6 / 458.5 -> 306.6 us
-      with the shipped tiles and the exact e2m1 decode (``bench_gemv_quant_H100_session6.json``)."""
+      with the shipped tiles and the exact e2m1 decode (``bench_gemv_quant_H100_session6.json``). With both
+      paths decoding by inline PTX (session 9, 32x64x128 grouped tiles): gpt-oss-20b M=4 (slots E / 2) GEMV
+      137.6 against grouped 177.7 us, M=8 (slots E) 254.3 against 232.3; gpt-oss-120b shape (E=128) M=16
+      (E / 2) 489.9 against 509.8, M=32 (E) 938.1 against 789.4 (``mxfp4_gemv_crossover_H100_session9.log``).
+      Measured on Hopper only: GPUs whose grouped GEMMs lack the PTX decode may gain from the GEMV up to E."""
     if m < 1 or e < MIN_EXPERTS:
         return False
     bits, slots = _weight_bits(scheme), m * top_k
-    return slots <= e if bits == 4 else (4 * slots < e if bits == 8 else 4 * slots <= e)
+    return 2 * slots <= e if bits == 4 else (4 * slots < e if bits == 8 else 4 * slots <= e)
 
 
 @triton.jit
