@@ -142,7 +142,7 @@ registry: List[EnvVar] = [
         "MOEKIT_DECODE_GEMV", "bool", True,
         "0 keeps the Triton backend's grouped GEMMs at the smallest decode batches instead of its GEMV kernels "
         "(at least 16 experts, and tokens x top_k at most experts / 4 for 16-bit weights, below experts / 4 "
-        "for 8-bit ones, at most experts for mxfp4: moekit.kernels.moe_gemv.gemv_applies).",
+        "for 8-bit ones, at most experts / 2 for mxfp4: moekit.kernels.moe_gemv.gemv_applies).",
     ),
     EnvVar(
         "MOEKIT_LINEAR", "bool", True,
