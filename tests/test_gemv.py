@@ -323,3 +323,25 @@ def test_mxfp4_gemv_ptx_rule():
         assert not tq.mxfp4_gemv_ptx_decode(x, moekit.QuantScheme.mxfp4())
     finally:
         tq.MX_PTX_DECODE = True
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("scheme", [None, _Q.fp8_block(128, 128), _Q.mxfp4()], ids=["bf16", "fp8_block", "mxfp4"])
+def test_gemv_pipelined_k_loops(stages, scheme, gemv_calls, poisoned_empty, monkeypatch):
+    """The GEMVs with their K loops software-pipelined (``GEMV_STAGES`` > 1: weight tiles staged by cp.async on
+    a GPU; the interpreter ignores it) match the float64 layer; K = 4160 spans several steps plus a tail."""
+    import moekit.kernels.moe_gemv as gemv
+
+    monkeypatch.setattr(gemv, "GEMV_STAGES", stages)
+    m, e, k, h, i = 1, 16, 2, 4160, 64
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float16
+    if scheme is None:
+        x, w13, w2, logits = layer(m, e, k, h, i, dtype)
+        out = moekit.fused_moe(x, w13, w2, logits, k, backend="triton")
+        ref13, ref2 = w13, w2
+    else:
+        x, q13, s13, q2, s2, logits, ref13, ref2 = fp8_layer(scheme, m, e, h, i, dtype)
+        out = moekit.fused_moe(x, q13, q2, logits, k, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2)
+    assert gemv_calls == [m]
+    w, ids = route_reference(logits, k, True, "softmax")
+    assert_close_to_reference(out, moe_reference(x, ref13, ref2, w, ids), dtype)

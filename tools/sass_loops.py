@@ -66,7 +66,8 @@ def _gemv1_mxfp4(args):
             "s_ptr": "*u8", "bias_ptr": "*bf16"}
     sig = {n: ptrs.get(n, "i32") for n in _moe_gemv1_kernel.arg_names}
     consts = {"stride_sk": 1, "HAS_MAP": False, "ACTIVATION": 0, "BLOCK_N": args.block_n, "BLOCK_K": args.block_k,
-              "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False, "PTX": args.ptx}
+              "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False, "PTX": args.ptx,
+              "STAGES": args.gemv_stages}
     div = list(ptrs)[:-1] + ["I", "K", "stride_xm", "stride_we", "stride_wn", "stride_om", "stride_se"]  # gpt-oss-20b
     return compile_sass(_moe_gemv1_kernel, sig, consts, div, args.arch, args.warps)
 
@@ -105,6 +106,7 @@ def main():
     ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32-128)")
     ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode")
+    ap.add_argument("--gemv-stages", type=int, default=1, help="gemv1_mxfp4: the K loop's pipelining depth")
     args = ap.parse_args()
     sass, res = KERNELS[args.kernel](args)
     print(res)

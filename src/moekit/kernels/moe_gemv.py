@@ -62,6 +62,9 @@ from moekit.kernels.quant import e8m0_value, mxfp4_f32_scaled_down
 #:   M=1, round 3).
 GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 1024, 256)}
 MIN_EXPERTS = 16  # see gemv_applies
+#: Software-pipelining depth of the GEMV K loops (``tl.range(num_stages=...)``; 1: plain loads). A switch for
+#: ``benchmarks/ab_gemv_stages.py``.
+GEMV_STAGES = 1
 _MAX_GRID_Y = 65535
 
 
@@ -132,6 +135,7 @@ def _moe_gemv1_kernel(
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
+    STAGES: tl.constexpr = 1,
 ):
     slot = tl.program_id(0)
     e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
@@ -149,7 +153,7 @@ def _moe_gemv1_kernel(
         offs_s = tl.arange(0, BLOCK_K // 32)
         g_ptrs = rows + offs_b[None, :]
         s_rows = s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             xk = tl.load(x_row + k0 + offs_k, mask=offs_k < K - k0, other=0.0).to(tl.float32)
             xe, xo = tl.split(tl.reshape(xk, [BLOCK_K // 2, 2]))
             wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
@@ -161,7 +165,7 @@ def _moe_gemv1_kernel(
     else:
         g_ptrs = rows + offs_k[None, :]
         u_ptrs = g_ptrs + I * stride_wn
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             k_ok = offs_k < K - k0
             xk = tl.load(x_row + k0 + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
             wmask = n_ok[:, None] & k_ok[None, :]
@@ -196,6 +200,7 @@ def _moe_gemv2_kernel(
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
+    STAGES: tl.constexpr = 1,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -214,7 +219,7 @@ def _moe_gemv2_kernel(
         offs_b = tl.arange(0, BLOCK_K // 2)
         offs_s = tl.arange(0, BLOCK_K // 32)
         s_rows = s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             b_ok = offs_b < (K - k0) // 2
             a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
                         other=0.0).to(tl.float32)
@@ -227,7 +232,7 @@ def _moe_gemv2_kernel(
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * e8m0_value(sc), axis=2)
     else:
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             k_ok = offs_k < K - k0
             a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
             w = tl.load(w_rows + k0 + offs_k[None, None, :], mask=rows_ok & k_ok[None, None, :],
@@ -318,6 +323,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
         x, w13, inter, topk_ids, emap, i, h, top_k, n_map, e_local, x.stride(0), w13.stride(0), w13.stride(1),
         inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
+        STAGES=GEMV_STAGES,
         num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
     )
     topk_pad = triton.next_power_of_2(top_k)
@@ -326,6 +332,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, n_map, e_local, inter.stride(0), w2.stride(0),
         w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
+        STAGES=GEMV_STAGES,
         num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
     )
     return out
