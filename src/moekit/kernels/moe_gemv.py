@@ -62,9 +62,14 @@ from moekit.kernels.quant import e8m0_value, mxfp4_f32_scaled_down
 #:   M=1, round 3).
 GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 1024, 256)}
 MIN_EXPERTS = 16  # see gemv_applies
-#: Software-pipelining depth of the GEMV K loops (``tl.range(num_stages=...)``; 1: plain loads). A switch for
-#: ``benchmarks/ab_gemv_stages.py``.
-GEMV_STAGES = 1
+#: Software-pipelining depth of the GEMV K loops per weight format (:data:`GEMV_TILES` keys; ``tl.range(num_stages=
+#: ...)``, 1: plain loads, more: the weight tiles staged through shared memory by cp.async, same registers).
+#: Measured on the H100, whole forward, arms interleaved (``benchmarks/ab_gemv_stages.py``,
+#: ``ab_gemv_stages_H100_session9.json``), 1 -> 3 stages: gpt-oss-20b mxfp4 M=1 / 2 / 4 52.4 -> 42.2 / 75.6 ->
+#: 68.9 / 135.7 -> 119.1 us; DeepSeek-V3 fp8 block M=1 / 2 / 4 210.3 -> 198.4 / 331.8 -> 307.0 / 553.2 ->
+#: 524.8; Qwen3-30B-A3B fp8 block M=1 / 2 24.9 -> 24.4 / 42.9 -> 39.3, fp8 channel 23.5 -> 22.8, int8
+#: weight-only 25.3 -> 24.1. 16-bit weights stay at 1: every depth was within 2 % there.
+GEMV_STAGES = {16: 1, 8: 3, 4: 3}
 _MAX_GRID_Y = 65535
 
 
@@ -316,14 +321,15 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     emap = expert_map if has_map else topk_ids
     e_local = w13.shape[0]
     n_map = expert_map.numel() if has_map else 0
-    tile1, tile2, kstep1, kstep2 = GEMV_TILES[_weight_bits(scheme)]
+    bits = _weight_bits(scheme)
+    tile1, tile2, kstep1, kstep2 = GEMV_TILES[bits]
     bn, bk = _blocks(h, 1, kstep1, tile1)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, n_map, e_local, x.stride(0), w13.stride(0), w13.stride(1),
         inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
-        STAGES=GEMV_STAGES,
+        STAGES=GEMV_STAGES[bits],
         num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
     )
     topk_pad = triton.next_power_of_2(top_k)
@@ -332,7 +338,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, n_map, e_local, inter.stride(0), w2.stride(0),
         w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
-        STAGES=GEMV_STAGES,
+        STAGES=GEMV_STAGES[bits],
         num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
     )
     return out
