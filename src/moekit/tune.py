@@ -153,8 +153,8 @@ def bm_window(spec: TuneSpec, M: int) -> Tuple[int, int]:
     """BLOCK_SIZE_M range worth trying at batch M: around the expected tokens per expert (bigger tiles only
     pad with zeros, much smaller ones re-read the weights). mxfp4 always reaches 32 rows, the least that takes
     the inline-PTX decode on Hopper (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode`): gpt-oss-20b on the H100,
-    M=16 / 64, 32x64x128 tiles 310.6 / 340.5 us against 16-row tiles' 502.8 / 534.6 (``ab_mxfp4_bk64_H100_
-    session9.json``)."""
+    M=16 / 64, 32x64x128 tiles 310.6 / 340.5 us (``ab_mxfp4_bk64_H100_session9.json``); the 16-row tiles
+    shipped before ran 465.9 / 532.9 us (``ab_mxfp4_decode_small_m_configs_H100_session8.json``)."""
     t = _next_pow2(math.ceil(spec.tokens_per_expert(M)))
     hi = min(256, max(32 if spec.dtype_name == "mxfp4" else 16, 2 * t))
     lo = min(64, max(16, t // 8))

@@ -74,8 +74,9 @@ def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
     return has_feature("dot_scaled", platform_of(x.device))[0]
 
 
-#: mxfp4 decoded by inline PTX where :func:`mxfp4_ptx_decode` allows; False is ``tl.dot_scaled`` everywhere
-#: (the other arm of ``benchmarks/ab_mxfp4_decode.py``; benchmarks set it, users have no reason to).
+#: mxfp4 decoded by inline PTX where :func:`mxfp4_ptx_decode` (grouped GEMMs) and :func:`mxfp4_gemv_ptx_decode`
+#: (decode GEMVs) allow; False is ``tl.dot_scaled`` / the Triton-ops decode everywhere (the other arm of
+#: ``benchmarks/ab_mxfp4_decode.py``; benchmarks set it, users have no reason to).
 MX_PTX_DECODE = True
 
 
@@ -90,7 +91,8 @@ def mxfp4_ptx_decode(x: torch.Tensor, block_m: int, block_k: int) -> bool:
     ``ab_mxfp4_decode_H100_session8_all_configs.json``): 1.09-1.25x at M=128..4096 (32- to 128-row tiles);
     with 16-row tiles 1.07x at M=16 but 0.93x / 0.92x at M=32 / 64, so those keep ``tl.dot_scaled``. With
     this rule: H100 1.09-1.17x, H200 1.06-1.24x at M=128..4096, 1.00x at M=16 / 64
-    (``ab_mxfp4_decode_{H100,H200}_session8_rule.json``)."""
+    (``ab_mxfp4_decode_{H100,H200}_session8_rule.json``). K steps of 64 / 128 codes (session 9) cut the
+    per-code overhead further: 1.16-1.39x over 32-code steps (``ab_mxfp4_bk64_H100_session9.json``)."""
     from moekit.platform import on_sm90, platform_of
 
     if not MX_PTX_DECODE or x.device.type != "cuda" or x.dtype != torch.bfloat16:
