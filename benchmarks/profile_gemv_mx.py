@@ -1,5 +1,7 @@
-"""gpt-oss-20b mxfp4 decode (M=1) forwards, eager, for Nsight Compute: ``ncu -k regex:_moe_gemv python3
-benchmarks/profile_gemv_mx.py`` (the first of the two forwards compiles). GPU only."""
+"""gpt-oss-20b mxfp4 forwards of M tokens (default 1: the decode GEMVs), eager, for Nsight Compute:
+``ncu -k regex:_moe_gemv python3 benchmarks/profile_gemv_mx.py`` or, for the grouped GEMMs,
+``ncu -k regex:_moe_gemm1 python3 benchmarks/profile_gemv_mx.py 4096`` (the first of the two forwards
+compiles). GPU only."""
 from __future__ import annotations
 
 import os
@@ -12,8 +14,9 @@ from bench_quant import make_quant_weights, quant_forward  # noqa: E402
 from moekit.quant import QuantScheme  # noqa: E402
 from moekit.shapes import SHAPES  # noqa: E402
 
+m = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 shape, scheme = SHAPES["gpt_oss_20b"], QuantScheme.mxfp4()
-_, once, _ = quant_forward(shape, scheme, make_quant_weights(shape, scheme), None, 1)
+_, once, _ = quant_forward(shape, scheme, make_quant_weights(shape, scheme), None, m)
 for _ in range(2):
     once()
 torch.cuda.synchronize()
