@@ -42,22 +42,33 @@ def e2m1_value(code):
     return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
 
 
+def _byte_spread_ptx(src: str) -> str:
+    """PTX spreading bytes 0, 1 of register ``src`` to bits 0 and 16 of ``t0``, and bytes 2, 3 to those of
+    ``t1`` (prmt), so that each 16-bit half holds one byte's two codes."""
+    return f"prmt.b32 t0, {src}, 0, 0x4140;\nprmt.b32 t1, {src}, 0, 0x4342;\n"
+
+
+def _code_bits_ptx(t: str, mag_shift: int, mag_mask: str, sign_shift: int) -> str:
+    """PTX placing two e2m1 codes of register ``t``, one per 16-bit half, into ``m``: ``mag_shift`` moves the
+    exponent and mantissa bits under ``mag_mask``, ``sign_shift`` the sign to bits 15 and 31."""
+    return (f"shl.b32 m, {t}, {mag_shift};\nand.b32 m, m, {mag_mask};\nshl.b32 s, {t}, {sign_shift};\n"
+            f"and.b32 s, s, 0x80008000;\nor.b32 m, m, s;\n")
+
+
 def _mx_pair_ptx(t: str, mag_shift: int, sign_shift: int, scale: str, out: str) -> str:
     """PTX for two e2m1 codes of register ``t``, one per 16-bit half (bits 0..3 and 16..19: shifts 6 and 12;
     bits 4..7 and 20..23: shifts 2 and 8): ``mag_shift`` moves the exponent and mantissa bits to bf16 bits
     6..8, ``sign_shift`` the sign to bit 15; then times 2**126 (``k``) and ``scale``, with -0.0 (``z``) as
     the exact addend -> the bf16x2 ``out``."""
-    return (f"shl.b32 m, {t}, {mag_shift};\nand.b32 m, m, 0x01C001C0;\nshl.b32 s, {t}, {sign_shift};\n"
-            f"and.b32 s, s, 0x80008000;\nor.b32 m, m, s;\nfma.rn.bf16x2 m, m, k, z;\n"
-            f"fma.rn.bf16x2 {out}, m, {scale}, z;\n")
+    return (_code_bits_ptx(t, mag_shift, "0x01C001C0", sign_shift)
+            + f"fma.rn.bf16x2 m, m, k, z;\nfma.rn.bf16x2 {out}, m, {scale}, z;\n")
 
 
 #: PTX of :func:`mxfp4_bf16_scaled`, 4 bytes per instance: bytes 0, 1 (then 2, 3) spread to bits 0 and 16 of
 #: one register (prmt), then per code pair the sign and exponent/mantissa bits placed as bf16 (the value
 #: times 2**-126, bf16 subnormals for codes 0 and 1), times 2**126 (0x7E80) and times the scale, exactly.
 _MX_BF16_PTX = tl.constexpr(
-    "{\n.reg .b32 t0, t1, m, s, k, z;\nmov.b32 k, 0x7E807E80;\nmov.b32 z, 0x80008000;\n"
-    "prmt.b32 t0, $4, 0, 0x4140;\nprmt.b32 t1, $4, 0, 0x4342;\n"
+    "{\n.reg .b32 t0, t1, m, s, k, z;\nmov.b32 k, 0x7E807E80;\nmov.b32 z, 0x80008000;\n" + _byte_spread_ptx("$4")
     + _mx_pair_ptx("t0", 6, 12, "$5", "$0") + _mx_pair_ptx("t1", 6, 12, "$6", "$1")
     + _mx_pair_ptx("t0", 2, 8, "$5", "$2") + _mx_pair_ptx("t1", 2, 8, "$6", "$3") + "}")
 
@@ -75,14 +86,13 @@ def mxfp4_bf16_scaled(raw, scale):
 def _f16_pair_ptx(t: str, mag_shift: int, sign_shift: int, o0: str, o1: str) -> str:
     """PTX for two e2m1 codes of register ``t``, one per 16-bit half: sign and exponent/mantissa bits placed
     as float16 (the value times 2**-14), each half converted to float32 in place."""
-    return (f"shl.b32 m, {t}, {mag_shift};\nand.b32 m, m, 0x0E000E00;\nshl.b32 s, {t}, {sign_shift};\n"
-            f"and.b32 s, s, 0x80008000;\nor.b32 m, m, s;\nmov.b32 {{l, u}}, m;\ncvt.f32.f16 {o0}, l;\n"
-            f"cvt.f32.f16 {o1}, u;\n")
+    return (_code_bits_ptx(t, mag_shift, "0x0E000E00", sign_shift)
+            + f"mov.b32 {{l, u}}, m;\ncvt.f32.f16 {o0}, l;\ncvt.f32.f16 {o1}, u;\n")
 
 
-#: PTX of :func:`mxfp4_f32_scaled_down`, 4 bytes per instance (see :data:`_MX_BF16_PTX` for the byte spread).
+#: PTX of :func:`mxfp4_f32_scaled_down`, 4 bytes per instance.
 _MX_F32_PTX = tl.constexpr(
-    "{\n.reg .b32 t0, t1, m, s;\n.reg .b16 l, u;\nprmt.b32 t0, $8, 0, 0x4140;\nprmt.b32 t1, $8, 0, 0x4342;\n"
+    "{\n.reg .b32 t0, t1, m, s;\n.reg .b16 l, u;\n" + _byte_spread_ptx("$8")
     + _f16_pair_ptx("t0", 9, 12, "$0", "$1") + _f16_pair_ptx("t1", 9, 12, "$2", "$3")
     + _f16_pair_ptx("t0", 5, 8, "$4", "$5") + _f16_pair_ptx("t1", 5, 8, "$6", "$7") + "}")
 
