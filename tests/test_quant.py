@@ -294,6 +294,45 @@ def test_mxfp4_grouped_decode_paths(bm, bn, bk, ptx, poisoned_empty, monkeypatch
     assert_close_to_reference(out, ref, "mxfp4")
 
 
+_HOPPER = HAS_GPU and torch.version.hip is None and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.skipif(not _HOPPER, reason="the Gluon fp8 block kernels are Hopper-only")
+@pytest.mark.parametrize("m, e, k, h, i, local", [
+    (300, 4, 1, 512, 256, None),  # top_k = 1: GEMM 2 writes the output rows directly
+    (257, 8, 2, 768, 512, None),  # padded tiles, one K-loop iteration pair ... three
+    (700, 8, 3, 256, 768, None),
+    (400, 8, 2, 512, 256, 4),  # expert parallelism: half the experts are not local
+])
+def test_fp8_block_gluon_kernels(m, e, k, h, i, local, poisoned_empty, monkeypatch):
+    """Hopper fp8 block layers with enough rows per expert run the Gluon GEMMs (``fp8_block_gluon``): they
+    match the float64 layer, and the Triton kernels they replace closely (same quantization groups)."""
+    import moekit.quant.triton_moe as tq
+    from moekit.kernels import moe_gemm_sm90
+
+    scheme = SCHEMES["fp8_block"]
+    x, w13, w2, logits, kw, ref = _layer(scheme, m, e, h, i, torch.bfloat16, k)
+    emap = None
+    if local is not None:  # experts 0..local-1 of the e global ones live here
+        emap = torch.full((e,), -1, dtype=torch.int32, device=DEVICE)
+        emap[:local] = torch.arange(local, dtype=torch.int32, device=DEVICE)
+        w13, w2 = w13[:local], w2[:local]
+        kw.update(w13_scale=kw["w13_scale"][:local], w2_scale=kw["w2_scale"][:local])
+        ref = moe_reference(x, dequantize_weights(w13, kw["w13_scale"], scheme, None, torch.float64),
+                            dequantize_weights(w2, kw["w2_scale"], scheme, None, torch.float64),
+                            *route_reference(logits, k), expert_map=emap)
+    monkeypatch.setattr(tq, "FP8_BLOCK_GLUON_MIN_ROWS", 16)
+    calls, real = [], moe_gemm_sm90.moe_gemm1_fp8_block_sm90
+    monkeypatch.setattr(moe_gemm_sm90, "moe_gemm1_fp8_block_sm90", lambda *a, **kk: calls.append(1) or real(*a, **kk))
+    out = moekit.fused_moe(x, w13, w2, logits, k, expert_map=emap, **kw)
+    assert calls == [1]
+    assert_close_to_reference(out, ref, "fp8_block")
+    monkeypatch.setattr(tq, "FP8_BLOCK_GLUON", False)
+    old = moekit.fused_moe(x, w13, w2, logits, k, expert_map=emap, **kw)
+    assert calls == [1]
+    assert float((out.double() - old.double()).norm() / old.double().norm()) < 2e-2
+
+
 @pytest.mark.parametrize("bk", [64, 128, 256])
 def test_mxfp4_k_steps_span_scale_groups(bk, poisoned_empty):
     """mxfp4 K steps longer than the 32-code scale group, with partial last steps (H = 160, I = 96 are not

@@ -20,3 +20,22 @@ def test_sass_loops_counts_the_mxfp4_gemm_loop():
     assert lines[0].startswith("REG:")
     loop = max((ln for ln in lines if ln.startswith("loop of")), key=lambda ln: int(ln.split()[2]))
     assert "HGMMA" in loop and "HMUL2.BF16_V2" in loop
+
+
+def test_gluon_fp8_block_gemms_keep_their_wgmmas_asynchronous():
+    """The Gluon fp8 block GEMMs (``moekit.kernels.moe_gemm_sm90``) compile for sm_90 without a GPU, and in
+    each K loop (two steps) ptxas keeps the wgmmas asynchronous: one ``WARPGROUP.DEPBAR`` per K step. Any
+    instruction touching an in-flight accumulator makes ptxas wait after every wgmma (one per 32-deep slice:
+    8 or 16 per loop)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    for kernel, wgmmas in (("gemm1_fp8_block_sm90", 16), ("gemm2_fp8_block_sm90", 8)):
+        out = subprocess.run([sys.executable, os.path.join(_ROOT, "tools", "sass_loops.py"), kernel, "--block-n",
+                              "256", "--stages", "4", "--top", "200"], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        loop = max((ln for ln in out.stdout.splitlines() if ln.startswith("loop of")),
+                   key=lambda ln: int(ln.split()[2]))
+        ops = dict(item.rsplit(" ", 1) for item in loop.split(": ", 1)[1].split(", "))
+        assert sum(int(v) for k, v in ops.items() if k.startswith("QGMMA")) == wgmmas, loop
+        assert int(ops["WARPGROUP.DEPBAR.LE"]) == 2, loop

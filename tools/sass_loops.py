@@ -3,6 +3,7 @@ of its loops: a cheap first check of an instruction-count idea before any device
 
     PYTHONPATH=src python3 tools/sass_loops.py gemv1_mxfp4 [--arch 90] [--warps 4] [--block-n 16] [--block-k 1024]
     PYTHONPATH=src python3 tools/sass_loops.py gemm1_mxfp4 --block-m 16 --block-n 64 --block-k 32 --stages 4
+    PYTHONPATH=src python3 tools/sass_loops.py gemm2_fp8_block_sm90 --block-n 256 --stages 4   (Gluon, 8 warps)
 
 Triton compiles for any target without a device (``triton.compile`` with a ``GPUTarget``); its wheel ships
 ``ptxas`` and ``cuobjdump``. Integer arguments that are multiples of 16 at run time must be marked
@@ -26,7 +27,7 @@ from triton.compiler import ASTSource
 
 
 def compile_sass(fn, signature: dict, constants: dict, divisible, arch: int = 90, num_warps: int = 4,
-                 num_stages: int = 3):
+                 num_stages: int = 3, gluon: bool = False):
     """SASS text and resource line of ``fn`` (a ``triton.jit`` function): ``signature`` maps every argument
     to a Triton type string ("*bf16", "i32", ...; constants are filled in, and constexpr parameters not in
     ``constants`` take their defaults), ``divisible`` names the arguments known to be multiples of 16."""
@@ -34,8 +35,13 @@ def compile_sass(fn, signature: dict, constants: dict, divisible, arch: int = 90
     constants = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **constants}
     sig = {n: "constexpr" if n in constants else signature[n] for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
-    kernel = triton.compile(ASTSource(fn, sig, constants, attrs), target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": num_warps, "num_stages": num_stages})
+    if gluon:  # a Gluon kernel: its layouts and pipelining are explicit (no num_stages)
+        from triton.experimental.gluon._runtime import GluonASTSource
+
+        src, options = GluonASTSource(fn, sig, constants, attrs), {"num_warps": num_warps}
+    else:
+        src, options = ASTSource(fn, sig, constants, attrs), {"num_warps": num_warps, "num_stages": num_stages}
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -90,7 +96,25 @@ def _gemm1_mxfp4(args):
     return compile_sass(_moe_gemm1_kernel, sig, consts, div, args.arch, args.warps, args.stages)
 
 
-KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4}
+def _gemm_fp8_block_sm90(args, gemm: int):
+    from moekit.kernels import moe_gemm_sm90 as g
+
+    fn = g._moe_gemm1_fp8_block_kernel if gemm == 1 else g._moe_gemm2_fp8_block_kernel
+    ptrs = {n: "*fp32" for n in ("out_scale_ptr", "a_scale_ptr", "b_scale_ptr", "topk_w_ptr")}
+    ptrs.update({n: "*fp8e4nv" for n in ("x_ptr", "a_ptr", "w_ptr", "out_ptr")})
+    ptrs.update({n: "*i32" for n in ("sorted_ptr", "experts_ptr", "npp_ptr")}, y_ptr="*bf16")
+    sig = {n: ptrs.get(n, "i32") for n in fn.arg_names}
+    consts = {"BLOCK_M": 64, "BLOCK_N": 128 if gemm == 1 else args.block_n, "BLOCK_K": 128, "GROUP_M": 8,
+              "STAGES": args.stages, "num_warps": 8}
+    consts.update({"INV_QMAX": 1 / 448.0, "MIN_S": 1e-12} if gemm == 1 else {"MUL_WEIGHT": True})
+    div = [n for n in fn.arg_names if n in ptrs or n in ("I", "N", "K", "stride_xm", "stride_am", "stride_we",
+                                                          "stride_wn", "stride_om", "stride_ym")]
+    return compile_sass(fn, sig, consts, div, args.arch, 8, gluon=True)
+
+
+KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4,
+           "gemm1_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 1),
+           "gemm2_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 2)}
 
 
 def main():
@@ -107,11 +131,12 @@ def main():
     ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode")
     ap.add_argument("--gemv-stages", type=int, default=1, help="gemv1_mxfp4: the K loop's pipelining depth")
+    ap.add_argument("--top", type=int, default=24, help="opcodes listed per loop (most frequent first)")
     args = ap.parse_args()
     sass, res = KERNELS[args.kernel](args)
     print(res)
     for n, ops in loop_histograms(sass):
-        print(f"loop of {n} instructions:", ", ".join(f"{k} {v}" for k, v in ops.most_common(24)))
+        print(f"loop of {n} instructions:", ", ".join(f"{k} {v}" for k, v in ops.most_common(args.top)))
 
 
 if __name__ == "__main__":

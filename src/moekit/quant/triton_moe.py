@@ -112,6 +112,30 @@ def mxfp4_gemv_ptx_decode(x: torch.Tensor, scheme) -> bool:
     return on_cuda(platform_of(x.device))
 
 
+#: fp8 128x128-block layers on Hopper run the Gluon grouped GEMMs of :mod:`moekit.kernels.moe_gemm_sm90` where
+#: :func:`fp8_block_gluon` allows; False is the Triton kernels everywhere (the other arm of
+#: ``benchmarks/ab_fp8_block_gluon.py``; benchmarks set it, users have no reason to).
+FP8_BLOCK_GLUON = True
+#: ... from this many routed rows per expert on average (M * top_k / E): below it tiles of 64 rows are mostly
+#: padding, and the Triton kernels' smaller tiles win.
+FP8_BLOCK_GLUON_MIN_ROWS = 64
+
+
+def fp8_block_gluon(x: torch.Tensor, scheme: QuantScheme, adt, m: int, top_k: int, e: int, h: int, i: int,
+                    activation: str, has_bias: bool) -> bool:
+    """Whether an fp8 block layer runs the Gluon kernels (asynchronous wgmma: step k's product is scaled while
+    step k + 1's MMA runs, which Triton's ``tl.dot`` cannot express): Hopper, e4m3fn activations (the
+    platform's fp8), 128x128 blocks, H and I multiples of 256 (even numbers of 128-deep K steps in both
+    GEMMs), SiLU without expert biases, and at least :data:`FP8_BLOCK_GLUON_MIN_ROWS` rows per expert."""
+    from moekit.platform import on_sm90, platform_of
+
+    if not FP8_BLOCK_GLUON or x.device.type != "cuda" or adt != torch.float8_e4m3fn:
+        return False
+    if scheme.block_shape != (128, 128) or h % 256 or i % 256 or activation != "silu" or has_bias:
+        return False
+    return m * top_k >= FP8_BLOCK_GLUON_MIN_ROWS * e and on_sm90(platform_of(x.device))
+
+
 def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False,
                   mx_asm: bool = False) -> GemmQuant:
     """The weight half of a GemmQuant for a weight-only scheme."""
@@ -171,6 +195,11 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         # 32-code scale groups (tl.dot_scaled reads [BLOCK_N, BLOCK_K / 32] scales, the in-kernel decode one
         # scale per byte row): BLOCK_K = 32 made every step a 16-byte-per-row load.
         config = _fix_block_k(config, config.BLOCK_SIZE_K, least)
+    gluon = block and fp8_block_gluon(x, scheme, adt, m, top_k, e, h, i, activation, w13_bias is not None)
+    if gluon:
+        from moekit.kernels import moe_gemm_sm90
+
+        config = replace(config, BLOCK_SIZE_M=moe_gemm_sm90.GEMM1_TILE[0])
     topk_weights = topk_weights.float().contiguous()
     topk_ids = topk_ids.contiguous()
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:  # else: fused_moe's route-and-align launch
@@ -194,6 +223,17 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale)
         q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, **_w8a8_weight(scheme, w13_scale))
         q2 = GemmQuant(mode, int_acc=int_acc, **_w8a8_weight(scheme, w2_scale))
+        if gluon:  # 128-column output groups, both GEMMs in Gluon
+            inter = torch.empty((p, i), dtype=adt, device=x.device)
+            inter_s = torch.empty((p, i // 128), dtype=torch.float32, device=x.device)
+            moe_gemm_sm90.moe_gemm1_fp8_block_sm90(xq, xs, w13, w13_scale, inter, inter_s, *args, top_k,
+                                                   config.GROUP_SIZE_M, _qparams(adt)[1])
+            out = torch.empty((m, h), dtype=x.dtype, device=x.device)
+            direct = top_k == 1 and expert_map is None
+            y = out if direct else torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
+            moe_gemm_sm90.moe_gemm2_fp8_block_sm90(inter, inter_s, w2, w2_scale, y, topk_weights, *args,
+                                                   config.GROUP_SIZE_M)
+            return out if direct else moe_sum(y, out, topk_ids, e, expert_map)
         if block:
             # GEMM 1 quantizes its output per (row, BLOCK_N columns): a divisor of the weight block, so that
             # group is the block or finer and decode keeps enough programs (BLOCK_N = 128 gave qwen3 M=1 only

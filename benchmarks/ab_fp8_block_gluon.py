@@ -1,0 +1,78 @@
+"""A/B of the Hopper Gluon fp8 block GEMMs (``moekit.kernels.moe_gemm_sm90``, rule
+``moekit.quant.triton_moe.fp8_block_gluon``) against the Triton kernels they replace. Whole forward (routing,
+activation quantization and alignment included) as CUDA-graph replay, the arms interleaved over several rounds
+in one process (best median per arm), with the share of fp8 peak (``torch._scaled_mm`` 8192^3, same run).
+The row threshold is lifted, so every M runs both arms. GPU only.
+
+    PYTHONPATH=src python3 benchmarks/ab_fp8_block_gluon.py [--shapes dsv3,qwen3_30b_a3b] [--m 256,1024,4096]
+        [--rounds 3] [--variants 4,4,256 3,4,128 ...] [--out F.json]
+
+``--variants``: more Gluon arms, each ``GEMM1_STAGES,GEMM2_STAGES,GEMM2_BLOCK_N``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(__file__))
+import moekit.quant.triton_moe as tq  # noqa: E402
+from bench_quant import ROTATE, make_quant_weights, quant_forward  # noqa: E402
+from moekit.bench import _median_us, measure_ceilings  # noqa: E402
+from moekit.kernels import moe_gemm_sm90 as g  # noqa: E402
+from moekit.quant import QuantScheme  # noqa: E402
+from moekit.shapes import SHAPES  # noqa: E402
+
+
+def _arm(name: str) -> None:
+    """Set the module switches of arm ``name`` ('triton', 'gluon' or a variant 's1,s2,bn')."""
+    tq.FP8_BLOCK_GLUON = name != "triton"
+    s1, s2, bn = (4, 4, 256) if name in ("triton", "gluon") else (int(v) for v in name.split(","))
+    g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N = s1, s2, bn
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="dsv3,qwen3_30b_a3b")
+    ap.add_argument("--m", default="256,1024,2048,4096")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", nargs="*", default=[])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    tq.FP8_BLOCK_GLUON_MIN_ROWS = 0
+    scheme = QuantScheme.fp8_block(128, 128)
+    ceil = measure_ceilings()
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "fp8_tflops": ceil.fp8_flops_per_s / 1e12, "rounds": args.rounds, "points": []}
+    print(f"{res['device']}  torch {res['torch']}  triton {res['triton']}  fp8 peak {res['fp8_tflops']:.0f} TFLOP/s")
+    arms = ["gluon", "triton", *args.variants]
+    for name in args.shapes.split(","):
+        shape = SHAPES[name]
+        weights = make_quant_weights(shape, scheme)
+        for m in [int(v) for v in args.m.split(",")]:
+            run, once, _ = quant_forward(shape, scheme, weights, None, m)
+            best = {a: float("inf") for a in arms}
+            for _ in range(args.rounds):
+                for a in arms:
+                    _arm(a)
+                    best[a] = min(best[a], _median_us(run) / ROTATE)
+            _arm("gluon")
+            flops = 2 * m * shape.top_k * 3 * shape.H * shape.I
+            row = {"shape": name, "M": m, "us": best, "speedup": best["triton"] / best["gluon"],
+                   "pct_fp8_peak": {a: 100 * flops / (t * 1e-6) / ceil.fp8_flops_per_s for a, t in best.items()}}
+            res["points"].append(row)
+            print(f"{name:14s} M={m:5d}  " + "  ".join(f"{a} {t:8.1f} us ({row['pct_fp8_peak'][a]:4.1f}%)"
+                                                     for a, t in best.items()) + f"  {row['speedup']:.3f}x", flush=True)
+        del weights
+        torch.cuda.empty_cache()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
