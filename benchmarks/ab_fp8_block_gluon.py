@@ -7,7 +7,7 @@ The row threshold is lifted, so every M runs both arms. GPU only.
     PYTHONPATH=src python3 benchmarks/ab_fp8_block_gluon.py [--shapes dsv3,qwen3_30b_a3b] [--m 256,1024,4096]
         [--rounds 3] [--variants 4,4,256 3,4,128 ...] [--out F.json]
 
-``--variants``: more Gluon arms, each ``GEMM1_STAGES,GEMM2_STAGES,GEMM2_BLOCK_N``.
+``--variants``: more Gluon arms, each ``GEMM1_STAGES,GEMM2_STAGES,GEMM2_BLOCK_N,GEMM2_WARPS``.
 """
 from __future__ import annotations
 
@@ -28,11 +28,14 @@ from moekit.quant import QuantScheme  # noqa: E402
 from moekit.shapes import SHAPES  # noqa: E402
 
 
+_SHIPPED = (g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS)
+
+
 def _arm(name: str) -> None:
-    """Set the module switches of arm ``name`` ('triton', 'gluon' or a variant 's1,s2,bn')."""
+    """Set the module switches of arm ``name`` ('triton', 'gluon' or a variant 's1,s2,bn,w2')."""
     tq.FP8_BLOCK_GLUON = name != "triton"
-    s1, s2, bn = (4, 4, 256) if name in ("triton", "gluon") else (int(v) for v in name.split(","))
-    g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N = s1, s2, bn
+    v = _SHIPPED if name in ("triton", "gluon") else tuple(int(v) for v in name.split(","))
+    g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS = v
 
 
 def main():
@@ -42,6 +45,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", nargs="*", default=[])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true", help="per-kernel times of one eager forward, both arms")
     args = ap.parse_args()
     tq.FP8_BLOCK_GLUON_MIN_ROWS = 0
     scheme = QuantScheme.fp8_block(128, 128)
@@ -64,14 +68,22 @@ def main():
             flops = 2 * m * shape.top_k * 3 * shape.H * shape.I
             row = {"shape": name, "M": m, "us": best, "speedup": best["triton"] / best["gluon"],
                    "pct_fp8_peak": {a: 100 * flops / (t * 1e-6) / ceil.fp8_flops_per_s for a, t in best.items()}}
+            if args.profile:
+                from moekit.bench import kernel_times
+
+                for a in ("gluon", "triton"):
+                    _arm(a)
+                    row[f"kernels_{a}"] = kernel_times(once)
+                    print(f"  [{a}]\n{row[f'kernels_{a}']}")
+                _arm("gluon")
             res["points"].append(row)
+            if args.out:  # after every point: a run cut short keeps what it measured
+                with open(args.out, "w") as f:
+                    json.dump(res, f, indent=1)
             print(f"{name:14s} M={m:5d}  " + "  ".join(f"{a} {t:8.1f} us ({row['pct_fp8_peak'][a]:4.1f}%)"
                                                      for a, t in best.items()) + f"  {row['speedup']:.3f}x", flush=True)
         del weights
         torch.cuda.empty_cache()
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":

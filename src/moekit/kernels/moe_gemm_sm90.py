@@ -96,9 +96,8 @@ def _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, step, nk, offs_k
 
 
 @gluon.jit
-def _gemm1_step(a_smem, g_smem, u_smem, as_ptrs, bsg_ptr, bsu_ptr, k, g_regs, u_regs, stride_ask, stride_bsk,
-                STAGES: gl.constexpr, PENDING: gl.constexpr):
-    """GEMM 1's :func:`_gemm2_step`: gate and up MMAs of K step k, and its scales (rows, gate, up)."""
+def _gemm1_step(a_smem, g_smem, u_smem, k, g_regs, u_regs, STAGES: gl.constexpr, PENDING: gl.constexpr):
+    """GEMM 1's :func:`_gemm2_step`: the gate and up MMAs of K step k."""
     st = k % STAGES
     cp.wait_group(PENDING)
     gl.thread_barrier()
@@ -106,7 +105,13 @@ def _gemm1_step(a_smem, g_smem, u_smem, as_ptrs, bsg_ptr, bsu_ptr, k, g_regs, u_
     a = a_smem.index(st)
     g = warpgroup_mma(a, g_smem.index(st).permute((1, 0)), g_regs, use_acc=False, is_async=True)
     u = warpgroup_mma(a, u_smem.index(st).permute((1, 0)), u_regs, use_acc=False, is_async=True)
-    return g, u, gl.load(as_ptrs + k * stride_ask), gl.load(bsg_ptr + k * stride_bsk), gl.load(bsu_ptr + k * stride_bsk)
+    return g, u
+
+
+@gluon.jit
+def _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, k, stride_ask, stride_bsk):
+    """K step k's scales: the rows' activation scales, the gate and up weight blocks' scalars."""
+    return gl.load(as_ptrs + k * stride_ask), gl.load(bsg_ptr + k * stride_bsk), gl.load(bsu_ptr + k * stride_bsk)
 
 
 @gluon.jit
@@ -161,11 +166,15 @@ def _moe_gemm1_fp8_block_kernel(
     pu0 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=MMA)
     pg1 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=MMA)
     pu1 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=MMA)
+    # scales are loaded one iteration ahead (gathered rows: an L2 round trip)
+    a0, sg0, su0 = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, 0, stride_ask, stride_bsk)
+    a1, sg1, su1 = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, 1, stride_ask, stride_bsk)
     for k in range(0, nk, 2):
-        g0, u0, a0, sg0, su0 = _gemm1_step(a_smem, g_smem, u_smem, as_ptrs, bsg_ptr, bsu_ptr, k, pg0, pu0,
-                                           stride_ask, stride_bsk, STAGES, STAGES - 1)
-        g1, u1, a1, sg1, su1 = _gemm1_step(a_smem, g_smem, u_smem, as_ptrs, bsg_ptr, bsu_ptr, k + 1, pg1, pu1,
-                                           stride_ask, stride_bsk, STAGES, STAGES - 2)
+        g0, u0 = _gemm1_step(a_smem, g_smem, u_smem, k, pg0, pu0, STAGES, STAGES - 1)
+        g1, u1 = _gemm1_step(a_smem, g_smem, u_smem, k + 1, pg1, pu1, STAGES, STAGES - 2)
+        kn = gl.minimum(k + 2, nk - 2)
+        a0n, sg0n, su0n = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, kn, stride_ask, stride_bsk)
+        a1n, sg1n, su1n = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, kn + 1, stride_ask, stride_bsk)
         pg0, pu0 = warpgroup_mma_wait(num_outstanding=2, deps=(g0, u0))
         a_col = gl.expand_dims(a0, 1)
         acc_g += pg0 * (a_col * sg0)
@@ -180,6 +189,7 @@ def _moe_gemm1_fp8_block_kernel(
         gl.thread_barrier()
         _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k + 1 + STAGES, nk, offs_k, BLOCK_K, STAGES)
         cp.commit_group()
+        a0, sg0, su0, a1, sg1, su1 = a0n, sg0n, su0n, a1n, sg1n, su1n
     cp.wait_group(0)
 
     # epilogue: SiLU(gate) * up, quantized per (row, BLOCK_N columns)
@@ -197,16 +207,20 @@ def _moe_gemm1_fp8_block_kernel(
 
 
 @gluon.jit
-def _gemm2_step(a_smem, b_smem, as_ptrs, bs_ptrs, k, regs, stride_ask, stride_bsk, STAGES: gl.constexpr,
-                PENDING: gl.constexpr):
-    """Wait for K step k's tiles (PENDING copy groups may stay in flight), issue its MMA (asynchronous, into
-    ``regs``' registers) and load its scales."""
+def _gemm2_step(a_smem, b_smem, k, regs, STAGES: gl.constexpr, PENDING: gl.constexpr):
+    """Wait for K step k's tiles (PENDING copy groups may stay in flight) and issue its MMA (asynchronous, into
+    ``regs``' registers)."""
     st = k % STAGES
     cp.wait_group(PENDING)
     gl.thread_barrier()
     fence_async_shared()
-    t = warpgroup_mma(a_smem.index(st), b_smem.index(st).permute((1, 0)), regs, use_acc=False, is_async=True)
-    return t, gl.load(as_ptrs + k * stride_ask), gl.load(bs_ptrs + k * stride_bsk)
+    return warpgroup_mma(a_smem.index(st), b_smem.index(st).permute((1, 0)), regs, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _gemm2_scales(as_ptrs, bs_lo, bs_hi, k, stride_ask, stride_bsk):
+    """K step k's scales: the rows' activation scales, the weight blocks' scalars (columns < 128, >= 128)."""
+    return gl.load(as_ptrs + k * stride_ask), gl.load(bs_lo + k * stride_bsk), gl.load(bs_hi + k * stride_bsk)
 
 
 @gluon.jit
@@ -246,9 +260,10 @@ def _moe_gemm2_fp8_block_kernel(
 
     offs_m = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW)).to(gl.int64)
     as_ptrs = a_scale_ptr + offs_m * stride_asm
-    # one weight-scale block per 128 columns: BLOCK_N 256 spans two
-    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=COL)
-    bs_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // 128) * stride_bsn
+    # one weight-scale block per 128 columns: BLOCK_N 256 spans two (scalars lo and hi)
+    bs_lo = b_scale_ptr + expert * stride_bse + ((pid_n * BLOCK_N) // 128) * stride_bsn
+    bs_hi = bs_lo + (BLOCK_N // 256) * stride_bsn
+    hi = gl.expand_dims(gl.arange(0, BLOCK_N, layout=COL) >= 128, 0)
 
     a_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_M, BLOCK_K], A_SL)
     b_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, BLOCK_K], B_SL)
@@ -264,16 +279,22 @@ def _moe_gemm2_fp8_block_kernel(
     acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=MMA)
     pt = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=MMA)
     pu = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=MMA)
+    # scales are loaded one iteration ahead (an L2 round trip)
+    a_t, lo_t, hi_t = _gemm2_scales(as_ptrs, bs_lo, bs_hi, 0, stride_ask, stride_bsk)
+    a_u, lo_u, hi_u = _gemm2_scales(as_ptrs, bs_lo, bs_hi, 1, stride_ask, stride_bsk)
     for k in range(0, nk, 2):
-        t, a_t, b_t = _gemm2_step(a_smem, b_smem, as_ptrs, bs_ptrs, k, pt, stride_ask, stride_bsk, STAGES, STAGES - 1)
-        u, a_u, b_u = _gemm2_step(a_smem, b_smem, as_ptrs, bs_ptrs, k + 1, pu, stride_ask, stride_bsk, STAGES,
-                                  STAGES - 2)
+        t = _gemm2_step(a_smem, b_smem, k, pt, STAGES, STAGES - 1)
+        u = _gemm2_step(a_smem, b_smem, k + 1, pu, STAGES, STAGES - 2)
+        kn = gl.minimum(k + 2, nk - 2)
+        a_tn, lo_tn, hi_tn = _gemm2_scales(as_ptrs, bs_lo, bs_hi, kn, stride_ask, stride_bsk)
+        a_un, lo_un, hi_un = _gemm2_scales(as_ptrs, bs_lo, bs_hi, kn + 1, stride_ask, stride_bsk)
         pt = warpgroup_mma_wait(num_outstanding=1, deps=(t, ))
-        acc += pt * (gl.expand_dims(a_t, 1) * gl.expand_dims(b_t, 0))
+        acc += pt * (gl.expand_dims(a_t, 1) * gl.where(hi, hi_t, lo_t))
         _refill(a_smem, b_smem, a_ptrs, b_ptrs, k, nk, offs_k, BLOCK_K, STAGES)
         pu = warpgroup_mma_wait(num_outstanding=0, deps=(u, ))
-        acc += pu * (gl.expand_dims(a_u, 1) * gl.expand_dims(b_u, 0))
+        acc += pu * (gl.expand_dims(a_u, 1) * gl.where(hi, hi_u, lo_u))
         _refill(a_smem, b_smem, a_ptrs, b_ptrs, k + 1, nk, offs_k, BLOCK_K, STAGES)
+        a_t, lo_t, hi_t, a_u, lo_u, hi_u = a_tn, lo_tn, hi_tn, a_un, lo_un, hi_un
     cp.wait_group(0)
 
     slot = gl.load(sorted_ptr + offs_m)
@@ -295,6 +316,7 @@ GEMM1_WARPS = 8
 GEMM1_STAGES = 4
 GEMM2_STAGES = 4
 GEMM2_BLOCK_N = 256
+GEMM2_WARPS = 8
 
 
 def moe_gemm1_fp8_block_sm90(xq, xs, w13, w13_scale, out, out_scale, sorted_ids, expert_ids, npp, top_k: int,
@@ -328,5 +350,5 @@ def moe_gemm2_fp8_block_sm90(a, a_scale, w2, w2_scale, y, topk_weights, sorted_i
         a.stride(0), w2.stride(0), w2.stride(1), y.stride(0), a_scale.stride(0), a_scale.stride(1),
         w2_scale.stride(0), w2_scale.stride(1), w2_scale.stride(2),
         MUL_WEIGHT=mul_weight, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
-        STAGES=GEMM2_STAGES, num_warps=8,
+        STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
     )

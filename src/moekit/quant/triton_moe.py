@@ -118,7 +118,7 @@ def mxfp4_gemv_ptx_decode(x: torch.Tensor, scheme) -> bool:
 FP8_BLOCK_GLUON = True
 #: ... from this many routed rows per expert on average (M * top_k / E): below it tiles of 64 rows are mostly
 #: padding, and the Triton kernels' smaller tiles win.
-FP8_BLOCK_GLUON_MIN_ROWS = 64
+FP8_BLOCK_GLUON_MIN_ROWS = 32
 
 
 def fp8_block_gluon(x: torch.Tensor, scheme: QuantScheme, adt, m: int, top_k: int, e: int, h: int, i: int,
