@@ -105,7 +105,7 @@ def _gemm_fp8_block_sm90(args, gemm: int):
     ptrs.update({n: "*i32" for n in ("sorted_ptr", "experts_ptr", "npp_ptr")}, y_ptr="*bf16")
     sig = {n: ptrs.get(n, "i32") for n in fn.arg_names}
     consts = {"BLOCK_M": 64, "BLOCK_N": 128 if gemm == 1 else args.block_n, "BLOCK_K": 128, "GROUP_M": 8,
-              "STAGES": args.stages, "num_warps": 8 if gemm == 1 else args.gemm2_warps, "MBAR": not args.no_mbar}
+              "STAGES": args.stages, "num_warps": 8 if gemm == 1 else args.gemm2_warps}
     consts.update({"INV_QMAX": 1 / 448.0, "MIN_S": 1e-12} if gemm == 1 else {"MUL_WEIGHT": True})
     div = [n for n in fn.arg_names if n in ptrs or n in ("I", "N", "K", "stride_xm", "stride_am", "stride_we",
                                                           "stride_wn", "stride_om", "stride_ym")]
@@ -131,7 +131,6 @@ def main():
     ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode")
     ap.add_argument("--gemv-stages", type=int, default=1, help="gemv1_mxfp4: the K loop's pipelining depth")
-    ap.add_argument("--no-mbar", action="store_true", help="*_fp8_block_sm90: copy-group waits + CTA barriers")
     ap.add_argument("--gemm2-warps", type=int, default=8, help="gemm2_fp8_block_sm90: 8 or 4 warps")
     ap.add_argument("--top", type=int, default=24, help="opcodes listed per loop (most frequent first)")
     args = ap.parse_args()

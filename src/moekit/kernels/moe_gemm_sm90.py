@@ -25,8 +25,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
-                                                                warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from moekit.kernels.quant import MIN_SCALE
 
@@ -89,45 +88,6 @@ def _copy_step(smem, ptrs, step, nk, kmask_base, BLOCK_K: gl.constexpr, STAGES: 
 
 
 @gluon.jit
-def _ring_init(ready, STAGES: gl.constexpr, THREADS: gl.constexpr, MBAR: gl.constexpr):
-    """MBAR: one barrier per ring slot, completed when every thread's copies into the slot have landed."""
-    if MBAR:
-        for s in gl.static_range(STAGES):
-            mbarrier.init(ready.index(s), count=THREADS)
-        gl.thread_barrier()
-
-
-@gluon.jit
-def _ring_filled(ready, step, STAGES: gl.constexpr, MBAR: gl.constexpr):
-    """After this thread's copies of K step ``step``: close its copy group (MBAR: and arrive, when they land,
-    on the slot's barrier)."""
-    if MBAR:
-        cp.mbarrier_arrive(ready.index(step % STAGES), increment_count=False)
-    cp.commit_group()
-
-
-@gluon.jit
-def _ring_wait(ready, step, STAGES: gl.constexpr, PENDING: gl.constexpr, MBAR: gl.constexpr):
-    """Until K step ``step``'s tiles are in shared memory, visible to the wgmma (async) proxy: MBAR waits on the
-    slot's barrier (each warp for itself); else this thread's copy groups (PENDING may stay in flight), then
-    a CTA barrier for everyone else's."""
-    if MBAR:
-        mbarrier.wait(ready.index(step % STAGES), (step // STAGES) & 1)
-    else:
-        cp.wait_group(PENDING)
-        gl.thread_barrier()
-    fence_async_shared()
-
-
-@gluon.jit
-def _ring_done(ready, STAGES: gl.constexpr, MBAR: gl.constexpr):
-    cp.wait_group(0)
-    if MBAR:
-        for s in gl.static_range(STAGES):
-            mbarrier.invalidate(ready.index(s))
-
-
-@gluon.jit
 def _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, step, nk, offs_k, BLOCK_K: gl.constexpr,
                 STAGES: gl.constexpr):
     _copy_step(a_smem, x_ptrs, step, nk, offs_k, BLOCK_K, STAGES)
@@ -136,11 +96,12 @@ def _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, step, nk, offs_k
 
 
 @gluon.jit
-def _gemm1_step(a_smem, g_smem, u_smem, ready, k, g_regs, u_regs, STAGES: gl.constexpr, PENDING: gl.constexpr,
-                MBAR: gl.constexpr):
+def _gemm1_step(a_smem, g_smem, u_smem, k, g_regs, u_regs, STAGES: gl.constexpr, PENDING: gl.constexpr):
     """GEMM 1's :func:`_gemm2_step`: the gate and up MMAs of K step k."""
     st = k % STAGES
-    _ring_wait(ready, k, STAGES, PENDING, MBAR)
+    cp.wait_group(PENDING)
+    gl.thread_barrier()
+    fence_async_shared()
     a = a_smem.index(st)
     g = warpgroup_mma(a, g_smem.index(st).permute((1, 0)), g_regs, use_acc=False, is_async=True)
     u = warpgroup_mma(a, u_smem.index(st).permute((1, 0)), u_regs, use_acc=False, is_async=True)
@@ -160,7 +121,7 @@ def _moe_gemm1_fp8_block_kernel(
     stride_xm, stride_we, stride_wn, stride_om, stride_osm, stride_asm, stride_ask, stride_bse, stride_bsn,
     stride_bsk,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr,
-    STAGES: gl.constexpr, INV_QMAX: gl.constexpr, MIN_S: gl.constexpr, MBAR: gl.constexpr, num_warps: gl.constexpr,
+    STAGES: gl.constexpr, INV_QMAX: gl.constexpr, MIN_S: gl.constexpr, num_warps: gl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, I // BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= gl.load(npp_ptr):
@@ -193,11 +154,9 @@ def _moe_gemm1_fp8_block_kernel(
     a_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_M, BLOCK_K], A_SL)
     g_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, BLOCK_K], B_SL)
     u_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, BLOCK_K], B_SL)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    _ring_init(ready, STAGES, num_warps * 32, MBAR)
     for s in gl.static_range(STAGES):
         _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, s, nk, offs_k, BLOCK_K, STAGES)
-        _ring_filled(ready, s, STAGES, MBAR)
+        cp.commit_group()
 
     # As in GEMM 2 (see there): two K steps per iteration, step k's gate and up products scaled while step
     # k + 1's MMAs run.
@@ -211,8 +170,8 @@ def _moe_gemm1_fp8_block_kernel(
     a0, sg0, su0 = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, 0, stride_ask, stride_bsk)
     a1, sg1, su1 = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, 1, stride_ask, stride_bsk)
     for k in range(0, nk, 2):
-        g0, u0 = _gemm1_step(a_smem, g_smem, u_smem, ready, k, pg0, pu0, STAGES, STAGES - 1, MBAR)
-        g1, u1 = _gemm1_step(a_smem, g_smem, u_smem, ready, k + 1, pg1, pu1, STAGES, STAGES - 2, MBAR)
+        g0, u0 = _gemm1_step(a_smem, g_smem, u_smem, k, pg0, pu0, STAGES, STAGES - 1)
+        g1, u1 = _gemm1_step(a_smem, g_smem, u_smem, k + 1, pg1, pu1, STAGES, STAGES - 2)
         kn = gl.minimum(k + 2, nk - 2)
         a0n, sg0n, su0n = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, kn, stride_ask, stride_bsk)
         a1n, sg1n, su1n = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, kn + 1, stride_ask, stride_bsk)
@@ -220,16 +179,18 @@ def _moe_gemm1_fp8_block_kernel(
         a_col = gl.expand_dims(a0, 1)
         acc_g += pg0 * (a_col * sg0)
         acc_u += pu0 * (a_col * su0)
+        gl.thread_barrier()
+        _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k + STAGES, nk, offs_k, BLOCK_K, STAGES)
+        cp.commit_group()
         pg1, pu1 = warpgroup_mma_wait(num_outstanding=0, deps=(g1, u1))
         a_col = gl.expand_dims(a1, 1)
         acc_g += pg1 * (a_col * sg1)
         acc_u += pu1 * (a_col * su1)
-        gl.thread_barrier()  # every warpgroup is done with both ring slots: refill them
-        for j in gl.static_range(2):
-            _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k + j + STAGES, nk, offs_k, BLOCK_K, STAGES)
-            _ring_filled(ready, k + j + STAGES, STAGES, MBAR)
+        gl.thread_barrier()
+        _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k + 1 + STAGES, nk, offs_k, BLOCK_K, STAGES)
+        cp.commit_group()
         a0, sg0, su0, a1, sg1, su1 = a0n, sg0n, su0n, a1n, sg1n, su1n
-    _ring_done(ready, STAGES, MBAR)
+    cp.wait_group(0)
 
     # epilogue: SiLU(gate) * up, quantized per (row, BLOCK_N columns)
     h = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
@@ -246,11 +207,13 @@ def _moe_gemm1_fp8_block_kernel(
 
 
 @gluon.jit
-def _gemm2_step(a_smem, b_smem, ready, k, regs, STAGES: gl.constexpr, PENDING: gl.constexpr, MBAR: gl.constexpr):
-    """Wait for K step k's tiles (:func:`_ring_wait`) and issue its MMA (asynchronous, into ``regs``'
-    registers)."""
+def _gemm2_step(a_smem, b_smem, k, regs, STAGES: gl.constexpr, PENDING: gl.constexpr):
+    """Wait for K step k's tiles (PENDING copy groups may stay in flight) and issue its MMA (asynchronous, into
+    ``regs``' registers)."""
     st = k % STAGES
-    _ring_wait(ready, k, STAGES, PENDING, MBAR)
+    cp.wait_group(PENDING)
+    gl.thread_barrier()
+    fence_async_shared()
     return warpgroup_mma(a_smem.index(st), b_smem.index(st).permute((1, 0)), regs, use_acc=False, is_async=True)
 
 
@@ -261,12 +224,21 @@ def _gemm2_scales(as_ptrs, bs_lo, bs_hi, k, stride_ask, stride_bsk):
 
 
 @gluon.jit
+def _refill(a_smem, b_smem, a_ptrs, b_ptrs, k, nk, offs_k, BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
+    """Once step k's MMA is retired in every warpgroup, copy step k + STAGES into its ring slot."""
+    gl.thread_barrier()
+    _copy_step(a_smem, a_ptrs, k + STAGES, nk, offs_k, BLOCK_K, STAGES)
+    _copy_step(b_smem, b_ptrs, k + STAGES, nk, offs_k, BLOCK_K, STAGES)
+    cp.commit_group()
+
+
+@gluon.jit
 def _moe_gemm2_fp8_block_kernel(
     a_ptr, w_ptr, y_ptr, topk_w_ptr, a_scale_ptr, b_scale_ptr, sorted_ptr, experts_ptr, npp_ptr,
     N, K, num_slots, num_pid_m,
     stride_am, stride_we, stride_wn, stride_ym, stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
     MUL_WEIGHT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
-    GROUP_M: gl.constexpr, STAGES: gl.constexpr, MBAR: gl.constexpr, num_warps: gl.constexpr,
+    GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, N // BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= gl.load(npp_ptr):
@@ -295,12 +267,10 @@ def _moe_gemm2_fp8_block_kernel(
 
     a_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_M, BLOCK_K], A_SL)
     b_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, BLOCK_K], B_SL)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    _ring_init(ready, STAGES, num_warps * 32, MBAR)
     for s in gl.static_range(STAGES):
         _copy_step(a_smem, a_ptrs, s, nk, offs_k, BLOCK_K, STAGES)
         _copy_step(b_smem, b_ptrs, s, nk, offs_k, BLOCK_K, STAGES)
-        _ring_filled(ready, s, STAGES, MBAR)
+        cp.commit_group()
 
     # Two K steps per iteration: both MMAs are issued, step k's product is scaled while step k + 1's MMA
     # runs. Each MMA writes over the registers of the product it replaces (use_acc=False ignores their
@@ -313,22 +283,19 @@ def _moe_gemm2_fp8_block_kernel(
     a_t, lo_t, hi_t = _gemm2_scales(as_ptrs, bs_lo, bs_hi, 0, stride_ask, stride_bsk)
     a_u, lo_u, hi_u = _gemm2_scales(as_ptrs, bs_lo, bs_hi, 1, stride_ask, stride_bsk)
     for k in range(0, nk, 2):
-        t = _gemm2_step(a_smem, b_smem, ready, k, pt, STAGES, STAGES - 1, MBAR)
-        u = _gemm2_step(a_smem, b_smem, ready, k + 1, pu, STAGES, STAGES - 2, MBAR)
+        t = _gemm2_step(a_smem, b_smem, k, pt, STAGES, STAGES - 1)
+        u = _gemm2_step(a_smem, b_smem, k + 1, pu, STAGES, STAGES - 2)
         kn = gl.minimum(k + 2, nk - 2)
         a_tn, lo_tn, hi_tn = _gemm2_scales(as_ptrs, bs_lo, bs_hi, kn, stride_ask, stride_bsk)
         a_un, lo_un, hi_un = _gemm2_scales(as_ptrs, bs_lo, bs_hi, kn + 1, stride_ask, stride_bsk)
         pt = warpgroup_mma_wait(num_outstanding=1, deps=(t, ))
         acc += pt * (gl.expand_dims(a_t, 1) * gl.where(hi, hi_t, lo_t))
+        _refill(a_smem, b_smem, a_ptrs, b_ptrs, k, nk, offs_k, BLOCK_K, STAGES)
         pu = warpgroup_mma_wait(num_outstanding=0, deps=(u, ))
         acc += pu * (gl.expand_dims(a_u, 1) * gl.where(hi, hi_u, lo_u))
-        gl.thread_barrier()  # every warpgroup is done with both ring slots: refill them
-        for j in gl.static_range(2):
-            _copy_step(a_smem, a_ptrs, k + j + STAGES, nk, offs_k, BLOCK_K, STAGES)
-            _copy_step(b_smem, b_ptrs, k + j + STAGES, nk, offs_k, BLOCK_K, STAGES)
-            _ring_filled(ready, k + j + STAGES, STAGES, MBAR)
+        _refill(a_smem, b_smem, a_ptrs, b_ptrs, k + 1, nk, offs_k, BLOCK_K, STAGES)
         a_t, lo_t, hi_t, a_u, lo_u, hi_u = a_tn, lo_tn, hi_tn, a_un, lo_un, hi_un
-    _ring_done(ready, STAGES, MBAR)
+    cp.wait_group(0)
 
     slot = gl.load(sorted_ptr + offs_m)
     if MUL_WEIGHT:
@@ -350,8 +317,6 @@ GEMM1_STAGES = 4
 GEMM2_STAGES = 4
 GEMM2_BLOCK_N = 256
 GEMM2_WARPS = 8
-#: tiles known landed by per-slot mbarriers (True) or by copy-group waits plus a CTA barrier (False)
-MBAR = True
 
 
 def moe_gemm1_fp8_block_sm90(xq, xs, w13, w13_scale, out, out_scale, sorted_ids, expert_ids, npp, top_k: int,
@@ -367,7 +332,7 @@ def moe_gemm1_fp8_block_sm90(xq, xs, w13, w13_scale, out, out_scale, sorted_ids,
         xq.stride(0), w13.stride(0), w13.stride(1), out.stride(0), out_scale.stride(0), xs.stride(0), xs.stride(1),
         w13_scale.stride(0), w13_scale.stride(1), w13_scale.stride(2),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, GROUP_M=group_m, STAGES=GEMM1_STAGES, INV_QMAX=1.0 / qmax,
-        MIN_S=MIN_SCALE, MBAR=MBAR, num_warps=GEMM1_WARPS,
+        MIN_S=MIN_SCALE, num_warps=GEMM1_WARPS,
     )
 
 
@@ -385,5 +350,5 @@ def moe_gemm2_fp8_block_sm90(a, a_scale, w2, w2_scale, y, topk_weights, sorted_i
         a.stride(0), w2.stride(0), w2.stride(1), y.stride(0), a_scale.stride(0), a_scale.stride(1),
         w2_scale.stride(0), w2_scale.stride(1), w2_scale.stride(2),
         MUL_WEIGHT=mul_weight, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
-        STAGES=GEMM2_STAGES, MBAR=MBAR, num_warps=GEMM2_WARPS,
+        STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
     )
