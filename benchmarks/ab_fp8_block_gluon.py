@@ -7,7 +7,7 @@ The row threshold is lifted, so every M runs both arms. GPU only.
     PYTHONPATH=src python3 benchmarks/ab_fp8_block_gluon.py [--shapes dsv3,qwen3_30b_a3b] [--m 256,1024,4096]
         [--rounds 3] [--variants 4,4,256 3,4,128 ...] [--out F.json]
 
-``--variants``: more Gluon arms, each ``BN1,W1,S1,S2,BN2,W2``: GEMM 1's tile columns (its output groups, so GEMM 2's K step), warps and stages, GEMM 2's stages, tile columns and warps.
+``--variants``: more Gluon arms, each ``GEMM1_STAGES,GEMM2_STAGES,GEMM2_BLOCK_N,GEMM2_WARPS``.
 """
 from __future__ import annotations
 
@@ -28,15 +28,14 @@ from moekit.quant import QuantScheme  # noqa: E402
 from moekit.shapes import SHAPES  # noqa: E402
 
 
-_SHIPPED = (g.GEMM1_TILE[1], g.GEMM1_WARPS, g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS)
+_SHIPPED = (g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS)
 
 
 def _arm(name: str) -> None:
-    """Set the module switches of arm ``name`` ('triton', 'gluon' or a variant 'bn1,w1,s1,s2,bn2,w2')."""
+    """Set the module switches of arm ``name`` ('triton', 'gluon' or a variant 's1,s2,bn,w2')."""
     tq.FP8_BLOCK_GLUON = name != "triton"
     v = _SHIPPED if name in ("triton", "gluon") else tuple(int(v) for v in name.split(","))
-    g.GEMM1_TILE = (g.GEMM1_TILE[0], v[0])
-    g.GEMM1_WARPS, g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS = v[1:]
+    g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS = v
 
 
 def main():

@@ -298,25 +298,17 @@ _HOPPER = HAS_GPU and torch.version.hip is None and torch.cuda.get_device_capabi
 
 
 @pytest.mark.skipif(not _HOPPER, reason="the Gluon fp8 block kernels are Hopper-only")
-@pytest.mark.parametrize("m, e, k, h, i, local, tiles", [
-    (300, 4, 1, 512, 256, None, None),  # top_k = 1: GEMM 2 writes the output rows directly
-    (257, 8, 2, 768, 512, None, None),  # padded tiles, one K-loop iteration pair ... three
-    (700, 8, 3, 256, 768, None, None),
-    (400, 8, 2, 512, 256, 4, None),  # expert parallelism: half the experts are not local
-    (257, 8, 2, 768, 512, None, (64, 4, 128, 4)),  # 64-column output groups: GEMM 2 steps 64 deep
+@pytest.mark.parametrize("m, e, k, h, i, local", [
+    (300, 4, 1, 512, 256, None),  # top_k = 1: GEMM 2 writes the output rows directly
+    (257, 8, 2, 768, 512, None),  # padded tiles, one K-loop iteration pair ... three
+    (700, 8, 3, 256, 768, None),
+    (400, 8, 2, 512, 256, 4),  # expert parallelism: half the experts are not local
 ])
-def test_fp8_block_gluon_kernels(m, e, k, h, i, local, tiles, poisoned_empty, monkeypatch):
+def test_fp8_block_gluon_kernels(m, e, k, h, i, local, poisoned_empty, monkeypatch):
     """Hopper fp8 block layers with enough rows per expert run the Gluon GEMMs (``fp8_block_gluon``): they
-    match the float64 layer, and the Triton kernels they replace closely. ``tiles``: (GEMM 1 columns, warps,
-    GEMM 2 columns, warps) other than the shipped ones."""
+    match the float64 layer, and the Triton kernels they replace closely (same quantization groups)."""
     import moekit.quant.triton_moe as tq
     from moekit.kernels import moe_gemm_sm90
-
-    if tiles is not None:
-        monkeypatch.setattr(moe_gemm_sm90, "GEMM1_TILE", (moe_gemm_sm90.GEMM1_TILE[0], tiles[0]))
-        monkeypatch.setattr(moe_gemm_sm90, "GEMM1_WARPS", tiles[1])
-        monkeypatch.setattr(moe_gemm_sm90, "GEMM2_BLOCK_N", tiles[2])
-        monkeypatch.setattr(moe_gemm_sm90, "GEMM2_WARPS", tiles[3])
 
     scheme = SCHEMES["fp8_block"]
     x, w13, w2, logits, kw, ref = _layer(scheme, m, e, h, i, torch.bfloat16, k)

@@ -50,10 +50,9 @@ def _mma_layout(block_m, block_n, num_warps):
 
 
 @gluon.constexpr_function
-def _load_layout(num_warps, block_k):
-    """cp.async tiles of fp8 [rows, block_k]: 16 bytes per thread, block_k / 16 threads per row."""
-    tk = block_k // 16
-    return gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // tk, tk], warps_per_cta=[num_warps, 1],
+def _load_layout(num_warps):
+    """cp.async tiles of fp8 [rows, 128]: 16 bytes per thread, 8 threads per 128-byte row."""
+    return gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[4, 8], warps_per_cta=[num_warps, 1],
                             order=[1, 0])
 
 
@@ -127,7 +126,7 @@ def _moe_gemm1_fp8_block_kernel(
     pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, I // BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= gl.load(npp_ptr):
         return
-    LD: gl.constexpr = _load_layout(num_warps, BLOCK_K)
+    LD: gl.constexpr = _load_layout(num_warps)
     MMA: gl.constexpr = _mma_layout(BLOCK_M, BLOCK_N, num_warps)
     ROW: gl.constexpr = gl.SliceLayout(1, MMA)
     A_SL: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], gl.float8e4nv)
@@ -219,11 +218,9 @@ def _gemm2_step(a_smem, b_smem, k, regs, STAGES: gl.constexpr, PENDING: gl.const
 
 
 @gluon.jit
-def _gemm2_scales(as_ptrs, bs_lo, bs_hi, k, stride_ask, stride_bsk, BLOCK_K: gl.constexpr):
-    """K step k's scales: the rows' activation scales (one group per step), the weight blocks' scalars (columns
-    < 128, >= 128; one 128-deep block per 128 / BLOCK_K steps)."""
-    kb = (k * BLOCK_K) // 128
-    return gl.load(as_ptrs + k * stride_ask), gl.load(bs_lo + kb * stride_bsk), gl.load(bs_hi + kb * stride_bsk)
+def _gemm2_scales(as_ptrs, bs_lo, bs_hi, k, stride_ask, stride_bsk):
+    """K step k's scales: the rows' activation scales, the weight blocks' scalars (columns < 128, >= 128)."""
+    return gl.load(as_ptrs + k * stride_ask), gl.load(bs_lo + k * stride_bsk), gl.load(bs_hi + k * stride_bsk)
 
 
 @gluon.jit
@@ -246,7 +243,7 @@ def _moe_gemm2_fp8_block_kernel(
     pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, N // BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= gl.load(npp_ptr):
         return
-    LD: gl.constexpr = _load_layout(num_warps, BLOCK_K)
+    LD: gl.constexpr = _load_layout(num_warps)
     MMA: gl.constexpr = _mma_layout(BLOCK_M, BLOCK_N, num_warps)
     ROW: gl.constexpr = gl.SliceLayout(1, MMA)
     COL: gl.constexpr = gl.SliceLayout(0, MMA)
@@ -283,14 +280,14 @@ def _moe_gemm2_fp8_block_kernel(
     pt = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=MMA)
     pu = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=MMA)
     # scales are loaded one iteration ahead (an L2 round trip)
-    a_t, lo_t, hi_t = _gemm2_scales(as_ptrs, bs_lo, bs_hi, 0, stride_ask, stride_bsk, BLOCK_K)
-    a_u, lo_u, hi_u = _gemm2_scales(as_ptrs, bs_lo, bs_hi, 1, stride_ask, stride_bsk, BLOCK_K)
+    a_t, lo_t, hi_t = _gemm2_scales(as_ptrs, bs_lo, bs_hi, 0, stride_ask, stride_bsk)
+    a_u, lo_u, hi_u = _gemm2_scales(as_ptrs, bs_lo, bs_hi, 1, stride_ask, stride_bsk)
     for k in range(0, nk, 2):
         t = _gemm2_step(a_smem, b_smem, k, pt, STAGES, STAGES - 1)
         u = _gemm2_step(a_smem, b_smem, k + 1, pu, STAGES, STAGES - 2)
         kn = gl.minimum(k + 2, nk - 2)
-        a_tn, lo_tn, hi_tn = _gemm2_scales(as_ptrs, bs_lo, bs_hi, kn, stride_ask, stride_bsk, BLOCK_K)
-        a_un, lo_un, hi_un = _gemm2_scales(as_ptrs, bs_lo, bs_hi, kn + 1, stride_ask, stride_bsk, BLOCK_K)
+        a_tn, lo_tn, hi_tn = _gemm2_scales(as_ptrs, bs_lo, bs_hi, kn, stride_ask, stride_bsk)
+        a_un, lo_un, hi_un = _gemm2_scales(as_ptrs, bs_lo, bs_hi, kn + 1, stride_ask, stride_bsk)
         pt = warpgroup_mma_wait(num_outstanding=1, deps=(t, ))
         acc += pt * (gl.expand_dims(a_t, 1) * gl.where(hi, hi_t, lo_t))
         _refill(a_smem, b_smem, a_ptrs, b_ptrs, k, nk, offs_k, BLOCK_K, STAGES)
@@ -312,8 +309,7 @@ def _moe_gemm2_fp8_block_kernel(
 
 
 #: GEMM 1 tile: 64 rows x 128 gate (and 128 up) columns, 8 warps (two warpgroups side by side along N), 248
-#: registers per thread for the six [64, 64] float32 sets (two accumulators, four products in flight). Its
-#: columns are one output quantization group, so GEMM 2's K steps are that deep (64 or 128).
+#: registers per thread for the six [64, 64] float32 sets (two accumulators, four products in flight).
 GEMM1_TILE = (64, 128)
 GEMM1_WARPS = 8
 #: ring depths of GEMM 1 / GEMM 2 (copies of 40 / 48 KB per K step) and GEMM 2's tile width
@@ -325,8 +321,8 @@ GEMM2_WARPS = 8
 
 def moe_gemm1_fp8_block_sm90(xq, xs, w13, w13_scale, out, out_scale, sorted_ids, expert_ids, npp, top_k: int,
                              group_m: int, qmax: float) -> None:
-    """``out`` fp8 [P, I] and ``out_scale`` float32 [P, I / GEMM1_TILE[1]] = SiLU(gate) * up of each sorted slot's expert,
-    quantized per (row, GEMM1_TILE[1] columns); the sorted ids must be padded to blocks of GEMM1_TILE[0] rows."""
+    """``out`` fp8 [P, I] and ``out_scale`` float32 [P, I/128] = SiLU(gate) * up of each sorted slot's expert,
+    quantized per (row, 128 columns); the sorted ids must be padded to blocks of ``GEMM1_TILE[0]`` rows."""
     bm, bn = GEMM1_TILE
     i, k = w13.shape[1] // 2, xq.shape[1]
     num_pid_m = expert_ids.shape[0]
@@ -348,12 +344,11 @@ def moe_gemm2_fp8_block_sm90(a, a_scale, w2, w2_scale, y, topk_weights, sorted_i
     n, k = w2.shape[1], a.shape[1]
     block_n = GEMM2_BLOCK_N if n % GEMM2_BLOCK_N == 0 else 128
     num_pid_m = expert_ids.shape[0]
-    block_k = min(128, GEMM1_TILE[1])  # GEMM 1's output quantization group
     _moe_gemm2_fp8_block_kernel[(num_pid_m * (n // block_n),)](
         a, w2, y, topk_weights, a_scale, w2_scale, sorted_ids, expert_ids, npp,
         n, k, y.shape[0], num_pid_m,
         a.stride(0), w2.stride(0), w2.stride(1), y.stride(0), a_scale.stride(0), a_scale.stride(1),
         w2_scale.stride(0), w2_scale.stride(1), w2_scale.stride(2),
-        MUL_WEIGHT=mul_weight, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+        MUL_WEIGHT=mul_weight, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
         STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
     )

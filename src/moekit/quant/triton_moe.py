@@ -223,9 +223,9 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale)
         q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, **_w8a8_weight(scheme, w13_scale))
         q2 = GemmQuant(mode, int_acc=int_acc, **_w8a8_weight(scheme, w2_scale))
-        if gluon:  # both GEMMs in Gluon; GEMM 1's output groups are its tile's columns
+        if gluon:  # 128-column output groups, both GEMMs in Gluon
             inter = torch.empty((p, i), dtype=adt, device=x.device)
-            inter_s = torch.empty((p, i // moe_gemm_sm90.GEMM1_TILE[1]), dtype=torch.float32, device=x.device)
+            inter_s = torch.empty((p, i // 128), dtype=torch.float32, device=x.device)
             moe_gemm_sm90.moe_gemm1_fp8_block_sm90(xq, xs, w13, w13_scale, inter, inter_s, *args, top_k,
                                                    config.GROUP_SIZE_M, _qparams(adt)[1])
             out = torch.empty((m, h), dtype=x.dtype, device=x.device)
