@@ -7,11 +7,13 @@ The row threshold is lifted, so every M runs both arms. GPU only.
     PYTHONPATH=src python3 benchmarks/ab_fp8_block_gluon.py [--shapes dsv3,qwen3_30b_a3b] [--m 256,1024,4096]
         [--rounds 3] [--variants 4,4,256 3,4,128 ...] [--out F.json]
 
-``--variants``: more Gluon arms, each ``GEMM1_STAGES,GEMM2_STAGES,GEMM2_BLOCK_N,GEMM2_WARPS``.
+``--variants``: more Gluon arms, each ``GEMM1_STAGES,GEMM2_STAGES,GEMM2_BLOCK_N,GEMM2_WARPS``, or ``gm=N``: the
+shipped kernels with GROUP_SIZE_M forced to N (the launch order; the tuned files' value otherwise).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -31,10 +33,17 @@ from moekit.shapes import SHAPES  # noqa: E402
 _SHIPPED = (g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS)
 
 
+_QUANT_CONFIG = tq.quant_config
+
+
 def _arm(name: str) -> None:
-    """Set the module switches of arm ``name`` ('triton', 'gluon' or a variant 's1,s2,bn,w2')."""
+    """Set the module switches of arm ``name`` ('triton', 'gluon', 'gm=N' or a variant 's1,s2,bn,w2')."""
     tq.FP8_BLOCK_GLUON = name != "triton"
-    v = _SHIPPED if name in ("triton", "gluon") else tuple(int(v) for v in name.split(","))
+    tq.quant_config = _QUANT_CONFIG
+    if name.startswith("gm="):
+        gm = int(name[3:])
+        tq.quant_config = lambda *a, **k: dataclasses.replace(_QUANT_CONFIG(*a, **k), GROUP_SIZE_M=gm)
+    v = tuple(int(v) for v in name.split(",")) if "," in name else _SHIPPED
     g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS = v
 
 
