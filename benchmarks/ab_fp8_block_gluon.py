@@ -8,8 +8,7 @@ The row threshold is lifted, so every M runs both arms. GPU only.
         [--rounds 3] [--variants 4,4,256 3,4,128 ...] [--out F.json]
 
 ``--variants``: more Gluon arms, each ``GEMM1_STAGES,GEMM2_STAGES,GEMM2_BLOCK_N,GEMM2_WARPS``, or ``gm=N``: the
-shipped kernels with GROUP_SIZE_M forced to N (the launch order; the tuned files' value otherwise), or
-``gu``: GEMM 1 with gate and up in one weight tile (``GEMM1_MERGED``).
+shipped kernels with GROUP_SIZE_M forced to N (the launch order; the tuned files' value otherwise).
 """
 from __future__ import annotations
 
@@ -34,14 +33,13 @@ from moekit.shapes import SHAPES  # noqa: E402
 _SHIPPED = (g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS)
 
 
-_QUANT_CONFIG, _MERGED = tq.quant_config, g.GEMM1_MERGED
+_QUANT_CONFIG = tq.quant_config
 
 
 def _arm(name: str) -> None:
     """Set the module switches of arm ``name`` ('triton', 'gluon', 'gm=N' or a variant 's1,s2,bn,w2')."""
     tq.FP8_BLOCK_GLUON = name != "triton"
     tq.quant_config = _QUANT_CONFIG
-    g.GEMM1_MERGED = _MERGED if name != "gu" else not _MERGED
     if name.startswith("gm="):
         gm = int(name[3:])
         tq.quant_config = lambda *a, **k: dataclasses.replace(_QUANT_CONFIG(*a, **k), GROUP_SIZE_M=gm)

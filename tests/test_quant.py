@@ -298,21 +298,17 @@ _HOPPER = HAS_GPU and torch.version.hip is None and torch.cuda.get_device_capabi
 
 
 @pytest.mark.skipif(not _HOPPER, reason="the Gluon fp8 block kernels are Hopper-only")
-@pytest.mark.parametrize("merged", [False, True])
 @pytest.mark.parametrize("m, e, k, h, i, local", [
     (300, 4, 1, 512, 256, None),  # top_k = 1: GEMM 2 writes the output rows directly
     (257, 8, 2, 768, 512, None),  # padded tiles, one K-loop iteration pair ... three
     (700, 8, 3, 256, 768, None),
     (400, 8, 2, 512, 256, 4),  # expert parallelism: half the experts are not local
 ])
-def test_fp8_block_gluon_kernels(m, e, k, h, i, local, merged, poisoned_empty, monkeypatch):
+def test_fp8_block_gluon_kernels(m, e, k, h, i, local, poisoned_empty, monkeypatch):
     """Hopper fp8 block layers with enough rows per expert run the Gluon GEMMs (``fp8_block_gluon``): they
-    match the float64 layer, and the Triton kernels they replace closely (same quantization groups). Both
-    GEMM 1 forms (gate and up tiles apart or merged)."""
+    match the float64 layer, and the Triton kernels they replace closely (same quantization groups)."""
     import moekit.quant.triton_moe as tq
     from moekit.kernels import moe_gemm_sm90
-
-    monkeypatch.setattr(moe_gemm_sm90, "GEMM1_MERGED", merged)
 
     scheme = SCHEMES["fp8_block"]
     x, w13, w2, logits, kw, ref = _layer(scheme, m, e, h, i, torch.bfloat16, k)

@@ -207,107 +207,6 @@ def _moe_gemm1_fp8_block_kernel(
 
 
 @gluon.jit
-def _copy_gu_step(a_smem, b_smem, x_ptrs, g_ptrs, u_ptrs, step, nk, offs_k, BLOCK_N: gl.constexpr,
-                  BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
-    """Step ``step`` of the merged layout: activations, then gate rows and up rows as one [2 BLOCK_N, BLOCK_K]
-    weight tile (the gate rows first)."""
-    mask = gl.expand_dims(offs_k < (nk - step) * BLOCK_K, 0)
-    st = step % STAGES
-    cp.async_copy_global_to_shared(a_smem.index(st), x_ptrs + step * BLOCK_K, mask=mask)
-    b = b_smem.index(st)
-    cp.async_copy_global_to_shared(b.slice(0, BLOCK_N, dim=0), g_ptrs + step * BLOCK_K, mask=mask)
-    cp.async_copy_global_to_shared(b.slice(BLOCK_N, BLOCK_N, dim=0), u_ptrs + step * BLOCK_K, mask=mask)
-
-
-@gluon.jit
-def _moe_gemm1_fp8_block_gu_kernel(
-    x_ptr, w_ptr, out_ptr, out_scale_ptr, a_scale_ptr, b_scale_ptr, sorted_ptr, experts_ptr, npp_ptr,
-    I, K, num_slots, top_k, num_pid_m,
-    stride_xm, stride_we, stride_wn, stride_om, stride_osm, stride_asm, stride_ask, stride_bse, stride_bsn,
-    stride_bsk,
-    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr,
-    STAGES: gl.constexpr, INV_QMAX: gl.constexpr, MIN_S: gl.constexpr, num_warps: gl.constexpr,
-):
-    """GEMM 1 with the gate and up tiles side by side in one [2 BLOCK_N, K] weight tile: one wgmma per step of
-    N = 2 BLOCK_N (the activation tile is read from shared memory once per step, not twice); with 8 warps,
-    one warpgroup computes the gate columns and the other the up columns, and the epilogue pairs them
-    through shared memory."""
-    pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, I // BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= gl.load(npp_ptr):
-        return
-    LD: gl.constexpr = _load_layout(num_warps)
-    MMA: gl.constexpr = _mma_layout(BLOCK_M, 2 * BLOCK_N, num_warps)
-    ROW: gl.constexpr = gl.SliceLayout(1, MMA)
-    COL: gl.constexpr = gl.SliceLayout(0, MMA)
-    A_SL: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], gl.float8e4nv)
-    B_SL: gl.constexpr = gl.NVMMASharedLayout.get_default_for([2 * BLOCK_N, BLOCK_K], gl.float8e4nv)
-
-    expert = gl.load(experts_ptr + pid_m).to(gl.int64)
-    nk = K // BLOCK_K
-    slot_ld = gl.load(sorted_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LD)))
-    tok_ld = gl.where(slot_ld < num_slots, slot_ld // top_k, 0).to(gl.int64)
-    offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LD))
-    x_ptrs = x_ptr + gl.expand_dims(tok_ld * stride_xm, 1) + gl.expand_dims(offs_k, 0)
-    rows_n = (pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LD))).to(gl.int64)
-    g_ptrs = w_ptr + expert * stride_we + gl.expand_dims(rows_n * stride_wn, 1) + gl.expand_dims(offs_k, 0)
-    u_ptrs = g_ptrs + I * stride_wn
-
-    slot_mma = gl.load(sorted_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW))
-    tok_mma = gl.where(slot_mma < num_slots, slot_mma // top_k, 0).to(gl.int64)
-    as_ptrs = a_scale_ptr + tok_mma * stride_asm
-    nb = (pid_n * BLOCK_N) // 128
-    bsg_ptr = b_scale_ptr + expert * stride_bse + nb * stride_bsn
-    bsu_ptr = bsg_ptr + (I // 128) * stride_bsn
-    up = gl.expand_dims(gl.arange(0, 2 * BLOCK_N, layout=COL) >= BLOCK_N, 0)
-
-    a_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_M, BLOCK_K], A_SL)
-    b_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, 2 * BLOCK_N, BLOCK_K], B_SL)
-    for s in gl.static_range(STAGES):
-        _copy_gu_step(a_smem, b_smem, x_ptrs, g_ptrs, u_ptrs, s, nk, offs_k, BLOCK_N, BLOCK_K, STAGES)
-        cp.commit_group()
-
-    acc = gl.zeros([BLOCK_M, 2 * BLOCK_N], gl.float32, layout=MMA)
-    pt = gl.zeros([BLOCK_M, 2 * BLOCK_N], gl.float32, layout=MMA)
-    pu = gl.zeros([BLOCK_M, 2 * BLOCK_N], gl.float32, layout=MMA)
-    a_t, g_t, u_t = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, 0, stride_ask, stride_bsk)
-    a_u, g_u, u_u = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, 1, stride_ask, stride_bsk)
-    for k in range(0, nk, 2):
-        t = _gemm2_step(a_smem, b_smem, k, pt, STAGES, STAGES - 1)
-        u = _gemm2_step(a_smem, b_smem, k + 1, pu, STAGES, STAGES - 2)
-        kn = gl.minimum(k + 2, nk - 2)
-        a_tn, g_tn, u_tn = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, kn, stride_ask, stride_bsk)
-        a_un, g_un, u_un = _gemm1_scales(as_ptrs, bsg_ptr, bsu_ptr, kn + 1, stride_ask, stride_bsk)
-        pt = warpgroup_mma_wait(num_outstanding=1, deps=(t, ))
-        acc += pt * (gl.expand_dims(a_t, 1) * gl.where(up, u_t, g_t))
-        gl.thread_barrier()
-        _copy_gu_step(a_smem, b_smem, x_ptrs, g_ptrs, u_ptrs, k + STAGES, nk, offs_k, BLOCK_N, BLOCK_K, STAGES)
-        cp.commit_group()
-        pu = warpgroup_mma_wait(num_outstanding=0, deps=(u, ))
-        acc += pu * (gl.expand_dims(a_u, 1) * gl.where(up, u_u, g_u))
-        gl.thread_barrier()
-        _copy_gu_step(a_smem, b_smem, x_ptrs, g_ptrs, u_ptrs, k + 1 + STAGES, nk, offs_k, BLOCK_N, BLOCK_K, STAGES)
-        cp.commit_group()
-        a_t, g_t, u_t, a_u, g_u, u_u = a_tn, g_tn, u_tn, a_un, g_un, u_un
-    cp.wait_group(0)
-
-    # epilogue: the gate and up halves meet in shared memory; SiLU(gate) * up, quantized per (row, BLOCK_N)
-    EPI: gl.constexpr = _store_layout(BLOCK_N, 4, num_warps)
-    buf = gl.allocate_shared_memory(gl.float32, [BLOCK_M, 2 * BLOCK_N],
-                                    gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]), acc)
-    gl.thread_barrier()
-    g = buf.slice(0, BLOCK_N, dim=1).load(EPI)
-    u = buf.slice(BLOCK_N, BLOCK_N, dim=1).load(EPI)
-    h = g / (1.0 + gl.exp(-g)) * u
-    amax = gl.reduce(gl.abs(h), 1, _max_keep_nan)
-    o_s = gl.where(amax != amax, amax, gl.maximum(amax * INV_QMAX, MIN_S))  # a NaN amax stays NaN
-    q = gl.div_rn(h, gl.expand_dims(o_s, 1)).to(gl.float8e4nv)
-    om = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, EPI))).to(gl.int64)
-    on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, EPI))
-    gl.store(out_scale_ptr + om * stride_osm + pid_n, o_s)
-    gl.store(out_ptr + gl.expand_dims(om * stride_om, 1) + gl.expand_dims(on, 0), q)
-
-
-@gluon.jit
 def _gemm2_step(a_smem, b_smem, k, regs, STAGES: gl.constexpr, PENDING: gl.constexpr):
     """Wait for K step k's tiles (PENDING copy groups may stay in flight) and issue its MMA (asynchronous, into
     ``regs``' registers)."""
@@ -417,8 +316,6 @@ GEMM1_WARPS = 8
 GEMM1_STAGES = 4
 GEMM2_STAGES = 4
 GEMM2_BLOCK_N = 256
-#: GEMM 1 with gate and up in one weight tile (:func:`_moe_gemm1_fp8_block_gu_kernel`)
-GEMM1_MERGED = False
 GEMM2_WARPS = 8
 
 
@@ -429,8 +326,7 @@ def moe_gemm1_fp8_block_sm90(xq, xs, w13, w13_scale, out, out_scale, sorted_ids,
     bm, bn = GEMM1_TILE
     i, k = w13.shape[1] // 2, xq.shape[1]
     num_pid_m = expert_ids.shape[0]
-    kernel = _moe_gemm1_fp8_block_gu_kernel if GEMM1_MERGED else _moe_gemm1_fp8_block_kernel
-    kernel[(num_pid_m * (i // bn),)](
+    _moe_gemm1_fp8_block_kernel[(num_pid_m * (i // bn),)](
         xq, w13, out, out_scale, xs, w13_scale, sorted_ids, expert_ids, npp,
         i, k, xq.shape[0] * top_k, top_k, num_pid_m,
         xq.stride(0), w13.stride(0), w13.stride(1), out.stride(0), out_scale.stride(0), xs.stride(0), xs.stride(1),
