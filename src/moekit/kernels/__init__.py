@@ -3,6 +3,8 @@
 * ``routing.py``  - softmax / sigmoid top-k routing in one launch.
 * ``align.py``    - sort token slots by expert, padded to BLOCK_M, without host synchronization.
 * ``moe_gemm.py`` - the two grouped expert GEMMs (gate/up with fused activation; down with routing weight).
+* ``moe_gemm_sm90.py`` - the same two GEMMs for fp8 128x128-block weights on Hopper, in Gluon (asynchronous
+  wgmma: each K step's block scales are applied while the next step's MMA runs).
 * ``moe_gemv.py`` - the decode path: two GEMV kernels over unaligned slots, the second summing the top-k.
 * ``moe_sum.py``  - the top-k reduction.
 

@@ -15,8 +15,17 @@ Layouts are those of :mod:`moekit.kernels.moe_gemm` (same launch contract, same 
           per (row, BLOCK_N = 128 columns) with scales [P, I/128]; activation SiLU.
   GEMM 2: a fp8 [P, K] with scales [P, K/128]; w2 fp8 [E, N, K] with scales [E, N/128, K/128]; y [slots, N]
           (bf16/fp16) = routing weight x (a @ w2[e].T), rows of padding slots untouched.
-Constraints (checked by :func:`fp8_block_sm90_applies`): 128x128 blocks, K and N multiples of 128, e4m3fn,
-BLOCK_K = 128, BLOCK_N a multiple of 64 dividing 128 (GEMM 1) or 128 / 256 (GEMM 2), BLOCK_M 64 or 128.
+Constraints (checked by :func:`moekit.quant.triton_moe.fp8_block_gluon`): 128x128 blocks, e4m3fn, K a
+multiple of 256 in both GEMMs (two K steps of 128 per loop iteration), N a multiple of 128 (GEMM 2: of 256
+for its 256-column tiles, else 128-column ones). Tiles: GEMM 1 64 x 128 (gate and up each), GEMM 2 64 x
+256, 8 warps, 4-deep rings (160 KB of shared memory), one CTA per SM.
+
+Measured (H100, ``docs/PERF_NOTES.md`` session 10): 1.21-1.22x over the Triton kernels at M=4096, 34-37 % of
+fp8 peak. ncu at Qwen3 M=4096: L2 at 58-63 % of its peak, DRAM 32-40 %, 12.5 % occupancy; the largest stall
+is waiting on the copies (long scoreboard), then the CTA barriers. Tried and dropped (A/B files in
+``benchmarks/results/*_session10*``): per-slot mbarriers instead of copy-group waits (0.97-0.98x), gate and
+up in one N=256 wgmma (0.97-1.00x), 64-column GEMM 1 tiles with two CTAs per SM (0.83-0.90x), ring depths
+3 / 5 and GEMM 2 tiles of 128 columns (within 2 %, or slower).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ Per scheme (launches at decode, besides align and top-k sum):
                       [P, ceil(I/g)]): groups as fine as or finer than DeepSeek's 128 (more accurate, and
                       decode keeps BLOCK_N small); GEMM 2 applies both scales inside the K loop with
                       BLOCK_K <= g. BLOCK_K must divide bk: a config that breaks this is corrected (warned
-                      once).
+                      once). On Hopper with >= 32 rows per expert both GEMMs are the Gluon kernels of
+                      :mod:`moekit.kernels.moe_gemm_sm90` instead (g = 128; :func:`fp8_block_gluon`).
   fp8/int8 tensor     x -> per-tensor (dynamic: amax + quantize kernels; static a13_scale: 1 kernel); GEMM 1
                       with a static a2_scale quantizes in its epilogue, else writes bf16 and the per-tensor
                       kernels quantize it (rows past the padded length are skipped).
@@ -126,7 +127,11 @@ def fp8_block_gluon(x: torch.Tensor, scheme: QuantScheme, adt, m: int, top_k: in
     """Whether an fp8 block layer runs the Gluon kernels (asynchronous wgmma: step k's product is scaled while
     step k + 1's MMA runs, which Triton's ``tl.dot`` cannot express): Hopper, e4m3fn activations (the
     platform's fp8), 128x128 blocks, H and I multiples of 256 (even numbers of 128-deep K steps in both
-    GEMMs), SiLU without expert biases, and at least :data:`FP8_BLOCK_GLUON_MIN_ROWS` rows per expert."""
+    GEMMs), SiLU without expert biases, and at least :data:`FP8_BLOCK_GLUON_MIN_ROWS` rows per expert.
+    Whole forward against the Triton kernels, arms interleaved (``benchmarks/ab_fp8_block_gluon.py``): H100
+    DeepSeek-V3 / Qwen3 M=4096 1.22x / 1.21x, M=1024 (32 / 64 rows per expert) 1.04x / 1.13x, 16 rows per
+    expert 0.99x / 0.99x (``ab_fp8_block_gluon_H100_session10.json``); H200 1.24x / 1.24x at M=4096, 1.19x /
+    1.18x at M=1024, DeepSeek-V3 at 16 rows 1.08x (``ab_fp8_block_gluon_H200_session10.json``)."""
     from moekit.platform import on_sm90, platform_of
 
     if not FP8_BLOCK_GLUON or x.device.type != "cuda" or adt != torch.float8_e4m3fn:
