@@ -25,9 +25,7 @@ import triton
 import triton.language as tl
 
 from moekit.kernels import warps_for
-
-#: Smallest scale handed out: an all-zero (or all-subnormal) group quantizes to zeros with this scale.
-MIN_SCALE = 1e-12
+from moekit.quant.ops import MIN_SCALE  # noqa: F401 - the one definition; the kernels' launchers pass it in
 _RTNE_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 to the nearest integer, ties to even
 
 

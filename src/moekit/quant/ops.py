@@ -17,6 +17,8 @@ import torch
 from moekit.errors import check_arg
 from moekit.platform import fp8_dtype, fp8_max, interpreter_runs, platform_of
 
+#: Smallest scale handed out: an all-zero (or all-subnormal) group quantizes to zeros with this scale (the
+#: kernels of :mod:`moekit.kernels.quant` and their PyTorch twins here).
 MIN_SCALE = 1e-12
 INT8_MAX = 127.0
 
