@@ -294,6 +294,26 @@ def test_mxfp4_grouped_decode_paths(bm, bn, bk, ptx, poisoned_empty, monkeypatch
     assert_close_to_reference(out, ref, "mxfp4")
 
 
+def test_missing_gluon_keeps_the_triton_kernels(monkeypatch, caplog):
+    """A triton without Gluon's Hopper API (moekit allows triton >= 3.2) leaves fp8 block layers on the Triton
+    kernels with one warning, never an ImportError."""
+    import sys
+
+    import moekit.envs
+    import moekit.quant.triton_moe as tq
+
+    monkeypatch.setitem(sys.modules, "moekit.kernels.moe_gemm_sm90", None)  # the import fails
+    monkeypatch.setattr(moekit.envs, "_warned", set())
+    tq.gluon_kernels.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="moekit"):
+            assert tq.gluon_kernels() is None
+            assert tq.gluon_kernels() is None
+        assert sum("Gluon" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        tq.gluon_kernels.cache_clear()
+
+
 _HOPPER = HAS_GPU and torch.version.hip is None and torch.cuda.get_device_capability()[0] == 9
 
 

@@ -158,6 +158,8 @@ class TritonBackend(Backend):
         ok, why = _plat.has_feature(feature, platform)
         if ok and kind == "fp8":
             why += f"; fp8 format {str(_plat.fp8_dtype(platform)).replace('torch.', '')}"
+            if scheme.granularity == "block" and _plat.on_sm90(platform):
+                why += "; prefill (>= 32 rows per expert) in Gluon kernels with asynchronous wgmma"
         return Verdict(ok, why)
 
 

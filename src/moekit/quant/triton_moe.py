@@ -22,6 +22,7 @@ Per scheme (launches at decode, besides align and top-k sum):
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import torch
@@ -138,7 +139,26 @@ def fp8_block_gluon(x: torch.Tensor, scheme: QuantScheme, adt, m: int, top_k: in
         return False
     if scheme.block_shape != (128, 128) or h % 256 or i % 256 or activation != "silu" or has_bias:
         return False
-    return m * top_k >= FP8_BLOCK_GLUON_MIN_ROWS * e and on_sm90(platform_of(x.device))
+    if m * top_k < FP8_BLOCK_GLUON_MIN_ROWS * e or not on_sm90(platform_of(x.device)):
+        return False
+    return gluon_kernels() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def gluon_kernels():
+    """:mod:`moekit.kernels.moe_gemm_sm90`, or None (warned once) where this triton has no Gluon Hopper API
+    (moekit allows triton >= 3.2; the kernels were written and measured with 3.6): the Triton kernels run."""
+    try:
+        from moekit.kernels import moe_gemm_sm90
+    except (ImportError, AttributeError) as err:
+        import triton
+
+        from moekit.envs import warn_once
+
+        warn_once("gluon-missing", f"triton {triton.__version__} has no usable Gluon Hopper API ({err}); fp8 "
+                                   "block layers keep the Triton kernels (triton 3.6 runs faster Gluon ones)")
+        return None
+    return moe_gemm_sm90
 
 
 def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False,
@@ -202,8 +222,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         config = _fix_block_k(config, config.BLOCK_SIZE_K, least)
     gluon = block and fp8_block_gluon(x, scheme, adt, m, top_k, e, h, i, activation, w13_bias is not None)
     if gluon:
-        from moekit.kernels import moe_gemm_sm90
-
+        moe_gemm_sm90 = gluon_kernels()
         config = replace(config, BLOCK_SIZE_M=moe_gemm_sm90.GEMM1_TILE[0])
     topk_weights = topk_weights.float().contiguous()
     topk_ids = topk_ids.contiguous()
