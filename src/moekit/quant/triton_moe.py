@@ -252,13 +252,8 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             inter_s = torch.empty((p, i // 128), dtype=torch.float32, device=x.device)
             moe_gemm_sm90.moe_gemm1_fp8_block_sm90(xq, xs, w13, w13_scale, inter, inter_s, *args, top_k,
                                                    config.GROUP_SIZE_M, _qparams(adt)[1])
-            out = torch.empty((m, h), dtype=x.dtype, device=x.device)
-            direct = top_k == 1 and expert_map is None
-            y = out if direct else torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
-            moe_gemm_sm90.moe_gemm2_fp8_block_sm90(inter, inter_s, w2, w2_scale, y, topk_weights, *args,
-                                                   config.GROUP_SIZE_M)
-            return out if direct else moe_sum(y, out, topk_ids, e, expert_map)
-        if block:
+            a2, q2.a_scale = inter, inter_s
+        elif block:
             # GEMM 1 quantizes its output per (row, BLOCK_N columns): a divisor of the weight block, so that
             # group is the block or finer and decode keeps enough programs (BLOCK_N = 128 gave qwen3 M=1 only
             # 48). GEMM 2's K step must then not straddle two activation groups.
@@ -282,9 +277,11 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias)
             a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp)
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
-    if top_k == 1 and expert_map is None:
-        moe_gemm2(a2, w2, out, topk_weights, *args, cfg2, quant=q2, bias=w2_bias)
-        return out
-    y = torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
-    moe_gemm2(a2, w2, y, topk_weights, *args, cfg2, quant=q2, bias=w2_bias)
-    return moe_sum(y, out, topk_ids, e, expert_map)
+    direct = top_k == 1 and expert_map is None  # GEMM 2 writes the output rows itself
+    y = out if direct else torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
+    if gluon:
+        moe_gemm_sm90.moe_gemm2_fp8_block_sm90(a2, q2.a_scale, w2, w2_scale, y, topk_weights, *args,
+                                               config.GROUP_SIZE_M)
+    else:
+        moe_gemm2(a2, w2, y, topk_weights, *args, cfg2, quant=q2, bias=w2_bias)
+    return out if direct else moe_sum(y, out, topk_ids, e, expert_map)
