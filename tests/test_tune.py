@@ -2,6 +2,7 @@
 
 CPU tests use a synthetic timer (a cost model with a known optimum) and a fake clock; the GPU test runs a
 tiny real tuning with worker-process compilation."""
+import dataclasses
 import json
 import math
 
@@ -112,6 +113,36 @@ def test_finds_the_optimum_with_a_generous_budget():
         assert c == optimum(M), (M, c)
         assert res.tuned_us[M] <= res.default_us[M]
     assert min(res.speedups().values()) >= 1.0 and gpu.now <= 600 * 1.05
+
+
+def test_launch_order_only_batch_sizes_vary_group_m_alone():
+    """Where the kernels take only GROUP_SIZE_M from a config (fp8 block on Hopper's Gluon kernels), every
+    config the tuner times keeps the default's tiles, and the result is never worse than the default."""
+    gpu = FakeGPU()
+    Ms = (16, 256, 2048)
+    t = _tuner(gpu, Ms, order_only=lambda M: M >= 256)
+    res = t.run()
+    for M in (256, 2048):
+        d = t.default(M)
+        timed = [c for k, c in ((k, MoEKernelConfig(*map(int, k.split(",")))) for k in t.meas[M])]
+        assert len(timed) > 1 and all(dataclasses.replace(c, GROUP_SIZE_M=d.GROUP_SIZE_M) == d for c in timed)
+        assert res.tuned_us[M] <= res.default_us[M]
+    assert len(t.meas[16]) > len(SEARCH["GROUP_SIZE_M"])  # the full search elsewhere
+
+
+def test_launch_order_only_rule():
+    """The rule follows ``fp8_block_gluon_applies``: fp8 128x128 blocks on Hopper from 32 rows per expert (and
+    a triton with Gluon); never for bf16 or other GPUs."""
+    from moekit.quant.triton_moe import gluon_kernels
+    from moekit.tune import launch_order_only
+
+    dsv3 = spec_for_model("dsv3", dtype="fp8_w8a8", block_shape=[128, 128])
+    h100, a100 = PRESETS["h100"], PRESETS["a100"]
+    gluon = gluon_kernels() is not None
+    assert launch_order_only(dsv3, 1024, h100) == gluon  # 32 rows per expert
+    assert not launch_order_only(dsv3, 512, h100)
+    assert not launch_order_only(dsv3, 4096, a100)
+    assert not launch_order_only(QWEN, 4096, h100)
 
 
 @pytest.mark.parametrize("budget", [20.0, 60.0])

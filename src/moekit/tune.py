@@ -252,6 +252,26 @@ def neighbours(c: MoEKernelConfig, spec: TuneSpec, M: int, smem_limit: Optional[
     return out
 
 
+def launch_order_only(spec: TuneSpec, M: int, platform) -> bool:
+    """Whether, at batch M on ``platform``, the kernels take nothing but ``GROUP_SIZE_M`` (the launch order) from
+    a config: fp8 128x128-block layers that run the Gluon kernels on Hopper
+    (:func:`moekit.quant.triton_moe.fp8_block_gluon_applies`; their tiles are fixed). The tuner then varies
+    only that field of the default."""
+    if spec.dtype_name != "fp8_w8a8" or spec.block_shape is None:
+        return False
+    from moekit.platform import fp8_dtype
+    from moekit.quant import QuantScheme
+    from moekit.quant.triton_moe import fp8_block_gluon_applies
+
+    return fp8_block_gluon_applies(platform, QuantScheme.fp8_block(*spec.block_shape), fp8_dtype(platform), M,
+                                   spec.top_k, spec.E, spec.K, spec.N)
+
+
+def _same_tiles(a: MoEKernelConfig, b: MoEKernelConfig) -> bool:
+    """Equal in every field but GROUP_SIZE_M."""
+    return dataclasses.replace(a, GROUP_SIZE_M=b.GROUP_SIZE_M) == b
+
+
 def _key(c: MoEKernelConfig) -> str:
     return ",".join(str(getattr(c, f)) for f in SEARCH)
 
@@ -578,8 +598,10 @@ class Tuner:
                  smem_limit: Optional[int] = None, compiler: Optional[CompilePool] = None,
                  state_path: Optional[os.PathLike] = None, clock: Callable[[], float] = time.monotonic,
                  log: Callable[[str], None] = print, progress: bool = True,
-                 screen_rep_ms: int = 10, final_rep_ms: int = 50, device_name: str = "unknown"):
+                 screen_rep_ms: int = 10, final_rep_ms: int = 50, device_name: str = "unknown",
+                 order_only: Callable[[int], bool] = lambda M: False):
         self.spec = spec
+        self.order_only = order_only  # batch sizes where only GROUP_SIZE_M matters (:func:`launch_order_only`)
         self.Ms = sorted(set(int(m) for m in batch_sizes))
         self.budget = float(budget_s)
         self.timer = timer
@@ -636,6 +658,14 @@ class Tuner:
         os.replace(tmp, self.state_path)
 
     # -- measuring ---------------------------------------------------------------------------------------
+
+    def _order_variants(self, M: int) -> List[MoEKernelConfig]:
+        d = self.default(M)
+        return [dataclasses.replace(d, GROUP_SIZE_M=g) for g in SEARCH["GROUP_SIZE_M"] if g != d.GROUP_SIZE_M]
+
+    def _searched(self, M: int, c: MoEKernelConfig) -> bool:
+        """Whether ``c`` is in batch M's search space (at launch-order-only sizes: the default's tiles)."""
+        return not self.order_only(M) or _same_tiles(c, self.default(M))
 
     def default(self, M: int) -> MoEKernelConfig:
         d = default_config(M, self.spec.E, self.spec.N, self.spec.K, self.spec.top_k, self.spec.dtype,
@@ -697,7 +727,8 @@ class Tuner:
         prog = _Progress(3 * n, f"tune {self.spec.describe()}", self.progress_enabled, self.clock, ends[2])
         # screen no more points per M than its time share can measure (about 0.2 s each)
         limit = int(min(48, max(12, self.SCREEN_SHARE * self.budget / n / self.EST_COST_S)))
-        screen = {M: screen_candidates(self.spec, M, self.smem, limit) for M in self.Ms}
+        screen = {M: self._order_variants(M) if self.order_only(M)
+                  else screen_candidates(self.spec, M, self.smem, limit) for M in self.Ms}
         if self.compiler:
             for M in self.Ms:
                 self.compiler.submit(M, [self.default(M)] + screen[M])
@@ -706,14 +737,15 @@ class Tuner:
             prev: List[MoEKernelConfig] = []
             for i, M in enumerate(self.Ms):
                 until = self.clock() + max(0.0, ends[0] - self.clock()) / (n - i)
-                seeds = [self.default(M)] + [c for c in prev if prune_reason(c, self.spec, M, self.smem) is None]
+                seeds = [self.default(M)] + [c for c in prev if prune_reason(c, self.spec, M, self.smem) is None
+                                             and self._searched(M, c)]
                 if self.compiler:
                     self.compiler.submit(M, seeds)
                 self._screen(M, seeds + screen[M], until, min_count=len(seeds) + 3)
                 prev = [c for _, c in self.ranked(M)[:2]]
                 if self.compiler:
                     self.compiler.submit(M, [nb for _, c in self.ranked(M)[:3]
-                                             for nb in neighbours(c, self.spec, M, self.smem)])
+                                             for nb in neighbours(c, self.spec, M, self.smem) if self._searched(M, nb)])
                 prog.step(self._status(1, M))
             # 2. refine: hill-climb from the best screened points
             for i, M in enumerate(self.Ms):
@@ -725,7 +757,7 @@ class Tuner:
                         break
                     base = tops[0]
                     tried_from.add(_key(base))
-                    nbs = neighbours(base, self.spec, M, self.smem)
+                    nbs = [c for c in neighbours(base, self.spec, M, self.smem) if self._searched(M, c)]
                     if self.compiler:
                         self.compiler.submit(M, nbs)
                     self._screen(M, nbs, until, min_count=0)
@@ -839,11 +871,18 @@ def run_tune(args: argparse.Namespace) -> int:
     smem = shared_memory_per_block()
     out = _out_path(args, spec, device)
     Ms = args.batch_sizes
+    from moekit.platform import current_platform
+
+    plat = current_platform()
     if args.dry_run:
         print(f"{spec.describe()}\ndevice {device}, shared memory {smem}\nwould write {out}")
         for M in Ms:
+            d = default_config(M, spec.E, spec.N, spec.K, spec.top_k, spec.dtype, spec.block_shape).short()
+            if launch_order_only(spec, M, plat):
+                print(f"  M={M:5d}: GROUP_SIZE_M only (the Gluon kernels' tiles are fixed), default {d}")
+                continue
             print(f"  M={M:5d}: {len(screen_candidates(spec, M, smem))} screened of {len(candidate_space(spec, M, smem))} "
-                  f"valid grid points, default {default_config(M, spec.E, spec.N, spec.K, spec.top_k, spec.dtype, spec.block_shape).short()}")
+                  f"valid grid points, default {d}")
         return 0
     if not torch.cuda.is_available():
         print("moekit tune needs a CUDA GPU (it times the kernels as CUDA-graph replays)", file=sys.stderr)
@@ -857,7 +896,7 @@ def run_tune(args: argparse.Namespace) -> int:
     pool = CompilePool(spec, workers) if workers else None
     try:
         tuner = Tuner(spec, Ms, args.budget_s, GpuTimer(spec), smem, pool, state, device_name=device,
-                      progress=not args.quiet)
+                      progress=not args.quiet, order_only=lambda M: launch_order_only(spec, M, plat))
         try:
             result = tuner.run()
         except KeyboardInterrupt:

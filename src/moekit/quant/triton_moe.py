@@ -125,21 +125,31 @@ FP8_BLOCK_GLUON_MIN_ROWS = 32
 
 def fp8_block_gluon(x: torch.Tensor, scheme: QuantScheme, adt, m: int, top_k: int, e: int, h: int, i: int,
                     activation: str, has_bias: bool) -> bool:
-    """Whether an fp8 block layer runs the Gluon kernels (asynchronous wgmma: step k's product is scaled while
-    step k + 1's MMA runs, which Triton's ``tl.dot`` cannot express): Hopper, e4m3fn activations (the
-    platform's fp8), 128x128 blocks, H and I multiples of 256 (even numbers of 128-deep K steps in both
+    """:func:`fp8_block_gluon_applies` for a layer on ``x``'s device."""
+    from moekit.platform import platform_of
+
+    if x.device.type != "cuda":
+        return False
+    return fp8_block_gluon_applies(platform_of(x.device), scheme, adt, m, top_k, e, h, i, activation, has_bias)
+
+
+def fp8_block_gluon_applies(platform, scheme: QuantScheme, adt, m: int, top_k: int, e: int, h: int, i: int,
+                            activation: str = "silu", has_bias: bool = False) -> bool:
+    """Whether an fp8 block layer on ``platform`` runs the Gluon kernels (asynchronous wgmma: step k's product
+    is scaled while step k + 1's MMA runs, which Triton's ``tl.dot`` cannot express): Hopper, e4m3fn
+    activations (the platform's fp8), 128x128 blocks, H and I multiples of 256 (even numbers of 128-deep K steps in both
     GEMMs), SiLU without expert biases, and at least :data:`FP8_BLOCK_GLUON_MIN_ROWS` rows per expert.
     Whole forward against the Triton kernels, arms interleaved (``benchmarks/ab_fp8_block_gluon.py``): H100
     DeepSeek-V3 / Qwen3 M=4096 1.22x / 1.21x, M=1024 (32 / 64 rows per expert) 1.04x / 1.13x, 16 rows per
     expert 0.99x / 0.99x (``ab_fp8_block_gluon_H100_session10.json``); H200 1.24x / 1.24x at M=4096, 1.19x /
     1.18x at M=1024, DeepSeek-V3 at 16 rows 1.08x (``ab_fp8_block_gluon_H200_session10.json``)."""
-    from moekit.platform import on_sm90, platform_of
+    from moekit.platform import on_sm90
 
-    if not FP8_BLOCK_GLUON or x.device.type != "cuda" or adt != torch.float8_e4m3fn:
+    if not FP8_BLOCK_GLUON or adt != torch.float8_e4m3fn:
         return False
     if scheme.block_shape != (128, 128) or h % 256 or i % 256 or activation != "silu" or has_bias:
         return False
-    if m * top_k < FP8_BLOCK_GLUON_MIN_ROWS * e or not on_sm90(platform_of(x.device)):
+    if m * top_k < FP8_BLOCK_GLUON_MIN_ROWS * e or not on_sm90(platform):
         return False
     return gluon_kernels() is not None
 
