@@ -140,8 +140,9 @@ def fp8_block_gluon_applies(platform, scheme: QuantScheme, adt, m: int, top_k: i
     activations (the platform's fp8), 128x128 blocks, H and I multiples of 256 (even numbers of 128-deep K steps in both
     GEMMs), SiLU without expert biases, and at least :data:`FP8_BLOCK_GLUON_MIN_ROWS` rows per expert.
     Whole forward against the Triton kernels, arms interleaved (``benchmarks/ab_fp8_block_gluon.py``): H100
-    DeepSeek-V3 / Qwen3 M=4096 1.22x / 1.21x, M=1024 (32 / 64 rows per expert) 1.04x / 1.13x, 16 rows per
-    expert 0.99x / 0.99x (``ab_fp8_block_gluon_H100_session10.json``); H200 1.24x / 1.24x at M=4096, 1.19x /
+    DeepSeek-V3 / Qwen3 M=4096 1.22x / 1.21x, M=1024 (32 / 64 rows per expert) 1.04x / 1.13x
+    (``ab_fp8_block_gluon_H100_session10.json``), 16 rows per expert 0.99x / 0.99x
+    (``ab_fp8_block_gluon_threshold_H100_session10.log``); H200 1.24x / 1.24x at M=4096, 1.19x /
     1.18x at M=1024, DeepSeek-V3 at 16 rows 1.08x (``ab_fp8_block_gluon_H200_session10.json``)."""
     from moekit.platform import on_sm90
 
