@@ -9,7 +9,8 @@ The row threshold is lifted, so every M runs both arms. GPU only.
 
 ``--variants``: more Gluon arms, each ``GEMM1_STAGES,GEMM2_STAGES,GEMM2_BLOCK_N,GEMM2_WARPS``, or ``gm=N``: the
 shipped kernels with GROUP_SIZE_M forced to N (the launch order; the tuned files' value otherwise), or
-``ws2``: GEMM 2 replaced by the warp-specialized prototype of ``benchmarks/proto_ws_fp8_block_gemm2.py``.
+``ws2`` / ``ws``: GEMM 2 / both GEMMs replaced by the warp-specialized prototypes of
+``benchmarks/proto_ws_fp8_block.py``.
 """
 from __future__ import annotations
 
@@ -35,18 +36,20 @@ _SHIPPED = (g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS)
 
 
 _QUANT_CONFIG = tq.quant_config
-_GEMM2 = g.moe_gemm2_fp8_block_sm90
+_GEMMS = g.moe_gemm1_fp8_block_sm90, g.moe_gemm2_fp8_block_sm90
 
 
 def _arm(name: str) -> None:
-    """Set the module switches of arm ``name`` ('triton', 'gluon', 'gm=N', 'ws2' or a variant 's1,s2,bn,w2')."""
+    """Set the module switches of arm ``name`` ('triton', 'gluon', 'gm=N', 'ws', 'ws2' or a variant 's1,s2,bn,w2')."""
     tq.FP8_BLOCK_GLUON = name != "triton"
     tq.quant_config = _QUANT_CONFIG
-    g.moe_gemm2_fp8_block_sm90 = _GEMM2
-    if name == "ws2":
-        from proto_ws_fp8_block_gemm2 import moe_gemm2_ws
+    g.moe_gemm1_fp8_block_sm90, g.moe_gemm2_fp8_block_sm90 = _GEMMS
+    if name in ("ws", "ws2"):
+        from proto_ws_fp8_block import moe_gemm1_ws, moe_gemm2_ws
 
         g.moe_gemm2_fp8_block_sm90 = moe_gemm2_ws
+        if name == "ws":
+            g.moe_gemm1_fp8_block_sm90 = moe_gemm1_ws
     if name.startswith("gm="):
         gm = int(name[3:])
         tq.quant_config = lambda *a, **k: dataclasses.replace(_QUANT_CONFIG(*a, **k), GROUP_SIZE_M=gm)
