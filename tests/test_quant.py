@@ -294,6 +294,18 @@ def test_mxfp4_grouped_decode_paths(bm, bn, bk, ptx, poisoned_empty, monkeypatch
     assert_close_to_reference(out, ref, "mxfp4")
 
 
+def test_gluon_needs_16_byte_copies():
+    """The Gluon fp8 block kernels copy 16 bytes at a time: weight views at odd offsets or with odd strides keep
+    the Triton kernels (``copies_of_16_bytes``)."""
+    from moekit.quant.triton_moe import copies_of_16_bytes
+
+    w = torch.zeros(4, 512, 256, dtype=torch.float8_e4m3fn)
+    assert copies_of_16_bytes(w, w[:2])
+    assert not copies_of_16_bytes(w.view(-1)[1:1 + 4 * 512 * 255].view(4, 512, 255))
+    assert not copies_of_16_bytes(w[:, :, 1:])
+    assert not copies_of_16_bytes(w.transpose(1, 2))
+
+
 def test_missing_gluon_keeps_the_triton_kernels(monkeypatch, caplog):
     """A triton without Gluon's Hopper API (moekit allows triton >= 3.2) leaves fp8 block layers on the Triton
     kernels with one warning, never an ImportError."""

@@ -155,6 +155,14 @@ def fp8_block_gluon_applies(platform, scheme: QuantScheme, adt, m: int, top_k: i
     return gluon_kernels() is not None
 
 
+def copies_of_16_bytes(*tensors: torch.Tensor) -> bool:
+    """Whether the Gluon kernels' cp.async copies can move 16 bytes at a time from these (weight) tensors: a
+    contiguous last dimension, 16-byte-aligned base and strides. Views that break this (an odd offset into a
+    larger buffer) keep the Triton kernels, which Gluon would otherwise fail to compile for."""
+    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+               and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
+
+
 @functools.lru_cache(maxsize=None)
 def gluon_kernels():
     """:mod:`moekit.kernels.moe_gemm_sm90`, or None (warned once) where this triton has no Gluon Hopper API
@@ -231,7 +239,8 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         # 32-code scale groups (tl.dot_scaled reads [BLOCK_N, BLOCK_K / 32] scales, the in-kernel decode one
         # scale per byte row): BLOCK_K = 32 made every step a 16-byte-per-row load.
         config = _fix_block_k(config, config.BLOCK_SIZE_K, least)
-    gluon = block and fp8_block_gluon(x, scheme, adt, m, top_k, e, h, i, activation, w13_bias is not None)
+    gluon = (block and fp8_block_gluon(x, scheme, adt, m, top_k, e, h, i, activation, w13_bias is not None)
+             and copies_of_16_bytes(w13, w2))
     if gluon:
         moe_gemm_sm90 = gluon_kernels()
         config = replace(config, BLOCK_SIZE_M=moe_gemm_sm90.GEMM1_TILE[0])
