@@ -40,6 +40,33 @@ NSTAGES = gl.constexpr(4)
 
 
 @gluon.jit
+def _k_loop(a_smem, b_smem, B_ROW0: gl.constexpr, ready, empty, as_ptrs, bs_ptr, nk, stride_ask, stride_bsk,
+            MMA: gl.constexpr):
+    """A consumer's K loop: [BM, 128] = sum over steps of (A tile @ B rows [B_ROW0, B_ROW0 + 128) of the slot)
+    x (row scales x block scale); each slot released to the producer as soon as its MMA retires."""
+    BLOCK_M: gl.constexpr = BM
+    STAGES: gl.constexpr = NSTAGES
+    acc = gl.zeros([BLOCK_M, 128], gl.float32, layout=MMA)
+    p = gl.zeros([BLOCK_M, 128], gl.float32, layout=MMA)
+    a_s = gl.load(as_ptrs)
+    b_s = gl.load(bs_ptr)
+    for k in range(nk):
+        s = k % STAGES
+        kn = gl.minimum(k + 1, nk - 1)
+        a_sn = gl.load(as_ptrs + kn * stride_ask)
+        b_sn = gl.load(bs_ptr + kn * stride_bsk)
+        mbarrier.wait(ready.index(s), (k // STAGES) & 1)
+        fence_async_shared()
+        t = warpgroup_mma(a_smem.index(s), b_smem.index(s).slice(B_ROW0, 128, dim=0).permute((1, 0)), p,
+                          use_acc=False, is_async=True)
+        p = warpgroup_mma_wait(num_outstanding=0, deps=(t, ))
+        mbarrier.arrive(empty.index(s), count=1)
+        acc += p * (gl.expand_dims(a_s, 1) * b_s)
+        a_s, b_s = a_sn, b_sn
+    return acc
+
+
+@gluon.jit
 def _producer(a_smem, b_smem, ready, empty, a_ptr, w_ptr, row0, col0, expert, nk, stride_am, stride_we, stride_wn):
     BLOCK_M: gl.constexpr = BM
     BLOCK_N: gl.constexpr = BN
@@ -66,29 +93,12 @@ def _consumer(a_smem, b_smem, ready, empty, y_ptr, topk_w_ptr, a_scale_ptr, b_sc
               stride_bsk, HALF: gl.constexpr):
     """One warpgroup: columns [HALF * 128, HALF * 128 + 128) of the tile."""
     BLOCK_M: gl.constexpr = BM
-    STAGES: gl.constexpr = NSTAGES
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 32])
     ROW: gl.constexpr = gl.SliceLayout(1, MMA)
     offs_m = (row0 + gl.arange(0, BLOCK_M, layout=ROW)).to(gl.int64)
     as_ptrs = a_scale_ptr + offs_m * stride_asm
     bs_ptr = b_scale_ptr + expert * stride_bse + ((col0 + HALF * 128) // 128) * stride_bsn
-    acc = gl.zeros([BLOCK_M, 128], gl.float32, layout=MMA)
-    p = gl.zeros([BLOCK_M, 128], gl.float32, layout=MMA)
-    a_s = gl.load(as_ptrs)
-    b_s = gl.load(bs_ptr)
-    for k in range(nk):
-        s = k % STAGES
-        kn = gl.minimum(k + 1, nk - 1)
-        a_sn = gl.load(as_ptrs + kn * stride_ask)
-        b_sn = gl.load(bs_ptr + kn * stride_bsk)
-        mbarrier.wait(ready.index(s), (k // STAGES) & 1)
-        fence_async_shared()
-        t = warpgroup_mma(a_smem.index(s), b_smem.index(s).slice(HALF * 128, 128, dim=0).permute((1, 0)), p,
-                          use_acc=False, is_async=True)
-        p = warpgroup_mma_wait(num_outstanding=0, deps=(t, ))
-        mbarrier.arrive(empty.index(s), count=1)
-        acc += p * (gl.expand_dims(a_s, 1) * b_s)
-        a_s, b_s = a_sn, b_sn
+    acc = _k_loop(a_smem, b_smem, HALF * 128, ready, empty, as_ptrs, bs_ptr, nk, stride_ask, stride_bsk, MMA)
     slot = gl.load(sorted_ptr + offs_m)
     w = gl.load(topk_w_ptr + slot, mask=slot < num_slots, other=0.0)
     acc = acc * gl.expand_dims(gl.where(mul_weight != 0, w, 1.0), 1)
@@ -100,6 +110,7 @@ def _consumer(a_smem, b_smem, ready, empty, y_ptr, topk_w_ptr, a_scale_ptr, b_sc
     gl.store(y_ptrs, out, mask=gl.expand_dims(slot_st < num_slots, 1))
 
 
+# Worker partitions take no constexpr arguments (they are flattened to IR values), hence one wrapper per half.
 @gluon.jit
 def _consumer_lo(a_smem, b_smem, ready, empty, y_ptr, topk_w_ptr, a_scale_ptr, b_scale_ptr, sorted_ptr, row0, col0,
                  expert, nk, num_slots, mul_weight, stride_ym, stride_asm, stride_ask, stride_bse, stride_bsn,
@@ -205,33 +216,16 @@ def _g1_consumer(a_smem, g_smem, u_smem, ready, empty, pair, up_smem, out_ptr, o
                  HALF: gl.constexpr):
     """HALF 0: the gate tile, then the epilogue; HALF 1: the up tile, handed over through ``up_smem``."""
     BLOCK_M: gl.constexpr = BM
-    STAGES: gl.constexpr = NSTAGES
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 32])
     ROW: gl.constexpr = gl.SliceLayout(1, MMA)
     slot = gl.load(sorted_ptr + row0 + gl.arange(0, BLOCK_M, layout=ROW))
     tok = gl.where(slot < num_slots, slot // top_k, 0).to(gl.int64)
     as_ptrs = a_scale_ptr + tok * stride_asm
     bs_ptr = b_scale_ptr + expert * stride_bse + (pid_n + HALF * (I // 128)) * stride_bsn
-    acc = gl.zeros([BLOCK_M, 128], gl.float32, layout=MMA)
-    p = gl.zeros([BLOCK_M, 128], gl.float32, layout=MMA)
-    a_s = gl.load(as_ptrs)
-    b_s = gl.load(bs_ptr)
-    for k in range(nk):
-        s = k % STAGES
-        kn = gl.minimum(k + 1, nk - 1)
-        a_sn = gl.load(as_ptrs + kn * stride_ask)
-        b_sn = gl.load(bs_ptr + kn * stride_bsk)
-        mbarrier.wait(ready.index(s), (k // STAGES) & 1)
-        fence_async_shared()
-        if HALF == 0:
-            b = g_smem.index(s)
-        else:
-            b = u_smem.index(s)
-        t = warpgroup_mma(a_smem.index(s), b.permute((1, 0)), p, use_acc=False, is_async=True)
-        p = warpgroup_mma_wait(num_outstanding=0, deps=(t, ))
-        mbarrier.arrive(empty.index(s), count=1)
-        acc += p * (gl.expand_dims(a_s, 1) * b_s)
-        a_s, b_s = a_sn, b_sn
+    if HALF == 0:
+        acc = _k_loop(a_smem, g_smem, 0, ready, empty, as_ptrs, bs_ptr, nk, stride_ask, stride_bsk, MMA)
+    else:
+        acc = _k_loop(a_smem, u_smem, 0, ready, empty, as_ptrs, bs_ptr, nk, stride_ask, stride_bsk, MMA)
     if HALF == 1:
         up_smem.store(acc)
         mbarrier.arrive(pair, count=1)
