@@ -39,3 +39,18 @@ def test_gluon_fp8_block_gemms_keep_their_wgmmas_asynchronous():
         ops = dict(item.rsplit(" ", 1) for item in loop.split(": ", 1)[1].split(", "))
         assert sum(int(v) for k, v in ops.items() if k.startswith("QGMMA")) == wgmmas, loop
         assert int(ops["WARPGROUP.DEPBAR.LE"]) == 2, loop
+
+
+def test_warp_specialized_prototype_compiles():
+    """The warp-specialized fp8 block prototype (``benchmarks/proto_ws_fp8_block.py``, not shipped) compiles for
+    sm_90 without a GPU, without spills, each consumer loop with 4 wgmmas and one wait (so it does not rot
+    before a session runs it on a GPU)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, os.path.join(_ROOT, "benchmarks", "proto_ws_fp8_block.py"), "--compile"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert sum("STACK:0 " in ln for ln in lines) == 2, out.stdout
+    consumers = [ln for ln in lines if "QGMMA" in ln]
+    assert len(consumers) == 4 and all("'WARPGROUP.DEPBAR.LE': 1" in ln for ln in consumers), out.stdout
