@@ -29,8 +29,6 @@ up in one N=256 wgmma (0.97-1.00x), 64-column GEMM 1 tiles with two CTAs per SM 
 """
 from __future__ import annotations
 
-import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
@@ -40,22 +38,13 @@ from moekit.kernels.quant import MIN_SCALE
 
 
 @gluon.constexpr_function
-def _warps_per_cta(block_m, num_warps):
-    """wgmma warp grid: warpgroups stacked along M while each has >= 64 rows, then along N."""
-    wm = min(num_warps, max(4, block_m // 16))
-    return [wm, num_warps // wm]
-
-
-@gluon.constexpr_function
-def _instr_n(block_m, block_n, num_warps):
-    wm = min(num_warps, max(4, block_m // 16))
-    return min(256, block_n // (num_warps // wm))
-
-
-@gluon.constexpr_function
 def _mma_layout(block_m, block_n, num_warps):
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=_warps_per_cta(block_m, num_warps),
-                                     instr_shape=[16, _instr_n(block_m, block_n, num_warps), 32])
+    """wgmma layout: warps stacked along M while each warpgroup keeps >= 64 rows, the rest along N; each
+    instruction as wide as its warps' share of the columns (at most 256)."""
+    wm = min(num_warps, max(4, block_m // 16))
+    wn = num_warps // wm
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[wm, wn],
+                                     instr_shape=[16, min(256, block_n // wn), 32])
 
 
 @gluon.constexpr_function

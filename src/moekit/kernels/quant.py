@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from moekit.kernels import warps_for
-from moekit.quant.ops import MIN_SCALE  # noqa: F401 - the one definition; the kernels' launchers pass it in
+from moekit.quant.ops import MIN_SCALE  # the one definition (the launchers pass it in)
 _RTNE_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 to the nearest integer, ties to even
 
 

@@ -137,8 +137,9 @@ def fp8_block_gluon_applies(platform, scheme: QuantScheme, adt, m: int, top_k: i
                             activation: str = "silu", has_bias: bool = False) -> bool:
     """Whether an fp8 block layer on ``platform`` runs the Gluon kernels (asynchronous wgmma: step k's product
     is scaled while step k + 1's MMA runs, which Triton's ``tl.dot`` cannot express): Hopper, e4m3fn
-    activations (the platform's fp8), 128x128 blocks, H and I multiples of 256 (even numbers of 128-deep K steps in both
-    GEMMs), SiLU without expert biases, and at least :data:`FP8_BLOCK_GLUON_MIN_ROWS` rows per expert.
+    activations (the platform's fp8), 128x128 blocks, H and I multiples of 256 (even numbers of 128-deep K
+    steps in both GEMMs), SiLU without expert biases, and at least :data:`FP8_BLOCK_GLUON_MIN_ROWS` rows per
+    expert.
     Whole forward against the Triton kernels, arms interleaved (``benchmarks/ab_fp8_block_gluon.py``): H100
     DeepSeek-V3 / Qwen3 M=4096 1.22x / 1.21x, M=1024 (32 / 64 rows per expert) 1.04x / 1.13x
     (``ab_fp8_block_gluon_H100_session10.json``), 16 rows per expert 0.99x / 0.99x
@@ -267,9 +268,9 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale)
         q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, **_w8a8_weight(scheme, w13_scale))
         q2 = GemmQuant(mode, int_acc=int_acc, **_w8a8_weight(scheme, w2_scale))
-        if gluon:  # 128-column output groups, both GEMMs in Gluon
+        if gluon:  # both GEMMs in Gluon; GEMM 1's output groups are its tiles' columns (128)
             inter = torch.empty((p, i), dtype=adt, device=x.device)
-            inter_s = torch.empty((p, i // 128), dtype=torch.float32, device=x.device)
+            inter_s = torch.empty((p, i // moe_gemm_sm90.GEMM1_TILE[1]), dtype=torch.float32, device=x.device)
             moe_gemm_sm90.moe_gemm1_fp8_block_sm90(xq, xs, w13, w13_scale, inter, inter_s, *args, top_k,
                                                    config.GROUP_SIZE_M, _qparams(adt)[1])
             a2, q2.a_scale = inter, inter_s
