@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import DEVICE, HAS_GPU, KERNEL_DTYPES, gpu_only
 from moekit.errors import MoEInputError
 from moekit.linear import (
-    PATHS, LinearConfig, _path_ok, clear_caches, linear, linear_path, select_path, table_file_name,
+    GEMV_MAX_M, PATHS, LinearConfig, _path_ok, clear_caches, linear, linear_path, select_path, table_file_name,
 )
 from moekit.platform import device_name_for_configs, fp8_dtype, platform_of
 from moekit.quant.scheme import QuantScheme
@@ -22,6 +22,7 @@ CONFIGS = {
     "torch": None,
     "skinny": LinearConfig(16, 32, 64, 3, 1, 4, 2),
     "skinny_fused": LinearConfig(16, 32, 64, 3, 1, 4, 2, FUSED_REDUCE=1),
+    "gemv": LinearConfig(1, 4, 64, 1, 1, 2, 2),
     "triton": LinearConfig(16, 32, 32, 1, 2, 4, 2),
     "triton_w8a8": LinearConfig(16, 32, 64, 1, 2, 4, 2),
 }
@@ -72,10 +73,13 @@ def _skip_unless_ok(path, scheme, M=1, dtype=None):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-@pytest.mark.parametrize("M,N,K,bias", [(1, 96, 160, True), (7, 130, 300, False), (16, 64, 33, True)])
+@pytest.mark.parametrize("M,N,K,bias", [(1, 96, 160, True), (7, 130, 300, False), (16, 64, 33, True),
+                                        (3, 37, 200, False)])
 def test_unquantized_paths(path, dtype, M, N, K, bias, poisoned_empty):
     if path == "triton_w8a8":
         pytest.skip("triton_w8a8 needs fp8 weights")
+    if path == "gemv" and M > GEMV_MAX_M:
+        pytest.skip(f"gemv serves M <= {GEMV_MAX_M}")
     if path == "skinny":  # both split-K reductions: the reduce kernel and the fused last-program one
         g = _gen()
         x, w = _rand((M, K), dtype, g), _rand((N, K), dtype, g, K**-0.5)
@@ -91,11 +95,11 @@ def test_unquantized_paths(path, dtype, M, N, K, bias, poisoned_empty):
     assert_close_to_reference(out, _ref(x, w, b), KEYS[dtype], name=f"{path} M={M} N={N} K={K}")
 
 
-@pytest.mark.parametrize("path", ["skinny", "triton"])
+@pytest.mark.parametrize("path", ["skinny", "gemv", "triton"])
 def test_larger_m_and_3d_input(path, poisoned_empty):
     dtype = KERNEL_DTYPES[0]
     g = _gen()
-    M = 3 if path == "skinny" else 40
+    M = {"skinny": 3, "gemv": 2}.get(path, 40)
     x, w, b = _rand((2, M, 72), dtype, g), _rand((50, 72), dtype, g, 72**-0.5), _rand((50,), dtype, g)
     out = linear_path(path, x, w, b, config=CONFIGS[path])
     assert out.shape == (2, M, 50)
@@ -104,12 +108,12 @@ def test_larger_m_and_3d_input(path, poisoned_empty):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("scheme_name", sorted(FP8_SCHEMES))
-@pytest.mark.parametrize("M,N,K,bias", [(3, 200, 300, True), (20, 72, 256, False)])
+@pytest.mark.parametrize("M,N,K,bias", [(3, 200, 300, True), (20, 72, 256, False), (1, 130, 260, True)])
 def test_fp8_paths(path, scheme_name, M, N, K, bias, poisoned_empty):
     scheme = FP8_SCHEMES[scheme_name]
-    _skip_unless_ok(path, scheme, M if path == "skinny" else 1)
-    if path == "skinny" and M > 16:
-        pytest.skip("skinny serves M <= 16")
+    ok, why = _path_ok(path, torch.device(DEVICE), scheme, M, torch.bfloat16 if HAS_GPU else torch.float16)
+    if not ok:
+        pytest.skip(why)
     dtype = torch.bfloat16 if HAS_GPU else torch.float16
     g = _gen()
     q, scale, deq = _fp8_weight(N, K, scheme, g)
@@ -234,7 +238,7 @@ def test_non_contiguous_bias_and_empty_k(poisoned_empty):
 
 
 @gpu_only
-@pytest.mark.parametrize("path", ["skinny", "skinny_fused", "triton", "torch"])
+@pytest.mark.parametrize("path", ["skinny", "skinny_fused", "gemv", "triton", "torch"])
 def test_cuda_graph_capture(path):
     g = _gen()
     x, w, b = _rand((4, 256), torch.bfloat16, g), _rand((512, 256), torch.bfloat16, g, 1 / 16), None

@@ -10,6 +10,10 @@ and shape. Paths (:data:`PATHS`):
 ``skinny``
     Triton split-K GEMM for M <= 16 (decode): the whole GPU streams the weight. fp8 weights are widened to
     the activation dtype in registers (weight-only, no activation quantization).
+``gemv``
+    Triton GEMV for M <= 4 (decode): no tensor cores, no split-K; each program owns a few output rows over
+    the whole K (:mod:`moekit.kernels.linear_gemv`), fp8 weights widened in registers as in ``skinny``.
+    ``BLOCK_SIZE_N`` is its rows per program; ``BLOCK_SIZE_M`` and ``SPLIT_K`` are unused.
 ``triton``
     Triton tiled GEMM with per-device tuned block sizes; fp8 weights weight-only as in ``skinny``.
 ``triton_w8a8``
@@ -49,12 +53,16 @@ from moekit.errors import MoEInputError, check_arg
 from moekit.quant.scheme import QuantScheme, as_scheme
 
 __all__ = [
-    "linear", "linear_path", "select_path", "LinearConfig", "PATHS", "SKINNY_MAX_M", "table_file_name",
+    "linear", "linear_path", "select_path", "LinearConfig", "PATHS", "SKINNY_MAX_M", "GEMV_MAX_M",
+    "table_file_name",
     "config_dirs", "load_table", "clear_caches",
 ]
 
-PATHS = ("torch", "skinny", "triton", "triton_w8a8")
+PATHS = ("torch", "skinny", "gemv", "triton", "triton_w8a8")
 SKINNY_MAX_M = 16
+#: the largest M of the gemv path: its x tile and accumulator grow with M while the weight it reads does not,
+#: so past a few rows the tensor-core ``skinny`` path wins; the tables pick between them per M bucket
+GEMV_MAX_M = 4
 _DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 
@@ -83,6 +91,7 @@ class LinearConfig:
 
 DEFAULT_TRITON = LinearConfig(64, 128, 64, 1, 8, 4, 3)
 DEFAULT_W8A8 = LinearConfig(64, 128, 128, 1, 8, 4, 3)
+DEFAULT_GEMV = LinearConfig(1, 4, 512, 1, 1, 4, 4)  # 4 rows per program, K in steps of 512
 
 
 def default_skinny(N: int, K: int, sms: int = 132) -> LinearConfig:
@@ -241,6 +250,8 @@ def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype
         return True, ""
     if path == "skinny" and M > SKINNY_MAX_M:
         return False, f"skinny serves M <= {SKINNY_MAX_M}"
+    if path == "gemv" and M > GEMV_MAX_M:
+        return False, f"gemv serves M <= {GEMV_MAX_M}"
     if path == "triton_w8a8" and not scheme.is_quantized:
         return False, "triton_w8a8 needs fp8 weights"
     from moekit.platform import has_feature, interpreter_runs, platform_of
@@ -411,7 +422,7 @@ def linear_path(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional
         from moekit.platform import platform_of
 
         config = {"skinny": default_skinny(N, K, max(platform_of(x.device).multiprocessor_count, 1)),
-                  "triton": DEFAULT_TRITON, "triton_w8a8": DEFAULT_W8A8}[path]
+                  "gemv": DEFAULT_GEMV, "triton": DEFAULT_TRITON, "triton_w8a8": DEFAULT_W8A8}[path]
     return _run(path, config, x, weight, bias, scheme, weight_scale)
 
 
@@ -431,6 +442,8 @@ def _run(path, cfg, x, weight, bias, scheme, weight_scale):
         bias = bias.contiguous()  # the Triton paths index it without a stride
     if path == "torch" or K == 0:
         out = _run_torch(x2, weight, bias, scheme, weight_scale)
+    elif path == "gemv":
+        out = _run_gemv(x2, weight, bias, scheme, weight_scale, cfg)
     else:
         out = _run_triton(x2, weight, bias, scheme, weight_scale, cfg, w8a8=(path == "triton_w8a8"))
     return out.reshape(*lead, N)
@@ -499,6 +512,23 @@ def _tile_counters(device: torch.device, tiles: int) -> Optional[torch.Tensor]:
         buf = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
         _COUNTERS[key] = buf
     return buf
+
+
+def _run_gemv(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig):
+    from moekit.kernels.linear_gemv import gemv
+
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    if weight.stride(1) != 1:
+        weight = weight.contiguous()
+    w_mode, ws, block = 0, None, None
+    if scheme.is_quantized:
+        if scheme.granularity == "block":
+            w_mode, ws, block = 2, weight_scale, scheme.block_shape
+        else:
+            w_mode, ws = 1, weight_scale.reshape(-1)
+    return gemv(x2, weight, bias, w_mode, ws, block, cfg.BLOCK_SIZE_N, cfg.BLOCK_SIZE_K, cfg.num_warps,
+                cfg.num_stages)
 
 
 def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig, w8a8: bool):

@@ -3,10 +3,10 @@ the router's tables.
 
 For each shape and scheme it times, as CUDA-graph replays (``triton.testing.do_bench_cudagraph``, median),
 ``torch`` and a small candidate set of each Triton path (``skinny`` for M <= 16: block sizes x split-K for
-1/2/4 waves, fully searched at the smallest M, its three best re-timed at the other small M; ``triton`` and
-``triton_w8a8`` tiles by M). Weights under 64 MB are rotated among copies (>= 128 MB in all) so every call
-streams its weight from HBM, not from the 50 MB L2. Each candidate's output is checked against the torch
-path once; a candidate that fails or does not compile is dropped.
+1/2/4 waves, fully searched at the smallest M, its three best re-timed at the other small M; ``gemv`` for
+M <= 4: rows per program x K step, :func:`gemv_candidates`; ``triton`` and ``triton_w8a8`` tiles by M).
+Weights under 64 MB are rotated among copies (>= 128 MB in all) so every call streams its weight from HBM,
+not from the 50 MB L2. Each candidate's output is checked against the torch path once; a candidate that fails or does not compile is dropped.
 
 Each table file (:func:`moekit.linear.table_file_name`) maps an M bucket to the fastest path and its config,
 with every path's best time in ``"paths"`` (the benchmark re-times those) and ``"_meta"`` (device, versions).
@@ -23,7 +23,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from moekit.linear import PATHS, SKINNY_MAX_M, LinearConfig, _path_ok, linear_path, table_file_name
+from moekit.linear import (
+    GEMV_MAX_M, PATHS, SKINNY_MAX_M, LinearConfig, _path_ok, linear_path, table_file_name,
+)
 from moekit.quant.scheme import QuantScheme, as_scheme
 
 #: name -> (N, K): attention and shared-expert projections (weight [N, K]).
@@ -149,6 +151,21 @@ def skinny_candidates(N: int, K: int, scheme: QuantScheme, sms: int) -> List[Lin
     return list(dict.fromkeys(out))
 
 
+def gemv_candidates(M: int, scheme: QuantScheme) -> List[LinearConfig]:
+    """Rows per program x K step of the ``gemv`` path: the weight tile times the power of two >= M kept at
+    2048 or 4096 float32 accumulators per program (16 or 32 a thread at 4 warps; the probe's best at M = 1
+    had 2048), K steps of 64..1024 (at most the scale block for block-fp8)."""
+    bm = 1 << max(M - 1, 0).bit_length()
+    k_max = min(1024, scheme.block_shape[1]) if scheme.granularity == "block" else 1024
+    out = []
+    for rows in (2, 4, 8, 16, 32):
+        for budget in (2048, 4096):
+            bk = min(budget // (bm * rows), k_max)
+            if bk >= 64:
+                out.append(LinearConfig(1, rows, bk, 1, 1, 4, 4))
+    return list(dict.fromkeys(out))
+
+
 def triton_candidates(M: int, N: int, K: int, scheme: QuantScheme, sms: int, w8a8: bool) -> List[LinearConfig]:
     elem = 1 if w8a8 else 2
     bk = 128 if (w8a8 or scheme.granularity == "block") else 64
@@ -224,6 +241,9 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
             else:
                 for _, c in skinny_rank[:3]:
                     consider("skinny", c)
+        if M <= GEMV_MAX_M and _path_ok("gemv", dev, prob.scheme, M, prob.dtype)[0]:
+            for c in gemv_candidates(M, prob.scheme):
+                consider("gemv", c)
         if M >= SKINNY_MAX_M and _path_ok("triton", dev, prob.scheme, M, prob.dtype)[0]:
             for c in triton_candidates(M, prob.N, prob.K, prob.scheme, sms, False):
                 consider("triton", c)
