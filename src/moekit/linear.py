@@ -11,8 +11,8 @@ and shape. Paths (:data:`PATHS`):
     Triton split-K GEMM for M <= 16 (decode): the whole GPU streams the weight. fp8 weights are widened to
     the activation dtype in registers (weight-only, no activation quantization).
 ``gemv``
-    Triton GEMV for M <= 4 (decode): no tensor cores, no split-K; each program owns a few output rows over
-    the whole K (:mod:`moekit.kernels.linear_gemv`), fp8 weights widened in registers as in ``skinny``.
+    Triton GEMV for M = 1 (decode of one sequence): no tensor cores, no split-K; each program owns a few
+    output rows over the whole K (:mod:`moekit.kernels.linear_gemv`), fp8 weights widened in registers.
     ``BLOCK_SIZE_N`` is its rows per program; ``BLOCK_SIZE_M`` and ``SPLIT_K`` are unused.
 ``triton``
     Triton tiled GEMM with per-device tuned block sizes; fp8 weights weight-only as in ``skinny``.
@@ -60,9 +60,8 @@ __all__ = [
 
 PATHS = ("torch", "skinny", "gemv", "triton", "triton_w8a8")
 SKINNY_MAX_M = 16
-#: the largest M of the gemv path: its x tile and accumulator grow with M while the weight it reads does not,
-#: so past a few rows the tensor-core ``skinny`` path wins; the tables pick between them per M bucket
-GEMV_MAX_M = 4
+#: the largest M of the gemv path (why only one row: :mod:`moekit.kernels.linear_gemv`)
+GEMV_MAX_M = 1
 _DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 

@@ -4,7 +4,7 @@ the router's tables.
 For each shape and scheme it times, as CUDA-graph replays (``triton.testing.do_bench_cudagraph``, median),
 ``torch`` and a small candidate set of each Triton path (``skinny`` for M <= 16: block sizes x split-K for
 1/2/4 waves, fully searched at the smallest M, its three best re-timed at the other small M; ``gemv`` for
-M <= 4: rows per program x K step, :func:`gemv_candidates`; ``triton`` and ``triton_w8a8`` tiles by M).
+M = 1: rows per program x K step, :func:`gemv_candidates`; ``triton`` and ``triton_w8a8`` tiles by M).
 Weights under 64 MB are rotated among copies (>= 128 MB in all) so every call streams its weight from HBM,
 not from the 50 MB L2. Each candidate's output is checked against the torch path once; a candidate that fails or does not compile is dropped.
 
@@ -151,16 +151,15 @@ def skinny_candidates(N: int, K: int, scheme: QuantScheme, sms: int) -> List[Lin
     return list(dict.fromkeys(out))
 
 
-def gemv_candidates(M: int, scheme: QuantScheme) -> List[LinearConfig]:
-    """Rows per program x K step of the ``gemv`` path: the weight tile times the power of two >= M kept at
-    2048 or 4096 float32 accumulators per program (16 or 32 a thread at 4 warps; the probe's best at M = 1
-    had 2048), K steps of 64..1024 (at most the scale block for block-fp8)."""
-    bm = 1 << max(M - 1, 0).bit_length()
+def gemv_candidates(scheme: QuantScheme) -> List[LinearConfig]:
+    """Rows per program x K step of the ``gemv`` path (M = 1): 2048 or 4096 float32 accumulators per program
+    (16 or 32 a thread at 4 warps; the probe's best had 2048), K steps of 64..1024 (at most the scale block for
+    block-fp8)."""
     k_max = min(1024, scheme.block_shape[1]) if scheme.granularity == "block" else 1024
     out = []
     for rows in (2, 4, 8, 16, 32):
         for budget in (2048, 4096):
-            bk = min(budget // (bm * rows), k_max)
+            bk = min(budget // rows, k_max)
             if bk >= 64:
                 out.append(LinearConfig(1, rows, bk, 1, 1, 4, 4))
     return list(dict.fromkeys(out))
@@ -242,7 +241,7 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
                 for _, c in skinny_rank[:3]:
                     consider("skinny", c)
         if M <= GEMV_MAX_M and _path_ok("gemv", dev, prob.scheme, M, prob.dtype)[0]:
-            for c in gemv_candidates(M, prob.scheme):
+            for c in gemv_candidates(prob.scheme):
                 consider("gemv", c)
         if M >= SKINNY_MAX_M and _path_ok("triton", dev, prob.scheme, M, prob.dtype)[0]:
             for c in triton_candidates(M, prob.N, prob.K, prob.scheme, sms, False):

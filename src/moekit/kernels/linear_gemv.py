@@ -1,5 +1,5 @@
-"""The ``gemv`` path of the dense GEMM router (:mod:`moekit.linear`): ``out[M, N] = x[M, K] @ w[N, K]^T
-(+ bias)`` for M <= ``moekit.linear.GEMV_MAX_M`` (decode), without tensor cores and without split-K.
+"""The ``gemv`` path of the dense GEMM router (:mod:`moekit.linear`): ``out[1, N] = x[1, K] @ w[N, K]^T
+(+ bias)``, one token (M = 1, a decode step of one sequence), without tensor cores and without split-K.
 
 Why: at M = 1 the time of a linear layer is the time to read its weight once, plus launch and latency. The
 split-K ``skinny`` GEMM gets its parallelism from splitting K, which costs a second pass over fp32 partial
@@ -7,16 +7,17 @@ sums (a reduce kernel, or the last program of each tile) and leaves few programs
 Here each program owns ``ROWS`` output rows over the whole K. Programs are many (N / ROWS) and small, so
 several are resident per SM and their loads are in flight together, and the sums never leave registers.
 
-Measured on the H100 (``benchmarks/probe_skinny_floor.py``, ``probe_skinny_floor_H100_session11.json``, fp8
-per-channel weights, M = 1): 1.7-2.1x ``F.linear`` on the bf16 weight, within 4-15 % of a kernel that only
-reads the weight; the ``skinny`` path was 1.04-1.76x ``F.linear``.
+Only M = 1: the probe (``benchmarks/probe_skinny_floor.py``, ``probe_skinny_floor_H100_session11.json``)
+measured this form at 1.7-2.1x ``F.linear`` at M = 1 (fp8 per-channel weights, H100), but 0.8-1.1x at M = 4,
+where every program re-reads all M rows of x; a first version with a [M, ROWS, BLOCK_K] accumulator lost to
+``skinny`` at M = 4 on every shape, and at M = 1 too (its 3-D broadcast costs layout conversions).
 
-Layout: ``x`` [M, K] and ``w`` [N, K] with contiguous last dimensions; ``out`` [M, N]. Each program keeps a
-float32 ``[BLOCK_M, ROWS, BLOCK_K]`` accumulator (``BLOCK_M`` the power of two >= M) and reduces it over K
-once, at the end. The weight is widened to float32 in registers: bf16 / fp16 weights as they are, fp8
-weights times their scales (``W_SCALE`` 1: per output channel ``[N]``, stride 0 for one per-tensor scale;
-2: per ``(SCALE_BN, SCALE_BK)`` block, which needs ``SCALE_BK % BLOCK_K == 0``). Every load is masked, so
-M, N and K need not be multiples of the blocks; rows are addressed with 64-bit offsets.
+Layout: ``x`` [1, K] and ``w`` [N, K] with contiguous last dimensions; ``out`` [1, N]. Each program keeps a
+float32 ``[ROWS, BLOCK_K]`` accumulator and reduces it over K once, at the end. The weight is widened to
+float32 in registers: bf16 / fp16 weights as they are, fp8 weights times their scales (``W_SCALE`` 1: per
+output channel ``[N]``, stride 0 for one per-tensor scale; 2: per ``(SCALE_BN, SCALE_BK)`` block, which needs
+``SCALE_BK % BLOCK_K == 0``). Every load is masked, so N and K need not be multiples of the blocks; rows are
+addressed with 64-bit offsets.
 """
 from __future__ import annotations
 
@@ -26,18 +27,15 @@ import triton.language as tl
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, out_ptr, bias_ptr, ws_ptr,
-    M, N, K, stride_xm, stride_wn, stride_om, stride_wsn, stride_wsk,
+    N, K, stride_wn, stride_wsn, stride_wsk,
     W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     r_ok = rows < N
-    offs_m = tl.arange(0, BLOCK_M)
-    m_ok = offs_m < M
     offs_k = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
-    x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
-    acc = tl.zeros((BLOCK_M, ROWS, BLOCK_K), dtype=tl.float32)
+    acc = tl.zeros((ROWS, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
         w = tl.load(w_ptrs + k0, mask=r_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
@@ -45,28 +43,27 @@ def _gemv_kernel(
             w_s = tl.load(ws_ptr + (rows // SCALE_BN) * stride_wsn + (k0 // SCALE_BK) * stride_wsk, mask=r_ok,
                           other=0.0)
             w = w * w_s[:, None]
-        x = tl.load(x_ptrs + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        acc += x[:, None, :] * w[None, :, :]
-    out = tl.sum(acc, axis=2)  # [BLOCK_M, ROWS]
+        x = tl.load(x_ptr + k0 + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+        acc += w * x[None, :]
+    out = tl.sum(acc, axis=1)
     if W_SCALE == 1:
-        out = out * tl.load(ws_ptr + rows * stride_wsn, mask=r_ok, other=0.0)[None, :]
+        out = out * tl.load(ws_ptr + rows * stride_wsn, mask=r_ok, other=0.0)
     if HAS_BIAS:
-        out += tl.load(bias_ptr + rows, mask=r_ok, other=0.0).to(tl.float32)[None, :]
-    o_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + rows[None, :]
-    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & r_ok[None, :])
+        out += tl.load(bias_ptr + rows, mask=r_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=r_ok)
 
 
 def gemv(x, weight, bias, w_mode: int, w_scale, scale_block, rows: int, block_k: int, num_warps: int,
          num_stages: int):
-    """Launch :func:`_gemv_kernel`: ``x`` [M, K] (M <= ``moekit.linear.GEMV_MAX_M``), ``weight`` [N, K],
+    """Launch :func:`_gemv_kernel`: ``x`` [1, K], ``weight`` [N, K],
     ``bias`` [N] or None, ``w_mode`` / ``w_scale`` as ``W_SCALE`` above (``w_scale`` a 1-D [N] or [1] tensor
     for mode 1, the [cdiv(N, bn), cdiv(K, bk)] block scales for mode 2), ``scale_block`` (bn, bk) for mode 2.
-    Returns ``out`` [M, N] in x's dtype."""
+    Returns ``out`` [1, N] in x's dtype."""
     import torch
 
-    M, K = x.shape
+    K = x.shape[1]
     N = weight.shape[0]
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    out = torch.empty((1, N), dtype=x.dtype, device=x.device)
     sbn, sbk = scale_block if w_mode == 2 else (1, 1)
     if w_mode == 2:
         block_k = min(block_k, sbk)
@@ -77,9 +74,8 @@ def gemv(x, weight, bias, w_mode: int, w_scale, scale_block, rows: int, block_k:
         w_scale, s_wn, s_wk = out, 0, 0
     _gemv_kernel[(triton.cdiv(N, rows),)](
         x, weight, out, bias if bias is not None else out, w_scale,
-        M, N, K, x.stride(0), weight.stride(0), out.stride(0), s_wn, s_wk,
-        W_SCALE=w_mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None,
-        BLOCK_M=triton.next_power_of_2(M), ROWS=rows, BLOCK_K=block_k, num_warps=num_warps,
-        num_stages=num_stages,
+        N, K, weight.stride(0), s_wn, s_wk,
+        W_SCALE=w_mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_K=block_k,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out
