@@ -9,7 +9,8 @@ Per shape it prints, in microseconds per call:
   number per program, the floor for any kernel that streams the weight once;
 * ``router``: ``moekit.linear`` (its table's path), and ``F.linear`` on the bf16 weight;
 * ``rowdot``: a GEMV without split-K or tensor cores (each program owns ``ROWS`` output rows over the whole
-  K, so one launch and no partial sums), for M <= 4.
+  K, so one launch and no partial sums), for M <= 4; at M = 1 also the router's ``gemv`` path (the same
+  design, shipped in ``moekit.kernels.linear_gemv``) at the same rows / K steps.
 
     PYTHONPATH=src python3 benchmarks/probe_skinny_floor.py [--m 1,4,16] [--out F.json]
 """
@@ -86,7 +87,7 @@ def rowdot(x, w, scale, rows, block_k, warps):
 
 
 def main():
-    from moekit.linear import linear
+    from moekit.linear import LinearConfig, linear, linear_path
     from moekit.linear_tune import SHAPES, Problem, time_us
     from moekit.quant.scheme import as_scheme
 
@@ -134,9 +135,15 @@ def main():
                                                                                                  wp)), 20)
                     if err > 2e-2:
                         t[key + "_BAD_err"] = err
+                    if m == 1:  # the shipped gemv path at the same rows / K step
+                        cfg = LinearConfig(1, rows, bk, 1, 1, warps, 4)
+                        t[f"gemv_path_r{rows}_k{bk}_w{warps}"] = time_us(prob.run_fn(
+                            m, lambda a, w, c=cfg: linear_path("gemv", a, w, config=c, **kw)), 20)
             res["rows"].append({"shape": sname, "N": N, "K": K, "M": m, "us": t})
             best = min((v, k) for k, v in t.items() if k.startswith("rowdot") and not k.endswith("err")) \
                 if m <= 4 else (float("nan"), "-")
+            if m == 1:
+                print("   ", "  ".join(f"{k} {v:.2f}" for k, v in t.items() if k.startswith(("rowdot", "gemv"))))
             print(f"  M={m:3d} router {t['router_fp8']:6.2f}  F.linear {t['f_linear_bf16']:6.2f}  best rowdot "
                   f"{best[0]:6.2f} ({best[1]})  x F.linear: router {t['f_linear_bf16'] / t['router_fp8']:.2f} "
                   f"rowdot {t['f_linear_bf16'] / best[0]:.2f}", flush=True)

@@ -129,6 +129,21 @@ def test_fp8_paths(path, scheme_name, M, N, K, bias, poisoned_empty):
     assert_close_to_reference(out, _ref(x, deq, b), key, name=f"{path} {scheme_name}")
 
 
+@pytest.mark.parametrize("block,rows,block_k", [((128, 128), 4, 64), ((128, 128), 8, 256), ((24, 64), 16, 128)])
+def test_gemv_block_scales(block, rows, block_k, poisoned_empty):
+    """Both ways gemv applies block scales: to the x chunk when a program's rows share one block row
+    (block rows a multiple of ROWS, also with K steps longer than a block), else to each weight element."""
+    scheme = QuantScheme.fp8_block(*block)
+    dtype = torch.bfloat16 if HAS_GPU else torch.float16
+    _skip_unless_ok("gemv", scheme, 1, dtype)
+    g = _gen()
+    q, scale, deq = _fp8_weight(100, 300, scheme, g)
+    x, b = _rand((1, 300), dtype, g), _rand((100,), dtype, g)
+    cfg = LinearConfig(1, rows, block_k, 1, 1, 4, 2)
+    out = linear_path("gemv", x, q, b, quant=scheme, weight_scale=scale, config=cfg)
+    assert_close_to_reference(out, _ref(x, deq, b), KEYS[dtype], name=f"gemv block {block} rows {rows}")
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_m_zero(path):
     g = _gen()
@@ -176,9 +191,11 @@ def test_table_lookup_and_switch(table_dir, monkeypatch):
     name = device_name_for_configs(platform_of(torch.device(DEVICE)))
     skinny = dict(CONFIGS["skinny"].to_dict(), path="skinny")
     triton_cfg = dict(CONFIGS["triton"].to_dict(), path="triton")
-    table = {"4": skinny, "16": {"path": "torch"}, "64": triton_cfg, "_meta": {"note": "test"}}
+    gemv = dict(CONFIGS["gemv"].to_dict(), path="gemv")
+    table = {"1": gemv, "4": skinny, "16": {"path": "torch"}, "64": triton_cfg, "_meta": {"note": "test"}}
     (table_dir / table_file_name(N, K, name, dtype)).write_text(json.dumps(table))
-    assert select_path(1, N, K, dtype, device=DEVICE) == ("skinny", CONFIGS["skinny"])
+    assert select_path(1, N, K, dtype, device=DEVICE) == ("gemv", CONFIGS["gemv"])
+    assert select_path(2, N, K, dtype, device=DEVICE) == ("skinny", CONFIGS["skinny"])
     assert select_path(4, N, K, dtype, device=DEVICE)[0] == "skinny"
     assert select_path(5, N, K, dtype, device=DEVICE) == ("torch", None)
     assert select_path(17, N, K, dtype, device=DEVICE) == ("triton", CONFIGS["triton"])
@@ -187,10 +204,11 @@ def test_table_lookup_and_switch(table_dir, monkeypatch):
     g = _gen()
     x, w, b = _rand((2, 2, K), dtype, g), _rand((N, K), dtype, g, K**-0.5), _rand((N,), dtype, g)
     assert_close_to_reference(linear(x, w, b), _ref(x, w, b), KEYS[dtype], name="routed (skinny)")
+    assert_close_to_reference(linear(x[:1, :1], w, b), _ref(x[:1, :1], w, b), KEYS[dtype], name="routed (gemv)")
     monkeypatch.setenv("MOEKIT_LINEAR", "0")
     assert select_path(1, N, K, dtype, device=DEVICE) == ("torch", None)
     monkeypatch.setenv("MOEKIT_LINEAR", "1")
-    assert select_path(1, N, K, dtype, device=DEVICE)[0] == "skinny"
+    assert select_path(1, N, K, dtype, device=DEVICE)[0] == "gemv"
 
 
 def test_table_path_unavailable_falls_back(table_dir):

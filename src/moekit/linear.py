@@ -148,12 +148,18 @@ _FIELD_RULES = {
 }
 
 
+#: gemv has no tensor-core tiles: any power of two for its rows per program (BLOCK_SIZE_N); BLOCK_SIZE_M unused.
+_GEMV_FIELD_RULES = {**_FIELD_RULES, "BLOCK_SIZE_M": (lambda v: v >= 1, ">= 1"),
+                     "BLOCK_SIZE_N": (lambda v: _pow2(v), "a power of two")}
+
+
 def table_entry_problems(entry: Any) -> List[str]:
     """What is wrong with one table entry ({"path": ..., config keys...}); [] when it is usable."""
     if not isinstance(entry, dict):
         return [f"expected an object, got {type(entry).__name__}"]
     problems = [] if entry.get("path") in PATHS else [f"path: expected one of {PATHS}, got {entry.get('path')!r}"]
-    for name, (ok, what) in _FIELD_RULES.items():
+    rules = _GEMV_FIELD_RULES if entry.get("path") == "gemv" else _FIELD_RULES
+    for name, (ok, what) in rules.items():
         if name not in entry:
             continue
         v = entry[name]

@@ -153,9 +153,8 @@ def skinny_candidates(N: int, K: int, scheme: QuantScheme, sms: int) -> List[Lin
 
 def gemv_candidates(scheme: QuantScheme) -> List[LinearConfig]:
     """Rows per program x K step of the ``gemv`` path (M = 1): 2048 or 4096 float32 accumulators per program
-    (16 or 32 a thread at 4 warps; the probe's best had 2048), K steps of 64..1024 (at most the scale block for
-    block-fp8)."""
-    k_max = min(1024, scheme.block_shape[1]) if scheme.granularity == "block" else 1024
+    (16 or 32 a thread at 4 warps; the probe's best had 2048), K steps of 64..1024."""
+    k_max = 1024
     out = []
     for rows in (2, 4, 8, 16, 32):
         for budget in (2048, 4096):

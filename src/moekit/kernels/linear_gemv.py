@@ -15,8 +15,9 @@ where every program re-reads all M rows of x; a first version with a [M, ROWS, B
 Layout: ``x`` [1, K] and ``w`` [N, K] with contiguous last dimensions; ``out`` [1, N]. Each program keeps a
 float32 ``[ROWS, BLOCK_K]`` accumulator and reduces it over K once, at the end. The weight is widened to
 float32 in registers: bf16 / fp16 weights as they are, fp8 weights times their scales (``W_SCALE`` 1: per
-output channel ``[N]``, stride 0 for one per-tensor scale; 2: per ``(SCALE_BN, SCALE_BK)`` block, which needs
-``SCALE_BK % BLOCK_K == 0``). Every load is masked, so N and K need not be multiples of the blocks; rows are
+output channel ``[N]``, stride 0 for one per-tensor scale; 2: per ``(SCALE_BN, SCALE_BK)`` block). With block
+scales and ``SCALE_BN % ROWS == 0`` all of a program's rows share one block row, so the scales multiply the
+x chunk (``BLOCK_K`` values) rather than the weight tile; otherwise each weight element takes its scale. Every load is masked, so N and K need not be multiples of the blocks; rows are
 addressed with 64-bit offsets.
 """
 from __future__ import annotations
@@ -39,11 +40,15 @@ def _gemv_kernel(
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
         w = tl.load(w_ptrs + k0, mask=r_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        if W_SCALE == 2:
-            w_s = tl.load(ws_ptr + (rows // SCALE_BN) * stride_wsn + (k0 // SCALE_BK) * stride_wsk, mask=r_ok,
-                          other=0.0)
-            w = w * w_s[:, None]
         x = tl.load(x_ptr + k0 + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+        if W_SCALE == 2:
+            kb = (k0 + offs_k) // SCALE_BK
+            if SCALE_BN % ROWS == 0:  # one block row for the whole program: scale x, not the weight tile
+                x = x * tl.load(ws_ptr + ((tl.program_id(0) * ROWS) // SCALE_BN) * stride_wsn + kb * stride_wsk,
+                                mask=k_ok, other=0.0)
+            else:
+                w = w * tl.load(ws_ptr + (rows // SCALE_BN)[:, None] * stride_wsn + kb[None, :] * stride_wsk,
+                                mask=r_ok[:, None] & k_ok[None, :], other=0.0)
         acc += w * x[None, :]
     out = tl.sum(acc, axis=1)
     if W_SCALE == 1:
@@ -66,7 +71,6 @@ def gemv(x, weight, bias, w_mode: int, w_scale, scale_block, rows: int, block_k:
     out = torch.empty((1, N), dtype=x.dtype, device=x.device)
     sbn, sbk = scale_block if w_mode == 2 else (1, 1)
     if w_mode == 2:
-        block_k = min(block_k, sbk)
         s_wn, s_wk = w_scale.stride(0), w_scale.stride(1)
     elif w_mode == 1:
         s_wn, s_wk = (w_scale.stride(0) if w_scale.numel() == N else 0), 0
