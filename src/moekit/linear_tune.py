@@ -6,7 +6,8 @@ For each shape and scheme it times, as CUDA-graph replays (``triton.testing.do_b
 1/2/4 waves, fully searched at the smallest M, its three best re-timed at the other small M; ``gemv`` for
 M = 1: rows per program x K step, :func:`gemv_candidates`; ``triton`` and ``triton_w8a8`` tiles by M).
 Weights under 64 MB are rotated among copies (>= 128 MB in all) so every call streams its weight from HBM,
-not from the 50 MB L2. Each candidate's output is checked against the torch path once; a candidate that fails or does not compile is dropped.
+not from the 50 MB L2. Each candidate's output is checked against the torch path once; a candidate that
+fails or does not compile is dropped.
 
 Each table file (:func:`moekit.linear.table_file_name`) maps an M bucket to the fastest path and its config,
 with every path's best time in ``"paths"`` (the benchmark re-times those) and ``"_meta"`` (device, versions).

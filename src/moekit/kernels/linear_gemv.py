@@ -17,8 +17,8 @@ float32 ``[ROWS, BLOCK_K]`` accumulator and reduces it over K once, at the end. 
 float32 in registers: bf16 / fp16 weights as they are, fp8 weights times their scales (``W_SCALE`` 1: per
 output channel ``[N]``, stride 0 for one per-tensor scale; 2: per ``(SCALE_BN, SCALE_BK)`` block). With block
 scales and ``SCALE_BN % ROWS == 0`` all of a program's rows share one block row, so the scales multiply the
-x chunk (``BLOCK_K`` values) rather than the weight tile; otherwise each weight element takes its scale. Every load is masked, so N and K need not be multiples of the blocks; rows are
-addressed with 64-bit offsets.
+x chunk (``BLOCK_K`` values) rather than the weight tile; otherwise each weight element takes its scale.
+Every load is masked, so N and K need not be multiples of the blocks; rows are addressed with 64-bit offsets.
 """
 from __future__ import annotations
 
