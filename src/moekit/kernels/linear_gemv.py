@@ -12,12 +12,15 @@ measured this form at 1.7-2.1x ``F.linear`` at M = 1 (fp8 per-channel weights, H
 where every program re-reads all M rows of x; a first version with a [M, ROWS, BLOCK_K] accumulator lost to
 ``skinny`` at M = 4 on every shape, and at M = 1 too (its 3-D broadcast costs layout conversions).
 
-The config's ``num_stages`` (the K loop's pipelining depth) goes on the loop (``tl.range(num_stages=...)``),
-the launch keeping Triton's default; on the H100 that form is the fast one for unquantized and per-channel
-weights, and the depth given at the launch instead measured up to 2.2x slower at the same rows and K step
-(``probe_skinny_floor_H100_session11_gemv.json``: DeepSeek-V3 kv_a 5.83 against 4.31 us). With block scales it
-is the other way round (the tuned best of each form, M = 1, fp8 block: at the launch 6.2-45 us, on the loop
-9.1-95 us; ``tune_linear_m1_H100_session11_{launch,loop}.log``), so there the depth goes on the launch.
+Pipelining: triton 3.6 software-pipelines the K loop (cp.async copies into shared memory, ``num_stages``
+deep) only when the depth is given on the loop, ``tl.range(num_stages=...)``; given at the launch it leaves
+this loop unpipelined (plain loads; SASS of both forms via ``tools/sass_loops.py``'s ``compile_sass``). On
+the H100 the pipelined loop is the fast one for unquantized and per-channel weights (DeepSeek-V3 kv_a fp8
+channel: 4.31 against 5.83 us at the same rows and K step, ``probe_skinny_floor_H100_session11_gemv.json``).
+With block scales it is the other way round: the pipelined loop copies each gathered scale with a 4-byte
+cp.async, and the tuned best per shape measured 9.1-95 us pipelined against 6.2-45 us unpipelined (M = 1,
+``tune_linear_m1_H100_session11_{loop,launch}.log``). So the config's ``num_stages`` is the loop's depth,
+and block-scaled weights always run the loop unpipelined (depth 1).
 
 Layout: ``x`` [1, K] and ``w`` [N, K] with contiguous last dimensions; ``out`` [1, N]. Each program keeps a
 float32 ``[ROWS, BLOCK_K]`` accumulator and reduces it over K once, at the end. The weight is widened to
@@ -32,19 +35,20 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, out_ptr, bias_ptr, ws_ptr,
     N, K, stride_wn, stride_wsn, stride_wsk,
     W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_K: tl.constexpr, LOOP_STAGES: tl.constexpr = None,
+    ROWS: tl.constexpr, BLOCK_K: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     r_ok = rows < N
     offs_k = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
     acc = tl.zeros((ROWS, BLOCK_K), dtype=tl.float32)
-    for k0 in tl.range(0, K, BLOCK_K, num_stages=LOOP_STAGES):  # (LOOP_STAGES None: the launch's depth)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=LOOP_STAGES):
         k_ok = offs_k < K - k0
         w = tl.load(w_ptrs + k0, mask=r_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
         x = tl.load(x_ptr + k0 + offs_k, mask=k_ok, other=0.0).to(tl.float32)
@@ -63,11 +67,6 @@ def _gemv_kernel(
     if HAS_BIAS:
         out += tl.load(bias_ptr + rows, mask=r_ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=r_ok)
-
-
-def _stages(w_mode: int, num_stages: int) -> dict:
-    """Where the pipelining depth goes: on the K loop, except with block scales, where it goes on the launch."""
-    return {"num_stages": num_stages} if w_mode == 2 else {"LOOP_STAGES": num_stages}
 
 
 def gemv(x, weight, bias, w_mode: int, w_scale, scale_block, rows: int, block_k: int, num_warps: int,
@@ -92,6 +91,6 @@ def gemv(x, weight, bias, w_mode: int, w_scale, scale_block, rows: int, block_k:
         x, weight, out, bias if bias is not None else out, w_scale,
         N, K, weight.stride(0), s_wn, s_wk,
         W_SCALE=w_mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_K=block_k,
-        num_warps=num_warps, **_stages(w_mode, num_stages),
+        LOOP_STAGES=1 if w_mode == 2 else num_stages, num_warps=num_warps,
     )
     return out
