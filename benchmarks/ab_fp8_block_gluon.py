@@ -10,7 +10,7 @@ The row threshold is lifted, so every M runs both arms. GPU only.
 ``--variants``: more Gluon arms, each ``GEMM1_STAGES,GEMM2_STAGES,GEMM2_BLOCK_N,GEMM2_WARPS``, or ``gm=N``: the
 shipped kernels with GROUP_SIZE_M forced to N (the launch order; the tuned files' value otherwise), or
 ``ws2`` / ``ws``: GEMM 2 / both GEMMs replaced by the warp-specialized prototypes of
-``benchmarks/proto_ws_fp8_block.py``, ``ws2m``: its GEMM 2 with 128 x 128 tiles (rows aligned to 128).
+``benchmarks/proto_ws_fp8_block.py``.
 """
 from __future__ import annotations
 
@@ -37,20 +37,13 @@ _SHIPPED = (g.GEMM1_STAGES, g.GEMM2_STAGES, g.GEMM2_BLOCK_N, g.GEMM2_WARPS)
 
 _QUANT_CONFIG = tq.quant_config
 _GEMMS = g.moe_gemm1_fp8_block_sm90, g.moe_gemm2_fp8_block_sm90
-_TILE = g.GEMM1_TILE
 
 
 def _arm(name: str) -> None:
-    """Set the module switches of arm ``name`` ('triton', 'gluon', 'gm=N', 'ws', 'ws2', 'ws2m' or a variant
-    's1,s2,bn,w2')."""
+    """Set the module switches of arm ``name`` ('triton', 'gluon', 'gm=N', 'ws', 'ws2' or a variant 's1,s2,bn,w2')."""
     tq.FP8_BLOCK_GLUON = name != "triton"
     tq.quant_config = _QUANT_CONFIG
     g.moe_gemm1_fp8_block_sm90, g.moe_gemm2_fp8_block_sm90 = _GEMMS
-    g.GEMM1_TILE = _TILE
-    if name == "ws2m":
-        from proto_ws_fp8_block import use_m128_gemm2
-
-        use_m128_gemm2(_GEMMS)
     if name in ("ws", "ws2"):
         from proto_ws_fp8_block import moe_gemm1_ws, moe_gemm2_ws
 
