@@ -1,4 +1,5 @@
-"""Developer tools outside the package: ``tools/sass_loops.py`` compiles kernels for an NVIDIA GPU on any machine."""
+"""Developer tools outside the package: ``tools/sass_loops.py`` compiles kernels for an NVIDIA GPU on any machine;
+``tools/merge_linear_tables.py`` merges a partial ``moekit tune-linear`` run into existing tables."""
 import os
 import subprocess
 import sys
@@ -54,3 +55,32 @@ def test_warp_specialized_prototype_compiles():
     assert sum("STACK:0 " in ln for ln in lines) == 2, out.stdout
     consumers = [ln for ln in lines if "QGMMA" in ln]
     assert len(consumers) == 4 and all("'WARPGROUP.DEPBAR.LE': 1" in ln for ln in consumers), out.stdout
+
+
+def test_merge_linear_tables(tmp_path):
+    """The new run's buckets replace the base's, the base's other buckets stay, tables only in the base are
+    copied, and the merged tables parse without problems."""
+    import json
+
+    from moekit.linear import parse_table
+
+    sys.path.insert(0, os.path.join(_ROOT, "tools"))
+    try:
+        from merge_linear_tables import main
+    finally:
+        sys.path.pop(0)
+    base, new, out = tmp_path / "base", tmp_path / "new", tmp_path / "out"
+    base.mkdir()
+    new.mkdir()
+    skinny = {"path": "skinny", "BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 128, "SPLIT_K": 3}
+    (base / "a.json").write_text(json.dumps({"1": skinny, "64": {"path": "torch"}, "_meta": {"run": "old"}}))
+    (base / "b.json").write_text(json.dumps({"1": {"path": "torch"}}))
+    gemv = {"path": "gemv", "BLOCK_SIZE_M": 1, "BLOCK_SIZE_N": 4, "BLOCK_SIZE_K": 512, "num_stages": 4}
+    (new / "a.json").write_text(json.dumps({"1": gemv, "_meta": {"run": "new"}}))
+    main(str(base), str(new), str(out))
+    a = json.loads((out / "a.json").read_text())
+    assert a["1"] == gemv and a["64"] == {"path": "torch"}
+    assert a["_meta"]["buckets_from_this_run"] == [1] and a["_meta"]["other_buckets_from"] == {"run": "old"}
+    assert json.loads((out / "b.json").read_text()) == {"1": {"path": "torch"}}
+    table, problems = parse_table(out / "a.json")
+    assert not problems and sorted(table) == [1, 64]

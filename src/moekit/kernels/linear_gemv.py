@@ -10,7 +10,8 @@ several are resident per SM and their loads are in flight together, and the sums
 Only M = 1: the probe (``benchmarks/probe_skinny_floor.py``, ``probe_skinny_floor_H100_session11.json``)
 measured this form at 1.7-2.1x ``F.linear`` at M = 1 (fp8 per-channel weights, H100), but 0.8-1.1x at M = 4,
 where every program re-reads all M rows of x; a first version with a [M, ROWS, BLOCK_K] accumulator lost to
-``skinny`` at M = 4 on every shape, and at M = 1 too (its 3-D broadcast costs layout conversions).
+``skinny`` at M = 4 on every shape, and at M = 1 was slower than this form (kv_a fp8 7.85 against 4.34 us;
+``tune_linear_gemv_3d_accumulator_H100_session11.log``).
 
 Pipelining: triton 3.6 software-pipelines the K loop (cp.async copies into shared memory, ``num_stages``
 deep) only when the depth is given on the loop, ``tl.range(num_stages=...)``; given at the launch it leaves
