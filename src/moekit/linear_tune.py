@@ -141,7 +141,7 @@ def _fit(c: LinearConfig, elem: int) -> LinearConfig:
 
 def skinny_candidates(N: int, K: int, scheme: QuantScheme, sms: int) -> List[LinearConfig]:
     out = []
-    for bn, bk in ((16, 256), (16, 512), (32, 256), (64, 128), (64, 256), (128, 128)):
+    for bn, bk in ((32, 256), (64, 128), (64, 256), (128, 128)):
         if scheme.granularity == "block":
             bk = min(bk, scheme.block_shape[1])
         tiles = -(-N // bn)
