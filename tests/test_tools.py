@@ -57,6 +57,24 @@ def test_warp_specialized_prototype_compiles():
     assert len(consumers) == 4 and all("'WARPGROUP.DEPBAR.LE': 1" in ln for ln in consumers), out.stdout
 
 
+def test_linear_gemv_pipelining():
+    """The dense router's gemv (``moekit.kernels.linear_gemv``) as measured in session 11: with per-channel
+    scales its K loop is software-pipelined (cp.async, LDGSTS), with block scales it is not (plain loads).
+    A triton that changes either would change what the tables were tuned on."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    loops = {}
+    for w_scale in (1, 2):
+        out = subprocess.run([sys.executable, os.path.join(_ROOT, "tools", "sass_loops.py"), "linear_gemv",
+                              "--w-scale", str(w_scale), "--gemv-stages", "4", "--block-n", "4", "--block-k", "512"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        loops[w_scale] = [ln for ln in out.stdout.splitlines() if ln.startswith("loop of")]
+        assert loops[w_scale], out.stdout
+    assert any("LDGSTS" in ln for ln in loops[1]), loops[1]
+    assert not any("LDGSTS" in ln for ln in loops[2]) and any("LDG.E" in ln for ln in loops[2]), loops[2]
+
+
 def test_merge_linear_tables(tmp_path):
     """The new run's buckets replace the base's, the base's other buckets stay, tables only in the base are
     copied, and the merged tables parse without problems."""

@@ -112,7 +112,20 @@ def _gemm_fp8_block_sm90(args, gemm: int):
     return compile_sass(fn, sig, consts, div, args.arch, 8 if gemm == 1 else args.gemm2_warps, gluon=True)
 
 
-KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4,
+def _linear_gemv(args):
+    """The dense router's M = 1 GEMV with an fp8 weight, compiled as its launcher does (``--w-scale`` 0 none,
+    1 per channel, 2 128x128 blocks; ``--gemv-stages`` the config's depth)."""
+    from moekit.kernels.linear_gemv import _gemv_kernel, loop_stages
+
+    ptrs = {"x_ptr": "*bf16", "w_ptr": "*fp8e4nv", "out_ptr": "*bf16", "bias_ptr": "*bf16", "ws_ptr": "*fp32"}
+    sig = {n: ptrs.get(n, "i32") for n in _gemv_kernel.arg_names}
+    consts = {"W_SCALE": args.w_scale, "SCALE_BN": 128, "SCALE_BK": 128, "HAS_BIAS": False, "ROWS": args.block_n,
+              "BLOCK_K": args.block_k, "LOOP_STAGES": loop_stages(args.w_scale, args.gemv_stages)}
+    div = list(ptrs) + ["N", "K", "stride_wn"]
+    return compile_sass(_gemv_kernel, sig, consts, div, args.arch, args.warps)
+
+
+KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4, "linear_gemv": _linear_gemv,
            "gemm1_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 1),
            "gemm2_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 2)}
 
@@ -130,7 +143,9 @@ def main():
     ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32-128)")
     ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode")
-    ap.add_argument("--gemv-stages", type=int, default=1, help="gemv1_mxfp4: the K loop's pipelining depth")
+    ap.add_argument("--gemv-stages", type=int, default=1,
+                    help="gemv1_mxfp4, linear_gemv: the K loop's pipelining depth")
+    ap.add_argument("--w-scale", type=int, default=1, choices=(0, 1, 2), help="linear_gemv: the weight's scales")
     ap.add_argument("--gemm2-warps", type=int, default=8, help="gemm2_fp8_block_sm90: 8 or 4 warps")
     ap.add_argument("--top", type=int, default=24, help="opcodes listed per loop (most frequent first)")
     args = ap.parse_args()

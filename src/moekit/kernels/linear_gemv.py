@@ -15,7 +15,8 @@ where every program re-reads all M rows of x; a first version with a [M, ROWS, B
 
 Pipelining: triton 3.6 software-pipelines the K loop (cp.async copies into shared memory, ``num_stages``
 deep) only when the depth is given on the loop, ``tl.range(num_stages=...)``; given at the launch it leaves
-this loop unpipelined (plain loads; SASS of both forms via ``tools/sass_loops.py``'s ``compile_sass``). On
+this loop unpipelined (plain loads; ``tools/sass_loops.py linear_gemv`` shows the SASS, and
+``tests/test_tools.py`` checks it). On
 the H100 the pipelined loop is the fast one for unquantized and per-channel weights (DeepSeek-V3 kv_a fp8
 channel: 4.31 against 5.83 us at the same rows and K step, ``probe_skinny_floor_H100_session11_gemv.json``).
 With block scales it is the other way round: the pipelined loop copies each gathered scale with a 4-byte
@@ -70,6 +71,11 @@ def _gemv_kernel(
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=r_ok)
 
 
+def loop_stages(w_mode: int, num_stages: int) -> int:
+    """The K loop's pipelining depth: the config's, except 1 (unpipelined) with block scales (``W_SCALE`` 2)."""
+    return 1 if w_mode == 2 else num_stages
+
+
 def gemv(x, weight, bias, w_mode: int, w_scale, scale_block, rows: int, block_k: int, num_warps: int,
          num_stages: int):
     """Launch :func:`_gemv_kernel`: ``x`` [1, K], ``weight`` [N, K],
@@ -92,6 +98,6 @@ def gemv(x, weight, bias, w_mode: int, w_scale, scale_block, rows: int, block_k:
         x, weight, out, bias if bias is not None else out, w_scale,
         N, K, weight.stride(0), s_wn, s_wk,
         W_SCALE=w_mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_K=block_k,
-        LOOP_STAGES=1 if w_mode == 2 else num_stages, num_warps=num_warps,
+        LOOP_STAGES=loop_stages(w_mode, num_stages), num_warps=num_warps,
     )
     return out
