@@ -2,6 +2,12 @@
 
     ncu --section SpeedOfLight --section MemoryWorkloadAnalysis -k regex:fp8_block --launch-skip 2 \\
         --launch-count 2 python3 benchmarks/profile_fp8_block.py [SHAPE] [M] [gluon|triton]
+
+Session 11's question (is shared memory the limit, now that warp specialization and less L2 traffic did not
+help?) needs the shared-memory tables and the pipe utilisation as well:
+
+    ncu --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats \\
+        -k regex:fp8_block --launch-skip 2 --launch-count 2 python3 benchmarks/profile_fp8_block.py
 """
 from __future__ import annotations
 
