@@ -34,7 +34,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from moekit.kernels.quant import MIN_SCALE
+from moekit.quant.ops import MIN_SCALE
 
 
 @gluon.constexpr_function
@@ -94,12 +94,28 @@ def _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, step, nk, offs_k
 
 
 @gluon.jit
-def _gemm1_step(a_smem, g_smem, u_smem, k, g_regs, u_regs, STAGES: gl.constexpr, PENDING: gl.constexpr):
-    """GEMM 1's :func:`_gemm2_step`: the gate and up MMAs of K step k."""
-    st = k % STAGES
+def _wait_step(k, STAGES: gl.constexpr, PENDING: gl.constexpr):
+    """Wait for K step k's tiles (PENDING copy groups may stay in flight) and make them visible to wgmma;
+    returns their ring slot."""
     cp.wait_group(PENDING)
     gl.thread_barrier()
     fence_async_shared()
+    return k % STAGES
+
+
+@gluon.jit
+def _refill3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k, nk, offs_k, BLOCK_K: gl.constexpr,
+             STAGES: gl.constexpr):
+    """GEMM 1's :func:`_refill`: once step k's MMAs are retired in every warpgroup, copy step k + STAGES."""
+    gl.thread_barrier()
+    _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k + STAGES, nk, offs_k, BLOCK_K, STAGES)
+    cp.commit_group()
+
+
+@gluon.jit
+def _gemm1_step(a_smem, g_smem, u_smem, k, g_regs, u_regs, STAGES: gl.constexpr, PENDING: gl.constexpr):
+    """GEMM 1's :func:`_gemm2_step`: the gate and up MMAs of K step k."""
+    st = _wait_step(k, STAGES, PENDING)
     a = a_smem.index(st)
     g = warpgroup_mma(a, g_smem.index(st).permute((1, 0)), g_regs, use_acc=False, is_async=True)
     u = warpgroup_mma(a, u_smem.index(st).permute((1, 0)), u_regs, use_acc=False, is_async=True)
@@ -177,16 +193,12 @@ def _moe_gemm1_fp8_block_kernel(
         a_col = gl.expand_dims(a0, 1)
         acc_g += pg0 * (a_col * sg0)
         acc_u += pu0 * (a_col * su0)
-        gl.thread_barrier()
-        _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k + STAGES, nk, offs_k, BLOCK_K, STAGES)
-        cp.commit_group()
+        _refill3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k, nk, offs_k, BLOCK_K, STAGES)
         pg1, pu1 = warpgroup_mma_wait(num_outstanding=0, deps=(g1, u1))
         a_col = gl.expand_dims(a1, 1)
         acc_g += pg1 * (a_col * sg1)
         acc_u += pu1 * (a_col * su1)
-        gl.thread_barrier()
-        _copy_step3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k + 1 + STAGES, nk, offs_k, BLOCK_K, STAGES)
-        cp.commit_group()
+        _refill3(a_smem, g_smem, u_smem, x_ptrs, g_ptrs, u_ptrs, k + 1, nk, offs_k, BLOCK_K, STAGES)
         a0, sg0, su0, a1, sg1, su1 = a0n, sg0n, su0n, a1n, sg1n, su1n
     cp.wait_group(0)
 
@@ -206,12 +218,9 @@ def _moe_gemm1_fp8_block_kernel(
 
 @gluon.jit
 def _gemm2_step(a_smem, b_smem, k, regs, STAGES: gl.constexpr, PENDING: gl.constexpr):
-    """Wait for K step k's tiles (PENDING copy groups may stay in flight) and issue its MMA (asynchronous, into
-    ``regs``' registers)."""
-    st = k % STAGES
-    cp.wait_group(PENDING)
-    gl.thread_barrier()
-    fence_async_shared()
+    """Wait for K step k's tiles (:func:`_wait_step`) and issue its MMA (asynchronous, into ``regs``'
+    registers)."""
+    st = _wait_step(k, STAGES, PENDING)
     return warpgroup_mma(a_smem.index(st), b_smem.index(st).permute((1, 0)), regs, use_acc=False, is_async=True)
 
 
