@@ -519,21 +519,43 @@ def _tile_counters(device: torch.device, tiles: int) -> Optional[torch.Tensor]:
     return buf
 
 
-def _run_gemv(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig):
-    from moekit.kernels.linear_gemv import gemv
+@dataclasses.dataclass(frozen=True)
+class _WeightScale:
+    """The weight-scale arguments of the Triton kernels (:mod:`moekit.kernels.linear_gemm` and
+    :mod:`moekit.kernels.linear_gemv` share the ``W_SCALE`` modes): ``mode`` 0 none, 1 per output channel
+    (``stride_n`` 0 for one per-tensor scale), 2 per ``(bn, bk)`` block; ``scale`` is a placeholder pointer for
+    mode 0."""
 
+    mode: int
+    scale: torch.Tensor
+    stride_n: int
+    stride_k: int
+    bn: int
+    bk: int
+
+
+def _kernel_operands(x2, weight, scheme: QuantScheme, weight_scale):
+    """x2 and weight with contiguous rows (the kernels index their last dimension without a stride), and the
+    :class:`_WeightScale` of the weight."""
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
     if weight.stride(1) != 1:
         weight = weight.contiguous()
-    w_mode, ws, block = 0, None, None
-    if scheme.is_quantized:
-        if scheme.granularity == "block":
-            w_mode, ws, block = 2, weight_scale, scheme.block_shape
-        else:
-            w_mode, ws = 1, weight_scale.reshape(-1)
-    return gemv(x2, weight, bias, w_mode, ws, block, cfg.BLOCK_SIZE_N, cfg.BLOCK_SIZE_K, cfg.num_warps,
-                cfg.num_stages)
+    if not scheme.is_quantized:  # unused pointer: the weight (x's dtype, as the output)
+        return x2, weight, _WeightScale(0, weight, 0, 0, 1, 1)
+    if scheme.granularity == "block":
+        bn, bk = scheme.block_shape
+        return x2, weight, _WeightScale(2, weight_scale, weight_scale.stride(0), weight_scale.stride(1), bn, bk)
+    ws = weight_scale.reshape(-1)
+    return x2, weight, _WeightScale(1, ws, ws.stride(0) if ws.numel() == weight.shape[0] else 0, 0, 1, 1)
+
+
+def _run_gemv(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig):
+    from moekit.kernels.linear_gemv import gemv
+
+    x2, weight, w = _kernel_operands(x2, weight, scheme, weight_scale)
+    return gemv(x2, weight, bias, w.mode, w.scale, w.stride_n, w.stride_k, (w.bn, w.bk), cfg.BLOCK_SIZE_N,
+                cfg.BLOCK_SIZE_K, cfg.num_warps, cfg.num_stages)
 
 
 def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig, w8a8: bool):
@@ -541,31 +563,16 @@ def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: Linear
 
     from moekit.kernels.linear_gemm import _linear_kernel, _splitk_reduce_kernel
 
+    x2, weight, w = _kernel_operands(x2, weight, scheme, weight_scale)
     M, K = x2.shape
     N = weight.shape[0]
-    if x2.stride(1) != 1:
-        x2 = x2.contiguous()
-    if weight.stride(1) != 1:
-        weight = weight.contiguous()
     out = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
-    block_k = cfg.BLOCK_SIZE_K
-    sbn = sbk = 1
-    w_mode, ws, s_wn, s_wk = 0, out, 0, 0
-    if scheme.is_quantized:
-        if scheme.granularity == "block":
-            sbn, sbk = scheme.block_shape
-            w_mode, ws = 2, weight_scale
-            s_wn, s_wk = weight_scale.stride(0), weight_scale.stride(1)
-            block_k = min(block_k, sbk)
-        else:
-            w_mode = 1
-            ws = weight_scale.reshape(-1)
-            s_wn = ws.stride(0) if ws.numel() == N else 0
+    block_k = min(cfg.BLOCK_SIZE_K, w.bk) if w.mode == 2 else cfg.BLOCK_SIZE_K
     a, a_s, a_mode, s_am = x2, out, 0, 0
     if w8a8:
-        group = sbk if w_mode == 2 else K
+        group = w.bk if w.mode == 2 else K
         a, a_s = _quant_act(x2, group, weight.dtype)
-        a_mode, s_am = (2 if w_mode == 2 else 1), a_s.stride(0)
+        a_mode, s_am = (2 if w.mode == 2 else 1), a_s.stride(0)
     bm, bn = cfg.BLOCK_SIZE_M, cfg.BLOCK_SIZE_N
     split = max(1, min(cfg.SPLIT_K, triton.cdiv(K, block_k)))
     part, stride_split, lock, fused = out, 0, out, False
@@ -579,10 +586,10 @@ def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: Linear
             lock = lock if fused else out
     grid = (tiles, split)
     _linear_kernel[grid](
-        a, weight, out, bias if bias is not None else out, a_s, ws, part, lock,
+        a, weight, out, bias if bias is not None else out, a_s, w.scale, part, lock,
         M, N, K, split,
-        a.stride(0), weight.stride(0), out.stride(0), stride_split, s_am, s_wn, s_wk,
-        A_SCALE=a_mode, W_SCALE=w_mode, SCALE_BN=sbn, SCALE_BK=sbk,
+        a.stride(0), weight.stride(0), out.stride(0), stride_split, s_am, w.stride_n, w.stride_k,
+        A_SCALE=a_mode, W_SCALE=w.mode, SCALE_BN=w.bn, SCALE_BK=w.bk,
         HAS_BIAS=bias is not None, USE_WS=split > 1, FUSED_REDUCE=fused,
         DOT_PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block_k, GROUP_M=cfg.GROUP_SIZE_M,

@@ -76,27 +76,21 @@ def loop_stages(w_mode: int, num_stages: int) -> int:
     return 1 if w_mode == 2 else num_stages
 
 
-def gemv(x, weight, bias, w_mode: int, w_scale, scale_block, rows: int, block_k: int, num_warps: int,
-         num_stages: int):
-    """Launch :func:`_gemv_kernel`: ``x`` [1, K], ``weight`` [N, K],
-    ``bias`` [N] or None, ``w_mode`` / ``w_scale`` as ``W_SCALE`` above (``w_scale`` a 1-D [N] or [1] tensor
-    for mode 1, the [cdiv(N, bn), cdiv(K, bk)] block scales for mode 2), ``scale_block`` (bn, bk) for mode 2.
+def gemv(x, weight, bias, w_mode: int, w_scale, stride_wsn: int, stride_wsk: int, scale_block, rows: int,
+         block_k: int, num_warps: int, num_stages: int):
+    """Launch :func:`_gemv_kernel`: ``x`` [1, K], ``weight`` [N, K], ``bias`` [N] or None; ``w_mode``,
+    ``w_scale`` and its strides as ``W_SCALE`` above (``w_scale`` any tensor for mode 0, a 1-D [N] or [1]
+    tensor for mode 1, the [cdiv(N, bn), cdiv(K, bk)] block scales for mode 2), ``scale_block`` (bn, bk).
     Returns ``out`` [1, N] in x's dtype."""
     import torch
 
     K = x.shape[1]
     N = weight.shape[0]
     out = torch.empty((1, N), dtype=x.dtype, device=x.device)
-    sbn, sbk = scale_block if w_mode == 2 else (1, 1)
-    if w_mode == 2:
-        s_wn, s_wk = w_scale.stride(0), w_scale.stride(1)
-    elif w_mode == 1:
-        s_wn, s_wk = (w_scale.stride(0) if w_scale.numel() == N else 0), 0
-    else:
-        w_scale, s_wn, s_wk = out, 0, 0
+    sbn, sbk = scale_block
     _gemv_kernel[(triton.cdiv(N, rows),)](
         x, weight, out, bias if bias is not None else out, w_scale,
-        N, K, weight.stride(0), s_wn, s_wk,
+        N, K, weight.stride(0), stride_wsn, stride_wsk,
         W_SCALE=w_mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_K=block_k,
         LOOP_STAGES=loop_stages(w_mode, num_stages), num_warps=num_warps,
     )
