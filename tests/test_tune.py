@@ -124,7 +124,7 @@ def test_launch_order_only_batch_sizes_vary_group_m_alone():
     res = t.run()
     for M in (256, 2048):
         d = t.default(M)
-        timed = [c for k, c in ((k, MoEKernelConfig(*map(int, k.split(",")))) for k in t.meas[M])]
+        timed = [MoEKernelConfig(*map(int, k.split(","))) for k in t.meas[M]]
         assert len(timed) > 1 and all(dataclasses.replace(c, GROUP_SIZE_M=d.GROUP_SIZE_M) == d for c in timed)
         assert res.tuned_us[M] <= res.default_us[M]
     assert len(t.meas[16]) > len(SEARCH["GROUP_SIZE_M"])  # the full search elsewhere

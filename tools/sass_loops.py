@@ -98,6 +98,7 @@ def _gemm1_mxfp4(args):
 
 def _gemm_fp8_block_sm90(args, gemm: int):
     from moekit.kernels import moe_gemm_sm90 as g
+    from moekit.quant.ops import MIN_SCALE
 
     fn = g._moe_gemm1_fp8_block_kernel if gemm == 1 else g._moe_gemm2_fp8_block_kernel
     ptrs = {n: "*fp32" for n in ("out_scale_ptr", "a_scale_ptr", "b_scale_ptr", "topk_w_ptr")}
@@ -106,7 +107,7 @@ def _gemm_fp8_block_sm90(args, gemm: int):
     sig = {n: ptrs.get(n, "i32") for n in fn.arg_names}
     consts = {"BLOCK_M": 64, "BLOCK_N": 128 if gemm == 1 else args.block_n, "BLOCK_K": 128, "GROUP_M": 8,
               "STAGES": args.stages, "num_warps": 8 if gemm == 1 else args.gemm2_warps}
-    consts.update({"INV_QMAX": 1 / 448.0, "MIN_S": 1e-12} if gemm == 1 else {"MUL_WEIGHT": True})
+    consts.update({"INV_QMAX": 1 / 448.0, "MIN_S": MIN_SCALE} if gemm == 1 else {"MUL_WEIGHT": True})
     div = [n for n in fn.arg_names if n in ptrs or n in ("I", "N", "K", "stride_xm", "stride_am", "stride_we",
                                                           "stride_wn", "stride_om", "stride_ym")]
     return compile_sass(fn, sig, consts, div, args.arch, 8 if gemm == 1 else args.gemm2_warps, gluon=True)
