@@ -175,6 +175,10 @@ def test_input_errors():
         linear(x, q, quant="fp8_block128x128")
     with pytest.raises(MoEInputError, match="path: expected one of"):
         linear_path("cublas", x, w)
+    if _path_ok("gemv", torch.device(DEVICE), QuantScheme(), 1, dtype)[0]:  # forced past its one row
+        with pytest.raises(MoEInputError, match=r"path: expected a path that can run here, got 'gemv' "
+                                                r"\(gemv serves M <= 1\)"):
+            linear_path("gemv", x, w)
 
 
 @pytest.fixture
