@@ -1,8 +1,9 @@
 """Probe (GPU; the kernel also runs under TRITON_INTERPRET=1): a decode GEMM for 2 <= M <= 16 on tensor cores
 with the operands swapped and K split inside the program, against ``moekit.linear`` and ``F.linear``.
 
-``out^T[rows, m] = w[rows, :] @ x[m, :]^T``: the weight is the MMA's left operand (``ROWS`` >= 16 rows per
-program), the M <= 16 tokens its right one, padded to 16 columns by masks. The K step is ``S`` slices of
+``out^T[rows, m] = w[rows, :] @ x[m, :]^T``: the weight is the MMA's left operand (``ROWS`` rows per
+program), the M <= 16 tokens its right one, ``MP`` = next power of two of M columns (triton pads an MMA
+operand narrower than the instruction in registers). The K step is ``S`` slices of
 ``BKS``, one batch of a 3-D ``tl.dot`` each (``[S, ROWS, BKS] x [S, BKS, 16]``), so the program's warps
 stream different K slices of the same rows, and the slices are summed once, in the program, at the end.
 ``SPLIT_K`` > 1 splits K across programs as well (fp32 partials, the last program of each row block sums
@@ -26,8 +27,7 @@ import triton.language as tl
 def _mma_gemv_kernel(x_ptr, w_ptr, ws_ptr, out_ptr, part_ptr, lock_ptr, M, N, K, SPLIT_K,
                      stride_xm, stride_wn, stride_om,
                      W_SCALE: tl.constexpr, USE_WS: tl.constexpr, ROWS: tl.constexpr, S: tl.constexpr,
-                     BKS: tl.constexpr, STAGES: tl.constexpr):
-    MP: tl.constexpr = 16
+                     BKS: tl.constexpr, STAGES: tl.constexpr, MP: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_n * ROWS + tl.arange(0, ROWS)
@@ -85,16 +85,17 @@ def mma_gemv(x, w, scale, rows, s, bks, split, stages):
     _mma_gemv_kernel[(tiles, split)](
         x, w, scale if scale is not None else out, out, part, lock, M, N, K, split,
         x.stride(0), w.stride(0), out.stride(0),
-        W_SCALE=0 if scale is None else 1, USE_WS=split > 1, ROWS=rows, S=s, BKS=bks, STAGES=stages, num_warps=s)
+        W_SCALE=0 if scale is None else 1, USE_WS=split > 1, ROWS=rows, S=s, BKS=bks, STAGES=stages,
+        MP=triton.next_power_of_2(M), num_warps=s)
     return out
 
 
 def candidates(N, K, sms):
     out = []
-    for rows, (s, bks), stages in itertools.product((16, 32), ((4, 64), (8, 64), (4, 128), (8, 32)), (4,)):
+    for rows, (s, bks), stages in itertools.product((8, 16, 32), ((4, 64), (4, 128), (4, 256), (8, 128)), (4, 6)):
         tiles = triton.cdiv(N, rows)
         ksteps = triton.cdiv(K, s * bks)
-        splits = sorted({max(1, min(ksteps, (w * sms) // tiles)) for w in (0, 1, 2)})
+        splits = sorted({max(1, min(ksteps, (w * sms) // tiles)) for w in (0, 1)})
         for split in splits:
             out.append((rows, s, bks, split, stages))
     return out
