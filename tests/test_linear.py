@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import DEVICE, HAS_GPU, KERNEL_DTYPES, gpu_only
 from moekit.errors import MoEInputError
 from moekit.linear import (
-    GEMV_MAX_M, PATHS, LinearConfig, _path_ok, clear_caches, linear, linear_path, select_path, table_file_name,
+    GEMV_MAX_M, GEMV_MMA_MAX_M, PATHS, LinearConfig, _path_ok, clear_caches, linear, linear_path, select_path, table_file_name,
 )
 from moekit.platform import device_name_for_configs, fp8_dtype, platform_of
 from moekit.quant.scheme import QuantScheme
@@ -23,6 +23,7 @@ CONFIGS = {
     "skinny": LinearConfig(16, 32, 64, 3, 1, 4, 2),
     "skinny_fused": LinearConfig(16, 32, 64, 3, 1, 4, 2, FUSED_REDUCE=1),
     "gemv": LinearConfig(1, 4, 64, 1, 1, 2, 2),
+    "gemv_mma": LinearConfig(1, 8, 32, 1, 1, 2, 2),  # 8 rows, 2 warps of 32-wide K slices, 2 stages
     "triton": LinearConfig(16, 32, 32, 1, 2, 4, 2),
     "triton_w8a8": LinearConfig(16, 32, 64, 1, 2, 4, 2),
 }
@@ -95,11 +96,11 @@ def test_unquantized_paths(path, dtype, M, N, K, bias, poisoned_empty):
     assert_close_to_reference(out, _ref(x, w, b), KEYS[dtype], name=f"{path} M={M} N={N} K={K}")
 
 
-@pytest.mark.parametrize("path", ["skinny", "gemv", "triton"])
+@pytest.mark.parametrize("path", ["skinny", "gemv", "gemv_mma", "triton"])
 def test_larger_m_and_3d_input(path, poisoned_empty):
     dtype = KERNEL_DTYPES[0]
     g = _gen()
-    lead = {"skinny": (2, 3), "gemv": (1, 1)}.get(path, (2, 40))
+    lead = {"skinny": (2, 3), "gemv": (1, 1), "gemv_mma": (3, 5)}.get(path, (2, 40))
     x, w, b = _rand((*lead, 72), dtype, g), _rand((50, 72), dtype, g, 72**-0.5), _rand((50,), dtype, g)
     out = linear_path(path, x, w, b, config=CONFIGS[path])
     assert out.shape == (*lead, 50)
@@ -144,6 +145,35 @@ def test_gemv_block_scales(block, rows, block_k, poisoned_empty):
     assert_close_to_reference(out, _ref(x, deq, b), KEYS[dtype], name=f"gemv block {block} rows {rows}")
 
 
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 9, 16])
+@pytest.mark.parametrize("rows,block_k,warps", [(8, 32, 2), (32, 64, 4), (4, 128, 1)])
+def test_gemv_mma_token_columns(M, rows, block_k, warps, poisoned_empty):
+    """gemv_mma pads the tokens to the next power of two of M (1..16 columns) and splits K among the warps:
+    every width, rows narrower and wider than the MMA, K and N not multiples of the steps."""
+    dtype = KERNEL_DTYPES[0]
+    _skip_unless_ok("gemv_mma", QuantScheme.none(), M, dtype)
+    g = _gen()
+    x, w, b = _rand((M, 200), dtype, g), _rand((70, 200), dtype, g, 200**-0.5), _rand((70,), dtype, g)
+    out = linear_path("gemv_mma", x, w, b, config=LinearConfig(1, rows, block_k, 1, 1, warps, 2))
+    assert_close_to_reference(out, _ref(x, w, b), KEYS[dtype], name=f"gemv_mma M={M} rows={rows}")
+
+
+@pytest.mark.parametrize("block,rows,block_k", [((128, 128), 8, 64), ((128, 128), 16, 256), ((24, 64), 32, 32),
+                                                ((128, 128), 256, 128)])
+def test_gemv_mma_block_scales(block, rows, block_k, poisoned_empty):
+    """Both ways gemv_mma applies block scales: one scale per K slice when a program's rows share one block row
+    (block rows a multiple of ROWS), else one per (row, slice); K slices wider than the block are lowered."""
+    scheme = QuantScheme.fp8_block(*block)
+    dtype = torch.bfloat16 if HAS_GPU else torch.float16
+    _skip_unless_ok("gemv_mma", scheme, 5, dtype)
+    g = _gen()
+    q, scale, deq = _fp8_weight(300, 330, scheme, g)
+    x, b = _rand((5, 330), dtype, g), _rand((300,), dtype, g)
+    cfg = LinearConfig(1, rows, block_k, 1, 1, 2, 2)
+    out = linear_path("gemv_mma", x, q, b, quant=scheme, weight_scale=scale, config=cfg)
+    assert_close_to_reference(out, _ref(x, deq, b), KEYS[dtype], name=f"gemv_mma block {block} rows {rows}")
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_m_zero(path):
     g = _gen()
@@ -179,6 +209,9 @@ def test_input_errors():
         with pytest.raises(MoEInputError, match=r"path: expected a path that can run here, got 'gemv' "
                                                 r"\(gemv serves M <= 1\)"):
             linear_path("gemv", x, w)
+        x17 = _rand((GEMV_MMA_MAX_M + 1, 40), dtype, g)
+        with pytest.raises(MoEInputError, match=r"got 'gemv_mma' \(gemv_mma serves M <= 16\)"):
+            linear_path("gemv_mma", x17, w)
 
 
 @pytest.fixture
@@ -196,12 +229,15 @@ def test_table_lookup_and_switch(table_dir, monkeypatch):
     skinny = dict(CONFIGS["skinny"].to_dict(), path="skinny")
     triton_cfg = dict(CONFIGS["triton"].to_dict(), path="triton")
     gemv = dict(CONFIGS["gemv"].to_dict(), path="gemv")
-    table = {"1": gemv, "4": skinny, "16": {"path": "torch"}, "64": triton_cfg, "_meta": {"note": "test"}}
+    gemv_mma = dict(CONFIGS["gemv_mma"].to_dict(), path="gemv_mma")
+    table = {"1": gemv, "4": skinny, "8": gemv_mma, "16": {"path": "torch"}, "64": triton_cfg,
+             "_meta": {"note": "test"}}
     (table_dir / table_file_name(N, K, name, dtype)).write_text(json.dumps(table))
     assert select_path(1, N, K, dtype, device=DEVICE) == ("gemv", CONFIGS["gemv"])
     assert select_path(2, N, K, dtype, device=DEVICE) == ("skinny", CONFIGS["skinny"])
     assert select_path(4, N, K, dtype, device=DEVICE)[0] == "skinny"
-    assert select_path(5, N, K, dtype, device=DEVICE) == ("torch", None)
+    assert select_path(5, N, K, dtype, device=DEVICE) == ("gemv_mma", CONFIGS["gemv_mma"])
+    assert select_path(9, N, K, dtype, device=DEVICE) == ("torch", None)
     assert select_path(17, N, K, dtype, device=DEVICE) == ("triton", CONFIGS["triton"])
     assert select_path(100000, N, K, dtype, device=DEVICE)[0] == "triton"  # past the largest bucket
     assert select_path(3, N, K + 16, dtype, device=DEVICE) == ("torch", None)  # no table: torch
@@ -209,6 +245,8 @@ def test_table_lookup_and_switch(table_dir, monkeypatch):
     x, w, b = _rand((2, 2, K), dtype, g), _rand((N, K), dtype, g, K**-0.5), _rand((N,), dtype, g)
     assert_close_to_reference(linear(x, w, b), _ref(x, w, b), KEYS[dtype], name="routed (skinny)")
     assert_close_to_reference(linear(x[:1, :1], w, b), _ref(x[:1, :1], w, b), KEYS[dtype], name="routed (gemv)")
+    x6 = _rand((6, K), dtype, g)
+    assert_close_to_reference(linear(x6, w, b), _ref(x6, w, b), KEYS[dtype], name="routed (gemv_mma)")
     monkeypatch.setenv("MOEKIT_LINEAR", "0")
     assert select_path(1, N, K, dtype, device=DEVICE) == ("torch", None)
     monkeypatch.setenv("MOEKIT_LINEAR", "1")
@@ -260,12 +298,12 @@ def test_non_contiguous_bias_and_empty_k(poisoned_empty):
 
 
 @gpu_only
-@pytest.mark.parametrize("path", ["skinny", "skinny_fused", "gemv", "triton", "torch"])
+@pytest.mark.parametrize("path", ["skinny", "skinny_fused", "gemv", "gemv_mma", "triton", "torch"])
 def test_cuda_graph_capture(path):
     g = _gen()
     m = 1 if path == "gemv" else 4
     x, w, b = _rand((m, 256), torch.bfloat16, g), _rand((512, 256), torch.bfloat16, g, 1 / 16), None
-    cfg, path = CONFIGS[path], path.split("_")[0]
+    cfg, path = CONFIGS[path], ("skinny" if path == "skinny_fused" else path)
     linear_path(path, x, w, b, config=cfg)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -301,3 +339,22 @@ def test_shipped_tables_are_valid():
     for p in tables:
         table, problems = parse_table(p)
         assert table and not problems, (p.name, problems)
+
+
+@pytest.mark.parametrize("M", [2, 4, 16])
+@pytest.mark.parametrize("scheme_name,w_elem", [("none", 2), ("fp8_block128x128", 1), ("fp8_channel", 1)])
+def test_gemv_mma_tuner_candidates(M, scheme_name, w_elem):
+    """The tuner's gemv_mma set: valid table entries, slices inside a scale block, pipelines within budget."""
+    from moekit.linear import table_entry_problems
+    from moekit.linear_tune import SMEM_BUDGET, gemv_mma_candidates
+    from moekit.quant.scheme import as_scheme
+
+    scheme = as_scheme(scheme_name, "scheme")
+    cands = gemv_mma_candidates(M, scheme, w_elem)
+    assert len(cands) >= 8 and len(set(cands)) == len(cands)
+    mp = 1 << (M - 1).bit_length()
+    for c in cands:
+        assert table_entry_problems(dict(c.to_dict(), path="gemv_mma")) == []
+        assert c.num_warps * c.BLOCK_SIZE_K * (c.BLOCK_SIZE_N * w_elem + mp * 2) * c.num_stages <= SMEM_BUDGET
+        if scheme.granularity == "block":
+            assert scheme.block_shape[1] % c.BLOCK_SIZE_K == 0

@@ -14,6 +14,12 @@ and shape. Paths (:data:`PATHS`):
     Triton GEMV for M = 1 (decode of one sequence): no tensor cores, no split-K; each program owns a few
     output rows over the whole K (:mod:`moekit.kernels.linear_gemv`), fp8 weights widened in registers.
     ``BLOCK_SIZE_N`` is its rows per program; ``BLOCK_SIZE_M`` and ``SPLIT_K`` are unused.
+``gemv_mma``
+    Triton GEMV on tensor cores for M <= 16 (decode of a small batch): operands swapped (the weight rows are
+    the MMA's left operand, the tokens its right one, padded to the next power of two of M), K split among the
+    warps of one program and summed inside it; no split-K across programs (:mod:`moekit.kernels.linear_gemv_mma`).
+    ``BLOCK_SIZE_N`` is its rows per program, ``BLOCK_SIZE_K`` each warp's K slice, ``num_warps`` the slices
+    per step, ``num_stages`` the K loop's depth; ``BLOCK_SIZE_M`` and ``SPLIT_K`` are unused.
 ``triton``
     Triton tiled GEMM with per-device tuned block sizes; fp8 weights weight-only as in ``skinny``.
 ``triton_w8a8``
@@ -54,14 +60,16 @@ from moekit.quant.scheme import QuantScheme, as_scheme
 
 __all__ = [
     "linear", "linear_path", "select_path", "LinearConfig", "PATHS", "SKINNY_MAX_M", "GEMV_MAX_M",
-    "table_file_name",
+    "GEMV_MMA_MAX_M", "table_file_name",
     "config_dirs", "load_table", "clear_caches",
 ]
 
-PATHS = ("torch", "skinny", "gemv", "triton", "triton_w8a8")
+PATHS = ("torch", "skinny", "gemv", "gemv_mma", "triton", "triton_w8a8")
 SKINNY_MAX_M = 16
 #: the largest M of the gemv path (why only one row: :mod:`moekit.kernels.linear_gemv`)
 GEMV_MAX_M = 1
+#: the largest M of the gemv_mma path: its token columns (next power of two of M) stay <= 16
+GEMV_MMA_MAX_M = 16
 _DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 
@@ -91,6 +99,8 @@ class LinearConfig:
 DEFAULT_TRITON = LinearConfig(64, 128, 64, 1, 8, 4, 3)
 DEFAULT_W8A8 = LinearConfig(64, 128, 128, 1, 8, 4, 3)
 DEFAULT_GEMV = LinearConfig(1, 4, 512, 1, 1, 4, 4)  # 4 rows per program, K in steps of 512
+#: 8 rows per program, 4 warps of 128-wide K slices, 4 stages: the probe's most frequent best at M = 4
+DEFAULT_GEMV_MMA = LinearConfig(1, 8, 128, 1, 1, 4, 4)
 
 
 def default_skinny(N: int, K: int, sms: int = 132) -> LinearConfig:
@@ -148,7 +158,8 @@ _FIELD_RULES = {
 }
 
 
-#: gemv has no tensor-core tiles: any power of two for its rows per program (BLOCK_SIZE_N); BLOCK_SIZE_M unused.
+#: gemv and gemv_mma: any power of two for their rows per program (BLOCK_SIZE_N; triton pads an MMA operand
+#: narrower than the instruction); BLOCK_SIZE_M unused.
 _GEMV_FIELD_RULES = {**_FIELD_RULES, "BLOCK_SIZE_M": (lambda v: v >= 1, ">= 1"),
                      "BLOCK_SIZE_N": (lambda v: _pow2(v), "a power of two")}
 
@@ -158,7 +169,7 @@ def table_entry_problems(entry: Any) -> List[str]:
     if not isinstance(entry, dict):
         return [f"expected an object, got {type(entry).__name__}"]
     problems = [] if entry.get("path") in PATHS else [f"path: expected one of {PATHS}, got {entry.get('path')!r}"]
-    rules = _GEMV_FIELD_RULES if entry.get("path") == "gemv" else _FIELD_RULES
+    rules = _GEMV_FIELD_RULES if entry.get("path") in ("gemv", "gemv_mma") else _FIELD_RULES
     for name, (ok, what) in rules.items():
         if name not in entry:
             continue
@@ -257,6 +268,8 @@ def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype
         return False, f"skinny serves M <= {SKINNY_MAX_M}"
     if path == "gemv" and M > GEMV_MAX_M:
         return False, f"gemv serves M <= {GEMV_MAX_M}"
+    if path == "gemv_mma" and M > GEMV_MMA_MAX_M:
+        return False, f"gemv_mma serves M <= {GEMV_MMA_MAX_M}"
     if path == "triton_w8a8" and not scheme.is_quantized:
         return False, "triton_w8a8 needs fp8 weights"
     from moekit.platform import has_feature, interpreter_runs, platform_of
@@ -427,7 +440,8 @@ def linear_path(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional
         from moekit.platform import platform_of
 
         config = {"skinny": default_skinny(N, K, max(platform_of(x.device).multiprocessor_count, 1)),
-                  "gemv": DEFAULT_GEMV, "triton": DEFAULT_TRITON, "triton_w8a8": DEFAULT_W8A8}[path]
+                  "gemv": DEFAULT_GEMV, "gemv_mma": DEFAULT_GEMV_MMA, "triton": DEFAULT_TRITON,
+                  "triton_w8a8": DEFAULT_W8A8}[path]
     return _run(path, config, x, weight, bias, scheme, weight_scale)
 
 
@@ -449,6 +463,8 @@ def _run(path, cfg, x, weight, bias, scheme, weight_scale):
         out = _run_torch(x2, weight, bias, scheme, weight_scale)
     elif path == "gemv":
         out = _run_gemv(x2, weight, bias, scheme, weight_scale, cfg)
+    elif path == "gemv_mma":
+        out = _run_gemv_mma(x2, weight, bias, scheme, weight_scale, cfg)
     else:
         out = _run_triton(x2, weight, bias, scheme, weight_scale, cfg, w8a8=(path == "triton_w8a8"))
     return out.reshape(*lead, N)
@@ -556,6 +572,14 @@ def _run_gemv(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearCo
     x2, weight, w = _kernel_operands(x2, weight, scheme, weight_scale)
     return gemv(x2, weight, bias, w.mode, w.scale, w.stride_n, w.stride_k, (w.bn, w.bk), cfg.BLOCK_SIZE_N,
                 cfg.BLOCK_SIZE_K, cfg.num_warps, cfg.num_stages)
+
+
+def _run_gemv_mma(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig):
+    from moekit.kernels.linear_gemv_mma import gemv_mma
+
+    x2, weight, w = _kernel_operands(x2, weight, scheme, weight_scale)
+    return gemv_mma(x2, weight, bias, w.mode, w.scale, w.stride_n, w.stride_k, (w.bn, w.bk), cfg.BLOCK_SIZE_N,
+                    cfg.BLOCK_SIZE_K, cfg.num_warps, cfg.num_stages)
 
 
 def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig, w8a8: bool):

@@ -4,7 +4,8 @@ the router's tables.
 For each shape and scheme it times, as CUDA-graph replays (``triton.testing.do_bench_cudagraph``, median),
 ``torch`` and a small candidate set of each Triton path (``skinny`` for M <= 16: block sizes x split-K for
 1/2/4 waves, fully searched at the smallest M, its three best re-timed at the other small M; ``gemv`` for
-M = 1: rows per program x K step, :func:`gemv_candidates`; ``triton`` and ``triton_w8a8`` tiles by M).
+M = 1: rows per program x K step, :func:`gemv_candidates`; ``gemv_mma`` for 1 < M <= 16, searched at each
+such M (its token columns follow M): :func:`gemv_mma_candidates`; ``triton`` and ``triton_w8a8`` tiles by M).
 Weights under 64 MB are rotated among copies (>= 128 MB in all) so every call streams its weight from HBM,
 not from the 50 MB L2. Each candidate's output is checked against the torch path once; a candidate that
 fails or does not compile is dropped.
@@ -25,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from moekit.linear import (
-    GEMV_MAX_M, PATHS, SKINNY_MAX_M, LinearConfig, _path_ok, linear_path, table_file_name,
+    GEMV_MAX_M, GEMV_MMA_MAX_M, PATHS, SKINNY_MAX_M, LinearConfig, _path_ok, linear_path, table_file_name,
 )
 from moekit.quant.scheme import QuantScheme, as_scheme
 
@@ -165,6 +166,25 @@ def gemv_candidates(scheme: QuantScheme) -> List[LinearConfig]:
     return list(dict.fromkeys(out))
 
 
+def gemv_mma_candidates(M: int, scheme: QuantScheme, w_elem: int, x_elem: int = 2) -> List[LinearConfig]:
+    """Rows per program x K slice x depth of the ``gemv_mma`` path, 4 warps (8 with 128-wide slices and at most
+    16 rows): the set ``benchmarks/probe_decode_mma.py`` found the best of at every (shape, M = 4 / 16) on the
+    H100 (``probe_decode_mma_H100_b.json``). Block scales lower the slice to the block; configs whose pipeline
+    (weight and token tiles, ``num_stages`` deep) passes the shared-memory budget are left out."""
+    mp = 1 << max(M - 1, 0).bit_length()
+    out = []
+    for rows in (8, 16, 32):
+        for warps, bk, stages in [(4, bk, st) for bk in (64, 128, 256) for st in (4, 6)] + [(8, 128, 4)]:
+            if warps == 8 and rows > 16:
+                continue
+            if scheme.granularity == "block":
+                bk = min(bk, scheme.block_shape[1])
+            if warps * bk * (rows * w_elem + mp * x_elem) * stages > SMEM_BUDGET:
+                continue
+            out.append(LinearConfig(1, rows, bk, 1, 1, warps, stages))
+    return list(dict.fromkeys(out))
+
+
 def triton_candidates(M: int, N: int, K: int, scheme: QuantScheme, sms: int, w8a8: bool) -> List[LinearConfig]:
     elem = 1 if w8a8 else 2
     bk = 128 if (w8a8 or scheme.granularity == "block") else 64
@@ -243,6 +263,9 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
         if M <= GEMV_MAX_M and _path_ok("gemv", dev, prob.scheme, M, prob.dtype)[0]:
             for c in gemv_candidates(prob.scheme):
                 consider("gemv", c)
+        if GEMV_MAX_M < M <= GEMV_MMA_MAX_M and _path_ok("gemv_mma", dev, prob.scheme, M, prob.dtype)[0]:
+            for c in gemv_mma_candidates(M, prob.scheme, prob.weight.element_size(), x.element_size()):
+                consider("gemv_mma", c)
         if M >= SKINNY_MAX_M and _path_ok("triton", dev, prob.scheme, M, prob.dtype)[0]:
             for c in triton_candidates(M, prob.N, prob.K, prob.scheme, sms, False):
                 consider("triton", c)
