@@ -68,7 +68,7 @@ def _mma_gemv_kernel(x_ptr, w_ptr, ws_ptr, out_ptr, part_ptr, lock_ptr, M, N, K,
 _LOCKS = {}
 
 
-def mma_gemv(x, w, scale, rows, s, bks, split, stages):
+def mma_gemv(x, w, scale, rows, s, bks, split, stages, warps=None):
     """out [M, N] = x [M, K] @ w [N, K]^T (x scale [N] per channel when given), M <= 16."""
     M, K = x.shape
     N = w.shape[0]
@@ -86,11 +86,14 @@ def mma_gemv(x, w, scale, rows, s, bks, split, stages):
         x, w, scale if scale is not None else out, out, part, lock, M, N, K, split,
         x.stride(0), w.stride(0), out.stride(0),
         W_SCALE=0 if scale is None else 1, USE_WS=split > 1, ROWS=rows, S=s, BKS=bks, STAGES=stages,
-        MP=triton.next_power_of_2(M), num_warps=s)
+        MP=triton.next_power_of_2(M), num_warps=warps or s)
     return out
 
 
-def candidates(N, K, sms):
+def candidates(N, K, sms, m):
+    if m > 8:  # session 12, second question: wider row blocks, K slices fewer than warps (warps also split rows)
+        return [(rows, s, bks, 1, 4, warps) for rows in (16, 32, 64)
+                for s, warps in ((4, 4), (2, 4), (2, 8), (4, 8), (1, 4)) for bks in (64, 128) if rows * s * bks <= 16384]
     out = []
     for rows, (s, bks), stages in itertools.product((8, 16, 32), ((4, 64), (4, 128), (4, 256), (8, 128)), (4, 6)):
         tiles = triton.cdiv(N, rows)
@@ -128,7 +131,7 @@ def main():
             x = prob.x(m)
             ref = (x.double() @ (prob.weight.double() * (scale.double()[:, None] if scale is not None else 1)).T)
             best = (float("inf"), None)
-            for cand in candidates(N, K, sms):
+            for cand in candidates(N, K, sms, m):
                 try:
                     got = mma_gemv(x, prob.weights[0], scale, *cand).double()
                 except Exception as e:  # noqa: BLE001 - a probe: report and go on
@@ -136,7 +139,7 @@ def main():
                     continue
                 err = float((got - ref).norm() / ref.norm())
                 us = time_us(prob.run_fn(m, lambda a, w, c=cand: mma_gemv(a, w, scale, *c)), args.rep)
-                key = "mma_r{}_s{}_k{}_split{}_st{}".format(*cand)
+                key = "mma_r{}_s{}_k{}_split{}_st{}".format(*cand) + (f"_w{cand[5]}" if len(cand) > 5 else "")
                 t[key] = us
                 if err > 1e-2 or err != err:
                     t[key + "_BAD_err"] = err
