@@ -92,8 +92,9 @@ def mma_gemv(x, w, scale, rows, s, bks, split, stages, warps=None):
 
 def candidates(N, K, sms, m):
     if m > 8:  # session 12, second question: wider row blocks, K slices fewer than warps (warps also split rows)
-        return [(rows, s, bks, 1, 4, warps) for rows in (16, 32, 64)
-                for s, warps in ((4, 4), (2, 4), (2, 8), (4, 8), (1, 4)) for bks in (64, 128) if rows * s * bks <= 16384]
+        pairs = ((4, 4), (2, 4), (2, 8), (4, 8), (1, 4))  # (K slices, warps)
+        return [(rows, s, bks, 1, 4, warps) for rows in (16, 32, 64) for s, warps in pairs for bks in (64, 128)
+                if rows * s * bks <= 16384]
     out = []
     for rows, (s, bks), stages in itertools.product((8, 16, 32), ((4, 64), (4, 128), (4, 256), (8, 128)), (4, 6)):
         tiles = triton.cdiv(N, rows)
