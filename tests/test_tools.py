@@ -75,6 +75,20 @@ def test_linear_gemv_pipelining():
     assert not any("LDGSTS" in ln for ln in loops[2]) and any("LDG.E" in ln for ln in loops[2]), loops[2]
 
 
+def test_linear_gemv_mma_pipelining():
+    """The dense router's gemv_mma (``moekit.kernels.linear_gemv_mma``) as tuned in session 12: for each weight
+    format its K loop is software-pipelined (LDGSTS) and multiplies on tensor cores (HMMA), at 4 and 16 tokens."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    for w_scale, m in ((0, 4), (1, 16), (2, 4)):
+        out = subprocess.run([sys.executable, os.path.join(_ROOT, "tools", "sass_loops.py"), "linear_gemv_mma",
+                              "--w-scale", str(w_scale), "--gemv-stages", "4", "--block-n", "8", "--block-k", "128",
+                              "--block-m", str(m)], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        loops = [ln for ln in out.stdout.splitlines() if ln.startswith("loop of")]
+        assert any("LDGSTS" in ln and "HMMA" in ln for ln in loops), (w_scale, m, out.stdout)
+
+
 def test_merge_linear_tables(tmp_path):
     """The new run's buckets replace the base's, the base's other buckets stay, tables only in the base are
     copied, and the merged tables parse without problems."""

@@ -4,6 +4,8 @@ of its loops: a cheap first check of an instruction-count idea before any device
     PYTHONPATH=src python3 tools/sass_loops.py gemv1_mxfp4 [--arch 90] [--warps 4] [--block-n 16] [--block-k 1024]
     PYTHONPATH=src python3 tools/sass_loops.py gemm1_mxfp4 --block-m 16 --block-n 64 --block-k 32 --stages 4
     PYTHONPATH=src python3 tools/sass_loops.py gemm2_fp8_block_sm90 --block-n 256 --stages 4   (Gluon, 8 warps)
+    PYTHONPATH=src python3 tools/sass_loops.py linear_gemv_mma --w-scale 1 --block-n 8 --block-k 128 --block-m 4 \
+        --gemv-stages 4
 
 Triton compiles for any target without a device (``triton.compile`` with a ``GPUTarget``); its wheel ships
 ``ptxas`` and ``cuobjdump``. Integer arguments that are multiples of 16 at run time must be marked
@@ -126,7 +128,25 @@ def _linear_gemv(args):
     return compile_sass(_gemv_kernel, sig, consts, div, args.arch, args.warps)
 
 
+def _linear_gemv_mma(args):
+    """The dense router's tensor-core GEMV (M <= 16) as its launcher compiles it: ``--w-scale`` 0 (a bf16 weight),
+    1 (fp8 per channel) or 2 (fp8 128x128 blocks); ``--block-n`` rows per program, ``--block-k`` each warp's K
+    slice, ``--warps`` the slices, ``--gemv-stages`` the loop's depth, ``--block-m`` M (the token columns are
+    its next power of two)."""
+    from moekit.kernels.linear_gemv_mma import _gemv_mma_kernel
+
+    ptrs = {"x_ptr": "*bf16", "w_ptr": "*fp8e4nv" if args.w_scale else "*bf16", "out_ptr": "*bf16",
+            "bias_ptr": "*bf16", "ws_ptr": "*fp32"}
+    sig = {n: ptrs.get(n, "i32") for n in _gemv_mma_kernel.arg_names}
+    consts = {"W_SCALE": args.w_scale, "SCALE_BN": 128, "SCALE_BK": 128, "HAS_BIAS": False, "DOT_PRECISION": "tf32",
+              "ROWS": args.block_n, "S": args.warps, "BLOCK_K": args.block_k,
+              "MP": 1 << max(args.block_m - 1, 0).bit_length(), "LOOP_STAGES": args.gemv_stages}
+    div = list(ptrs) + ["N", "K", "stride_xm", "stride_wn", "stride_om"]
+    return compile_sass(_gemv_mma_kernel, sig, consts, div, args.arch, args.warps)
+
+
 KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4, "linear_gemv": _linear_gemv,
+           "linear_gemv_mma": _linear_gemv_mma,
            "gemm1_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 1),
            "gemm2_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 2)}
 
@@ -146,7 +166,8 @@ def main():
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode")
     ap.add_argument("--gemv-stages", type=int, default=1,
                     help="gemv1_mxfp4, linear_gemv: the K loop's pipelining depth")
-    ap.add_argument("--w-scale", type=int, default=1, choices=(0, 1, 2), help="linear_gemv: the weight's scales")
+    ap.add_argument("--w-scale", type=int, default=1, choices=(0, 1, 2),
+                    help="linear_gemv(_mma): the weight's scales")
     ap.add_argument("--gemm2-warps", type=int, default=8, help="gemm2_fp8_block_sm90: 8 or 4 warps")
     ap.add_argument("--top", type=int, default=24, help="opcodes listed per loop (most frequent first)")
     args = ap.parse_args()

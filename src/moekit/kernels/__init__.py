@@ -7,6 +7,8 @@
   wgmma: each K step's block scales are applied while the next step's MMA runs).
 * ``moe_gemv.py`` - the decode path: two GEMV kernels over unaligned slots, the second summing the top-k.
 * ``moe_sum.py``  - the top-k reduction.
+* ``linear_gemm.py`` / ``linear_gemv.py`` / ``linear_gemv_mma.py`` - the dense router's (:mod:`moekit.linear`)
+  tiled and split-K GEMM, its CUDA-core GEMV for one token, its tensor-core GEMV for up to 16 tokens.
 
 Importing this package needs ``triton``; the rest of moekit works without it.
 """
