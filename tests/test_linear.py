@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from conftest import DEVICE, HAS_GPU, KERNEL_DTYPES, gpu_only
 from moekit.errors import MoEInputError
 from moekit.linear import (
-    GEMV_MAX_M, GEMV_MMA_MAX_M, PATHS, LinearConfig, _path_ok, clear_caches, linear, linear_path, select_path, table_file_name,
+    GEMV_MAX_M, GEMV_MMA_MAX_M, PATHS, LinearConfig, _path_ok, clear_caches, linear, linear_path, select_path,
+    table_file_name,
 )
 from moekit.platform import device_name_for_configs, fp8_dtype, platform_of
 from moekit.quant.scheme import QuantScheme
