@@ -169,15 +169,12 @@ def gemv_candidates(scheme: QuantScheme) -> List[LinearConfig]:
 def gemv_mma_candidates(M: int, scheme: QuantScheme, w_elem: int, x_elem: int = 2) -> List[LinearConfig]:
     """Rows per program x K slice x depth of the ``gemv_mma`` path, 4 warps (8 with 128-wide slices and at most
     16 rows): the set ``benchmarks/probe_decode_mma.py`` found the best of at every (shape, M = 4 / 16) on the
-    H100 (``probe_decode_mma_H100_b.json``), and 2 or 4 rows per program (the MMA pads them to 16; more programs
-    for small N) with long K slices. Block scales lower the slice to the block; configs whose pipeline (weight
-    and token tiles, ``num_stages`` deep) passes the shared-memory budget are left out."""
+    H100 (``probe_decode_mma_H100_b.json``). Block scales lower the slice to the block; configs whose pipeline
+    (weight and token tiles, ``num_stages`` deep) passes the shared-memory budget are left out."""
     mp = 1 << max(M - 1, 0).bit_length()
     out = []
-    wide = [(4, bk, st) for bk in (64, 128, 256) for st in (4, 6)] + [(8, 128, 4)]
-    narrow = [(4, 128, 4), (4, 256, 4), (4, 256, 6), (8, 128, 4), (8, 256, 4)]  # rows < 8: long K slices
-    for rows in (2, 4, 8, 16, 32):
-        for warps, bk, stages in (narrow if rows < 8 else wide):
+    for rows in (8, 16, 32):
+        for warps, bk, stages in [(4, bk, st) for bk in (64, 128, 256) for st in (4, 6)] + [(8, 128, 4)]:
             if warps == 8 and rows > 16:
                 continue
             if scheme.granularity == "block":
