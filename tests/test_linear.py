@@ -131,21 +131,6 @@ def test_fp8_paths(path, scheme_name, M, N, K, bias, poisoned_empty):
     assert_close_to_reference(out, _ref(x, deq, b), key, name=f"{path} {scheme_name}")
 
 
-@pytest.mark.parametrize("block,rows,block_k", [((128, 128), 4, 64), ((128, 128), 8, 256), ((24, 64), 16, 128)])
-def test_gemv_block_scales(block, rows, block_k, poisoned_empty):
-    """Both ways gemv applies block scales: to the x chunk when a program's rows share one block row
-    (block rows a multiple of ROWS, also with K steps longer than a block), else to each weight element."""
-    scheme = QuantScheme.fp8_block(*block)
-    dtype = torch.bfloat16 if HAS_GPU else torch.float16
-    _skip_unless_ok("gemv", scheme, 1, dtype)
-    g = _gen()
-    q, scale, deq = _fp8_weight(100, 300, scheme, g)
-    x, b = _rand((1, 300), dtype, g), _rand((100,), dtype, g)
-    cfg = LinearConfig(1, rows, block_k, 1, 1, 4, 2)
-    out = linear_path("gemv", x, q, b, quant=scheme, weight_scale=scale, config=cfg)
-    assert_close_to_reference(out, _ref(x, deq, b), KEYS[dtype], name=f"gemv block {block} rows {rows}")
-
-
 @pytest.mark.parametrize("M", [1, 2, 3, 5, 9, 16])
 @pytest.mark.parametrize("rows,block_k,warps", [(8, 32, 2), (32, 64, 4), (4, 128, 1)])
 def test_gemv_mma_token_columns(M, rows, block_k, warps, poisoned_empty):
@@ -159,20 +144,25 @@ def test_gemv_mma_token_columns(M, rows, block_k, warps, poisoned_empty):
     assert_close_to_reference(out, _ref(x, w, b), KEYS[dtype], name=f"gemv_mma M={M} rows={rows}")
 
 
-@pytest.mark.parametrize("block,rows,block_k", [((128, 128), 8, 64), ((128, 128), 16, 256), ((24, 64), 32, 32),
-                                                ((128, 128), 256, 128)])
-def test_gemv_mma_block_scales(block, rows, block_k, poisoned_empty):
-    """Both ways gemv_mma applies block scales: one scale per K slice when a program's rows share one block row
-    (block rows a multiple of ROWS), else one per (row, slice); K slices wider than the block are lowered."""
+@pytest.mark.parametrize("path,block,rows,block_k", [
+    ("gemv", (128, 128), 4, 64), ("gemv", (128, 128), 8, 256), ("gemv", (24, 64), 16, 128),
+    ("gemv_mma", (128, 128), 8, 64), ("gemv_mma", (128, 128), 16, 256), ("gemv_mma", (24, 64), 32, 32),
+    ("gemv_mma", (128, 128), 256, 128)])
+def test_gemv_block_scales(path, block, rows, block_k, poisoned_empty):
+    """Both ways each GEMV applies block scales. gemv: to the x chunk when a program's rows share one block row
+    (block rows a multiple of ROWS, also with K steps longer than a block), else to each weight element.
+    gemv_mma: one scale per K slice when the rows share one block row, else one per (row, slice); K slices
+    wider than the block are lowered to it."""
     scheme = QuantScheme.fp8_block(*block)
     dtype = torch.bfloat16 if HAS_GPU else torch.float16
-    _skip_unless_ok("gemv_mma", scheme, 5, dtype)
+    M = 1 if path == "gemv" else 5
+    _skip_unless_ok(path, scheme, M, dtype)
     g = _gen()
     q, scale, deq = _fp8_weight(300, 330, scheme, g)
-    x, b = _rand((5, 330), dtype, g), _rand((300,), dtype, g)
-    cfg = LinearConfig(1, rows, block_k, 1, 1, 2, 2)
-    out = linear_path("gemv_mma", x, q, b, quant=scheme, weight_scale=scale, config=cfg)
-    assert_close_to_reference(out, _ref(x, deq, b), KEYS[dtype], name=f"gemv_mma block {block} rows {rows}")
+    x, b = _rand((M, 330), dtype, g), _rand((300,), dtype, g)
+    cfg = LinearConfig(1, rows, block_k, 1, 1, 4 if path == "gemv" else 2, 2)
+    out = linear_path(path, x, q, b, quant=scheme, weight_scale=scale, config=cfg)
+    assert_close_to_reference(out, _ref(x, deq, b), KEYS[dtype], name=f"{path} block {block} rows {rows}")
 
 
 @pytest.mark.parametrize("path", PATHS)
