@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import DEVICE, HAS_GPU, KERNEL_DTYPES, gpu_only
 from moekit.errors import MoEInputError
 from moekit.linear import (
-    GEMV_MAX_M, GEMV_MMA_MAX_M, PATHS, LinearConfig, _path_ok, clear_caches, linear, linear_path, select_path,
-    table_file_name,
+    GEMV_MAX_M, GEMV_MMA_MAX_M, PATHS, LinearConfig, _path_ok, clear_caches, gemv_mma_columns, linear, linear_path,
+    select_path, table_file_name,
 )
 from moekit.platform import device_name_for_configs, fp8_dtype, platform_of
 from moekit.quant.scheme import QuantScheme
@@ -343,7 +343,7 @@ def test_gemv_mma_tuner_candidates(M, scheme_name, w_elem):
     scheme = as_scheme(scheme_name, "scheme")
     cands = gemv_mma_candidates(M, scheme, w_elem)
     assert len(cands) >= 8 and len(set(cands)) == len(cands)
-    mp = 1 << (M - 1).bit_length()
+    mp = gemv_mma_columns(M)
     for c in cands:
         assert table_entry_problems(dict(c.to_dict(), path="gemv_mma")) == []
         assert c.num_warps * c.BLOCK_SIZE_K * (c.BLOCK_SIZE_N * w_elem + mp * 2) * c.num_stages <= SMEM_BUDGET

@@ -134,13 +134,14 @@ def _linear_gemv_mma(args):
     slice, ``--warps`` the slices, ``--gemv-stages`` the loop's depth, ``--block-m`` M (the token columns are
     its next power of two)."""
     from moekit.kernels.linear_gemv_mma import _gemv_mma_kernel
+    from moekit.linear import gemv_mma_columns
 
     ptrs = {"x_ptr": "*bf16", "w_ptr": "*fp8e4nv" if args.w_scale else "*bf16", "out_ptr": "*bf16",
             "bias_ptr": "*bf16", "ws_ptr": "*fp32"}
     sig = {n: ptrs.get(n, "i32") for n in _gemv_mma_kernel.arg_names}
     consts = {"W_SCALE": args.w_scale, "SCALE_BN": 128, "SCALE_BK": 128, "HAS_BIAS": False, "DOT_PRECISION": "tf32",
               "ROWS": args.block_n, "S": args.warps, "BLOCK_K": args.block_k,
-              "MP": 1 << max(args.block_m - 1, 0).bit_length(), "LOOP_STAGES": args.gemv_stages}
+              "MP": gemv_mma_columns(args.block_m), "LOOP_STAGES": args.gemv_stages}
     div = list(ptrs) + ["N", "K", "stride_xm", "stride_wn", "stride_om"]
     return compile_sass(_gemv_mma_kernel, sig, consts, div, args.arch, args.warps)
 

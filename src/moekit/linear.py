@@ -60,7 +60,7 @@ from moekit.quant.scheme import QuantScheme, as_scheme
 
 __all__ = [
     "linear", "linear_path", "select_path", "LinearConfig", "PATHS", "SKINNY_MAX_M", "GEMV_MAX_M",
-    "GEMV_MMA_MAX_M", "table_file_name",
+    "GEMV_MMA_MAX_M", "gemv_mma_columns", "table_file_name",
     "config_dirs", "load_table", "clear_caches",
 ]
 
@@ -68,8 +68,13 @@ PATHS = ("torch", "skinny", "gemv", "gemv_mma", "triton", "triton_w8a8")
 SKINNY_MAX_M = 16
 #: the largest M of the gemv path (why only one row: :mod:`moekit.kernels.linear_gemv`)
 GEMV_MAX_M = 1
-#: the largest M of the gemv_mma path: its token columns (next power of two of M) stay <= 16
+#: the largest M of the gemv_mma path: its token columns (:func:`gemv_mma_columns`) stay <= 16
 GEMV_MMA_MAX_M = 16
+
+
+def gemv_mma_columns(M: int) -> int:
+    """The token columns of the gemv_mma path's MMA for M tokens: the next power of two of M (1, 2, 4, 8, 16)."""
+    return 1 << max(M - 1, 0).bit_length()
 _DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 

@@ -26,7 +26,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from moekit.linear import (
-    GEMV_MAX_M, GEMV_MMA_MAX_M, PATHS, SKINNY_MAX_M, LinearConfig, _path_ok, linear_path, table_file_name,
+    GEMV_MAX_M, GEMV_MMA_MAX_M, PATHS, SKINNY_MAX_M, LinearConfig, _path_ok, gemv_mma_columns, linear_path,
+    table_file_name,
 )
 from moekit.quant.scheme import QuantScheme, as_scheme
 
@@ -170,8 +171,8 @@ def gemv_mma_candidates(M: int, scheme: QuantScheme, w_elem: int, x_elem: int = 
     """Rows per program x K slice x depth of the ``gemv_mma`` path, 4 warps (8 with 128-wide slices and at most
     16 rows): the set ``benchmarks/probe_decode_mma.py`` found the best of at every (shape, M = 4 / 16) on the
     H100 (``probe_decode_mma_H100_b.json``). Block scales lower the slice to the block; configs whose pipeline
-    (weight and token tiles, ``num_stages`` deep) passes the shared-memory budget are left out."""
-    mp = 1 << max(M - 1, 0).bit_length()
+    (weight and token tiles, ``num_stages`` deep) exceeds the shared-memory budget are left out."""
+    mp = gemv_mma_columns(M)
     out = []
     for rows in (8, 16, 32):
         for warps, bk, stages in [(4, bk, st) for bk in (64, 128, 256) for st in (4, 6)] + [(8, 128, 4)]:

@@ -90,6 +90,8 @@ def gemv_mma(x, weight, bias, w_mode: int, w_scale, stride_wsn: int, stride_wsk:
     with block scales), ``num_stages`` the K loop's depth. Returns ``out`` [M, N] in x's dtype."""
     import torch
 
+    from moekit.linear import gemv_mma_columns
+
     M, K = x.shape
     N = weight.shape[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -101,7 +103,7 @@ def gemv_mma(x, weight, bias, w_mode: int, w_scale, stride_wsn: int, stride_wsk:
         M, N, K, x.stride(0), weight.stride(0), out.stride(0), stride_wsn, stride_wsk,
         W_SCALE=w_mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        ROWS=rows, S=num_warps, BLOCK_K=block_k, MP=triton.next_power_of_2(M), LOOP_STAGES=num_stages,
+        ROWS=rows, S=num_warps, BLOCK_K=block_k, MP=gemv_mma_columns(M), LOOP_STAGES=num_stages,
         num_warps=num_warps,
     )
     return out
