@@ -30,8 +30,8 @@ The choice per (device, N, K, M bucket, dtype, scheme) comes from a table writte
 (:mod:`moekit.linear_tune`): JSON files named by :func:`table_file_name`, searched in ``MOEKIT_CONFIG_DIR``,
 the user folder of the MoE configs (:func:`moekit.configs.user_config_dir`), then the tables shipped in
 ``moekit/configs_data/linear``; the first file found wins. A bucket key ``b`` serves ``M <= b`` down to the
-next smaller key; M past the largest key uses the largest. Without a table: ``torch`` for unquantized and fp8 channel/tensor weights on GPUs
-with fp8 matrix cores, the Triton paths for block-fp8 on Triton GPUs. Dynamic activation quantization is
+next smaller key; M past the largest key uses the largest. Without a table: ``torch`` for unquantized and fp8
+channel/tensor weights on GPUs with fp8 matrix cores, the Triton paths for block-fp8 on Triton GPUs. Dynamic activation quantization is
 therefore used only where ``tune-linear`` measured it faster (or for block-fp8 without a table).
 
 ``MOEKIT_LINEAR=0`` turns the router off (always ``torch``). A path that cannot run here (Triton missing,
