@@ -1,8 +1,9 @@
 """Decode GEMV kernels vs the aligned grouped GEMMs, whole fused_moe (routing included) as CUDA-graph replay,
-plus a sweep of the GEMV tile budget, K steps and warps. GPU only.
+plus a sweep of the GEMV tile budget, K steps, warps and (``--stages``) the K loops' pipelining depth of
+16-bit weights (``moe_gemv.GEMV_STAGES[16]``). GPU only.
 
     PYTHONPATH=src python3 benchmarks/bench_gemv.py [--out F.json] [--shapes qwen3_30b_a3b,mixtral8x7b]
-        [--m 1,2,4,8] [--profile]
+        [--m 1,2,4,8] [--profile] [--stages]
 """
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ from moekit.shapes import SHAPES, moe_bytes_flops
 # entry is timed first
 VARIANTS = [(4096, 1024, 256, 128, 4), (4096, 1024, 256, 256, 4), (4096, 4096, 256, 128, 4),
             (4096, 2048, 512, 128, 4), (2048, 1024, 256, 128, 4)]
+# --stages (session 12): the same entries plus a pipelining depth, the shipped tiles at every depth first
+STAGE_VARIANTS = [(4096, 1024, 512, 256, 4, s) for s in (2, 3, 4)] + [
+    (4096, 1024, 256, 256, 4, 3), (4096, 1024, 1024, 256, 4, 3), (2048, 1024, 512, 256, 4, 3),
+    (8192, 1024, 512, 256, 4, 3), (4096, 2048, 512, 256, 4, 3), (4096, 512, 512, 128, 4, 3),
+    (4096, 1024, 512, 256, 8, 3), (2048, 512, 256, 128, 4, 4)]
 
 
 def print_point(label: str, row: dict) -> None:
@@ -42,13 +48,16 @@ def main():
     ap.add_argument("--shapes", default="qwen3_30b_a3b,mixtral8x7b,gpt_oss_20b")
     ap.add_argument("--m", default="1,2,4,8")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--stages", action="store_true", help="sweep STAGE_VARIANTS instead of VARIANTS")
     args = ap.parse_args()
     ceil = measure_ceilings()
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}: HBM "
           f"{ceil.hbm_bytes_per_s / 1e12:.2f} TB/s", flush=True)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "hbm_bytes_per_s": ceil.hbm_bytes_per_s, "points": []}
-    real_gemv, shipped = gemv.moe_gemv, dict(gemv.GEMV_TILES)
+    real_gemv, shipped, shipped_stages = gemv.moe_gemv, dict(gemv.GEMV_TILES), dict(gemv.GEMV_STAGES)
+    variants = [(*shipped[16], 4, shipped_stages[16])] + (
+        STAGE_VARIANTS if args.stages else [(*v, shipped_stages[16]) for v in VARIANTS])
     for name in args.shapes.split(","):
         shape = SHAPES[name]
         for m in [int(v) for v in args.m.split(",")]:
@@ -60,16 +69,17 @@ def main():
             row["grouped_us"] = time_moe(moekit_moe, shape, m, inputs)
             os.environ["MOEKIT_DECODE_GEMV"] = "1"
             te.gemv_applies = lambda *a: True  # time the GEMV path even where the default would not take it
-            for t1, t2, k1, k2, warps in [(*shipped[16], 4)] + VARIANTS:
+            for t1, t2, k1, k2, warps, stages in variants:
                 gemv.GEMV_TILES = {**shipped, 16: (t1, t2, k1, k2)}
+                gemv.GEMV_STAGES = {**shipped_stages, 16: stages}
                 te.moe_gemv = functools.partial(real_gemv, num_warps=warps)
-                key = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}_us"
+                key = f"gemv_t{t1}_{t2}_k{k1}_{k2}_w{warps}" + (f"_s{stages}" if args.stages else "") + "_us"
                 try:
                     row[key] = time_moe(moekit_moe, shape, m, inputs)
                 except Exception as e:  # noqa: BLE001 - record and go on
                     row[key] = None
                     print(f"  {key}: {type(e).__name__}: {str(e)[:200]}", flush=True)
-            gemv.GEMV_TILES = shipped
+            gemv.GEMV_TILES, gemv.GEMV_STAGES = shipped, shipped_stages
             te.moe_gemv = real_gemv
             if args.profile and m == 1:
                 w13, w2, xs, lgs, bias = inputs
