@@ -66,3 +66,23 @@ def moe_reference(x, w13, w2, topk_weights, topk_ids, expert_map=None, activatio
                 y = y + b2[e]
             out[m] += topk_weights[m, j] * y
     return out
+
+
+def fp8_linear_weight(n, k, scheme, g, fp8_dtype):
+    """A random [n, k] fp8 linear weight for ``scheme`` (block, channel or tensor granularity), its float32
+    scales as ``moekit.linear`` takes them (block ``[cdiv(n, bn), cdiv(k, bk)]``, channel ``[n]``, tensor
+    ``[1]``) and the float64 dequantized weight; CPU tensors, drawn from generator ``g``."""
+    fmax = float(torch.finfo(fp8_dtype).max)
+    w = torch.randn(n, k, generator=g) / k ** 0.5
+    if scheme.granularity == "block":
+        bn, bk = scheme.block_shape
+        scale = torch.rand(-(-n // bn), -(-k // bk), generator=g) * 0.01 + 1e-3
+        full = scale.repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
+    elif scheme.granularity == "channel":
+        scale = torch.rand(n, generator=g) * 0.01 + 1e-3
+        full = scale[:, None]
+    else:
+        scale = torch.tensor([0.004])
+        full = scale.reshape(1, 1)
+    q = (w / full).clamp(-fmax, fmax).to(fp8_dtype)
+    return q, scale, q.double() * full.double()

@@ -16,6 +16,7 @@ from moekit.linear import (
 from moekit.platform import device_name_for_configs, fp8_dtype, platform_of
 from moekit.quant.scheme import QuantScheme
 from moekit.testing import assert_close_to_reference, seeded_generator
+from reference import fp8_linear_weight
 
 KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # small configs: the interpreter is slow, and small blocks exercise the masks and several programs
@@ -44,22 +45,8 @@ def _rand(shape, dtype, g, scale=1.0):
 
 
 def _fp8_weight(N, K, scheme: QuantScheme, g):
-    """A random fp8 weight, its float32 scales and the float64 dequantized weight."""
-    fp8 = fp8_dtype(platform_of(torch.device(DEVICE)))
-    fmax = float(torch.finfo(fp8).max)
-    w = torch.randn(N, K, generator=g) / K**0.5
-    if scheme.granularity == "block":
-        bn, bk = scheme.block_shape
-        scale = torch.rand(-(-N // bn), -(-K // bk), generator=g) * 0.01 + 1e-3
-        full = scale.repeat_interleave(bn, 0)[:N].repeat_interleave(bk, 1)[:, :K]
-    elif scheme.granularity == "channel":
-        scale = torch.rand(N, generator=g) * 0.01 + 1e-3
-        full = scale[:, None]
-    else:
-        scale = torch.tensor([0.004])
-        full = scale.reshape(1, 1)
-    q = (w / full).clamp(-fmax, fmax).to(fp8)
-    deq = q.double() * full.double()
+    """A random fp8 weight, its float32 scales and the float64 dequantized weight, on the test device."""
+    q, scale, deq = fp8_linear_weight(N, K, scheme, g, fp8_dtype(platform_of(torch.device(DEVICE))))
     return q.to(DEVICE), scale.to(DEVICE), deq.to(DEVICE)
 
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import moekit
 from moekit.testing import assert_close_to_reference
-from reference import moe_reference, route_reference
+from reference import fp8_linear_weight, moe_reference, route_reference
 
 from conftest import DEVICE, KERNEL_DTYPES
 
@@ -105,27 +105,13 @@ def test_random_linear_problems(p, dtype):
     g = torch.Generator().manual_seed(p["seed"])
     m, n, k = p["m"], p["n"], p["k"]
     x = torch.randn(m, k, generator=g).to(dtype)
-    w = torch.randn(n, k, generator=g) / k ** 0.5
     b = torch.randn(n, generator=g).to(dtype) if p["bias"] else None
     kw = {}
     if scheme.is_quantized:
-        fp8 = fp8_dtype(platform_of(torch.device(DEVICE)))
-        fmax = float(torch.finfo(fp8).max)
-        if scheme.granularity == "block":
-            bn, bk = scheme.block_shape
-            scale = torch.rand(-(-n // bn), -(-k // bk), generator=g) * 0.01 + 1e-3
-            full = scale.repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
-        elif scheme.granularity == "channel":
-            scale = torch.rand(n, generator=g) * 0.01 + 1e-3
-            full = scale[:, None]
-        else:
-            scale = torch.tensor([0.004])
-            full = scale.reshape(1, 1)
-        q = (w / full).clamp(-fmax, fmax).to(fp8)
-        w64, weight = q.double() * full.double(), q
+        weight, scale, w64 = fp8_linear_weight(n, k, scheme, g, fp8_dtype(platform_of(torch.device(DEVICE))))
         kw = {"quant": scheme, "weight_scale": scale.to(DEVICE)}
     else:
-        weight = w.to(dtype)
+        weight = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype)
         w64 = weight.double()
     dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
     out = linear_path(p["path"], dev(x), dev(weight), dev(b), config=p["config"], **kw)
