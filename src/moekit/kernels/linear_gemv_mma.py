@@ -35,6 +35,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moekit.linear import gemv_mma_columns
+
 
 @triton.jit
 def _gemv_mma_kernel(
@@ -62,14 +64,13 @@ def _gemv_mma_kernel(
         if W_SCALE == 2:
             kb = (k0 + offs_s * BLOCK_K) // SCALE_BK  # each slice lies inside one scale block
             s_ok = k0 + offs_s * BLOCK_K < K
-            if SCALE_BN % ROWS == 0:  # all rows of the program in one block row: one scale per slice
+            if SCALE_BN % ROWS == 0:  # all rows of the program in one block row: one scale per slice, [S, 1]
                 w_s = tl.load(ws_ptr + ((tl.program_id(0) * ROWS) // SCALE_BN) * stride_wsn + kb * stride_wsk,
-                              mask=s_ok, other=0.0)
-                acc += tl.dot(w, x, input_precision=DOT_PRECISION) * w_s[:, None, None]
-            else:
+                              mask=s_ok, other=0.0)[:, None]
+            else:  # one per (slice, row), [S, ROWS]
                 w_s = tl.load(ws_ptr + (rows // SCALE_BN)[None, :] * stride_wsn + kb[:, None] * stride_wsk,
                               mask=r_ok[None, :] & s_ok[:, None], other=0.0)
-                acc += tl.dot(w, x, input_precision=DOT_PRECISION) * w_s[:, :, None]
+            acc += tl.dot(w, x, input_precision=DOT_PRECISION) * w_s[:, :, None]
         else:
             acc = tl.dot(w, x, acc, input_precision=DOT_PRECISION)
     out = tl.sum(acc, axis=0)  # [ROWS, MP]
@@ -83,14 +84,11 @@ def _gemv_mma_kernel(
 
 def gemv_mma(x, weight, bias, w_mode: int, w_scale, stride_wsn: int, stride_wsk: int, scale_block, rows: int,
              block_k: int, num_warps: int, num_stages: int):
-    """Launch :func:`_gemv_mma_kernel`: ``x`` [M, K] with M <= ``moekit.linear.GEMV_MMA_MAX_M`` (16),
-    ``weight`` [N, K],
-    ``bias`` [N] or None; ``w_mode``, ``w_scale`` and its strides as ``W_SCALE`` above, ``scale_block`` (bn, bk);
-    ``rows`` output rows per program, ``num_warps`` K slices of ``block_k`` per step (``block_k`` lowered to bk
-    with block scales), ``num_stages`` the K loop's depth. Returns ``out`` [M, N] in x's dtype."""
+    """Launch :func:`_gemv_mma_kernel`: ``x`` [M, K] with M <= ``moekit.linear.GEMV_MMA_MAX_M`` (16), ``weight``
+    [N, K], ``bias`` [N] or None; ``w_mode``, ``w_scale`` and its strides as ``W_SCALE`` above, ``scale_block``
+    (bn, bk); ``rows`` output rows per program, ``num_warps`` K slices of ``block_k`` per step (``block_k`` lowered
+    to bk with block scales), ``num_stages`` the K loop's depth. Returns ``out`` [M, N] in x's dtype."""
     import torch
-
-    from moekit.linear import gemv_mma_columns
 
     M, K = x.shape
     N = weight.shape[0]
