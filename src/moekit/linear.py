@@ -31,8 +31,9 @@ The choice per (device, N, K, M bucket, dtype, scheme) comes from a table writte
 the user folder of the MoE configs (:func:`moekit.configs.user_config_dir`), then the tables shipped in
 ``moekit/configs_data/linear``; the first file found wins. A bucket key ``b`` serves ``M <= b`` down to the
 next smaller key; M past the largest key uses the largest. Without a table: ``torch`` for unquantized and fp8
-channel/tensor weights on GPUs with fp8 matrix cores, the Triton paths for block-fp8 on Triton GPUs. Dynamic activation quantization is
-therefore used only where ``tune-linear`` measured it faster (or for block-fp8 without a table).
+channel/tensor weights on GPUs with fp8 matrix cores, the Triton paths for block-fp8 on Triton GPUs. Dynamic
+activation quantization is therefore used only where ``tune-linear`` measured it faster (or for block-fp8
+without a table).
 
 ``MOEKIT_LINEAR=0`` turns the router off (always ``torch``). A path that cannot run here (Triton missing,
 no fp8 matrix cores) is skipped with one warning. Per call the router does dictionary lookups only (no host
@@ -70,11 +71,8 @@ SKINNY_MAX_M = 16
 GEMV_MAX_M = 1
 #: the largest M of the gemv_mma path: its token columns (:func:`gemv_mma_columns`) stay <= 16
 GEMV_MMA_MAX_M = 16
-
-
-def gemv_mma_columns(M: int) -> int:
-    """The token columns of the gemv_mma path's MMA for M tokens: the next power of two of M (1, 2, 4, 8, 16)."""
-    return 1 << max(M - 1, 0).bit_length()
+#: the paths that serve small M only, and their largest M
+_MAX_M = {"skinny": SKINNY_MAX_M, "gemv": GEMV_MAX_M, "gemv_mma": GEMV_MMA_MAX_M}
 _DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 
@@ -106,6 +104,11 @@ DEFAULT_W8A8 = LinearConfig(64, 128, 128, 1, 8, 4, 3)
 DEFAULT_GEMV = LinearConfig(1, 4, 512, 1, 1, 4, 4)  # 4 rows per program, K in steps of 512
 #: 8 rows per program, 4 warps of 128-wide K slices, 4 stages: the probe's most frequent best at M = 4
 DEFAULT_GEMV_MMA = LinearConfig(1, 8, 128, 1, 1, 4, 4)
+
+
+def gemv_mma_columns(M: int) -> int:
+    """The token columns of the gemv_mma path's MMA for M tokens: the next power of two of M (1, 2, 4, 8, 16)."""
+    return 1 << max(M - 1, 0).bit_length()
 
 
 def default_skinny(N: int, K: int, sms: int = 132) -> LinearConfig:
@@ -269,12 +272,8 @@ def _check_env() -> bool:
 def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype: torch.dtype) -> Tuple[bool, str]:
     if path == "torch":
         return True, ""
-    if path == "skinny" and M > SKINNY_MAX_M:
-        return False, f"skinny serves M <= {SKINNY_MAX_M}"
-    if path == "gemv" and M > GEMV_MAX_M:
-        return False, f"gemv serves M <= {GEMV_MAX_M}"
-    if path == "gemv_mma" and M > GEMV_MMA_MAX_M:
-        return False, f"gemv_mma serves M <= {GEMV_MMA_MAX_M}"
+    if M > _MAX_M.get(path, M):
+        return False, f"{path} serves M <= {_MAX_M[path]}"
     if path == "triton_w8a8" and not scheme.is_quantized:
         return False, "triton_w8a8 needs fp8 weights"
     from moekit.platform import has_feature, interpreter_runs, platform_of
@@ -466,10 +465,8 @@ def _run(path, cfg, x, weight, bias, scheme, weight_scale):
         bias = bias.contiguous()  # the Triton paths index it without a stride
     if path == "torch" or K == 0:
         out = _run_torch(x2, weight, bias, scheme, weight_scale)
-    elif path == "gemv":
-        out = _run_gemv(x2, weight, bias, scheme, weight_scale, cfg)
-    elif path == "gemv_mma":
-        out = _run_gemv_mma(x2, weight, bias, scheme, weight_scale, cfg)
+    elif path in ("gemv", "gemv_mma"):
+        out = _run_gemv(x2, weight, bias, scheme, weight_scale, cfg, mma=path == "gemv_mma")
     else:
         out = _run_triton(x2, weight, bias, scheme, weight_scale, cfg, w8a8=(path == "triton_w8a8"))
     return out.reshape(*lead, N)
@@ -542,10 +539,10 @@ def _tile_counters(device: torch.device, tiles: int) -> Optional[torch.Tensor]:
 
 @dataclasses.dataclass(frozen=True)
 class _WeightScale:
-    """The weight-scale arguments of the Triton kernels (:mod:`moekit.kernels.linear_gemm` and
-    :mod:`moekit.kernels.linear_gemv` share the ``W_SCALE`` modes): ``mode`` 0 none, 1 per output channel
-    (``stride_n`` 0 for one per-tensor scale), 2 per ``(bn, bk)`` block; ``scale`` is a placeholder pointer for
-    mode 0."""
+    """The weight-scale arguments of the Triton kernels (:mod:`moekit.kernels.linear_gemm`,
+    :mod:`moekit.kernels.linear_gemv` and :mod:`moekit.kernels.linear_gemv_mma` share the ``W_SCALE`` modes):
+    ``mode`` 0 none, 1 per output channel (``stride_n`` 0 for one per-tensor scale), 2 per ``(bn, bk)`` block;
+    ``scale`` is a placeholder pointer for mode 0."""
 
     mode: int
     scale: torch.Tensor
@@ -571,20 +568,16 @@ def _kernel_operands(x2, weight, scheme: QuantScheme, weight_scale):
     return x2, weight, _WeightScale(1, ws, ws.stride(0) if ws.numel() == weight.shape[0] else 0, 0, 1, 1)
 
 
-def _run_gemv(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig):
-    from moekit.kernels.linear_gemv import gemv
+def _run_gemv(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig, mma: bool):
+    """The ``gemv`` path (``mma`` False) or the ``gemv_mma`` path: the two launchers take the same arguments."""
+    if mma:
+        from moekit.kernels.linear_gemv_mma import gemv_mma as launch
+    else:
+        from moekit.kernels.linear_gemv import gemv as launch
 
     x2, weight, w = _kernel_operands(x2, weight, scheme, weight_scale)
-    return gemv(x2, weight, bias, w.mode, w.scale, w.stride_n, w.stride_k, (w.bn, w.bk), cfg.BLOCK_SIZE_N,
-                cfg.BLOCK_SIZE_K, cfg.num_warps, cfg.num_stages)
-
-
-def _run_gemv_mma(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig):
-    from moekit.kernels.linear_gemv_mma import gemv_mma
-
-    x2, weight, w = _kernel_operands(x2, weight, scheme, weight_scale)
-    return gemv_mma(x2, weight, bias, w.mode, w.scale, w.stride_n, w.stride_k, (w.bn, w.bk), cfg.BLOCK_SIZE_N,
-                    cfg.BLOCK_SIZE_K, cfg.num_warps, cfg.num_stages)
+    return launch(x2, weight, bias, w.mode, w.scale, w.stride_n, w.stride_k, (w.bn, w.bk), cfg.BLOCK_SIZE_N,
+                  cfg.BLOCK_SIZE_K, cfg.num_warps, cfg.num_stages)
 
 
 def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig, w8a8: bool):

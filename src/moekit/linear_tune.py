@@ -270,8 +270,8 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
         if M >= SKINNY_MAX_M and _path_ok("triton", dev, prob.scheme, M, prob.dtype)[0]:
             for c in triton_candidates(M, prob.N, prob.K, prob.scheme, sms, False):
                 consider("triton", c)
-        w8a8_ok = _path_ok("triton_w8a8", dev, prob.scheme, M, prob.dtype)[0]
-        if prob.scheme.is_quantized and M >= SKINNY_MAX_M and w8a8_ok:
+        if (prob.scheme.is_quantized and M >= SKINNY_MAX_M
+                and _path_ok("triton_w8a8", dev, prob.scheme, M, prob.dtype)[0]):
             for c in triton_candidates(M, prob.N, prob.K, prob.scheme, sms, True):
                 consider("triton_w8a8", c)
         best = min(results, key=lambda p: results[p][0])
