@@ -7,17 +7,24 @@ import sys
 _ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
+def _run_script(path, *args):
+    """Run the repository's script ``path`` (relative to the root) with ``args`` in a subprocess without
+    TRITON_INTERPRET (an interpreted kernel cannot be compiled), moekit from ``src``; its stdout, once it
+    succeeded."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, os.path.join(_ROOT, path), *map(str, args)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
 def test_sass_loops_counts_the_mxfp4_gemm_loop():
     """The grouped mxfp4 GEMM 1 (inline-PTX decode form) compiles for sm_90 without a GPU, and its K loop is
     found and counted: wgmma and the decode's bf16 multiplies. Run in a subprocess without
     TRITON_INTERPRET (an interpreted kernel cannot be compiled)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, os.path.join(_ROOT, "tools", "sass_loops.py"), "gemm1_mxfp4",
-                          "--block-m", "32", "--block-n", "64", "--block-k", "32", "--stages", "4", "--mx-asm"],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
+    lines = _run_script("tools/sass_loops.py", "gemm1_mxfp4", "--block-m", 32, "--block-n", 64, "--block-k", 32,
+                        "--stages", 4, "--mx-asm").splitlines()
     assert lines[0].startswith("REG:")
     loop = max((ln for ln in lines if ln.startswith("loop of")), key=lambda ln: int(ln.split()[2]))
     assert "HGMMA" in loop and "HMUL2.BF16_V2" in loop
@@ -28,14 +35,9 @@ def test_gluon_fp8_block_gemms_keep_their_wgmmas_asynchronous():
     each K loop (two steps) ptxas keeps the wgmmas asynchronous: one ``WARPGROUP.DEPBAR`` per K step. Any
     instruction touching an in-flight accumulator makes ptxas wait after every wgmma (one per 32-deep slice:
     8 or 16 per loop)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
     for kernel, wgmmas in (("gemm1_fp8_block_sm90", 16), ("gemm2_fp8_block_sm90", 8)):
-        out = subprocess.run([sys.executable, os.path.join(_ROOT, "tools", "sass_loops.py"), kernel, "--block-n",
-                              "256", "--stages", "4", "--top", "200"], env=env, capture_output=True, text=True,
-                             timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        loop = max((ln for ln in out.stdout.splitlines() if ln.startswith("loop of")),
+        stdout = _run_script("tools/sass_loops.py", kernel, "--block-n", 256, "--stages", 4, "--top", 200)
+        loop = max((ln for ln in stdout.splitlines() if ln.startswith("loop of")),
                    key=lambda ln: int(ln.split()[2]))
         ops = dict(item.rsplit(" ", 1) for item in loop.split(": ", 1)[1].split(", "))
         assert sum(int(v) for k, v in ops.items() if k.startswith("QGMMA")) == wgmmas, loop
@@ -46,31 +48,23 @@ def test_warp_specialized_prototype_compiles():
     """The warp-specialized fp8 block prototype (``benchmarks/proto_ws_fp8_block.py``, not shipped) compiles for
     sm_90 without a GPU, without spills, each consumer loop with 4 wgmmas and one wait (so it does not rot
     before a session runs it on a GPU)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, os.path.join(_ROOT, "benchmarks", "proto_ws_fp8_block.py"), "--compile"],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert sum("STACK:0 " in ln for ln in lines) == 2, out.stdout
+    stdout = _run_script("benchmarks/proto_ws_fp8_block.py", "--compile")
+    lines = stdout.splitlines()
+    assert sum("STACK:0 " in ln for ln in lines) == 2, stdout
     consumers = [ln for ln in lines if "QGMMA" in ln]
-    assert len(consumers) == 4 and all("'WARPGROUP.DEPBAR.LE': 1" in ln for ln in consumers), out.stdout
+    assert len(consumers) == 4 and all("'WARPGROUP.DEPBAR.LE': 1" in ln for ln in consumers), stdout
 
 
 def test_linear_gemv_pipelining():
     """The dense router's gemv (``moekit.kernels.linear_gemv``) as measured in session 11: with per-channel
     scales its K loop is software-pipelined (cp.async, LDGSTS), with block scales it is not (plain loads).
     A triton that changes either would change what the tables were tuned on."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
     loops = {}
     for w_scale in (1, 2):
-        out = subprocess.run([sys.executable, os.path.join(_ROOT, "tools", "sass_loops.py"), "linear_gemv",
-                              "--w-scale", str(w_scale), "--gemv-stages", "4", "--block-n", "4", "--block-k", "512"],
-                             env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        loops[w_scale] = [ln for ln in out.stdout.splitlines() if ln.startswith("loop of")]
-        assert loops[w_scale], out.stdout
+        stdout = _run_script("tools/sass_loops.py", "linear_gemv", "--w-scale", w_scale, "--gemv-stages", 4,
+                             "--block-n", 4, "--block-k", 512)
+        loops[w_scale] = [ln for ln in stdout.splitlines() if ln.startswith("loop of")]
+        assert loops[w_scale], stdout
     assert any("LDGSTS" in ln for ln in loops[1]), loops[1]
     assert not any("LDGSTS" in ln for ln in loops[2]) and any("LDG.E" in ln for ln in loops[2]), loops[2]
 
@@ -78,15 +72,11 @@ def test_linear_gemv_pipelining():
 def test_linear_gemv_mma_pipelining():
     """The dense router's gemv_mma (``moekit.kernels.linear_gemv_mma``) as tuned in session 12: for each weight
     format its K loop is software-pipelined (LDGSTS) and multiplies on tensor cores (HMMA), at 4 and 16 tokens."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
     for w_scale, m in ((0, 4), (1, 16), (2, 4)):
-        out = subprocess.run([sys.executable, os.path.join(_ROOT, "tools", "sass_loops.py"), "linear_gemv_mma",
-                              "--w-scale", str(w_scale), "--gemv-stages", "4", "--block-n", "8", "--block-k", "128",
-                              "--block-m", str(m)], env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        loops = [ln for ln in out.stdout.splitlines() if ln.startswith("loop of")]
-        assert any("LDGSTS" in ln and "HMMA" in ln for ln in loops), (w_scale, m, out.stdout)
+        stdout = _run_script("tools/sass_loops.py", "linear_gemv_mma", "--w-scale", w_scale, "--gemv-stages", 4,
+                             "--block-n", 8, "--block-k", 128, "--block-m", m)
+        loops = [ln for ln in stdout.splitlines() if ln.startswith("loop of")]
+        assert any("LDGSTS" in ln and "HMMA" in ln for ln in loops), (w_scale, m, stdout)
 
 
 def test_merge_linear_tables(tmp_path):
