@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from moekit.linear import LinearConfig, linear_path, table_file_name
+from moekit.linear import LinearConfig, config_dirs, linear_path, table_file_name
 from moekit.linear_tune import SHAPES, Problem
 from moekit.platform import current_platform, device_name_for_configs
 from moekit.quant.scheme import as_scheme
@@ -27,11 +27,8 @@ scheme = as_scheme(sys.argv[2] if len(sys.argv) > 2 else "fp8_channel", "scheme"
 M = int(sys.argv[3]) if len(sys.argv) > 3 else 16
 path = sys.argv[4] if len(sys.argv) > 4 else "gemv_mma"
 N, K = SHAPES[shape]
-import importlib  # noqa: E402
-
-lin = importlib.import_module("moekit.linear")
 name = table_file_name(N, K, device_name_for_configs(current_platform()), "bf16", scheme)
-table = json.load(open(f"{lin.__file__.rsplit('/', 1)[0]}/configs_data/linear/{name}"))
+table = json.loads((config_dirs()[-1] / name).read_text())  # the shipped table of this GPU
 bucket = min((int(b) for b in table if b.isdigit() and int(b) >= M), default=max(int(b) for b in table
                                                                                  if b.isdigit()))
 cfg = LinearConfig.from_dict(table[str(bucket)]["paths"][path]["config"])
