@@ -84,9 +84,13 @@ def test_bound_is_tight_enough():
 
 
 @pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("m,e,k,bm", [(1, 128, 8, 16), (5, 8, 2, 16), (32, 16, 8, 32), (3, 60, 6, 64), (4, 2, 1, 16)])
+@pytest.mark.parametrize("m,e,k,bm,groups", [(1, 128, 8, 16, None), (5, 8, 2, 16, None), (32, 16, 8, 32, None),
+                                             (3, 60, 6, 64, None), (4, 2, 1, 16, None), (2, 256, 8, 16, 8),
+                                             (5, 96, 6, 32, 3)])
 @pytest.mark.parametrize("with_map", [False, True])
-def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, with_map, poisoned_empty):
+def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, groups, with_map, poisoned_empty):
+    """Routing and alignment in one launch (grouped top-k with a correction bias too) give the routing
+    kernel's weights and ids and the PyTorch alignment of them."""
     from moekit.align import route_and_align
     from moekit.kernels.align import route_align_applicable
     from moekit.kernels.routing import select_experts_triton
@@ -99,8 +103,10 @@ def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, with_map, 
         emap = torch.full((e,), -1, dtype=torch.int32)
         emap[e_local:] = torch.arange(e_local, dtype=torch.int32)
         emap = emap.to(DEVICE)
-    w, ids, got = route_and_align(logits, k, True, scoring, e_local, bm, emap)
-    w_ref, ids_ref = select_experts_triton(logits, k, renormalize=True, scoring=scoring)
+    choice = {} if groups is None else dict(num_expert_group=groups, topk_group=2,
+                                            correction_bias=torch.randn(e, device=DEVICE) * 0.3)
+    w, ids, got = route_and_align(logits, k, True, scoring, e_local, bm, emap, **choice)
+    w_ref, ids_ref = select_experts_triton(logits, k, renormalize=True, scoring=scoring, **choice)
     assert torch.equal(ids, ids_ref) and torch.equal(w, w_ref)
     ref = align_torch(ids_ref.cpu(), e_local, bm, None if emap is None else emap.cpu())
     n = int(ref.num_padded)

@@ -28,14 +28,46 @@ def test_topk_modes(scoring, renormalize, m, e, k):
 
 @pytest.mark.parametrize("scoring", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("m,e,k,groups,topk_group", [(9, 64, 8, 8, 4), (4, 32, 4, 4, 2), (3, 16, 6, 4, 2)])
-def test_grouped_topk(scoring, with_bias, m, e, k, groups, topk_group):
-    logits = torch.randn(m, e, device=DEVICE)
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("m,e,k,groups,topk_group", [(9, 64, 8, 8, 4), (4, 32, 4, 4, 2), (3, 16, 6, 4, 2),
+                                                     (2, 256, 8, 8, 4), (5, 96, 6, 3, 2), (3, 60, 5, 5, 3),
+                                                     (4, 16, 4, 1, 1), (2, 40, 3, 10, 10)])
+def test_grouped_topk(scoring, with_bias, renormalize, m, e, k, groups, topk_group):
+    """Grouped top-k (DeepSeek-V2 / V3) on both backends against the float64 per-token reference: groups of
+    non-power-of-two size, a group count that is not a power of two, one group, every group kept."""
+    logits = torch.randn(m, e, device=DEVICE) * 2
     bias = torch.randn(e, device=DEVICE) * 0.5 if with_bias else None
-    ref_w, ref_ids = route_reference(logits, k, True, scoring, groups, topk_group, bias)
-    w, ids = moekit.select_experts(logits, k, scoring=scoring, num_expert_group=groups, topk_group=topk_group,
-                                   correction_bias=bias)
-    _check(w, ids, ref_w, ref_ids)
+    ref_w, ref_ids = route_reference(logits, k, renormalize, scoring, groups, topk_group, bias)
+    kw = dict(renormalize=renormalize, scoring=scoring, num_expert_group=groups, topk_group=topk_group,
+              correction_bias=bias)
+    _check(*moekit.select_experts(logits, k, **kw), ref_w, ref_ids)
+    _check(*select_experts_torch(logits, k, **kw), ref_w, ref_ids)
+    _check(*select_experts_triton(logits, k, **kw), ref_w, ref_ids)
+
+
+@pytest.mark.parametrize("scoring", ["sigmoid", "softmax"])
+def test_correction_bias_without_groups(scoring):
+    """A correction bias alone steers the choice (weights stay the scores) in the kernel as in PyTorch."""
+    logits = torch.randn(6, 48, device=DEVICE)
+    bias = torch.randn(48, device=DEVICE).to(torch.float16)  # any float dtype, added in float32
+    ref_w, ref_ids = route_reference(logits, 5, True, scoring, correction_bias=bias)
+    _check(*select_experts_triton(logits, 5, scoring=scoring, correction_bias=bias), ref_w, ref_ids)
+    _check(*moekit.select_experts(logits, 5, scoring=scoring, correction_bias=bias), ref_w, ref_ids)
+
+
+def test_grouped_topk_ties_and_nan():
+    """Tied group scores keep the lower group, tied experts the lower id (as the reference); a NaN row gets
+    in-range ids and NaN weights while the other rows are exact."""
+    logits = torch.zeros(3, 32, device=DEVICE)
+    logits[1, 5] = float("nan")
+    logits[2] = torch.randn(32, device=DEVICE)
+    bias = torch.zeros(32, device=DEVICE)
+    kw = dict(scoring="sigmoid", num_expert_group=4, topk_group=2, correction_bias=bias)
+    w, ids = select_experts_triton(logits, 4, **kw)
+    ref_w, ref_ids = route_reference(logits[[0, 2]], 4, True, "sigmoid", 4, 2, bias)
+    assert ids[0].tolist() == [0, 1, 2, 3] and torch.equal(ids[[0, 2]].cpu().long(), ref_ids)
+    torch.testing.assert_close(w[[0, 2]].cpu().double(), ref_w, rtol=1e-5, atol=1e-6)
+    assert torch.isnan(w[1]).all() and ((ids[1] >= 0) & (ids[1] < 32)).all()
 
 
 def test_bias_steers_choice_not_weights():

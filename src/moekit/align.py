@@ -108,8 +108,10 @@ def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int,
 
 
 def route_and_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring: str, num_experts: int,
-                    block_m: int, expert_map: Optional[torch.Tensor] = None):
-    """Decode fast path (Triton): softmax/sigmoid top-k routing and the alignment in one launch.
+                    block_m: int, expert_map: Optional[torch.Tensor] = None, num_expert_group: Optional[int] = None,
+                    topk_group: Optional[int] = None, correction_bias: Optional[torch.Tensor] = None):
+    """Decode fast path (Triton): routing (every mode of :func:`moekit.select_experts`) and the alignment in
+    one launch.
 
     Returns ``(topk_weights, topk_ids, AlignedSlots)``, identical to :func:`moekit.select_experts` followed by
     :func:`moe_align_block_size`. Only for problems where
@@ -118,5 +120,6 @@ def route_and_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, 
 
     nb = max_blocks(router_logits.shape[0] * top_k, num_experts, block_m)
     w, ids, sorted_ids, expert_ids, npp = route_align_triton(router_logits, top_k, renormalize, scoring, num_experts,
-                                                             block_m, nb, expert_map)
+                                                             block_m, nb, expert_map, num_expert_group, topk_group,
+                                                             correction_bias)
     return w, ids, AlignedSlots(sorted_ids, expert_ids, npp, block_m)

@@ -145,6 +145,12 @@ registry: List[EnvVar] = [
         "for 8-bit ones, at most experts / 2 for mxfp4: moekit.kernels.moe_gemv.gemv_applies).",
     ),
     EnvVar(
+        "MOEKIT_PDL", "bool", True,
+        "0 launches every kernel plainly; 1 lets a kernel of a chain (the decode GEMVs after routing) start "
+        "while the one before it finishes, on GPUs with programmatic dependent launch (sm_90 and later): "
+        "moekit.platform.programmatic_launch.",
+    ),
+    EnvVar(
         "MOEKIT_LINEAR", "bool", True,
         "0 turns the dense GEMM router off: moekit.linear calls torch (F.linear / torch._scaled_mm) directly.",
     ),

@@ -253,10 +253,11 @@ def fused_moe(
                   f"{expert_map.numel()} entries")
         expert_map = expert_map.contiguous()  # the kernels index it without a stride
     aligned = config = fast = None
-    if (num_expert_group is None and correction_bias is None and activation in ACTIVATIONS
-            and (quant is None or isinstance(quant, QuantScheme))):
+    if activation in ACTIVATIONS and (quant is None or isinstance(quant, QuantScheme)):
         fast = _route_and_align_if_decode(hidden_states, w13, router_logits, top_k, renormalize, scoring,
-                                          expert_map, backend, quant, a13_scale is not None or a2_scale is not None)
+                                          expert_map, backend, quant, a13_scale is not None or a2_scale is not None,
+                                          dict(num_expert_group=num_expert_group, topk_group=topk_group,
+                                               correction_bias=correction_bias))
     if fast is not None:
         topk_weights, topk_ids, aligned, config = fast
     else:
@@ -272,13 +273,14 @@ def fused_moe(
 
 
 def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend,
-                               quant=None, static_act_scales=False):
+                               quant=None, static_act_scales=False, choice=None):
     """Decode fast path of fused_moe on the Triton backend: routing and token alignment in one launch
     (saves a launch and a round trip through memory). Returns (topk_weights, topk_ids, aligned, config), the
     config then serving fused_experts too (one backend resolution and one lookup per call), or None when
     it does not apply. Where the decode GEMV kernels serve (``triton_experts.use_decode_gemv``) there is
     nothing to align: the routing kernel's (topk_weights, topk_ids, None, None). ``quant``: a QuantScheme
-    (or None); its kernel config decides the alignment block."""
+    (or None); its kernel config decides the alignment block. ``choice``: fused_moe's grouped top-k and
+    correction-bias arguments (num_expert_group, topk_group, correction_bias)."""
     # (fused_moe checked the layer, and router_logits' shape and device, first)
     if not (x.dtype in _KERNEL_DTYPES and router_logits.dtype in _KERNEL_DTYPES and x.shape[0] > 0
             and isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1
@@ -290,11 +292,12 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     scheme = quant if quant is not None and quant.is_quantized else None
     if not route_align_applicable(m, e_route, top_k) or resolve_backend(backend, x, scheme) != "triton":
         return None
-    validate_routing(router_logits, top_k, scoring)
+    choice = choice or {}
+    validate_routing(router_logits, top_k, scoring, **choice)
     from moekit.triton_experts import use_decode_gemv
 
     if use_decode_gemv(m, e_route, top_k, scheme, static_act_scales):  # the GEMV kernels need no alignment
-        return (*select_experts(router_logits, top_k, renormalize=renormalize, scoring=scoring), None, None)
+        return (*select_experts(router_logits, top_k, renormalize=renormalize, scoring=scoring, **choice), None, None)
     from moekit.align import route_and_align
     from moekit.configs import get_config
 
@@ -305,4 +308,5 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
         from moekit.quant.triton_moe import quant_config
 
         config = quant_config(e, i2 // 2, x.shape[1], top_k, m, scheme)
-    return (*route_and_align(router_logits, top_k, renormalize, scoring, e, config.BLOCK_SIZE_M, expert_map), config)
+    return (*route_and_align(router_logits, top_k, renormalize, scoring, e, config.BLOCK_SIZE_M, expert_map,
+                             **choice), config)

@@ -93,6 +93,13 @@ FEATURES: Dict[str, Feature] = {
             rocm_arches=(),
         ),
         Feature(
+            "pdl",
+            "programmatic dependent launch (griddepcontrol: a kernel starts while the one before it finishes)",
+            cuda_min=(9, 0),
+            cuda_below=None,
+            rocm_arches=(),
+        ),
+        Feature(
             "dot_scaled",
             "Triton tl.dot_scaled (microscaling mxfp4 x bf16/fp8)",
             cuda_min=(9, 0),
@@ -582,6 +589,18 @@ def interpreter_runs(dtype: torch.dtype) -> Tuple[bool, str]:
     if dtype in INTERPRETER_WRONG_DTYPES:
         return False, f"Triton's CPU interpreter computes {str(dtype).replace('torch.', '')} wrongly"
     return True, ""
+
+
+def programmatic_launch(device: torch.device) -> bool:
+    """Whether moekit launches its chained kernels on ``device`` with programmatic dependent launch
+    (:mod:`moekit.kernels.pdl`): a CUDA GPU with the "pdl" feature (sm_90 and later), not under Triton's
+    interpreter, and ``MOEKIT_PDL`` on."""
+    from moekit import envs
+
+    d = torch.device(device)
+    if d.type != "cuda" or triton_interpreter_active() or not envs.get("MOEKIT_PDL"):
+        return False
+    return has_feature("pdl", platform_of(d))[0]
 
 
 def platform_of(device: torch.device) -> Platform:

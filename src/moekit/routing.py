@@ -22,8 +22,8 @@ plausible-looking wrong value. With ``MOEKIT_VALIDATE=1`` NaN/inf logits raise :
 -inf logits are valid input (an expert that is never chosen while others are finite; an all -inf row is NaN as
 above). A +inf logit makes softmax NaN (inf / inf): its token's output is NaN on every backend.
 
-The Triton kernel (``moekit.kernels.routing``) runs the non-grouped modes in one launch; the grouped mode
-and CPU tensors use the PyTorch code below, which is also the reference.
+The Triton kernel (``moekit.kernels.routing``) runs every mode in one launch on the GPU; CPU tensors use the
+PyTorch code below, which is also the reference.
 """
 from __future__ import annotations
 
@@ -144,8 +144,10 @@ def select_experts(
     validate_routing(router_logits, top_k, scoring, num_expert_group, topk_group, correction_bias)
     from moekit.kernels.routing import routing_kernel_applicable, select_experts_triton
 
-    if num_expert_group is None and correction_bias is None and routing_kernel_applicable(router_logits, top_k):
-        return select_experts_triton(router_logits, top_k, renormalize=renormalize, scoring=scoring)
+    if routing_kernel_applicable(router_logits, top_k):
+        return select_experts_triton(router_logits, top_k, renormalize=renormalize, scoring=scoring,
+                                     num_expert_group=num_expert_group, topk_group=topk_group,
+                                     correction_bias=correction_bias)
     return select_experts_torch(
         router_logits, top_k, renormalize=renormalize, scoring=scoring,
         num_expert_group=num_expert_group, topk_group=topk_group, correction_bias=correction_bias,

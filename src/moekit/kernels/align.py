@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from moekit.kernels import warps_for
-from moekit.kernels.routing import MAX_SCORE_TILE, route_rows, store_routing
+from moekit.kernels.routing import MAX_SCORE_TILE, choice_args, route_rows, store_routing
 
 SINGLE_MAX = 256  # up to this many slots, one program does the whole alignment
 CHUNK = 128  # slots per program in the multi-program path
@@ -124,11 +124,12 @@ def _route_align_kernel(logits_ptr, map_ptr, w_ptr, ids_ptr, sorted_ptr, expert_
                         M, E_ROUTE, E, TOP_K, stride_lm, max_blocks,
                         HAS_MAP: tl.constexpr, SIGMOID: tl.constexpr, RENORMALIZE: tl.constexpr,
                         T_PAD: tl.constexpr, E_ROUTE_PAD: tl.constexpr, K_PAD: tl.constexpr,
-                        BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
+                        BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, bias_ptr, HAS_BIAS: tl.constexpr,
+                        GROUPS: tl.constexpr, G_PAD: tl.constexpr, TOPK_GROUP: tl.constexpr):
     """Decode fast path: routing of all M tokens and their alignment in one launch."""
     rows = tl.arange(0, T_PAD)
     w_tile, id_tile = route_rows(logits_ptr, rows, M, E_ROUTE, TOP_K, stride_lm, SIGMOID, RENORMALIZE,
-                                 E_ROUTE_PAD, K_PAD)
+                                 E_ROUTE_PAD, K_PAD, bias_ptr, HAS_BIAS, GROUPS, G_PAD, TOPK_GROUP)
     store_routing(w_ptr, ids_ptr, rows, w_tile, id_tile, M, TOP_K, TOP_K, TOP_K, K_PAD)
     kk = tl.arange(0, K_PAD)
     valid = (rows[:, None] < M) & (kk[None, :] < TOP_K)
@@ -220,9 +221,11 @@ def route_align_applicable(m: int, num_logit_experts: int, top_k: int) -> bool:
 
 
 def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring: str, num_experts: int,
-                       block_m: int, max_blocks: int, expert_map: torch.Tensor | None = None):
+                       block_m: int, max_blocks: int, expert_map: torch.Tensor | None = None,
+                       num_expert_group: int | None = None, topk_group: int | None = None,
+                       correction_bias: torch.Tensor | None = None):
     """Fused decode path: (topk_weights, topk_ids, sorted_ids, expert_ids, num_padded) in one launch.
-    Same results as select_experts_triton followed by align_triton (tested)."""
+    Same results as select_experts_triton (every routing mode) followed by align_triton (tested)."""
     logits = router_logits if router_logits.stride(-1) == 1 else router_logits.contiguous()
     m, e_route = logits.shape
     device = logits.device
@@ -239,6 +242,7 @@ def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: boo
         m, e_route, num_experts, top_k, logits.stride(0), max_blocks,
         HAS_MAP=has_map, SIGMOID=scoring == "sigmoid", RENORMALIZE=renormalize,
         T_PAD=t_pad, E_ROUTE_PAD=e_route_pad, K_PAD=k_pad, BLOCK_M=block_m, E_PAD=e_pad,
+        **choice_args(e_route, num_expert_group, topk_group, correction_bias, weights),
         num_warps=warps_for(max(t_pad * e_route_pad, t_pad * k_pad * e_pad), 64),
     )
     return weights, ids, sorted_ids, expert_ids, npp

@@ -39,9 +39,11 @@ import torch
 import triton
 import triton.language as tl
 
+from moekit.kernels import pdl
 from moekit.kernels.align import local_expert
 from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
 from moekit.kernels.quant import e8m0_value, mxfp4_f32_scaled_down
+from moekit.platform import programmatic_launch
 
 #: Launch shape per weight format (bits: 16 bf16 / fp16 / fp32, 8 fp8 / int8, 4 mxfp4 codes): (GEMV 1 tile,
 #: GEMV 2 tile, GEMV 1 K step, GEMV 2 K step). A tile is the elements of the float32 product one program
@@ -71,6 +73,13 @@ MIN_EXPERTS = 16  # see gemv_applies
 #: weight-only 25.3 -> 24.1. 16-bit weights stay at 1: every depth was within 2 % there. H200, 1 -> 3 stages:
 #: 1.07-1.29x for the same 8-bit and mxfp4 cases, bf16 Qwen3 M=1 27.8 -> 29.9 (``ab_gemv_stages_H200_session9.json``).
 GEMV_STAGES = {16: 1, 8: 3, 4: 3}
+#: Where GEMV 1 lets GEMV 2 launch under programmatic dependent launch (:mod:`moekit.kernels.pdl`), per weight
+#: format (:data:`GEMV_TILES` keys): "start" (right after its wait) or "end" (after its K loop). Measured on the
+#: H100, whole forward, arms interleaved (``benchmarks/ab_pdl.py``, ``ab_pdl_trigger_H100_session13.json``),
+#: plain launches / "start" / "end": Qwen3 bf16 M=1 34.9 / 33.0 / 34.6 us, fp8 channel M=1 23.1 / 21.7 / 22.6,
+#: fp8 block M=2 39.5 / 38.2 / 39.1; gpt-oss mxfp4 M=1 42.1 / 46.9 / 42.0 (its GEMV 2, 360 programs of 8 rows,
+#: loses when they start early on SMs still busy with GEMV 1), M=4 119.1 / 117.7 / 119.2.
+GEMV1_TRIGGER = {16: "start", 8: "start", 4: "end"}
 _MAX_GRID_Y = 65535
 
 
@@ -141,9 +150,11 @@ def _moe_gemv1_kernel(
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
-    STAGES: tl.constexpr = 1,
+    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, TRIGGER_EARLY: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
+    pdl.wait(PDL)  # topk_ids may come from the kernel before
+    pdl.launch_dependents(PDL and TRIGGER_EARLY)  # GEMV 2 may start: every kernel before this one has completed
     e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
     if not live:  # a remote expert or an id out of range: GEMV 2 skips the slot too
         return
@@ -186,6 +197,7 @@ def _moe_gemv1_kernel(
             else:
                 acc_g += tl.sum(g, axis=1)
                 acc_u += tl.sum(u, axis=1)
+    pdl.launch_dependents(PDL and not TRIGGER_EARLY)
     if W_SCALE == 1:
         sr = s_ptr + e.to(tl.int64) * stride_se
         acc_g *= tl.load(sr + offs_n * stride_sn, mask=n_ok, other=0.0)
@@ -206,7 +218,7 @@ def _moe_gemv2_kernel(
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
-    STAGES: tl.constexpr = 1,
+    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -219,6 +231,7 @@ def _moe_gemv2_kernel(
     a_rows = a_ptr + slot.to(tl.int64)[:, None] * stride_am
     w_rows = w_ptr + e64[:, None, None] * stride_we + offs_n.to(tl.int64)[None, :, None] * stride_wn
     rows_ok = live[:, None, None] & n_ok[None, :, None]
+    pdl.wait(PDL)  # the activations are GEMV 1's (ids and routing weights are older: see kernels/pdl.py)
     acc = tl.zeros([TOPK, BLOCK_N], dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
     if W_SCALE == 3:  # mxfp4 (see GEMV 1)
@@ -324,6 +337,9 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     n_map = expert_map.numel() if has_map else 0
     bits = _weight_bits(scheme)
     tile1, tile2, kstep1, kstep2 = GEMV_TILES[bits]
+    chained = programmatic_launch(x.device)
+    launch = dict(PDL=True, launch_pdl=True) if chained else {}
+    early = dict(TRIGGER_EARLY=GEMV1_TRIGGER[bits] == "start") if chained else {}
     bn, bk = _blocks(h, 1, kstep1, tile1)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
@@ -331,7 +347,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
         inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
         STAGES=GEMV_STAGES[bits],
-        num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
+        num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias), **launch, **early,
     )
     topk_pad = triton.next_power_of_2(top_k)
     bn, bk = _blocks(i, topk_pad, kstep2, tile2)
@@ -340,6 +356,6 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, n_map, e_local, inter.stride(0), w2.stride(0),
         w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
         STAGES=GEMV_STAGES[bits],
-        num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias),
+        num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias), **launch,
     )
     return out
