@@ -92,10 +92,8 @@ def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, groups, wi
     """Routing and alignment in one launch (grouped top-k with a correction bias too) give the routing
     kernel's weights and ids and the PyTorch alignment of them."""
     from moekit.align import route_and_align
-    from moekit.kernels.align import route_align_applicable
     from moekit.kernels.routing import select_experts_triton
 
-    assert route_align_applicable(m, e, k)
     logits = torch.randn(m, e, device=DEVICE)
     e_local, emap = e, None
     if with_map:
@@ -114,6 +112,27 @@ def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, groups, wi
     assert torch.equal(got.sorted_ids[:n].cpu(), ref.sorted_ids[:n])
     assert torch.equal(got.expert_ids[:n // bm].cpu(), ref.expert_ids[:n // bm])
     assert (got.expert_ids[n // bm:] == -1).all()
+
+
+@pytest.mark.parametrize("m, e_route, k, e, grouped, expected", [
+    (16, 128, 8, 128, False, True), (32, 128, 8, 128, False, False),  # Qwen3: fused up to 16 tokens
+    (1, 256, 8, 256, True, True), (2, 256, 8, 256, True, False),  # DeepSeek-V3 grouped: one token
+    (8, 256, 8, 256, False, True), (16, 256, 8, 256, False, False),  # 128 slots over 256 experts: two steps
+    (64, 8, 2, 8, False, True), (128, 8, 2, 8, False, False),  # Mixtral: up to 128 slots
+])
+def test_route_align_applicable(m, e_route, k, e, grouped, expected):
+    """The fused route-and-align kernel serves the decode sizes where it measured faster than two launches."""
+    from moekit.kernels.align import route_align_applicable
+
+    assert route_align_applicable(m, e_route, k, e, grouped) is expected
+
+
+@pytest.mark.parametrize("n, e, expected", [(64, 256, True), (65, 256, False), (128, 128, True), (129, 128, False),
+                                            (256, 8, False), (1, 4096, False), (16, 1024, True)])
+def test_align_single_applicable(n, e, expected):
+    from moekit.kernels.align import align_single_applicable
+
+    assert align_single_applicable(n, e) is expected
 
 
 @pytest.mark.parametrize("kw, arg", [

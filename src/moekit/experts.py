@@ -290,9 +290,11 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
 
     m, e_route = router_logits.shape
     scheme = quant if quant is not None and quant.is_quantized else None
-    if not route_align_applicable(m, e_route, top_k) or resolve_backend(backend, x, scheme) != "triton":
-        return None
     choice = choice or {}
+    grouped = (choice.get("num_expert_group") or 1) > 1
+    if (not route_align_applicable(m, e_route, top_k, w13.shape[0], grouped)
+            or resolve_backend(backend, x, scheme) != "triton"):
+        return None
     validate_routing(router_logits, top_k, scoring, **choice)
     from moekit.triton_experts import use_decode_gemv
 

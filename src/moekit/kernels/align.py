@@ -4,7 +4,8 @@ No host synchronization: buffer sizes are upper bounds computed from shapes, and
 written to a device scalar that the GEMM kernels read. Deterministic: slots of one expert keep their
 original order (a stable sort), so repeated runs are bitwise identical.
 
-Up to ``SINGLE_MAX`` slots one program does everything (one launch, the decode case). Above that, three launches:
+Where the slots fit one program (:func:`align_single_applicable`) it does everything (one launch, the decode
+case). Above that, three launches:
 per-chunk expert histograms; one program turning them into offsets and padding; then each chunk scatters
 its slots. Every used block holds at least one real slot, so the slots also write their block's owner
 expert: no block x expert search.
@@ -18,8 +19,20 @@ import triton.language as tl
 from moekit.kernels import warps_for
 from moekit.kernels.routing import MAX_SCORE_TILE, choice_args, route_rows, store_routing
 
-SINGLE_MAX = 256  # up to this many slots, one program does the whole alignment
+SINGLE_MAX = 256  # up to this many slots, one program may do the whole alignment ...
+#: ... while its [slots, max(slots, expert bins)] tiles (the stable rank and the per-expert offsets) stay within
+#: this many elements. Measured on the H100 (``benchmarks/bench_routing.py --fused``,
+#: ``bench_routing_fused_H100_session13.json``, CUDA-graph replay): one program aligns 64 / 128 / 256 slots over
+#: 256 experts in 6.5 / 12.4 / 118.5 us and 128 / 256 slots over 128 experts in 6.8 / 16.0 us, where the three
+#: launches take 11.7-13.5 us (512 slots).
+SINGLE_TILE = 16384
 CHUNK = 128  # slots per program in the multi-program path
+#: The fused route-and-align kernel routes all tokens in its one program: at most this many [tokens, experts]
+#: score elements, grouped top-k counted ``GROUPED_ROUTE_COST`` times (its per-group reductions). Measured as
+#: above: Qwen3 (softmax, 128 experts) fused against routing + alignment 9.6 / 10.4 us at M = 16 (2048 scores),
+#: 24.9 / 19.6 at M = 32; DeepSeek-V3 (grouped, 256) 8.5 / 10.6 at M = 1, 12.1 / 10.7 at M = 2.
+FUSED_ROUTE_TILE = 2048
+GROUPED_ROUTE_COST = 8
 
 
 def expert_bins(num_experts: int) -> int:
@@ -194,8 +207,8 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     has_map = expert_map is not None
     emap = expert_map if has_map else flat
     n_map = expert_map.numel() if has_map else 0
-    if n <= SINGLE_MAX:
-        chunk = max(16, triton.next_power_of_2(n))
+    if align_single_applicable(n, num_experts):
+        chunk = _single_chunk(n)
         _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, npp, n, num_experts, n_map, max_blocks,
                                    HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk,
                                    num_warps=warps_for(chunk * e_pad, 64))
@@ -213,11 +226,25 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     return sorted_ids, expert_ids, npp
 
 
-def route_align_applicable(m: int, num_logit_experts: int, top_k: int) -> bool:
-    """Whether one program can route all ``m`` tokens and align their slots (decode-sized problems)."""
+def _single_chunk(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def align_single_applicable(num_slots: int, num_experts: int) -> bool:
+    """Whether one program aligns ``num_slots`` slots over ``num_experts`` local experts (see SINGLE_TILE)."""
+    chunk = _single_chunk(num_slots)
+    return num_slots <= SINGLE_MAX and chunk * max(chunk, expert_bins(num_experts)) <= SINGLE_TILE
+
+
+def route_align_applicable(m: int, num_logit_experts: int, top_k: int, num_experts: int,
+                           grouped: bool = False) -> bool:
+    """Whether the fused kernel routes all ``m`` tokens (over ``num_logit_experts`` logits; ``grouped``: grouped
+    top-k) and aligns their slots over ``num_experts`` local experts in one program, and is the faster way
+    (FUSED_ROUTE_TILE, SINGLE_TILE)."""
     t_pad = triton.next_power_of_2(max(m, 1))
-    return (t_pad * triton.next_power_of_2(top_k) <= SINGLE_MAX
-            and t_pad * triton.next_power_of_2(num_logit_experts) <= MAX_SCORE_TILE)
+    scores = t_pad * triton.next_power_of_2(num_logit_experts) * (GROUPED_ROUTE_COST if grouped else 1)
+    return (scores <= min(FUSED_ROUTE_TILE, MAX_SCORE_TILE)
+            and align_single_applicable(t_pad * triton.next_power_of_2(top_k), num_experts))
 
 
 def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring: str, num_experts: int,

@@ -22,6 +22,13 @@ from moekit.platform import programmatic_launch
 # One program holds a [BLOCK_T, E_PAD] tile of scores; keep it within a few thousand registers' worth.
 MAX_SCORE_TILE = 8192  # [tokens, experts] float32 scores one routing program holds
 _MAX_EXPERTS = 4096
+#: Tokens one routing program scores. One: a program's reductions (a few dozen argmax / max / sum over the
+#: token's experts, in sequence) then run in one warp's registers and shuffles, and programs run side by side.
+#: Measured on the H100 (``benchmarks/bench_routing.py --tokens-per-program 1,2,4,16``,
+#: ``bench_routing_tpp_H100_session13.json``, CUDA-graph replay): DeepSeek-V3 grouped top-k M=16 / 4096
+#: 5.34 / 18.8 us with 1 token per program against 33.9 / 39.6 with 16; Qwen3 softmax top-8 3.44 / 7.56
+#: against 14.05 / 14.48. 2 and 4 lie between at every M from 4 to 4096; all equal at M = 1.
+TOKENS_PER_PROGRAM = 1
 
 
 @triton.jit
@@ -147,7 +154,7 @@ def select_experts_triton(
     if m == 0:
         return weights, ids
     e_pad = triton.next_power_of_2(e)
-    block_t = max(1, min(16, MAX_SCORE_TILE // e_pad, triton.next_power_of_2(m)))
+    block_t = max(1, min(TOKENS_PER_PROGRAM, MAX_SCORE_TILE // e_pad, triton.next_power_of_2(m)))
     _routing_kernel[(triton.cdiv(m, block_t),)](
         logits, weights, ids, m, e, top_k,
         logits.stride(0), weights.stride(0), ids.stride(0),
