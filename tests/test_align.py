@@ -90,7 +90,7 @@ def test_bound_is_tight_enough():
 @pytest.mark.parametrize("with_map", [False, True])
 def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, groups, with_map, poisoned_empty):
     """Routing and alignment in one launch (grouped top-k with a correction bias too) give the routing
-    kernel's weights and ids and the PyTorch alignment of them."""
+    kernel's ids (and its weights to an ulp) and the PyTorch alignment of them."""
     from moekit.align import route_and_align
     from moekit.kernels.routing import select_experts_triton
 
@@ -105,7 +105,9 @@ def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, groups, wi
                                             correction_bias=torch.randn(e, device=DEVICE) * 0.3)
     w, ids, got = route_and_align(logits, k, True, scoring, e_local, bm, emap, **choice)
     w_ref, ids_ref = select_experts_triton(logits, k, renormalize=True, scoring=scoring, **choice)
-    assert torch.equal(ids, ids_ref) and torch.equal(w, w_ref)
+    assert torch.equal(ids, ids_ref)
+    # one program routes all tokens here, one per token there: float32 sums in another order (an ulp apart)
+    torch.testing.assert_close(w, w_ref, rtol=1e-6, atol=0)
     ref = align_torch(ids_ref.cpu(), e_local, bm, None if emap is None else emap.cpu())
     n = int(ref.num_padded)
     assert int(got.num_padded) == n
