@@ -37,10 +37,11 @@ def layer(m, e, k, h, i, dtype, e_global=None):
 
 
 @pytest.mark.parametrize("m, e, k, expected", [
-    (1, 8, 2, False), (1, 16, 2, True), (1, 1, 1, False), (4, 128, 8, True), (5, 128, 8, False),
-    (8, 256, 8, True), (0, 8, 2, False), (2, 32, 4, True), (3, 32, 4, False),
+    (1, 8, 2, False), (1, 16, 2, True), (1, 1, 1, False), (8, 128, 8, True), (9, 128, 8, False),
+    (16, 256, 8, True), (0, 8, 2, False), (4, 32, 4, True), (5, 32, 4, False),
 ])
 def test_gemv_applies(m, e, k, expected):
+    """16-bit weights: at least 16 experts and slots (tokens x top_k) <= E / 2."""
     assert gemv_applies(m, e, k) is expected
 
 
@@ -48,13 +49,32 @@ _Q = moekit.QuantScheme
 
 
 @pytest.mark.parametrize("scheme, m, e, k, expected", [
-    (_Q.fp8_block(128, 128), 4, 128, 8, False), (_Q.fp8_block(128, 128), 2, 128, 8, True),
-    (_Q.int8_weight_only(), 3, 128, 8, True), (_Q.mxfp4(), 4, 32, 4, True), (_Q.mxfp4(), 5, 32, 4, False),
-    (_Q.mxfp4(), 1, 8, 2, False),
+    (_Q.fp8_block(128, 128), 8, 128, 8, True), (_Q.fp8_block(128, 128), 9, 128, 8, False),
+    (_Q.fp8_tensor(), 2, 8, 2, True), (_Q.fp8_tensor(), 3, 8, 2, False), (_Q.int8_weight_only(), 1, 2, 1, True),
+    (_Q.mxfp4(), 4, 32, 4, True), (_Q.mxfp4(), 5, 32, 4, False), (_Q.mxfp4(), 1, 8, 2, False),
 ])
 def test_gemv_applies_per_weight_format(scheme, m, e, k, expected):
-    """8-bit weights stop one step earlier than bf16 (slots < E / 4), mxfp4 later (slots <= E / 2)."""
+    """8-bit weights need no minimum of experts (Mixtral fp8 decodes faster on the GEMVs); mxfp4 keeps it."""
     assert gemv_applies(m, e, k, scheme) is expected
+
+
+@pytest.mark.parametrize("scheme, m, expected", [(None, 7, True), (None, 8, False), (_Q.fp8_block(128, 128), 4, True),
+                                                 (_Q.fp8_block(128, 128), 8, False), (_Q.mxfp4(), 16, True)])
+def test_gemv_applies_grouped_routing(scheme, m, expected):
+    """Grouped top-k concentrates a batch's slots on few experts: 16- and 8-bit weights stop below E / 4
+    (DeepSeek-V3: E = 256, top-8); mxfp4 keeps E / 2."""
+    assert gemv_applies(m, 256, 8, scheme, grouped=True) is expected
+
+
+def test_fused_moe_tells_the_decode_rule_about_grouped_routing(gemv_calls):
+    """fused_moe passes grouped routing to the path choice: the same batch takes the GEMVs without groups and
+    the grouped GEMMs with them."""
+    x, w13, w2, logits = layer(2, 32, 4, 64, 32, torch.float32)
+    kw = dict(backend="triton", scoring="sigmoid")
+    moekit.fused_moe(x, w13, w2, logits, 4, **kw)
+    assert gemv_calls == [2]
+    moekit.fused_moe(x, w13, w2, logits, 4, num_expert_group=4, topk_group=2, **kw)
+    assert gemv_calls == [2]
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)

@@ -141,8 +141,8 @@ registry: List[EnvVar] = [
     EnvVar(
         "MOEKIT_DECODE_GEMV", "bool", True,
         "0 keeps the Triton backend's grouped GEMMs at the smallest decode batches instead of its GEMV kernels "
-        "(at least 16 experts, and tokens x top_k at most experts / 4 for 16-bit weights, below experts / 4 "
-        "for 8-bit ones, at most experts / 2 for mxfp4: moekit.kernels.moe_gemv.gemv_applies).",
+        "(tokens x top_k at most experts / 2, below experts / 4 with grouped top-k routing; 16-bit and mxfp4 "
+        "weights: at least 16 experts: moekit.kernels.moe_gemv.gemv_applies).",
     ),
     EnvVar(
         "MOEKIT_PDL", "bool", True,

@@ -139,6 +139,7 @@ def fused_experts(
     _config=None,
     _backend: Optional[str] = None,
     _layer_checked: bool = False,
+    _grouped_routing: bool = False,
 ) -> torch.Tensor:
     """Run the chosen experts of every token and sum their outputs by routing weight.
 
@@ -197,7 +198,7 @@ def fused_experts(
                                    w13_bias=w13_bias, w2_bias=w2_bias, act_quant=aq, inter_quant=iq)
     from moekit.triton_experts import fused_experts_triton
 
-    biases = dict(w13_bias=w13_bias, w2_bias=w2_bias)
+    biases = dict(w13_bias=w13_bias, w2_bias=w2_bias, grouped_routing=_grouped_routing)
     if scheme.is_quantized:
         return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
                                     activation=activation, quant=scheme, aligned=_aligned, config=_config, **biases,
@@ -269,7 +270,8 @@ def fused_moe(
                          activation=activation, backend=backend, w13_bias=w13_bias, w2_bias=w2_bias, quant=quant,
                          w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero,
                          a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned, _config=config,
-                         _backend=None if fast is None else "triton", _layer_checked=True)
+                         _backend=None if fast is None else "triton", _layer_checked=True,
+                         _grouped_routing=(num_expert_group or 1) > 1)
 
 
 def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend,
@@ -298,7 +300,7 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     validate_routing(router_logits, top_k, scoring, **choice)
     from moekit.triton_experts import use_decode_gemv
 
-    if use_decode_gemv(m, e_route, top_k, scheme, static_act_scales):  # the GEMV kernels need no alignment
+    if use_decode_gemv(m, e_route, top_k, scheme, static_act_scales, grouped):  # the GEMV kernels need no alignment
         return (*select_experts(router_logits, top_k, renormalize=renormalize, scoring=scoring, **choice), None, None)
     from moekit.align import route_and_align
     from moekit.configs import get_config

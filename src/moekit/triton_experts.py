@@ -20,14 +20,15 @@ from moekit.kernels.moe_gemv import gemv_applies, gemv_supports, moe_gemv
 from moekit.kernels.moe_sum import moe_sum
 
 
-def use_decode_gemv(m: int, e_global: int, top_k: int, quant=None, static_act_scales: bool = False) -> bool:
+def use_decode_gemv(m: int, e_global: int, top_k: int, quant=None, static_act_scales: bool = False,
+                    grouped: bool = False) -> bool:
     """Whether a forward of ``m`` tokens (top ``top_k`` of ``e_global`` experts) takes the decode GEMV kernels
     (:func:`moekit.kernels.moe_gemv.gemv_applies`) instead of the aligned grouped GEMMs: unquantized, fp8
     weights, int8 weight-only or mxfp4 (:func:`~moekit.kernels.moe_gemv.gemv_supports`; fp8 runs weight-only, so not
     with static activation scales, which ask for quantized activations). ``MOEKIT_DECODE_GEMV=0`` turns the path off."""
     if quant is not None and quant.is_quantized and (static_act_scales or not gemv_supports(quant)):
         return False
-    return gemv_applies(m, e_global, top_k, quant) and envs.get("MOEKIT_DECODE_GEMV")
+    return gemv_applies(m, e_global, top_k, quant, grouped) and envs.get("MOEKIT_DECODE_GEMV")
 
 
 def fused_experts_triton(
@@ -44,6 +45,7 @@ def fused_experts_triton(
     aligned: Optional[AlignedSlots] = None,
     w13_bias: Optional[torch.Tensor] = None,
     w2_bias: Optional[torch.Tensor] = None,
+    grouped_routing: bool = False,
     **qargs,
 ) -> torch.Tensor:
     """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. ``config`` overrides
@@ -52,7 +54,8 @@ def fused_experts_triton(
     QuantScheme) with ``qargs`` (w13_scale, w2_scale, w13_zero, w2_zero, a13_scale, a2_scale): see
     :func:`moekit.quant.triton_moe.fused_experts_triton_quant`. ``aligned``: the slots already aligned
     (the fused route-and-align decode path), used when its block size matches the config. ``w13_bias`` /
-    ``w2_bias``: optional expert biases [E, 2I] / [E, H], contiguous last dimension."""
+    ``w2_bias``: optional expert biases [E, 2I] / [E, H], contiguous last dimension. ``grouped_routing``: the ids
+    come from grouped top-k (fused_moe knows; it moves the decode GEMV crossover, :func:`use_decode_gemv`)."""
     m, h = x.shape
     e, i2, _ = w13.shape
     i = i2 // 2
@@ -64,7 +67,8 @@ def fused_experts_triton(
     scheme = quant if quant is not None and quant.is_quantized else None
     e_global = expert_map.numel() if expert_map is not None else e
     static_act_scales = qargs.get("a13_scale") is not None or qargs.get("a2_scale") is not None
-    if config is None and aligned is None and use_decode_gemv(m, e_global, top_k, scheme, static_act_scales):
+    if config is None and aligned is None and use_decode_gemv(m, e_global, top_k, scheme, static_act_scales,
+                                                              grouped_routing):
         from moekit.quant.triton_moe import mxfp4_gemv_ptx_decode
 
         return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation, scheme=scheme,

@@ -63,7 +63,7 @@ from moekit.platform import programmatic_launch
 #:   load and split over more decoded codes; 32768-element GEMV 1 tiles leave too few programs (70.6 us at
 #:   M=1, round 3).
 GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 1024, 256)}
-MIN_EXPERTS = 16  # see gemv_applies
+MIN_EXPERTS = 16  # 16-bit and mxfp4 weights: see gemv_applies
 #: Software-pipelining depth of the GEMV K loops per weight format (:data:`GEMV_TILES` keys; ``tl.range(num_stages=
 #: ...)``, 1: plain loads, more: the weight tiles staged through shared memory by cp.async, same registers).
 #: Measured on the H100, whole forward, arms interleaved (``benchmarks/ab_gemv_stages.py``,
@@ -90,28 +90,35 @@ def _weight_bits(scheme) -> int:
     return 4 if scheme.weight_dtype == "mxfp4" else 8
 
 
-def gemv_applies(m: int, e: int, top_k: int, scheme=None) -> bool:
-    """Whether the decode GEMV kernels serve ``m`` tokens: at least :data:`MIN_EXPERTS` experts, and few enough
-    slots that two slots rarely share an expert (each slot streams its expert's weights): ``m * top_k <=
-    E / 4`` for 16-bit weights, ``< E / 4`` for 8-bit ones, ``<= E / 2`` for mxfp4 (its grouped GEMMs decode
-    slowly, so the GEMV wins even with some shared experts). Measured on the H100, whole forward:
+def gemv_applies(m: int, e: int, top_k: int, scheme=None, grouped: bool = False) -> bool:
+    """Whether the decode GEMV kernels serve ``m`` tokens: few enough slots that two slots rarely share an
+    expert (each slot streams its expert's weights, the grouped GEMMs each expert once). ``slots = m *
+    top_k``; 16-bit weights: at least :data:`MIN_EXPERTS` experts and ``slots <= E / 2``; 8-bit: ``slots <= E
+    / 2``; mxfp4: at least :data:`MIN_EXPERTS` experts and ``slots <= E / 2``. ``grouped`` (grouped top-k
+    routing, which concentrates a batch's slots on the experts of its kept groups): ``slots < E / 4`` for 16-
+    and 8-bit weights.
 
-    * bf16: qwen3-30b-a3b (E=128, k=8) M=1/2 39.0 -> 34.7 / 64.4 -> 59.1 us (M=4: 2 % faster, M=8: slower),
-      gpt-oss-20b (E=32, k=4) M=1/2 83.2 -> 79.1 / 139.2 -> 133.2 us; mixtral (E=8, k=2, I=14336) M=1
-      247.3 -> 249.1 us: few experts with long rows leave GEMV 2 few programs, hence the floor on E.
-    * fp8 block: qwen3 M=1/2/4 32.6 -> 25.0 / 46.6 -> 42.6 / 73.8 -> 73.0 us; DeepSeek-V3 (E=256, k=8,
-      grouped routing concentrates the slots) M=1/2/4 225 -> 212 / 362 -> 325 / 561 -> 539, M=8 862 -> 942.
-      fp8 per channel qwen3 M=1 32.3 -> 23.1; int8 weight-only 36.4 -> 25.4.
-    * mxfp4: gpt-oss-20b M=1/2/4/8 113.3 -> 58.6 / 193.2 -> 89.9 / 291.8 -> 159.6 / 458.5 -> 306.6 us
-      with the shipped tiles and the exact e2m1 decode (``bench_gemv_quant_H100_session6.json``). With both
-      paths decoding by inline PTX (session 9, 32x64x128 grouped tiles): gpt-oss-20b M=4 (slots E / 2) GEMV
-      137.6 against grouped 177.7 us, M=8 (slots E) 254.3 against 232.3; gpt-oss-120b shape (E=128) M=16
-      (E / 2) 489.9 against 509.8, M=32 (E) 938.1 against 789.4 (``mxfp4_gemv_crossover_H100_session9.log``).
+    Measured on the H100, whole forward, arms interleaved (``benchmarks/ab_gemv_path.py``,
+    ``ab_gemv_path{,_b}_H100_session13.json``), GEMV against grouped GEMMs, us:
+
+    * 8-bit: Mixtral fp8 per tensor (E=8, k=2) M=1 / 2 / 4 133.7 / 214.4-252.4 / 380.8 against 171.1 /
+      231.3-287.0 / 339.0; Qwen3 fp8 block M=4 / 8 64.3 / 112.0 against 73.6 / 114.3, per channel 61.8 / 102.8
+      against 74.6 / 115.2; DeepSeek-V3 fp8 block (grouped) M=8 / 16 914.7 / 1648 against 885.3 / 1300.
+    * 16-bit: Qwen3 bf16 M=8 / 16 166.9 / 284.4 against 173.9 / 283.4; gpt-oss-20b (E=32, k=4) M=4 / 8 244.0 /
+      390.0 against 250.0 / 380.9; Mixtral M=1 / 2 244.0 / 428.2 against 246.5 / 415.4 (few experts with
+      long rows: hence :data:`MIN_EXPERTS` for 16-bit weights).
+    * mxfp4 (session 9, ``mxfp4_gemv_crossover_H100_session9.log``): gpt-oss-20b M=4 (slots E / 2) 137.6
+      against 177.7; gpt-oss-120b shape (E=128) M=32 (slots E) 938.1 against 789.4. (Session 13: gpt-oss-20b
+      M=8, slots E, 221.0 against 232.5; the rule stays at E / 2 for the 120b shape.)
       Measured on Hopper only: GPUs whose grouped GEMMs lack the PTX decode may gain from the GEMV up to E."""
-    if m < 1 or e < MIN_EXPERTS:
+    if m < 1:
         return False
     bits, slots = _weight_bits(scheme), m * top_k
-    return 2 * slots <= e if bits == 4 else (4 * slots < e if bits == 8 else 4 * slots <= e)
+    if bits != 8 and e < MIN_EXPERTS:
+        return False
+    if grouped and bits != 4:
+        return 4 * slots < e
+    return 2 * slots <= e
 
 
 @triton.jit
