@@ -269,7 +269,7 @@ def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: boo
         m, e_route, num_experts, top_k, logits.stride(0), max_blocks,
         HAS_MAP=has_map, SIGMOID=scoring == "sigmoid", RENORMALIZE=renormalize,
         T_PAD=t_pad, E_ROUTE_PAD=e_route_pad, K_PAD=k_pad, BLOCK_M=block_m, E_PAD=e_pad,
-        **choice_args(e_route, num_expert_group, topk_group, correction_bias, weights),
+        **choice_args(num_expert_group, topk_group, correction_bias, weights),
         num_warps=warps_for(max(t_pad * e_route_pad, t_pad * k_pad * e_pad), 64),
     )
     return weights, ids, sorted_ids, expert_ids, npp

@@ -21,6 +21,11 @@ scale per 32 K elements (``[E, N, K / 32]`` uint8), decoded on CUDA cores
 (:func:`moekit.kernels.quant.e2m1_value`).
 Tiles and K steps per weight format: :data:`GEMV_TILES`.
 
+On Hopper and later (:func:`moekit.platform.programmatic_launch`) both are launched with programmatic
+dependent launch (:mod:`moekit.kernels.pdl`): GEMV 1 starts while the routing kernel finishes and waits for
+it before reading the ids, then lets GEMV 2 launch (at its start or after its K loop: :data:`GEMV1_TRIGGER`);
+GEMV 2 reads the ids and routing weights at once and waits for GEMV 1 before reading its activations.
+
 No alignment, no host synchronization (CUDA-graph safe). Products and sums are float32; GEMV 2 keeps the
 weighted sum in float32 until the single rounding to the output dtype. Slots whose expert maps to -1
 (expert parallelism), ids outside [0, E) (or outside the expert map) and map values past the local

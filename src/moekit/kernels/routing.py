@@ -129,8 +129,8 @@ def routing_kernel_applicable(router_logits: torch.Tensor, top_k: int) -> bool:
     )
 
 
-def choice_args(e: int, num_expert_group: Optional[int], topk_group: Optional[int],
-                correction_bias: Optional[torch.Tensor], dummy: torch.Tensor) -> dict:
+def choice_args(num_expert_group: Optional[int], topk_group: Optional[int], correction_bias: Optional[torch.Tensor],
+                dummy: torch.Tensor) -> dict:
     """The :func:`route_rows` arguments of the choice rule: correction bias (contiguous, or ``dummy`` when
     None) and grouped top-k (``GROUPS`` 0 when not grouped). Arguments as checked by
     :func:`moekit.routing.check_routing_args`."""
@@ -160,7 +160,7 @@ def select_experts_triton(
         logits.stride(0), weights.stride(0), ids.stride(0),
         SIGMOID=scoring == "sigmoid", RENORMALIZE=renormalize,
         BLOCK_T=block_t, E_PAD=e_pad, K_PAD=triton.next_power_of_2(top_k),
-        **choice_args(e, num_expert_group, topk_group, correction_bias, weights),
+        **choice_args(num_expert_group, topk_group, correction_bias, weights),
         num_warps=warps_for(e_pad * block_t, 32), PDL=programmatic_launch(logits.device),
     )
     return weights, ids
