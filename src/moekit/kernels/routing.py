@@ -27,7 +27,9 @@ _MAX_EXPERTS = 4096
 #: Measured on the H100 (``benchmarks/bench_routing.py --tokens-per-program 1,2,4,16``,
 #: ``bench_routing_tpp_H100_session13.json``, CUDA-graph replay): DeepSeek-V3 grouped top-k M=16 / 4096
 #: 5.34 / 18.8 us with 1 token per program against 33.9 / 39.6 with 16; Qwen3 softmax top-8 3.44 / 7.56
-#: against 14.05 / 14.48. 2 and 4 lie between at every M from 4 to 4096; all equal at M = 1.
+#: against 14.05 / 14.48. 2 and 4 lie between at every M from 4 to 4096; all equal at M = 1. Then each top-k
+#: step became one reduction (value and index together; ``bench_routing_maxidx_H100_session13.json``): Qwen3
+#: M=1 / 16 / 4096 2.64 / 2.72 / 6.83 us, DeepSeek-V3 5.16 / 5.24 / 18.0.
 TOKENS_PER_PROGRAM = 1
 
 
@@ -68,9 +70,8 @@ def route_rows(logits_ptr, rows, M, E, TOP_K, stride_lm, SIGMOID: tl.constexpr, 
         g_score = tl.full([rows.shape[0], G_PAD], -float("inf"), dtype=tl.float32)
         for g in tl.static_range(GROUPS):
             cg = tl.where((gid == g)[None, :], c, -float("inf"))
-            top = tl.max(cg, axis=1)
+            top, first = tl.max(cg, axis=1, return_indices=True, return_indices_tie_break_left=True)
             if HAS_BIAS:  # plus the second best: the best with one occurrence of the first removed
-                first = tl.argmax(cg, axis=1, tie_break_left=True)
                 top += tl.max(tl.where(cols[None, :] == first[:, None], -float("inf"), cg), axis=1)
             g_score = tl.where(gcols[None, :] == g, top[:, None], g_score)
         g_taken = gcols[None, :] >= GROUPS  # padding groups are never kept
@@ -84,10 +85,12 @@ def route_rows(logits_ptr, rows, M, E, TOP_K, stride_lm, SIGMOID: tl.constexpr, 
     kcols = tl.arange(0, K_PAD)
     w_tile = tl.zeros([rows.shape[0], K_PAD], dtype=tl.float32)
     id_tile = tl.zeros([rows.shape[0], K_PAD], dtype=tl.int32)
-    for j in range(TOP_K):
-        best = tl.argmax(c, axis=1, tie_break_left=True)
+    for j in range(TOP_K):  # value and index in one reduction; with a bias the weight is gathered from s
+        best_c, best = tl.max(c, axis=1, return_indices=True, return_indices_tie_break_left=True)
         chosen = cols[None, :] == best[:, None]
-        w_tile = tl.where(kcols[None, :] == j, tl.sum(tl.where(chosen, s, 0.0), axis=1)[:, None], w_tile)
+        if HAS_BIAS:
+            best_c = tl.sum(tl.where(chosen, s, 0.0), axis=1)
+        w_tile = tl.where(kcols[None, :] == j, best_c[:, None], w_tile)
         id_tile = tl.where(kcols[None, :] == j, best[:, None].to(tl.int32), id_tile)
         c = tl.where(chosen, -float("inf"), c)
     if RENORMALIZE:
