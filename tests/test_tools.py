@@ -7,20 +7,16 @@ import sys
 _ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def _run_python(*argv):
-    """Run python with ``argv`` from the repository root in a subprocess without TRITON_INTERPRET (an
-    interpreted kernel cannot be compiled), moekit from ``src``; its stdout, once it succeeded."""
+def _run_script(path, *args):
+    """Run the repository's script ``path`` (relative to the root) with ``args`` in a subprocess without
+    TRITON_INTERPRET (an interpreted kernel cannot be compiled), moekit from ``src``; its stdout, once it
+    succeeded."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.path.join(_ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, *map(str, argv)], env=env, cwd=_ROOT, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, os.path.join(_ROOT, path), *map(str, args)], env=env, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
-
-
-def _run_script(path, *args):
-    """Run the repository's script ``path`` (relative to the root) with ``args`` (see :func:`_run_python`)."""
-    return _run_python(os.path.join(_ROOT, path), *args)
 
 
 def test_sass_loops_counts_the_mxfp4_gemm_loop():
@@ -112,29 +108,14 @@ def test_merge_linear_tables(tmp_path):
     assert not problems and sorted(table) == [1, 64]
 
 
-_PDL_CHECK = """
-import sys
-sys.path.insert(0, 'tools')
-from sass_loops import compile_sass
-from moekit.kernels.moe_gemv import _moe_gemv1_kernel, _moe_gemv2_kernel
-common = dict(w_ptr='*bf16', out_ptr='*bf16', ids_ptr='*i32', map_ptr='*i32', K='i32', top_k='i32', n_map='i32',
-              E='i32', stride_we='i32', stride_wn='i32', stride_om='i32', s_ptr='*fp32', stride_se='i32',
-              stride_sn='i32', stride_sk='i32', bias_ptr='*bf16', stride_bias_e='i32')
-sig1 = dict(common, x_ptr='*bf16', I='i32', stride_xm='i32')
-sig2 = dict(common, a_ptr='*bf16', topk_w_ptr='*fp32', N='i32', stride_am='i32')
-for pdl in (False, True):
-    for name, fn, sig, c in (
-            ('gemv1', _moe_gemv1_kernel, sig1, dict(ACTIVATION=0, BLOCK_N=8, BLOCK_K=512, TRIGGER_EARLY=True)),
-            ('gemv2', _moe_gemv2_kernel, sig2, dict(TOPK=8, BLOCK_N=1, BLOCK_K=256))):
-        sass, _ = compile_sass(fn, sig, dict(c, HAS_MAP=False, PDL=pdl), ['K', 'stride_we', 'stride_wn'])
-        print(name, pdl, 'ACQBULK' in sass, 'PREEXIT' in sass)
-"""
-
-
 def test_decode_gemvs_compile_their_programmatic_launch_instructions():
     """On sm_90 the decode GEMVs launched with PDL wait for the kernel before them (``griddepcontrol.wait``:
     SASS ACQBULK) and GEMV 1 lets GEMV 2 launch (``griddepcontrol.launch_dependents``: PREEXIT); without PDL
-    neither instruction is there. Compiled without a GPU."""
-    lines = _run_python("-c", _PDL_CHECK).splitlines()
-    assert lines == ["gemv1 False False False", "gemv2 False False False", "gemv1 True True True",
-                     "gemv2 True True False"]
+    neither instruction is there. Compiled without a GPU (``tools/sass_loops.py --count``)."""
+    for kernel, pdl, expected in (("gemv1_mxfp4", False, "ACQBULK 0, PREEXIT 0"),
+                                  ("gemv2_mxfp4", False, "ACQBULK 0, PREEXIT 0"),
+                                  ("gemv1_mxfp4", True, "ACQBULK 1, PREEXIT 1"),
+                                  ("gemv2_mxfp4", True, "ACQBULK 1, PREEXIT 0")):
+        out = _run_script("tools/sass_loops.py", kernel, "--block-n", 8, "--block-k", 256, "--count",
+                          "ACQBULK,PREEXIT", *(["--pdl"] if pdl else []))
+        assert f"kernel: {expected}" in out.splitlines(), (kernel, pdl, out)

@@ -2,6 +2,7 @@
 of its loops: a cheap first check of an instruction-count idea before any device time is spent.
 
     PYTHONPATH=src python3 tools/sass_loops.py gemv1_mxfp4 [--arch 90] [--warps 4] [--block-n 16] [--block-k 1024]
+    PYTHONPATH=src python3 tools/sass_loops.py gemv2_mxfp4 --block-n 8 --block-k 256 --pdl --count ACQBULK,PREEXIT
     PYTHONPATH=src python3 tools/sass_loops.py gemm1_mxfp4 --block-m 16 --block-n 64 --block-k 32 --stages 4
     PYTHONPATH=src python3 tools/sass_loops.py gemm2_fp8_block_sm90 --block-n 256 --stages 4   (Gluon, 8 warps)
     PYTHONPATH=src python3 tools/sass_loops.py linear_gemv_mma --w-scale 1 --block-n 8 --block-k 128 --block-m 4 \
@@ -53,17 +54,26 @@ def compile_sass(fn, signature: dict, constants: dict, divisible, arch: int = 90
     return sass, res.strip().splitlines()[-1].strip()
 
 
+def _instructions(sass: str):
+    """[(address, instruction text)] of ``sass``."""
+    return [(int(a, 16), t.strip()) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
+
+
+def _opcodes(body) -> collections.Counter:
+    """Counter of the opcodes of ``body`` ([(address, text)]; a predicate such as ``@P0`` is skipped)."""
+    return collections.Counter((t.split()[1] if t.startswith("@") else t.split()[0]) for _, t in body)
+
+
 def loop_histograms(sass: str):
     """[(instruction count, Counter of opcodes)] for each loop (a backward branch) of ``sass``."""
-    ins = [(int(a, 16), t.strip()) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
+    ins = _instructions(sass)
     where = {a: i for i, (a, _) in enumerate(ins)}
     out = []
     for i, (a, t) in enumerate(ins):
         m = re.search(r"BRA 0x([0-9a-f]+)", t)
         if m and int(m.group(1), 16) < a and int(m.group(1), 16) in where:
             body = ins[where[int(m.group(1), 16)]:i + 1]
-            ops = collections.Counter((t.split()[1] if t.startswith("@") else t.split()[0]) for _, t in body)
-            out.append((len(body), ops))
+            out.append((len(body), _opcodes(body)))
     return out
 
 
@@ -75,9 +85,23 @@ def _gemv1_mxfp4(args):
     sig = {n: ptrs.get(n, "i32") for n in _moe_gemv1_kernel.arg_names}
     consts = {"stride_sk": 1, "HAS_MAP": False, "ACTIVATION": 0, "BLOCK_N": args.block_n, "BLOCK_K": args.block_k,
               "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False, "PTX": args.ptx,
-              "STAGES": args.gemv_stages}
+              "STAGES": args.gemv_stages, "PDL": args.pdl}
     div = list(ptrs)[:-1] + ["I", "K", "stride_xm", "stride_we", "stride_wn", "stride_om", "stride_se"]  # gpt-oss-20b
     return compile_sass(_moe_gemv1_kernel, sig, consts, div, args.arch, args.warps)
+
+
+def _gemv2_mxfp4(args):
+    """The decode GEMV 2 (gpt-oss-20b: top-4, mxfp4 weights) as ``moe_gemv`` launches it."""
+    from moekit.kernels.moe_gemv import _moe_gemv2_kernel
+
+    ptrs = {"a_ptr": "*bf16", "w_ptr": "*u8", "out_ptr": "*bf16", "ids_ptr": "*i32", "topk_w_ptr": "*fp32",
+            "map_ptr": "*i32", "s_ptr": "*u8", "bias_ptr": "*bf16"}
+    sig = {n: ptrs.get(n, "i32") for n in _moe_gemv2_kernel.arg_names}
+    consts = {"stride_sk": 1, "HAS_MAP": False, "TOPK": 4, "BLOCK_N": args.block_n, "BLOCK_K": args.block_k,
+              "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False, "PTX": args.ptx,
+              "STAGES": args.gemv_stages, "PDL": args.pdl}
+    div = list(ptrs)[:-1] + ["N", "K", "stride_am", "stride_we", "stride_wn", "stride_om", "stride_se"]
+    return compile_sass(_moe_gemv2_kernel, sig, consts, div, args.arch, args.warps)
 
 
 def _gemm1_mxfp4(args):
@@ -146,7 +170,7 @@ def _linear_gemv_mma(args):
     return compile_sass(_gemv_mma_kernel, sig, consts, div, args.arch, args.warps)
 
 
-KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4, "linear_gemv": _linear_gemv,
+KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemv2_mxfp4": _gemv2_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4, "linear_gemv": _linear_gemv,
            "linear_gemv_mma": _linear_gemv_mma,
            "gemm1_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 1),
            "gemm2_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 2)}
@@ -164,16 +188,22 @@ def main():
     ap.add_argument("--no-mx-dot", dest="mx_dot", action="store_false", help="gemm1_mxfp4: moekit's own decode")
     ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32-128)")
     ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
-    ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4: the inline-PTX decode")
+    ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4, gemv2_mxfp4: the inline-PTX decode")
+    ap.add_argument("--pdl", action="store_true",
+                    help="gemv1_mxfp4, gemv2_mxfp4: as launched with programmatic dependent launch")
     ap.add_argument("--gemv-stages", type=int, default=1,
-                    help="gemv1_mxfp4, linear_gemv: the K loop's pipelining depth")
+                    help="gemv1_mxfp4, gemv2_mxfp4, linear_gemv: the K loop's pipelining depth")
     ap.add_argument("--w-scale", type=int, default=1, choices=(0, 1, 2),
                     help="linear_gemv(_mma): the weight's scales")
     ap.add_argument("--gemm2-warps", type=int, default=8, help="gemm2_fp8_block_sm90: 8 or 4 warps")
     ap.add_argument("--top", type=int, default=24, help="opcodes listed per loop (most frequent first)")
+    ap.add_argument("--count", default="", help="comma-separated opcodes counted over the whole kernel")
     args = ap.parse_args()
     sass, res = KERNELS[args.kernel](args)
     print(res)
+    if args.count:
+        ops = _opcodes(_instructions(sass))
+        print("kernel:", ", ".join(f"{op} {ops[op]}" for op in args.count.split(",")))
     for n, ops in loop_histograms(sass):
         print(f"loop of {n} instructions:", ", ".join(f"{k} {v}" for k, v in ops.most_common(args.top)))
 
