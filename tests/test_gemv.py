@@ -372,19 +372,20 @@ def test_gemv_pipelined_k_loops(stages, scheme, gemv_calls, poisoned_empty, monk
 @pytest.mark.parametrize("m", [1, 2])
 def test_decode_gemv_programmatic_launch(key, m, gemv_calls, monkeypatch):
     """Routing -> GEMV 1 -> GEMV 2 launched with programmatic dependent launch (GEMV 2 reading routing's ids
-    and prefetching its weights before it waits for GEMV 1) gives bit for bit the output of plain launches,
-    eagerly and replayed in a CUDA graph, with an expert map dropping experts."""
+    before it waits for GEMV 1) gives bit for bit the output of plain launches, eagerly and replayed in a CUDA
+    graph, with an expert map dropping experts."""
     from moekit.platform import programmatic_launch
 
     e, k, h, i = 128, 8, 512, 384
-    scheme = None if key == "bf16" else ({**FP8, "mxfp4": moekit.QuantScheme.mxfp4}[key])()
-    x, q13, s13, q2, s2, logits, _, _ = fp8_layer(scheme or FP8["fp8_channel"](), m, e, h, i, torch.bfloat16)
-    if scheme is None:
-        q13, q2 = layer(m, e, k, h, i, torch.bfloat16)[1:3]
+    scheme = s13 = s2 = None
+    if key == "bf16":
+        x, q13, q2, logits = layer(m, e, k, h, i, torch.bfloat16)
+    else:
+        scheme = ({**FP8, "mxfp4": moekit.QuantScheme.mxfp4}[key])()
+        x, q13, s13, q2, s2, logits, _, _ = fp8_layer(scheme, m, e, h, i, torch.bfloat16)
     emap = torch.arange(e, dtype=torch.int32, device=DEVICE)
     emap[::5] = -1
-    kw = dict(backend="triton", quant=scheme, w13_scale=s13 if scheme else None, w2_scale=s2 if scheme else None,
-              expert_map=emap)
+    kw = dict(backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2, expert_map=emap)
     monkeypatch.setenv("MOEKIT_PDL", "0")
     assert not programmatic_launch(x.device)
     plain = moekit.fused_moe(x, q13, q2, logits, k, **kw)
