@@ -43,6 +43,19 @@ def parser(doc: str, arms: str, cases: List[str] = CASES) -> argparse.ArgumentPa
     return ap
 
 
+def interleaved_best(run: Callable[[], None], arms: List[str], set_arm: Callable[[str], None], rounds: int,
+                     shipped_arm: str) -> dict:
+    """Best median us of one forward per arm (``run`` replays ``ROTATE`` of them), every arm once per round,
+    rounds interleaved; ``shipped_arm`` is set again at the end."""
+    best = {a: float("inf") for a in arms}
+    for _ in range(rounds):
+        for a in arms:
+            set_arm(a)
+            best[a] = min(best[a], _median_us(run) / ROTATE)
+    set_arm(shipped_arm)
+    return best
+
+
 def run_ab(args, set_arm: Callable[[str], None], shipped_arm: str) -> dict:
     """Time every case and arm (``args`` from :func:`parser`); prints one line per point, writes ``args.out``."""
     arms = args.arms.split(",")
@@ -56,12 +69,7 @@ def run_ab(args, set_arm: Callable[[str], None], shipped_arm: str) -> dict:
         bias = torch.randn(shape.E, device="cuda") * 0.1 if shape.num_expert_group else None
         for m in [int(v) for v in ms.split(",")]:
             run, _, _ = quant_forward(shape, scheme, weights, bias, m)
-            best = {a: float("inf") for a in arms}
-            for _ in range(args.rounds):
-                for a in arms:
-                    set_arm(a)
-                    best[a] = min(best[a], _median_us(run) / ROTATE)
-            set_arm(shipped_arm)
+            best = interleaved_best(run, arms, set_arm, args.rounds, shipped_arm)
             res["points"].append({"case": f"{name}:{key}", "M": m, "us": best})
             print(f"{name:14s} {key:16s} M={m:3d}  " + "  ".join(f"{a} {best[a]:7.1f}" for a in arms)
                   + f"  best {min(best, key=best.get)} {best[arms[0]] / min(best.values()):.3f}x", flush=True)

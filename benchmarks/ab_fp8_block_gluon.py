@@ -25,8 +25,9 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 import moekit.quant.triton_moe as tq  # noqa: E402
-from bench_quant import ROTATE, make_quant_weights, quant_forward  # noqa: E402
-from moekit.bench import _median_us, measure_ceilings  # noqa: E402
+from ab_cases import interleaved_best  # noqa: E402
+from bench_quant import make_quant_weights, quant_forward  # noqa: E402
+from moekit.bench import measure_ceilings  # noqa: E402
 from moekit.kernels import moe_gemm_sm90 as g  # noqa: E402
 from moekit.quant import QuantScheme  # noqa: E402
 from moekit.shapes import SHAPES  # noqa: E402
@@ -78,12 +79,7 @@ def main():
         weights = make_quant_weights(shape, scheme)
         for m in [int(v) for v in args.m.split(",")]:
             run, once, _ = quant_forward(shape, scheme, weights, None, m)
-            best = {a: float("inf") for a in arms}
-            for _ in range(args.rounds):
-                for a in arms:
-                    _arm(a)
-                    best[a] = min(best[a], _median_us(run) / ROTATE)
-            _arm("gluon")
+            best = interleaved_best(run, arms, _arm, args.rounds, "gluon")
             flops = 2 * m * shape.top_k * 3 * shape.H * shape.I
             row = {"shape": name, "M": m, "us": best, "speedup": best["triton"] / best["gluon"],
                    "pct_fp8_peak": {a: 100 * flops / (t * 1e-6) / ceil.fp8_flops_per_s for a, t in best.items()}}
