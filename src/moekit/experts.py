@@ -28,7 +28,7 @@ from moekit.backends import select_backend, triton_kernel_limits
 from moekit.errors import check_arg
 from moekit.platform import interpreter_runs, platform_of, triton_interpreter_active
 from moekit.quant.scheme import QuantScheme, as_scheme
-from moekit.routing import select_experts, validate_routing
+from moekit.routing import grouped_routing, select_experts, validate_routing
 
 BACKENDS = ("auto", "triton", "torch")
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -271,7 +271,7 @@ def fused_moe(
                          w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero,
                          a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned, _config=config,
                          _backend=None if fast is None else "triton", _layer_checked=True,
-                         _grouped_routing=(num_expert_group or 1) > 1)
+                         _grouped_routing=grouped_routing(num_expert_group))
 
 
 def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend,
@@ -293,7 +293,7 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     m, e_route = router_logits.shape
     scheme = quant if quant is not None and quant.is_quantized else None
     choice = choice or {}
-    grouped = (choice.get("num_expert_group") or 1) > 1
+    grouped = grouped_routing(choice.get("num_expert_group"))
     if (not route_align_applicable(m, e_route, top_k, w13.shape[0], grouped)
             or resolve_backend(backend, x, scheme) != "triton"):
         return None

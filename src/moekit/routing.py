@@ -79,6 +79,11 @@ def select_experts_torch(
     return weights.to(out_dtype), ids.to(torch.int32)
 
 
+def grouped_routing(num_expert_group: Optional[int]) -> bool:
+    """Whether ``num_expert_group`` asks for grouped top-k (one group is plain top-k)."""
+    return num_expert_group is not None and num_expert_group > 1
+
+
 def check_routing_args(router_logits, top_k, scoring, num_expert_group, topk_group, correction_bias) -> None:
     """Shape/dtype/value checks that need no host synchronization."""
     check_arg(isinstance(router_logits, torch.Tensor), "router_logits", "a torch.Tensor", type(router_logits).__name__)

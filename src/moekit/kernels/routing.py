@@ -18,6 +18,7 @@ import triton.language as tl
 
 from moekit.kernels import pdl, warps_for
 from moekit.platform import programmatic_launch
+from moekit.routing import grouped_routing
 
 # One program holds a [BLOCK_T, E_PAD] tile of scores; keep it within a few thousand registers' worth.
 MAX_SCORE_TILE = 8192  # [tokens, experts] float32 scores one routing program holds
@@ -137,7 +138,7 @@ def choice_args(num_expert_group: Optional[int], topk_group: Optional[int], corr
     """The :func:`route_rows` arguments of the choice rule: correction bias (contiguous, or ``dummy`` when
     None) and grouped top-k (``GROUPS`` 0 when not grouped). Arguments as checked by
     :func:`moekit.routing.check_routing_args`."""
-    groups = num_expert_group if num_expert_group is not None and num_expert_group > 1 else 0
+    groups = num_expert_group if grouped_routing(num_expert_group) else 0
     return dict(bias_ptr=dummy if correction_bias is None else correction_bias.contiguous(),
                 HAS_BIAS=correction_bias is not None, GROUPS=groups,
                 G_PAD=triton.next_power_of_2(groups) if groups else 1, TOPK_GROUP=topk_group if groups else 0)
