@@ -77,6 +77,30 @@ def test_out_of_range_ids_are_dropped(m, with_map, id_dtype, poisoned_empty):
     assert torch.equal(got.expert_ids[:n // 16].cpu(), ref.expert_ids[:n // 16])
 
 
+@pytest.mark.parametrize("m,e,k,skew,emap", [(300, 64, 4, False, False), (300, 128, 8, True, False),
+                                             (200, 16, 4, False, True), (70, 2, 2, False, False)])
+def test_align_scan_tiles(m, e, k, skew, emap, monkeypatch, poisoned_empty):
+    """The column scan over several row tiles and column programs (tiles shrunk to 4 chunks x 4 experts), with
+    chunks of unequal expert mixes, empty experts and an expert map."""
+    import moekit.kernels.align as ka
+
+    monkeypatch.setattr(ka, "SCAN_ROWS", 4)
+    monkeypatch.setattr(ka, "SCAN_COLS", 4)
+    if emap:
+        e_global = 2 * e
+        table = torch.full((e_global,), -1, dtype=torch.int32)
+        table[e // 2:e // 2 + e] = torch.arange(e, dtype=torch.int32)
+        _check(_random_ids(m, e_global, k, skew), e, 16, table)
+    else:
+        _check(_random_ids(m, e, k, skew), e, 16)
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="prefill-sized alignment: GPU")
+@pytest.mark.parametrize("m,e,k,bm", [(4096, 128, 8, 128), (4096, 256, 8, 64), (16384, 8, 2, 128)])
+def test_align_prefill_sizes(m, e, k, bm, poisoned_empty):
+    _check(_random_ids(m, e, k), e, bm)
+
+
 def test_bound_is_tight_enough():
     # every slot on its own expert: one block per slot
     assert max_blocks(8, 128, 16) == 8

@@ -5,10 +5,11 @@ written to a device scalar that the GEMM kernels read. Deterministic: slots of o
 original order (a stable sort), so repeated runs are bitwise identical.
 
 Where the slots fit one program (:func:`align_single_applicable`) it does everything (one launch, the decode
-case). Above that, three launches:
-per-chunk expert histograms; one program turning them into offsets and padding; then each chunk scatters
-its slots. Every used block holds at least one real slot, so the slots also write their block's owner
-expert: no block x expert search.
+case). Above that, three launches: per-chunk expert histograms [chunks, E_PAD]; a scan down each expert's
+column (programs of ``SCAN_COLS`` experts each: every chunk's offset inside its expert's run, and the expert
+totals); then each chunk computes the experts' padded starts from the totals (an E_PAD-wide cumsum) and
+scatters its slots, chunk 0 also writing the used length and the padding. Every used block holds at least one
+real slot, so the slots also write their block's owner expert: no block x expert search.
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ SINGLE_MAX = 256  # up to this many slots, one program may do the whole alignmen
 #: launches take 11.7-13.5 us (512 slots).
 SINGLE_TILE = 16384
 CHUNK = 128  # slots per program in the multi-program path
+#: The column scan's tile: ``SCAN_ROWS`` chunks x ``SCAN_COLS`` experts per step, E_PAD / SCAN_COLS programs. It
+#: replaced one program that ran through the whole [chunks, E_PAD] table twice (totals, then offsets): 20.2 us of
+#: the Qwen3 M=4096 forward (256 chunks x 128 experts; ``bench_moe_profile_H100_session12.log``).
+SCAN_ROWS = 256
+SCAN_COLS = 16
 #: The fused route-and-align kernel routes all tokens in its one program: at most this many [tokens, experts]
 #: score elements, grouped top-k counted ``GROUPED_ROUTE_COST`` times (its per-group reductions). Measured as
 #: above: Qwen3 (softmax, 128 experts) fused against routing + alignment 9.6 / 10.4 us at M = 16 (2048 scores),
@@ -88,16 +94,21 @@ def _store_slots(sorted_ptr, expert_ids_ptr, dest, ids, slots, E, BLOCK_M: tl.co
 
 
 @triton.jit
+def _padded_starts(counts, E, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
+    """From per-expert slot counts [E_PAD]: each expert's run padded to BLOCK_M, its start, and the used length."""
+    e_idx = tl.arange(0, E_PAD)
+    padded = tl.where(e_idx < E, tl.cdiv(counts, BLOCK_M) * BLOCK_M, 0)
+    return padded, tl.cumsum(padded, axis=0) - padded, tl.sum(padded, axis=0)
+
+
+@triton.jit
 def _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
                    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
     """From per-expert counts: padded offsets, the used length, -1 for the unused tail of the block->expert
     table, padding slots set to N. Returns the offsets. The owners of used blocks are written by the lanes
     themselves (:func:`_store_slots`): every used block holds at least one real slot."""
     e_idx = tl.arange(0, E_PAD)
-    padded = tl.where(e_idx < E, tl.cdiv(counts, BLOCK_M) * BLOCK_M, 0)
-    pad_end = tl.cumsum(padded, axis=0)
-    pad_off = pad_end - padded
-    total = tl.sum(padded, axis=0)
+    padded, pad_off, total = _padded_starts(counts, E, BLOCK_M, E_PAD)
     tl.store(npp_ptr, total)
     for b0 in range(total // BLOCK_M, max_blocks, 64):
         b = b0 + tl.arange(0, 64)
@@ -165,32 +176,37 @@ def _align_count_kernel(ids_ptr, map_ptr, counts_ptr, N, E, n_map, HAS_MAP: tl.c
 
 
 @triton.jit
-def _align_offsets_kernel(counts_ptr, base_ptr, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
-                          num_chunks, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CB: tl.constexpr):
-    e_idx = tl.arange(0, E_PAD)
-    counts = tl.zeros([E_PAD], dtype=tl.int32)
-    for c0 in range(0, num_chunks, CB):
-        c = c0 + tl.arange(0, CB)
-        tile = tl.load(counts_ptr + c[:, None] * E_PAD + e_idx[None, :], mask=c[:, None] < num_chunks, other=0)
-        counts += tl.sum(tile, axis=0)
-    running = _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD)
-    for c0 in range(0, num_chunks, CB):
-        c = c0 + tl.arange(0, CB)
+def _align_scan_kernel(counts_ptr, base_ptr, totals_ptr, num_chunks, E_PAD: tl.constexpr, ROWS: tl.constexpr,
+                       COLS: tl.constexpr):
+    """Program p scans experts [p COLS, (p + 1) COLS) down the chunks: ``base[c, e]`` = slots of expert e in
+    chunks before c (the chunk's offset inside the expert's run), ``totals[e]`` = all of expert e's slots."""
+    cols = tl.program_id(0) * COLS + tl.arange(0, COLS)
+    running = tl.zeros([COLS], dtype=tl.int32)
+    for c0 in range(0, num_chunks, ROWS):
+        c = c0 + tl.arange(0, ROWS)
         cmask = c[:, None] < num_chunks
-        tile = tl.load(counts_ptr + c[:, None] * E_PAD + e_idx[None, :], mask=cmask, other=0)
-        excl = tl.cumsum(tile, axis=0) - tile
-        tl.store(base_ptr + c[:, None] * E_PAD + e_idx[None, :], running[None, :] + excl, mask=cmask)
+        offs = c[:, None] * E_PAD + cols[None, :]
+        tile = tl.load(counts_ptr + offs, mask=cmask, other=0)
+        tl.store(base_ptr + offs, running[None, :] + tl.cumsum(tile, axis=0) - tile, mask=cmask)
         running += tl.sum(tile, axis=0)
+    tl.store(totals_ptr + cols, running)
 
 
 @triton.jit
-def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, sorted_ptr, expert_ids_ptr, N, E, n_map,
-                          HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CHUNK_: tl.constexpr):
+def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, totals_ptr, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, n_map,
+                          max_blocks, HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
+                          CHUNK_: tl.constexpr):
     pid = tl.program_id(0)
+    counts = tl.load(totals_ptr + tl.arange(0, E_PAD))
+    if pid == 0:  # the used length, the unused blocks' owners, the padding slots
+        pad_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD)
+    else:
+        _, pad_off, _ = _padded_starts(counts, E, BLOCK_M, E_PAD)
     offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
     ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
     valid = ids < E
-    base = tl.load(base_ptr + pid * E_PAD + ids, mask=valid, other=0)
+    start = tl.gather(pad_off, tl.where(valid, ids, 0), 0)
+    base = start + tl.load(base_ptr + pid * E_PAD + ids, mask=valid, other=0)
     _store_slots(sorted_ptr, expert_ids_ptr, base + _rank_in_chunk(ids, CHUNK_), ids, offs, E, BLOCK_M)
 
 
@@ -218,11 +234,13 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
         base = torch.empty_like(counts)
         _align_count_kernel[(num_chunks,)](flat, emap, counts, n, num_experts, n_map, HAS_MAP=has_map,
                                            E_PAD=e_pad, CHUNK_=CHUNK, num_warps=4)
-        _align_offsets_kernel[(1,)](counts, base, sorted_ids, expert_ids, npp, n, num_experts, max_blocks,
-                                    num_chunks, BLOCK_M=block_m, E_PAD=e_pad, CB=64, num_warps=8)
-        _align_scatter_kernel[(num_chunks,)](flat, emap, base, sorted_ids, expert_ids, n, num_experts, n_map,
-                                             HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=CHUNK,
-                                             num_warps=8)
+        totals = torch.empty((e_pad,), dtype=torch.int32, device=device)
+        cols = min(SCAN_COLS, e_pad)
+        _align_scan_kernel[(e_pad // cols,)](counts, base, totals, num_chunks, E_PAD=e_pad, ROWS=SCAN_ROWS, COLS=cols,
+                                             num_warps=4)
+        _align_scatter_kernel[(num_chunks,)](flat, emap, base, totals, sorted_ids, expert_ids, npp, n, num_experts,
+                                             n_map, max_blocks, HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad,
+                                             CHUNK_=CHUNK, num_warps=8)
     return sorted_ids, expert_ids, npp
 
 
