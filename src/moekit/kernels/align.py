@@ -29,8 +29,10 @@ SINGLE_MAX = 256  # up to this many slots, one program may do the whole alignmen
 SINGLE_TILE = 16384
 CHUNK = 128  # slots per program in the multi-program path
 #: The column scan's tile: ``SCAN_ROWS`` chunks x ``SCAN_COLS`` experts per step, E_PAD / SCAN_COLS programs. It
-#: replaced one program that ran through the whole [chunks, E_PAD] table twice (totals, then offsets): 20.2 us of
-#: the Qwen3 M=4096 forward (256 chunks x 128 experts; ``bench_moe_profile_H100_session12.log``).
+#: replaced one program that ran through the whole [chunks, E_PAD] table twice (totals, then offsets). The three
+#: launches, H100, CUDA-graph replay (``benchmarks/bench_align.py``, ``bench_align_H100_session14.json``), before
+#: -> after: Qwen3 (E=128, k=8) M=1024 / 4096 / 16384 13.3 / 30.1 / 103.3 -> 11.8 / 14.2 / 43.0 us; DeepSeek-V3
+#: (E=256) 16.3 / 33.9 / 107.9 -> 12.4 / 14.9 / 44.3; Mixtral (E=8, k=2) 10.0 / 10.2 / 15.2 -> 8.4 / 8.5 / 11.7.
 SCAN_ROWS = 256
 SCAN_COLS = 16
 #: The fused route-and-align kernel routes all tokens in its one program: at most this many [tokens, experts]

@@ -1,0 +1,66 @@
+"""The multi-program alignment alone (``moekit.kernels.align.align_triton``: count, scan, scatter) as CUDA-graph
+replay (median), at prefill sizes of the benchmark shapes with the BLOCK_M their tuned configs use; optionally
+against another version of the module (``--against FILE``, e.g. ``git show REV:src/moekit/kernels/align.py``),
+arms interleaved, best of ``--rounds``. Each point is checked equal to the PyTorch alignment. GPU only.
+
+    PYTHONPATH=src python3 benchmarks/bench_align.py [--m 256,1024,4096,16384] [--against old_align.py] [--out F]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+
+import torch
+import triton
+
+import moekit.kernels.align as ka
+from moekit.align import align_torch, max_blocks
+from moekit.bench import _median_us
+from moekit.configs import get_config
+from moekit.shapes import SHAPES
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--m", default="256,1024,4096,16384")
+    ap.add_argument("--shapes", default="qwen3_30b_a3b,dsv3,mixtral8x7b")
+    ap.add_argument("--against", default=None, help="a file holding another align_triton")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    arms = {"shipped": ka}
+    if args.against:
+        spec = importlib.util.spec_from_file_location("moekit_align_against", args.against)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        arms["against"] = mod
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "points": []}
+    print(res, flush=True)
+    for name in args.shapes.split(","):
+        s = SHAPES[name]
+        for m in [int(v) for v in args.m.split(",")]:
+            bm = get_config(s.E, s.I, s.H, s.top_k, m, torch.bfloat16).BLOCK_SIZE_M
+            ids = torch.stack([torch.randperm(s.E, device="cuda")[:s.top_k] for _ in range(m)]).int()
+            nb = max_blocks(ids.numel(), s.E, bm)
+            ref = align_torch(ids, s.E, bm)
+            n = int(ref.num_padded)
+            best = {}
+            for arm, mod in arms.items():
+                srt, _, npp = mod.align_triton(ids, s.E, bm, nb)
+                assert int(npp) == n and torch.equal(srt[:n], ref.sorted_ids[:n]), (arm, name, m)
+            for _ in range(args.rounds):
+                for arm, mod in arms.items():
+                    t = _median_us(lambda mod=mod: mod.align_triton(ids, s.E, bm, nb))
+                    best[arm] = min(best.get(arm, float("inf")), t)
+            res["points"].append({"shape": name, "M": m, "E": s.E, "top_k": s.top_k, "block_m": bm, "us": best})
+            print(f"{name:14s} M={m:6d} E={s.E:3d} k={s.top_k} BM={bm:3d}  "
+                  + "  ".join(f"{a} {t:7.2f} us" for a, t in best.items()), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
