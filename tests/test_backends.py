@@ -135,16 +135,18 @@ def test_issue_cases(triton_importable):
     assert e.value.requested == "triton" and set(e.value.reasons) == {"triton", "torch", "vllm"}
 
 
-@pytest.mark.parametrize("block, ok", [((128, 128), True), ((64, 32), True), ((128, 16), True), ((16, 64), True),
+@pytest.mark.parametrize("block, ok", [((128, 128), True), ((64, 32), True), ((128, 16), False), ((16, 64), True),
                                        ((128, 8), False), ((128, 96), False), ((48, 48), False), ((128, 1), False)])
 def test_triton_declines_block_k_it_cannot_take(block, ok, triton_importable):
-    """Block-scaled GEMM K steps must lie inside one scale block and be >= 16 deep: K sides that are not a
-    power of two >= 16 go to torch (they gave wrong results or compile errors), with the reason."""
+    """Block-scaled GEMM K steps must lie inside one scale block and be as deep as an 8-bit tl.dot (32): K sides
+    that are not a power of two >= 32 go to torch (they gave wrong results or compile errors), with the reason.
+    Kernels that widen the weight first (the dense router's weight-only paths) take 16."""
     scheme = Q.fp8_block(*block)
     assert bool(B.triton_kernel_limits(scheme)) == ok
+    assert bool(B.triton_kernel_limits(scheme, mma_8bit=False)) == (ok or block == (128, 16))
     assert B.select_backend(scheme, "h100").name == ("triton" if ok else "torch")
     if not ok:
-        with pytest.raises(B.NoBackendError, match="power of two >= 16 along K"):
+        with pytest.raises(B.NoBackendError, match="power of two >= 32 along K"):
             B.select_backend(scheme, "h100", prefer="triton")
     assert B.triton_kernel_limits(Q.int4_weight_only(8))  # weight-only groups are unaffected
 

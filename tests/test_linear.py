@@ -293,6 +293,20 @@ def test_cuda_graph_capture(path):
     assert_close_to_reference(out, _ref(x, w, b), "bf16", name=f"graph {path}")
 
 
+def test_w8a8_needs_scale_blocks_as_deep_as_the_fp8_mma():
+    """An fp8 block weight whose K blocks are 16 wide: triton_w8a8 would step K by 16 and an fp8 x fp8 tl.dot needs
+    32 (a compile error on the GPU, found by the property test on the H200). The router does not pick it (the
+    weight-only Triton GEMM serves instead), and forcing it raises naming the reason."""
+    scheme = QuantScheme.fp8_block(128, 16)
+    dtype = torch.bfloat16 if HAS_GPU else torch.float16
+    assert select_path(64, 256, 256, dtype, scheme, device=DEVICE)[0] != "triton_w8a8"
+    q, scale, deq = _fp8_weight(96, 80, scheme, _gen())
+    x = _rand((40, 80), dtype, _gen())
+    with pytest.raises(MoEInputError, match="power of two >= 32 along K"):
+        linear_path("triton_w8a8", x, q, quant=scheme, weight_scale=scale)
+    assert_close_to_reference(linear(x, q, quant=scheme, weight_scale=scale), _ref(x, deq, None), KEYS[dtype])
+
+
 @pytest.mark.skipif(HAS_GPU, reason="CPU tensors: Triton's interpreter")
 def test_cpu_bf16_never_takes_a_triton_path():
     """Triton's CPU interpreter computes bf16 wrongly: the router keeps bf16 on torch there, and forcing a

@@ -276,6 +276,10 @@ def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype
         return False, f"{path} serves M <= {_MAX_M[path]}"
     if path == "triton_w8a8" and not scheme.is_quantized:
         return False, "triton_w8a8 needs fp8 weights"
+    if path == "triton_w8a8":
+        ok, why = triton_kernel_limits(scheme)
+        if not ok:
+            return False, f"triton_w8a8 (fp8 x fp8 in K steps inside one scale block): {why}"
     from moekit.platform import has_feature, interpreter_runs, platform_of
 
     if envs.optional_import("triton", "moekit.linear Triton paths", "using torch") is None:
@@ -395,8 +399,8 @@ def _validate(x, weight, bias, scheme: QuantScheme, weight_scale):
     K = weight.shape[1]
     if scheme.granularity == "block":
         bn, bk = scheme.block_shape
-        check_arg(bool(triton_kernel_limits(scheme)), "quant", "block_shape with block_k a power of two >= 16",
-                  scheme.block_shape)
+        check_arg(bool(triton_kernel_limits(scheme, mma_8bit=False)), "quant",
+                  "block_shape with block_k a power of two >= 16", scheme.block_shape)
         want = (-(-N // bn), -(-K // bk))
         check_arg(tuple(weight_scale.shape) == want, "weight_scale", f"shape {list(want)} for {scheme.name}",
                   list(weight_scale.shape))

@@ -815,7 +815,7 @@ def spec_from_args(args: argparse.Namespace) -> TuneSpec:
         from moekit.quant import QuantScheme
 
         check_arg(min(bs) >= 1 and triton_kernel_limits(QuantScheme.fp8_block(*bs)), "block-shape",
-                  "BN >= 1 and BK a power of two >= 16 (the Triton block-scaled GEMMs' K steps)", list(bs))
+                  "BN >= 1 and BK a power of two >= 32 (the Triton block-scaled GEMMs' K steps)", list(bs))
     bad = [m for m in (getattr(args, "batch_sizes", None) or ()) if m < 1]
     check_arg(not bad, "batch-sizes", "batch sizes >= 1", bad)
     if args.model:
