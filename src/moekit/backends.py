@@ -115,19 +115,20 @@ class Backend:
         return f"<moekit backend {self.name!r} priority={self.priority}>"
 
 
-#: The least K depth of a Triton ``tl.dot`` on 8-bit operands (fp8 / int8) on NVIDIA GPUs: Triton rejects shallower
-#: ones at compile time ("K >= 32"). Kernels that step K inside one scale block need blocks at least this wide.
+#: The least K depth of a Triton ``tl.dot`` on 8-bit operands (fp8 / int8): Triton rejects shallower ones at compile
+#: time on NVIDIA GPUs ("K >= 32"); moekit applies it on every device. Kernels that step K inside one scale block
+#: need blocks at least this wide.
 MMA_MIN_K_8BIT = 32
 
 
 def triton_kernel_limits(scheme: QuantScheme, mma_8bit: bool = True) -> Verdict:
     """Scheme parameters moekit's Triton kernels cannot take on any device: a w8a8 block whose K side is not a
-    power of two >= 16 (each K step of the block-scaled GEMMs must lie inside one scale block, and a
-    ``tl.dot`` is at least 16 deep; other blocks gave wrong results or compile errors). ``mma_8bit``: the kernels
-    multiply 8-bit activations by the 8-bit weights in those K steps (the MoE GEMMs, the dense router's
-    ``triton_w8a8``), so the K side must also be at least :data:`MMA_MIN_K_8BIT` (a 16-wide block compiled
-    nowhere but in the interpreter: found by the property test on the H200, session 14); False for kernels that
-    widen the weight to the activation dtype first."""
+    power of two >= 32, or >= 16 without ``mma_8bit`` (each K step of the block-scaled GEMMs must lie inside one
+    scale block, and a ``tl.dot`` is at least 16 deep; other blocks gave wrong results or compile errors).
+    ``mma_8bit``: the kernels multiply 8-bit activations by the 8-bit weights in those K steps (the MoE GEMMs,
+    the dense router's ``triton_w8a8``), so the K side must also be at least :data:`MMA_MIN_K_8BIT` (a 16-wide
+    block compiled nowhere but in the interpreter: found by the property test on the H200, session 14); False
+    for kernels that widen the weight to the activation dtype first."""
     if scheme.granularity == "block" and not scheme.weight_only:
         bk = scheme.block_shape[1]
         least = MMA_MIN_K_8BIT if mma_8bit else 16
