@@ -327,11 +327,15 @@ def test_block_fp8_default_keeps_block_m_at_64():
 @pytest.mark.parametrize("dtype", ["fp8_w8a8", "int8_w8a8", torch.float8_e4m3fn, torch.int8])
 def test_eight_bit_default_uses_128_byte_k_steps(dtype):
     """Per-tensor / per-channel 8-bit w8a8 from 32 tokens per expert: BLOCK_K 128 (what every tuned mixtral
-    fp8 entry chose on H100 and H200); bf16 keeps 64 and decode shapes are shared."""
+    fp8 entry chose on H100 and H200); bf16 keeps 64. Up to 8 tokens per expert 256-byte K steps, 2 stages (the
+    H100 tuner's pick for Mixtral fp8 and Qwen3 fp8 per channel there) from 16 slots, where bf16 takes 128 (256
+    bytes too); fewer slots keep the bf16-shaped 4-deep pipeline."""
     E, k = 8, 2  # mixtral: tokens per expert = M / 4
     assert default_config(128, E, 14336, 4096, k, dtype).short() == "M64 N64 K128 G16 w4 s4"
     assert default_config(4096, E, 14336, 4096, k, dtype).short() == "M128 N128 K128 G16 w8 s4"
     assert default_config(4096, E, 14336, 4096, k, torch.bfloat16).BLOCK_SIZE_K == 64
+    assert default_config(8, E, 14336, 4096, k, dtype).short() == "M16 N64 K256 G1 w4 s2"
+    assert default_config(8, E, 14336, 4096, k, torch.bfloat16).short() == "M16 N64 K128 G1 w4 s4"
     assert default_config(1, E, 14336, 4096, k, dtype) == default_config(1, E, 14336, 4096, k, torch.bfloat16)
 
 

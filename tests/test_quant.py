@@ -314,7 +314,10 @@ def test_missing_gluon_keeps_the_triton_kernels(monkeypatch, caplog):
     import moekit.envs
     import moekit.quant.triton_moe as tq
 
-    monkeypatch.setitem(sys.modules, "moekit.kernels.moe_gemm_sm90", None)  # the import fails
+    import moekit.kernels
+
+    monkeypatch.setitem(sys.modules, "moekit.kernels.moe_gemm_sm90", None)  # the import fails ...
+    monkeypatch.delattr(moekit.kernels, "moe_gemm_sm90", raising=False)  # ... also after an earlier test imported it
     monkeypatch.setattr(moekit.envs, "_warned", set())
     tq.gluon_kernels.cache_clear()
     try:

@@ -95,7 +95,13 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     slower on an H100, ``benchmarks/results/configs_tuned_vs_default_*``) and BLOCK_K = 128 (one scale pair
     per K step). Per-tensor / per-channel 8-bit w8a8 from 32 tokens per expert: BLOCK_K = 128 (the same 128
     bytes per row as bf16's 64), as every entry of the tuned mixtral8x7b fp8 files chose (H100 and H200;
-    the old bf16-shaped default was 1.2-1.5x slower there, ``benchmarks/results/tune/``). mxfp4: what the
+    the old bf16-shaped default was 1.2-1.5x slower there, ``benchmarks/results/tune/``); up to 8 tokens per
+    expert and from 16 slots (M * top_k), 16x64x256 with 2 stages, the H100 tuner's pick for Mixtral-8x7B fp8
+    at M = 16 / 32 and for most of Qwen3-30B-A3B fp8 per channel's batch sizes there (session 14, against
+    16x64x128 with 4 stages: Qwen3 M = 2..128 1.03-1.10x, ``configs_tuned_vs_default_qwen3_fp8_channel_H100_``
+    ``session14.md`` then ``configs_tuned_vs_default_fp8_w8a8_new_default_H100_session14_{a,b}.md``); below 16
+    slots the 2-deep pipeline lost (Qwen3 M=1 37.9 against 34.9 us, Mixtral M=1 182.0 against 148.0 for the
+    tuned 5-deep one), so 16x64x128 with 4 stages stays there. int8 w8a8 unmeasured. mxfp4: what the
     H100 tuning chose once the inline-PTX decode (Hopper, tiles of >= 32 rows,
     :func:`moekit.quant.triton_moe.mxfp4_ptx_decode`) took K steps of 64 and 128 codes: 32x64x128 up to 32
     tokens per expert, 64x128x64 up to 192, then 128x64x64. gpt-oss-20b on the H100, whole forward: M=16 / 64
@@ -121,8 +127,8 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
             return MoEKernelConfig(16, 128, 128, 64, 4, 3)
         return MoEKernelConfig(64, 128, 128, 32, 8, 4)
     if eight_bit:  # per-tensor / per-channel 8-bit operands
-        if per_expert <= 8:
-            return MoEKernelConfig(16, 64, 128, 1, 4, 4)
+        if per_expert <= 8:  # 256-byte K steps once there are programs enough to hide a 2-deep pipeline
+            return MoEKernelConfig(16, 64, 256, 1, 4, 2) if M * top_k >= 16 else MoEKernelConfig(16, 64, 128, 1, 4, 4)
         if per_expert < 32:
             return MoEKernelConfig(32, 64, 128, 1, 4, 4)
         if per_expert <= 96:
