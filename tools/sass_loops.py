@@ -170,8 +170,8 @@ def _linear_gemv_mma(args):
     return compile_sass(_gemv_mma_kernel, sig, consts, div, args.arch, args.warps)
 
 
-KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemv2_mxfp4": _gemv2_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4, "linear_gemv": _linear_gemv,
-           "linear_gemv_mma": _linear_gemv_mma,
+KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemv2_mxfp4": _gemv2_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4,
+           "linear_gemv": _linear_gemv, "linear_gemv_mma": _linear_gemv_mma,
            "gemm1_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 1),
            "gemm2_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 2)}
 

@@ -198,13 +198,10 @@ def fused_experts(
                                    w13_bias=w13_bias, w2_bias=w2_bias, act_quant=aq, inter_quant=iq)
     from moekit.triton_experts import fused_experts_triton
 
-    biases = dict(w13_bias=w13_bias, w2_bias=w2_bias, grouped_routing=_grouped_routing)
-    if scheme.is_quantized:
-        return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
-                                    activation=activation, quant=scheme, aligned=_aligned, config=_config, **biases,
-                                    **qargs)
+    # unquantized: quant is the "none" scheme and every qarg is None (checked above)
     return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation,
-                                aligned=_aligned, config=_config, **biases)
+                                aligned=_aligned, config=_config, quant=scheme, w13_bias=w13_bias, w2_bias=w2_bias,
+                                grouped_routing=_grouped_routing, **qargs)
 
 
 def fused_moe(

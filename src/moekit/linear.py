@@ -274,9 +274,9 @@ def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype
         return True, ""
     if M > _MAX_M.get(path, M):
         return False, f"{path} serves M <= {_MAX_M[path]}"
-    if path == "triton_w8a8" and not scheme.is_quantized:
-        return False, "triton_w8a8 needs fp8 weights"
     if path == "triton_w8a8":
+        if not scheme.is_quantized:
+            return False, "triton_w8a8 needs fp8 weights"
         ok, why = triton_kernel_limits(scheme)
         if not ok:
             return False, f"triton_w8a8 (fp8 x fp8 in K steps inside one scale block): {why}"

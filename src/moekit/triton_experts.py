@@ -51,8 +51,9 @@ def fused_experts_triton(
 ) -> torch.Tensor:
     """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. ``config`` overrides
     the looked-up :class:`~moekit.configs.MoEKernelConfig` (the tuner uses it; it also keeps the grouped
-    GEMMs at decode sizes, where the GEMV kernels would otherwise serve). ``quant`` (a quantized
-    QuantScheme) with ``qargs`` (w13_scale, w2_scale, w13_zero, w2_zero, a13_scale, a2_scale): see
+    GEMMs at decode sizes, where the GEMV kernels would otherwise serve). ``quant`` (a QuantScheme;
+    None or an unquantized one runs the plain kernels) with ``qargs`` (w13_scale, w2_scale, w13_zero, w2_zero,
+    a13_scale, a2_scale; all None unquantized): see
     :func:`moekit.quant.triton_moe.fused_experts_triton_quant`. ``aligned``: the slots already aligned
     (the fused route-and-align decode path), used when its block size matches the config. ``w13_bias`` /
     ``w2_bias``: optional expert biases [E, 2I] / [E, H], contiguous last dimension. ``grouped_routing``: the ids
