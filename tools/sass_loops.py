@@ -109,14 +109,14 @@ def _gemm1_mxfp4(args):
 
     ptrs = {"x_ptr": "*bf16", "w_ptr": "*u8", "out_ptr": "*bf16", "sorted_ptr": "*i32", "experts_ptr": "*i32",
             "npp_ptr": "*i32", "a_scale_ptr": "*fp32", "b_scale_ptr": "*u8", "b_zero_ptr": "*u8",
-            "out_scale_ptr": "*fp32", "bias_ptr": "*bf16"}
+            "out_scale_ptr": "*fp32", "bias_ptr": "*bf16", "tiles_ptr": "*i32"}
     sig = {n: ptrs.get(n, "i32") for n in _moe_gemm1_kernel.arg_names}
     consts = {"stride_bsk": 1, "ACTIVATION": 0, "DOT_PRECISION": "tf32", "EVEN_K": not args.uneven_k,
               "BLOCK_M": args.block_m,
               "BLOCK_N": args.block_n, "BLOCK_K": args.block_k, "GROUP_M": 1, "QUANT": 5, "INT_ACC": False,
               "HAS_ZERO": False, "GROUP_N": 1, "GROUP_K": 32, "SCALE_TILE": False, "OUT_QUANT": 0, "QKIND": 0,
               "QMAX": 448.0, "EMIN": -6, "MX_DOT": args.mx_dot, "A_FMT": "bf16", "HAS_BIAS": False,
-              "MX_ASM": args.mx_asm}
+              "MX_ASM": args.mx_asm, "TAILS": 0}
     div = ["x_ptr", "w_ptr", "out_ptr", "sorted_ptr", "experts_ptr", "npp_ptr", "b_scale_ptr", "I", "K",
            "stride_xm", "stride_we", "stride_wn", "stride_om", "up_offset", "stride_bse"]  # gpt-oss-20b
     return compile_sass(_moe_gemm1_kernel, sig, consts, div, args.arch, args.warps, args.stages)

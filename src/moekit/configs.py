@@ -154,6 +154,30 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     return config
 
 
+#: Smallest tail tile the grouped GEMMs run (:mod:`moekit.align` tail tiles) as a fraction of BLOCK_SIZE_M (never
+#: under 16 rows), and the BLOCK_SIZE_M from which they are used. Measured on the H100, whole forward, arms
+#: interleaved (``benchmarks/ab_tail_tiles.py``, ``ab_tail_tiles_H100_session15.json``), no tails / down to 16 /
+#: down to 32 rows: Qwen3-30B-A3B bf16 M=1024 / 2048 / 4096 513.2 / 625.6 / 948.2 -> 507.8 / 595.7 / 896.9 (16) and
+#: 507.8 / 606.0 / 902.6 us (32); fp8 per channel M=4096 668.2 -> 630.3; int8 weight-only M=1024 / 4096 509.6 /
+#: 1299.5 -> 485.0 / 1214.1; gpt-oss-20b mxfp4 M=4096 2929.2 -> 2854.2; Mixtral fp8 per tensor M=1024 1072.8 ->
+#: 1039.9; Mixtral bf16 M=1024 / 4096 and Qwen3 M=256 / 512 within 0.1 %. No point slower. A tail tile still
+#: streams the expert's whole weight tile for its few rows (a 16-row tail costs about 3/4 of a 128-row tile at
+#: Qwen3 M=4096: ``probe_tails_H100_session15.json``), so the gain is about a third of the padding removed.
+TAIL_TILE_DIVISOR = 8
+TAIL_TILE_MIN_BLOCK_M = 64
+
+
+def tail_tile(config: MoEKernelConfig) -> int:
+    """``min_tile`` for :func:`moekit.align.moe_align_block_size` under ``config`` (the one rule): each
+    expert's last tile shrinks to as few as this many rows; ``BLOCK_SIZE_M`` means no tail tiles."""
+    from moekit.align import MIN_TAIL_TILE
+
+    bm = config.BLOCK_SIZE_M
+    if bm < TAIL_TILE_MIN_BLOCK_M:
+        return bm
+    return max(MIN_TAIL_TILE, bm // TAIL_TILE_DIVISOR)
+
+
 def shared_memory_bytes(config: MoEKernelConfig, elem_bytes: int) -> int:
     """Shared memory the pipelined GEMM 1 needs (the larger of the two GEMMs: one A tile and two weight
     tiles, gate and up, per stage)."""

@@ -14,7 +14,7 @@ import torch
 
 from moekit import envs
 from moekit.align import AlignedSlots, moe_align_block_size
-from moekit.configs import get_config
+from moekit.configs import get_config, tail_tile
 from moekit.kernels.moe_gemm import moe_gemm1, moe_gemm2
 from moekit.kernels.moe_gemv import gemv_applies, gemv_supports, moe_gemv
 from moekit.kernels.moe_sum import moe_sum
@@ -85,17 +85,15 @@ def fused_experts_triton(
     if config is None:
         config = get_config(e, i, h, top_k, m, x.dtype)
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:
-        aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
+        aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True,
+                                       min_tile=tail_tile(config))
+    args = (aligned.sorted_ids, aligned.expert_ids, aligned.num_padded)
+    tiles = dict(tile_rows=aligned.tile_rows, min_tile=aligned.min_tile)
     inter = torch.empty((aligned.sorted_ids.numel(), i), dtype=x.dtype, device=x.device)
-    moe_gemm1(x, w13, inter, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, top_k, config, activation,
-              bias=w13_bias)
+    moe_gemm1(x, w13, inter, *args, top_k, config, activation, bias=w13_bias, **tiles)
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
-    if top_k == 1 and expert_map is None:
-        # every slot is a token and every token is written: GEMM 2 writes the output directly
-        moe_gemm2(inter, w2, out, topk_weights, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, config,
-                  bias=w2_bias)
-        return out
-    y = torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
-    moe_gemm2(inter, w2, y, topk_weights, aligned.sorted_ids, aligned.expert_ids, aligned.num_padded, config,
-              bias=w2_bias)
-    return moe_sum(y, out, topk_ids, e, expert_map)
+    # top_k 1 without a map: every slot is a token and every token is written, so GEMM 2 writes the output
+    direct = top_k == 1 and expert_map is None
+    y = out if direct else torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
+    moe_gemm2(inter, w2, y, topk_weights, *args, config, bias=w2_bias, **tiles)
+    return out if direct else moe_sum(y, out, topk_ids, e, expert_map)

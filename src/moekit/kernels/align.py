@@ -87,62 +87,99 @@ def _rank_in_chunk(ids, CHUNK_: tl.constexpr):
 
 
 @triton.jit
-def _store_slots(sorted_ptr, expert_ids_ptr, dest, ids, slots, E, BLOCK_M: tl.constexpr):
-    """Each routed lane writes its slot at ``dest`` and its expert as the owner of the block holding ``dest``
-    (lanes of one block write the same value)."""
+def _tile_rows(counts, BLOCK_M: tl.constexpr, MIN_TILE: tl.constexpr):
+    """Rows of the last tile of runs of ``counts`` (>= 1) slots: the smallest of BLOCK_M, BLOCK_M / 2, ...,
+    MIN_TILE that holds the run's remainder past its full BLOCK_M tiles (BLOCK_M when MIN_TILE == BLOCK_M)."""
+    rest = counts - (tl.maximum(counts - 1, 0) // BLOCK_M) * BLOCK_M
+    rows = tl.zeros_like(counts) + BLOCK_M
+    for s in tl.static_range(1, 8):
+        if (BLOCK_M >> s) >= MIN_TILE:
+            rows = tl.where(rest <= (BLOCK_M >> s), BLOCK_M >> s, rows)
+    return rows
+
+
+@triton.jit
+def _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, dest, start, tile0, count, ids, slots, E,
+                 BLOCK_M: tl.constexpr, MIN_TILE: tl.constexpr):
+    """Each routed lane writes its slot at ``dest`` and, for the tile holding ``dest`` (of its expert's run at
+    ``start``, ``count`` slots, tiles from ``tile0``), the tile's owner expert and, with tail tiles
+    (MIN_TILE < BLOCK_M), its first row plus log2(BLOCK_M / its rows). Lanes of one tile write the same values.
+    Without tail tiles tile ``tile0 + j`` is block ``dest // BLOCK_M``: runs start at multiples of BLOCK_M."""
     valid = ids < E
     tl.store(sorted_ptr + dest, slots, mask=valid)
-    tl.store(expert_ids_ptr + dest // BLOCK_M, ids, mask=valid)
+    j = (dest - start) // BLOCK_M
+    tl.store(expert_ids_ptr + tile0 + j, ids, mask=valid)
+    if MIN_TILE < BLOCK_M:
+        last = j == (count - 1) // BLOCK_M
+        rows = tl.where(last, _tile_rows(count, BLOCK_M, MIN_TILE), BLOCK_M)
+        code = tl.zeros_like(rows)
+        for s in tl.static_range(1, 8):
+            if (BLOCK_M >> s) >= MIN_TILE:
+                code = tl.where(rows == (BLOCK_M >> s), s, code)
+        tl.store(tiles_ptr + tile0 + j, start + j * BLOCK_M + code, mask=valid)
 
 
 @triton.jit
-def _padded_starts(counts, E, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
-    """From per-expert slot counts [E_PAD]: each expert's run padded to BLOCK_M, its start, and the used length."""
+def _padded_starts(counts, E, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, MIN_TILE: tl.constexpr):
+    """From per-expert slot counts [E_PAD]: each expert's run padded (full BLOCK_M tiles, the last one shrunk to
+    :func:`_tile_rows`), its start, the used length, each expert's first tile and the tiles used."""
     e_idx = tl.arange(0, E_PAD)
-    padded = tl.where(e_idx < E, tl.cdiv(counts, BLOCK_M) * BLOCK_M, 0)
-    return padded, tl.cumsum(padded, axis=0) - padded, tl.sum(padded, axis=0)
+    used = (e_idx < E) & (counts > 0)
+    tiles = tl.where(used, tl.cdiv(counts, BLOCK_M), 0)
+    if MIN_TILE < BLOCK_M:
+        padded = tl.where(used, (tiles - 1) * BLOCK_M + _tile_rows(counts, BLOCK_M, MIN_TILE), 0)
+    else:
+        padded = tiles * BLOCK_M
+    return (padded, tl.cumsum(padded, axis=0) - padded, tl.sum(padded, axis=0), tl.cumsum(tiles, axis=0) - tiles,
+            tl.sum(tiles, axis=0))
 
 
 @triton.jit
-def _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
-                   BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
-    """From per-expert counts: padded offsets, the used length, -1 for the unused tail of the block->expert
-    table, padding slots set to N. Returns the offsets. The owners of used blocks are written by the lanes
-    themselves (:func:`_store_slots`): every used block holds at least one real slot."""
+def _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
+                   BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, MIN_TILE: tl.constexpr):
+    """From per-expert counts: padded offsets, the used length, -1 for the unused tail of the tile->expert
+    table (and of the tile rows), padding slots set to N. Returns the runs' starts and first tiles. The owners
+    of used tiles are written by the lanes themselves (:func:`_store_slots`): every tile holds a real slot."""
     e_idx = tl.arange(0, E_PAD)
-    padded, pad_off, total = _padded_starts(counts, E, BLOCK_M, E_PAD)
+    padded, pad_off, total, tile_off, used_tiles = _padded_starts(counts, E, BLOCK_M, E_PAD, MIN_TILE)
     tl.store(npp_ptr, total)
-    for b0 in range(total // BLOCK_M, max_blocks, 64):
+    for b0 in range(used_tiles, max_blocks, 64):
         b = b0 + tl.arange(0, 64)
         tl.store(expert_ids_ptr + b, tl.full([64], -1, tl.int32), mask=b < max_blocks)
-    # padding slots of each expert's last block
+        if MIN_TILE < BLOCK_M:
+            tl.store(tiles_ptr + b, tl.full([64], -1, tl.int32), mask=b < max_blocks)
+    # padding slots of each expert's last tile
     fill = tl.where(e_idx < E, padded - counts, 0)
     for j0 in range(0, BLOCK_M, 16):
         j = j0 + tl.arange(0, 16)
         pos = (pad_off + counts)[:, None] + j[None, :]
         tl.store(sorted_ptr + pos, tl.zeros([E_PAD, 16], dtype=tl.int32) + N, mask=j[None, :] < fill[:, None])
-    return pad_off
+    return pad_off, tile_off
 
 
 @triton.jit
-def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks,
-                 BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, LANES: tl.constexpr):
+def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
+                 BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, LANES: tl.constexpr, MIN_TILE: tl.constexpr):
     """Whole alignment in one program. ``ids`` [LANES]: local expert of each lane (E: not routed here);
     ``slots``: the slot id each lane stands for, lanes in increasing slot order (so the sort is stable)."""
     counts = tl.histogram(ids, E_PAD, mask=ids < E)
-    pad_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD)
-    e_idx = tl.arange(0, E_PAD)
-    base = tl.sum(tl.where(e_idx[None, :] == ids[:, None], pad_off[None, :], 0), axis=1)
-    _store_slots(sorted_ptr, expert_ids_ptr, base + _rank_in_chunk(ids, LANES), ids, slots, E, BLOCK_M)
+    pad_off, tile_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
+                                       BLOCK_M, E_PAD, MIN_TILE)
+    mine = tl.arange(0, E_PAD)[None, :] == ids[:, None]
+    start = tl.sum(tl.where(mine, pad_off[None, :], 0), axis=1)
+    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, start + _rank_in_chunk(ids, LANES), start,
+                 tl.sum(tl.where(mine, tile_off[None, :], 0), axis=1), tl.sum(tl.where(mine, counts[None, :], 0), axis=1),
+                 ids, slots, E, BLOCK_M, MIN_TILE)
 
 
 @triton.jit
-def _align_single_kernel(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, n_map, max_blocks,
+def _align_single_kernel(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, n_map, max_blocks,
                          HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
-                         CHUNK_: tl.constexpr):
+                         CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr):
     offs = tl.arange(0, CHUNK_)
     ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
-    _align_lanes(ids, offs, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD, CHUNK_)
+    _align_lanes(ids, offs, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD, CHUNK_,
+                 MIN_TILE)
 
 
 @triton.jit
@@ -165,7 +202,8 @@ def _route_align_kernel(logits_ptr, map_ptr, w_ptr, ids_ptr, sorted_ptr, expert_
     ids = tl.where(valid & (ids >= 0) & (ids < E), ids, E)
     slots = rows[:, None] * TOP_K + kk[None, :]
     _align_lanes(tl.reshape(ids, [T_PAD * K_PAD]), tl.reshape(slots, [T_PAD * K_PAD]), sorted_ptr,
-                 expert_ids_ptr, npp_ptr, M * TOP_K, E, max_blocks, BLOCK_M, E_PAD, T_PAD * K_PAD)
+                 expert_ids_ptr, expert_ids_ptr, npp_ptr, M * TOP_K, E, max_blocks, BLOCK_M, E_PAD, T_PAD * K_PAD,
+                 BLOCK_M)
 
 
 @triton.jit
@@ -195,31 +233,37 @@ def _align_scan_kernel(counts_ptr, base_ptr, totals_ptr, num_chunks, E_PAD: tl.c
 
 
 @triton.jit
-def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, totals_ptr, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, n_map,
-                          max_blocks, HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
-                          CHUNK_: tl.constexpr):
+def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, totals_ptr, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N,
+                          E, n_map, max_blocks, HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
+                          CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr):
     pid = tl.program_id(0)
     counts = tl.load(totals_ptr + tl.arange(0, E_PAD))
-    if pid == 0:  # the used length, the unused blocks' owners, the padding slots
-        pad_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD)
+    if pid == 0:  # the used length, the unused tiles' owners, the padding slots
+        pad_off, tile_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
+                                           BLOCK_M, E_PAD, MIN_TILE)
     else:
-        _, pad_off, _ = _padded_starts(counts, E, BLOCK_M, E_PAD)
+        _, pad_off, _, tile_off, _ = _padded_starts(counts, E, BLOCK_M, E_PAD, MIN_TILE)
     offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
     ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
     valid = ids < E
-    start = tl.gather(pad_off, tl.where(valid, ids, 0), 0)
+    own = tl.where(valid, ids, 0)
+    start = tl.gather(pad_off, own, 0)
     base = start + tl.load(base_ptr + pid * E_PAD + ids, mask=valid, other=0)
-    _store_slots(sorted_ptr, expert_ids_ptr, base + _rank_in_chunk(ids, CHUNK_), ids, offs, E, BLOCK_M)
+    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, base + _rank_in_chunk(ids, CHUNK_), start,
+                 tl.gather(tile_off, own, 0), tl.gather(counts, own, 0), ids, offs, E, BLOCK_M, MIN_TILE)
 
 
 def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blocks: int,
-                 expert_map: torch.Tensor | None = None):
-    """Launch the alignment kernels. See :func:`moekit.align.moe_align_block_size` for the contract."""
+                 expert_map: torch.Tensor | None = None, min_tile: int | None = None):
+    """Launch the alignment kernels. See :func:`moekit.align.moe_align_block_size` for the contract. Returns
+    (sorted_ids, expert_ids, tile_rows or None without tail tiles, num_padded)."""
     device = topk_ids.device
     n = topk_ids.numel()
     flat = topk_ids.reshape(-1)
+    min_tile = block_m if min_tile is None else min_tile
     sorted_ids = torch.empty((max_blocks * block_m,), dtype=torch.int32, device=device)
     expert_ids = torch.empty((max_blocks,), dtype=torch.int32, device=device)
+    tiles = torch.empty((max_blocks,), dtype=torch.int32, device=device) if min_tile < block_m else expert_ids
     npp = torch.empty((1,), dtype=torch.int32, device=device)
     e_pad = expert_bins(num_experts)
     has_map = expert_map is not None
@@ -227,8 +271,8 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     n_map = expert_map.numel() if has_map else 0
     if align_single_applicable(n, num_experts):
         chunk = _single_chunk(n)
-        _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, npp, n, num_experts, n_map, max_blocks,
-                                   HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk,
+        _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, tiles, npp, n, num_experts, n_map, max_blocks,
+                                   HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk, MIN_TILE=min_tile,
                                    num_warps=warps_for(chunk * e_pad, 64))
     else:
         num_chunks = triton.cdiv(n, CHUNK)
@@ -240,10 +284,10 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
         cols = min(SCAN_COLS, e_pad)
         _align_scan_kernel[(e_pad // cols,)](counts, base, totals, num_chunks, E_PAD=e_pad, ROWS=SCAN_ROWS, COLS=cols,
                                              num_warps=4)
-        _align_scatter_kernel[(num_chunks,)](flat, emap, base, totals, sorted_ids, expert_ids, npp, n, num_experts,
-                                             n_map, max_blocks, HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad,
-                                             CHUNK_=CHUNK, num_warps=8)
-    return sorted_ids, expert_ids, npp
+        _align_scatter_kernel[(num_chunks,)](flat, emap, base, totals, sorted_ids, expert_ids, tiles, npp, n,
+                                             num_experts, n_map, max_blocks, HAS_MAP=has_map, BLOCK_M=block_m,
+                                             E_PAD=e_pad, CHUNK_=CHUNK, MIN_TILE=min_tile, num_warps=8)
+    return sorted_ids, expert_ids, tiles if min_tile < block_m else None, npp
 
 
 def _single_chunk(n: int) -> int:

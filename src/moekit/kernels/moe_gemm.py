@@ -198,11 +198,11 @@ def _weight_only_dot(acc, a, w0, w1, QUANT: tl.constexpr, BLOCK_M: tl.constexpr,
 
 
 @triton.jit
-def _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots, n_cols, BLOCK_M: tl.constexpr,
+def _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr, num_slots, n_cols, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr):
-    """One output tile of either GEMM: its rows of ``sorted`` (positions, slot ids, which are real slots),
-    its expert (int64) and its columns (and which are in range)."""
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    """One output tile of either GEMM: its rows of ``sorted`` from ``row0`` (positions, slot ids, which are real
+    slots), its expert (tile ``pid_m``'s, int64) and its columns (and which are in range)."""
+    offs_m = row0 + tl.arange(0, BLOCK_M)
     slot = tl.load(sorted_ptr + offs_m)
     expert = tl.load(experts_ptr + pid_m).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -231,26 +231,20 @@ def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride
 
 
 @triton.jit
-def _moe_gemm1_kernel(
-    x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, npp_ptr,
-    I, K, num_slots, top_k, num_pid_m,
-    stride_xm, stride_we, stride_wn, stride_om, up_offset,
-    ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None, out_scale_ptr=None,
-    stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0, stride_osm=0,
-    QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
+def _gemm1_tile(
+    row0, pid_m, pid_n, x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, I, K, num_slots, top_k, stride_xm, stride_we,
+    stride_wn, stride_om, up_offset, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, a_scale_ptr=None, b_scale_ptr=None,
+    b_zero_ptr=None, out_scale_ptr=None, stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
+    stride_osm=0, QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
-    OUT_QUANT: tl.constexpr = 0,
-    QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
-    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
+    OUT_QUANT: tl.constexpr = 0, QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", bias_ptr=None, stride_bias_e=0,
+    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False
 ):
-    pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(npp_ptr):
-        return
-    offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots,
-                                                                 I, BLOCK_M, BLOCK_N)
+    """One output tile of GEMM 1: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
+    offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
+                                                                 num_slots, I, BLOCK_M, BLOCK_N)
     token = (slot // top_k).to(tl.int64)
     offs_k = tl.arange(0, BLOCK_K)
     offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
@@ -367,24 +361,60 @@ def _moe_gemm1_kernel(
 
 
 @triton.jit
-def _moe_gemm2_kernel(
-    a_ptr, w_ptr, y_ptr, topk_w_ptr, sorted_ptr, experts_ptr, npp_ptr,
-    N, K, num_slots, num_pid_m,
-    stride_am, stride_we, stride_wn, stride_ym,
-    MUL_WEIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+def _moe_gemm1_kernel(
+    x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, npp_ptr,
+    I, K, num_slots, top_k, num_pid_m,
+    stride_xm, stride_we, stride_wn, stride_om, up_offset,
+    ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None,
-    stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
+    a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None, out_scale_ptr=None,
+    stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0, stride_osm=0,
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
-    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
+    OUT_QUANT: tl.constexpr = 0,
+    QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
+    tiles_ptr=None, TAILS: tl.constexpr = 0,
 ):
-    pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(npp_ptr):
-        return
-    offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(pid_m, pid_n, sorted_ptr, experts_ptr, num_slots,
-                                                                 N, BLOCK_M, BLOCK_N)
+    """GEMM 1 over the alignment's tiles: tile ``pid_m`` is rows [pid_m * BLOCK_M, + BLOCK_M) of ``sorted``
+    (``TAILS`` = 0), else it starts at ``tiles_ptr[pid_m] - h`` with ``BLOCK_M >> h`` rows, ``h = tiles_ptr[pid_m]
+    % 16`` <= ``TAILS`` (-1: unused tile). Each tile height is its own code path in this kernel."""
+    pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
+    if TAILS == 0:
+        if pid_m * BLOCK_M >= tl.load(npp_ptr):
+            return
+        row0 = pid_m * BLOCK_M
+        halvings = 0
+    else:
+        info = tl.load(tiles_ptr + pid_m)
+        if info < 0:
+            return
+        halvings = info % 16
+        row0 = info - halvings
+    for s in tl.static_range(0, TAILS + 1):
+        if halvings == s:
+            _gemm1_tile(row0, pid_m, pid_n, x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, I, K, num_slots, top_k,
+                stride_xm, stride_we, stride_wn, stride_om, up_offset, ACTIVATION, DOT_PRECISION, EVEN_K, BLOCK_M >> s,
+                BLOCK_N, BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, out_scale_ptr, stride_asm, stride_ask,
+                stride_bse, stride_bsn, stride_bsk, stride_osm, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE,
+                OUT_QUANT, QKIND, QMAX, EMIN, MX_DOT, A_FMT, bias_ptr, stride_bias_e, HAS_BIAS, MX_ASM)
+
+
+@triton.jit
+def _gemm2_tile(
+    row0, pid_m, pid_n, a_ptr, w_ptr, y_ptr, topk_w_ptr, sorted_ptr, experts_ptr, N, K, num_slots, stride_am,
+    stride_we, stride_wn, stride_ym, MUL_WEIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, a_scale_ptr=None, b_scale_ptr=None,
+    b_zero_ptr=None, stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0, QUANT: tl.constexpr = 0,
+    INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False, GROUP_N: tl.constexpr = 1,
+    GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False, MX_DOT: tl.constexpr = False,
+    A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1, bias_ptr=None, stride_bias_e=0,
+    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False
+):
+    """One output tile of GEMM 2: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
+    offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
+                                                                 num_slots, N, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
@@ -458,6 +488,45 @@ def _moe_gemm2_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _moe_gemm2_kernel(
+    a_ptr, w_ptr, y_ptr, topk_w_ptr, sorted_ptr, experts_ptr, npp_ptr,
+    N, K, num_slots, num_pid_m,
+    stride_am, stride_we, stride_wn, stride_ym,
+    MUL_WEIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    a_scale_ptr=None, b_scale_ptr=None, b_zero_ptr=None,
+    stride_asm=0, stride_ask=0, stride_bse=0, stride_bsn=0, stride_bsk=0,
+    QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
+    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
+    MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
+    tiles_ptr=None, TAILS: tl.constexpr = 0,
+):
+    """GEMM 2 over the alignment's tiles: tile ``pid_m`` is rows [pid_m * BLOCK_M, + BLOCK_M) of ``sorted``
+    (``TAILS`` = 0), else it starts at ``tiles_ptr[pid_m] - h`` with ``BLOCK_M >> h`` rows, ``h = tiles_ptr[pid_m]
+    % 16`` <= ``TAILS`` (-1: unused tile). Each tile height is its own code path in this kernel."""
+    pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
+    if TAILS == 0:
+        if pid_m * BLOCK_M >= tl.load(npp_ptr):
+            return
+        row0 = pid_m * BLOCK_M
+        halvings = 0
+    else:
+        info = tl.load(tiles_ptr + pid_m)
+        if info < 0:
+            return
+        halvings = info % 16
+        row0 = info - halvings
+    for s in tl.static_range(0, TAILS + 1):
+        if halvings == s:
+            _gemm2_tile(row0, pid_m, pid_n, a_ptr, w_ptr, y_ptr, topk_w_ptr, sorted_ptr, experts_ptr, N, K, num_slots,
+                stride_am, stride_we, stride_wn, stride_ym, MUL_WEIGHT, DOT_PRECISION, EVEN_K, BLOCK_M >> s, BLOCK_N,
+                BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, stride_asm, stride_ask, stride_bse, stride_bsn,
+                stride_bsk, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE, MX_DOT, A_FMT, GROUP_KA, bias_ptr,
+                stride_bias_e, HAS_BIAS, MX_ASM)
+
+
 @dataclasses.dataclass
 class GemmQuant:
     """Quantization operands of one GEMM launch (see the module docstring for the modes).
@@ -525,10 +594,19 @@ def _bias_args(bias: Optional[torch.Tensor]) -> dict:
     return dict(bias_ptr=bias, stride_bias_e=bias.stride(0), HAS_BIAS=True)
 
 
-def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activation="silu", quant=None, bias=None):
+def _tile_args(tile_rows: Optional[torch.Tensor], block_m: int, min_tile: int) -> dict:
+    """Kernel arguments of the alignment's tail tiles (:mod:`moekit.align`); {} without them."""
+    if tile_rows is None or not min_tile or min_tile >= block_m:
+        return {}
+    return dict(tiles_ptr=tile_rows, TAILS=(block_m // min_tile).bit_length() - 1)
+
+
+def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activation="silu", quant=None, bias=None,
+              tile_rows=None, min_tile=0):
     """out[P, I] = act(x[tok] @ w13[e, :I].T) * (x[tok] @ w13[e, I:].T) for each sorted slot's expert e.
     ``quant``: a :class:`GemmQuant` (None: unquantized). ``bias``: optional [E, 2I] added to the gate and up
-    halves before the activation."""
+    halves before the activation. ``tile_rows`` / ``min_tile``: the alignment's tail tiles (an
+    :class:`~moekit.align.AlignedSlots`' fields; None / 0: none)."""
     i2, k = w13.shape[1], x.shape[1]
     i = i2 // 2
     num_pid_m = expert_ids.shape[0]
@@ -542,13 +620,15 @@ def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activatio
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
         **({} if quant is None else quant.kernel_args(gemm1=True)), **_mx_format(quant, x.dtype), **_bias_args(bias),
+        **_tile_args(tile_rows, bm, min_tile),
     )
 
 
 def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, mul_weight=True, quant=None,
-              bias=None):
+              bias=None, tile_rows=None, min_tile=0):
     """y[slot] = w_slot * (inter[row] @ w2[e].T + bias[e]) for each sorted row; y rows of dropped slots
-    untouched. ``quant``: a :class:`GemmQuant` (None: unquantized). ``bias``: optional [E, H]."""
+    untouched. ``quant``: a :class:`GemmQuant` (None: unquantized). ``bias``: optional [E, H]. ``tile_rows`` /
+    ``min_tile``: as :func:`moe_gemm1`."""
     n, k = w2.shape[1], inter.shape[1]
     num_pid_m = expert_ids.shape[0]
     bm, bn, bk = config.BLOCK_SIZE_M, config.BLOCK_SIZE_N, config.BLOCK_SIZE_K
@@ -561,5 +641,5 @@ def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, m
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
         **({} if quant is None else quant.kernel_args(gemm1=False)), **_mx_format(quant, inter.dtype),
-        **_bias_args(bias),
+        **_bias_args(bias), **_tile_args(tile_rows, bm, min_tile),
     )

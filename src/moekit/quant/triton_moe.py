@@ -28,7 +28,7 @@ from dataclasses import replace
 import torch
 
 from moekit.align import moe_align_block_size
-from moekit.configs import get_config
+from moekit.configs import get_config, tail_tile
 from moekit.kernels.moe_gemm import GemmQuant, moe_gemm1, moe_gemm2
 from moekit.kernels.moe_sum import moe_sum
 from moekit.quant.moe import act_dtype
@@ -248,10 +248,12 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     topk_weights = topk_weights.float().contiguous()
     topk_ids = topk_ids.contiguous()
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:  # else: fused_moe's route-and-align launch
-        aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True)
+        aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True,
+                                       min_tile=None if gluon else tail_tile(config))
     p = aligned.sorted_ids.numel()
     npp = aligned.num_padded
     args = (aligned.sorted_ids, aligned.expert_ids, npp)
+    tiles = dict(tile_rows=aligned.tile_rows, min_tile=aligned.min_tile)  # the Gluon kernels take none
     cfg2 = config  # GEMM 2's config (fp8 block: BLOCK_K within GEMM 1's output group)
 
     if adt is None:  # weight-only
@@ -260,7 +262,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm)
         q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm)
         inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
-        moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias)
+        moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias, **tiles)
         a2 = inter
     else:
         int_acc = adt == torch.int8
@@ -285,17 +287,17 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             inter_s = torch.empty((p, -(-i // g)), dtype=torch.float32, device=x.device)
             q1.out_quant, q1.out_scale, q1.out_stride, q1.out_qparams = 1, inter_s, inter_s.stride(0), _qparams(adt)
-            moe_gemm1(xq, w13, inter, *args, top_k, cfg1, activation, quant=q1, bias=w13_bias)
+            moe_gemm1(xq, w13, inter, *args, top_k, cfg1, activation, quant=q1, bias=w13_bias, **tiles)
             a2, q2.a_scale, q2.a_strides = inter, inter_s, (inter_s.stride(0), inter_s.stride(1))
             q2.a_group_k = g
         elif scheme.granularity == "tensor" and a2_scale is not None:
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             q1.out_quant, q1.out_scale, q1.out_qparams = 2, a2_scale.reshape(1).float(), _qparams(adt)
-            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias)
+            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias, **tiles)
             a2, q2.a_scale, q2.a_strides = inter, q1.out_scale, (0, 0)
         else:
             inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
-            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias)
+            moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias, **tiles)
             a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp)
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     direct = top_k == 1 and expert_map is None  # GEMM 2 writes the output rows itself
@@ -304,5 +306,5 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         moe_gemm_sm90.moe_gemm2_fp8_block_sm90(a2, q2.a_scale, w2, w2_scale, y, topk_weights, *args,
                                                config.GROUP_SIZE_M)
     else:
-        moe_gemm2(a2, w2, y, topk_weights, *args, cfg2, quant=q2, bias=w2_bias)
+        moe_gemm2(a2, w2, y, topk_weights, *args, cfg2, quant=q2, bias=w2_bias, **tiles)
     return out if direct else moe_sum(y, out, topk_ids, e, expert_map)

@@ -1,0 +1,199 @@
+"""Tail tiles (:mod:`moekit.align`): each expert's last tile shrunk to the fewest rows that hold its remainder.
+The alignment kernels against the PyTorch twin, the twin against the layout's invariants, and the grouped GEMMs
+of every plain Triton path (unquantized, w8a8 per channel / tensor, int8 / int4 weight-only, mxfp4) run over
+tail tiles against the float64 reference and against the same kernels without tails."""
+import pytest
+import torch
+
+import moekit
+from moekit.align import MIN_TAIL_TILE, align_torch, moe_align_block_size, tail_rows
+from moekit.configs import MoEKernelConfig, tail_tile
+from moekit.errors import MoEInputError
+from moekit.quant import QuantScheme, dequantize_weights, quantize_weights
+from moekit.testing import assert_close_to_reference
+from moekit.triton_experts import fused_experts_triton
+from reference import moe_reference, route_reference
+
+from conftest import DEVICE, KERNEL_DTYPES
+
+
+def _ids(m, e, k, skew=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if skew:  # one hot expert, several empty ones
+        ids = torch.randint(0, max(1, e // 3), (m, k), generator=g, dtype=torch.int32)
+        ids[: m // 2, 0] = 0
+        return ids
+    return torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(m)]).to(torch.int32)
+
+
+@pytest.mark.parametrize("count, block_m, min_tile, rows", [
+    (1, 128, 16, 16), (16, 128, 16, 16), (17, 128, 16, 32), (64, 128, 16, 64), (65, 128, 16, 128),
+    (128, 128, 16, 128), (129, 128, 16, 16), (200, 128, 16, 128), (129, 128, 64, 64), (3, 64, 32, 32),
+    (40, 64, 64, 64)])
+def test_tail_rows(count, block_m, min_tile, rows):
+    assert tail_rows(count, block_m, min_tile) == rows
+
+
+@pytest.mark.parametrize("m,e,k,skew", [(3, 8, 2, False), (90, 8, 2, True), (300, 16, 4, False),
+                                        (1100, 128, 8, False), (700, 4, 2, True)])
+@pytest.mark.parametrize("block_m,min_tile", [(64, 16), (128, 16), (128, 32), (128, 64)])
+def test_twin_layout_invariants(m, e, k, skew, block_m, min_tile):
+    """Tiles in order cover [0, num_padded) without gaps; a tile's rows hold one expert's slots (then padding);
+    every tile but an expert's last is block_m rows, the last the fewest that hold the rest; unused entries -1."""
+    ids = _ids(m, e, k, skew)
+    a = align_torch(ids, e, block_m, min_tile=min_tile)
+    n, pad = int(a.num_padded), ids.numel()
+    counts = torch.bincount(ids.reshape(-1).long(), minlength=e)
+    pos, t = 0, 0
+    for ex in range(e):
+        c = int(counts[ex])
+        for j in range(-(-c // block_m)):
+            info = int(a.tile_rows[t])
+            h = info % 16
+            rows = block_m >> h
+            assert info - h == pos and int(a.expert_ids[t]) == ex
+            want = tail_rows(c, block_m, min_tile) if j == -(-c // block_m) - 1 else block_m
+            assert rows == want
+            got = a.sorted_ids[pos:pos + rows]
+            real = got[got < pad].long()
+            assert (ids.reshape(-1)[real] == ex).all() and len(real) == min(rows, c - j * block_m)
+            pos, t = pos + rows, t + 1
+    assert pos == n
+    assert (a.tile_rows[t:] == -1).all() and (a.expert_ids[t:] == -1).all()
+    assert torch.equal(torch.sort(a.sorted_ids[:n][a.sorted_ids[:n] < pad]).values, torch.arange(pad, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("m,e,k,skew,with_map", [(3, 8, 2, False, False), (40, 8, 8, True, False),
+                                                 (300, 16, 4, False, True), (1100, 128, 8, False, False),
+                                                 (700, 4, 2, True, False), (513, 64, 6, True, True)])
+@pytest.mark.parametrize("block_m,min_tile", [(64, 16), (128, 16), (128, 32)])
+def test_kernels_match_twin(m, e, k, skew, with_map, block_m, min_tile, poisoned_empty):
+    """Single-program (few slots) and multi-program alignments, with and without an expert map."""
+    emap = None
+    e_global = e
+    if with_map:
+        e_global = 2 * e
+        emap = torch.full((e_global,), -1, dtype=torch.int32)
+        emap[e // 2: e // 2 + e] = torch.arange(e, dtype=torch.int32)
+    ids = _ids(m, e_global, k, skew)
+    ref = align_torch(ids, e, block_m, emap, min_tile)
+    got = moe_align_block_size(ids.to(DEVICE), e, block_m, None if emap is None else emap.to(DEVICE),
+                               use_triton=True, min_tile=min_tile)
+    n = int(ref.num_padded)
+    assert int(got.num_padded) == n and got.min_tile == min_tile
+    assert torch.equal(got.sorted_ids[:n].cpu(), ref.sorted_ids[:n])
+    assert torch.equal(got.expert_ids.cpu(), ref.expert_ids)
+    assert torch.equal(got.tile_rows.cpu(), ref.tile_rows)
+
+
+@pytest.mark.parametrize("bad", [8, 24, 48, 256, 1.5, True])
+def test_bad_min_tile_names_the_argument(bad):
+    with pytest.raises(MoEInputError, match="min_tile"):
+        moe_align_block_size(_ids(5, 8, 2), 8, 128, min_tile=bad)
+
+
+def test_min_tile_of_block_m_means_none():
+    a = moe_align_block_size(_ids(50, 8, 2), 8, 64, min_tile=64, use_triton=False)
+    assert a.tile_rows is None and a.min_tile == 0
+
+
+def test_the_rule():
+    """Tails down to 16 rows from 64-row tiles (measured: benchmarks/results/ab_tail_tiles_H100_session15.json)."""
+    assert tail_tile(MoEKernelConfig(128, 128, 64, 8, 8, 3)) == MIN_TAIL_TILE
+    assert tail_tile(MoEKernelConfig(64, 64, 64, 8, 4, 4)) == MIN_TAIL_TILE
+    assert tail_tile(MoEKernelConfig(32, 64, 64, 8, 4, 4)) == 32
+    assert tail_tile(MoEKernelConfig(16, 64, 64, 8, 4, 4)) == 16
+
+
+def _layer(m, e, h, i, k, dtype, scheme=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, h, generator=g).to(DEVICE, dtype)
+    w13 = (torch.randn(e, 2 * i, h, generator=g) / h ** 0.5).to(DEVICE)
+    w2 = (torch.randn(e, h, i, generator=g) / i ** 0.5).to(DEVICE)
+    w, ids = route_reference(torch.randn(m, e, generator=g), k)  # float64 / int64, on the CPU
+    w, ids = w.float().to(DEVICE), ids.to(DEVICE, torch.int32)
+    kw = {}
+    if scheme is None:
+        w13, w2 = w13.to(dtype), w2.to(dtype)
+        r13, r2 = w13.double(), w2.double()
+    else:
+        a, b = quantize_weights(w13, scheme), quantize_weights(w2, scheme)
+        w13, w2 = a[0], b[0]
+        kw = dict(quant=scheme, w13_scale=a[1], w2_scale=b[1])
+        if len(a) > 2:
+            kw.update(w13_zero=a[2], w2_zero=b[2])
+        r13 = dequantize_weights(a[0], a[1], scheme, kw.get("w13_zero"), torch.float64)
+        r2 = dequantize_weights(b[0], b[1], scheme, kw.get("w2_zero"), torch.float64)
+    return x, w13, w2, w, ids, kw, moe_reference(x, r13, r2, w, ids)
+
+
+def _with_and_without_tails(x, w13, w2, w, ids, cfg, kw, min_tile, expert_map=None):
+    e = w13.shape[0]
+    outs = []
+    for mt in (min_tile, None):
+        al = moe_align_block_size(ids, e, cfg.BLOCK_SIZE_M, expert_map, use_triton=True, min_tile=mt)
+        assert (al.tile_rows is not None) == (mt is not None)
+        outs.append(fused_experts_triton(x, w13, w2, w, ids, expert_map=expert_map, config=cfg, aligned=al, **kw))
+    return outs
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("m,e,k,bm,min_tile", [(150, 8, 2, 64, 16), (90, 4, 1, 128, 16), (257, 16, 4, 64, 32),
+                                               (40, 8, 2, 128, 32)])
+def test_unquantized_gemms_over_tail_tiles(dtype, m, e, k, bm, min_tile, poisoned_empty):
+    """Odd H and I, top_k 1 (GEMM 2 writes the output) and several tail heights; equal to the run without tails
+    up to the MMA shape's summation order."""
+    x, w13, w2, w, ids, kw, ref = _layer(m, e, 80, 48, k, dtype)
+    cfg = MoEKernelConfig(bm, 32, 32, 4, 4, 2)
+    tails, plain = _with_and_without_tails(x, w13, w2, w, ids, cfg, kw, min_tile)
+    assert_close_to_reference(tails, ref, dtype)
+    torch.testing.assert_close(tails, plain, rtol=2e-2 if dtype == torch.bfloat16 else 2e-3, atol=1e-3)
+
+
+def test_expert_map_over_tail_tiles(poisoned_empty):
+    dtype = KERNEL_DTYPES[-1]
+    x, w13, w2, w, ids, kw, _ = _layer(120, 16, 64, 32, 4, dtype)
+    emap = torch.full((16,), -1, dtype=torch.int32, device=DEVICE)
+    emap[3:11] = torch.arange(8, dtype=torch.int32, device=DEVICE)
+    cfg = MoEKernelConfig(64, 32, 32, 4, 4, 2)
+    tails, plain = _with_and_without_tails(x, w13[3:11].contiguous(), w2[3:11].contiguous(), w, ids, cfg, kw, 16,
+                                           emap)
+    torch.testing.assert_close(tails, plain, rtol=2e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("key,scheme,bk", [
+    ("fp8_channel", QuantScheme.fp8_channel(), 64), ("fp8_tensor", QuantScheme.fp8_tensor(), 64),
+    ("int8_channel", QuantScheme.int8_channel(), 64), ("int8_weight_only", QuantScheme.int8_weight_only(), 64),
+    ("int4_weight_only", QuantScheme.int4_weight_only(64, zero_point=True), 64), ("mxfp4", QuantScheme.mxfp4(), 64)])
+def test_quantized_gemms_over_tail_tiles(key, scheme, bk, poisoned_empty):
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    x, w13, w2, w, ids, kw, ref = _layer(150, 8, 128, 128, 2, dtype, scheme)
+    cfg = MoEKernelConfig(64, 64, bk, 4, 4, 2)
+    tails, plain = _with_and_without_tails(x, w13, w2, w, ids, cfg, kw, 16)
+    assert_close_to_reference(tails, ref, key)
+    torch.testing.assert_close(tails, plain, rtol=2e-2, atol=2e-3)
+
+
+def test_fused_moe_runs_tail_tiles_where_the_rule_says(monkeypatch, poisoned_empty):
+    """The default path aligns with :func:`moekit.configs.tail_tile` and hands the tiles to both GEMMs."""
+    import moekit.triton_experts as te
+
+    seen = []
+    real1, real2 = te.moe_gemm1, te.moe_gemm2
+
+    def spy1(*a, **kw):
+        seen.append(("gemm1", kw.get("min_tile"), kw.get("tile_rows") is not None))
+        return real1(*a, **kw)
+
+    def spy2(*a, **kw):
+        seen.append(("gemm2", kw.get("min_tile"), kw.get("tile_rows") is not None))
+        return real2(*a, **kw)
+
+    monkeypatch.setattr(te, "moe_gemm1", spy1)
+    monkeypatch.setattr(te, "moe_gemm2", spy2)
+    monkeypatch.setattr(te, "get_config", lambda *a, **k: MoEKernelConfig(64, 32, 32, 4, 4, 2))
+    dtype = KERNEL_DTYPES[-1]
+    x, w13, w2, w, ids, kw, ref = _layer(100, 8, 64, 32, 2, dtype)
+    out = moekit.fused_experts(x, w13, w2, w, ids, backend="triton")
+    assert seen == [("gemm1", 16, True), ("gemm2", 16, True)]
+    assert_close_to_reference(out, ref, dtype)
