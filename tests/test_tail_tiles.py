@@ -98,11 +98,12 @@ def test_min_tile_of_block_m_means_none():
 
 
 def test_the_rule():
-    """Tails down to 16 rows from 64-row tiles (measured: benchmarks/results/ab_tail_tiles_H100_session15.json)."""
-    assert tail_tile(MoEKernelConfig(128, 128, 64, 8, 8, 3)) == MIN_TAIL_TILE
-    assert tail_tile(MoEKernelConfig(64, 64, 64, 8, 4, 4)) == MIN_TAIL_TILE
-    assert tail_tile(MoEKernelConfig(32, 64, 64, 8, 4, 4)) == 32
-    assert tail_tile(MoEKernelConfig(16, 64, 64, 8, 4, 4)) == 16
+    """Tails down to 16 rows from 64-row tiles and 16 experts (measured: ``ab_tail_tiles_{H100,H200}_session15``)."""
+    assert tail_tile(MoEKernelConfig(128, 128, 64, 8, 8, 3), 128) == MIN_TAIL_TILE
+    assert tail_tile(MoEKernelConfig(64, 64, 64, 8, 4, 4), 16) == MIN_TAIL_TILE
+    assert tail_tile(MoEKernelConfig(32, 64, 64, 8, 4, 4), 128) == 32
+    assert tail_tile(MoEKernelConfig(16, 64, 64, 8, 4, 4), 128) == 16
+    assert tail_tile(MoEKernelConfig(128, 128, 64, 8, 8, 3), 8) == 128  # Mixtral: full tiles
 
 
 def _layer(m, e, h, i, k, dtype, scheme=None, seed=0):
@@ -171,7 +172,9 @@ def test_quantized_gemms_over_tail_tiles(key, scheme, bk, poisoned_empty):
     cfg = MoEKernelConfig(64, 64, bk, 4, 4, 2)
     tails, plain = _with_and_without_tails(x, w13, w2, w, ids, cfg, kw, 16)
     assert_close_to_reference(tails, ref, key)
-    torch.testing.assert_close(tails, plain, rtol=2e-2, atol=2e-3)
+    # on the GPU a tile's height picks its MMA instruction, so GEMM 1's rows may round differently and the w8a8
+    # schemes re-quantize them: the run without tails is held to the scheme's tolerance, not to equality
+    assert_close_to_reference(tails, plain.double(), key)
 
 
 def test_fused_moe_runs_tail_tiles_where_the_rule_says(monkeypatch, poisoned_empty):
@@ -193,7 +196,11 @@ def test_fused_moe_runs_tail_tiles_where_the_rule_says(monkeypatch, poisoned_emp
     monkeypatch.setattr(te, "moe_gemm2", spy2)
     monkeypatch.setattr(te, "get_config", lambda *a, **k: MoEKernelConfig(64, 32, 32, 4, 4, 2))
     dtype = KERNEL_DTYPES[-1]
-    x, w13, w2, w, ids, kw, ref = _layer(100, 8, 64, 32, 2, dtype)
+    x, w13, w2, w, ids, kw, ref = _layer(100, 16, 64, 32, 2, dtype)
     out = moekit.fused_experts(x, w13, w2, w, ids, backend="triton")
     assert seen == [("gemm1", 16, True), ("gemm2", 16, True)]
     assert_close_to_reference(out, ref, dtype)
+    seen.clear()  # 8 experts: full tiles
+    x, w13, w2, w, ids, kw, ref = _layer(100, 8, 64, 32, 2, dtype)
+    moekit.fused_experts(x, w13, w2, w, ids, backend="triton")
+    assert seen == [("gemm1", 0, False), ("gemm2", 0, False)]

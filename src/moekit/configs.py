@@ -154,26 +154,38 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     return config
 
 
-#: Smallest tail tile the grouped GEMMs run (:mod:`moekit.align` tail tiles) as a fraction of BLOCK_SIZE_M (never
-#: under 16 rows), and the BLOCK_SIZE_M from which they are used. Measured on the H100, whole forward, arms
-#: interleaved (``benchmarks/ab_tail_tiles.py``, ``ab_tail_tiles_H100_session15.json``), no tails / down to 16 /
-#: down to 32 rows: Qwen3-30B-A3B bf16 M=1024 / 2048 / 4096 513.2 / 625.6 / 948.2 -> 507.8 / 595.7 / 896.9 (16) and
-#: 507.8 / 606.0 / 902.6 us (32); fp8 per channel M=4096 668.2 -> 630.3; int8 weight-only M=1024 / 4096 509.6 /
-#: 1299.5 -> 485.0 / 1214.1; gpt-oss-20b mxfp4 M=4096 2929.2 -> 2854.2; Mixtral fp8 per tensor M=1024 1072.8 ->
-#: 1039.9; Mixtral bf16 M=1024 / 4096 and Qwen3 M=256 / 512 within 0.1 %. No point slower. A tail tile still
-#: streams the expert's whole weight tile for its few rows (a 16-row tail costs about 3/4 of a 128-row tile at
-#: Qwen3 M=4096: ``probe_tails_H100_session15.json``), so the gain is about a third of the padding removed.
+#: Tail tiles (:mod:`moekit.align`: each expert's last tile shrunk to the fewest rows that hold the rest) in the
+#: grouped GEMMs: down to BLOCK_SIZE_M / ``TAIL_TILE_DIVISOR`` rows (never under 16), from BLOCK_SIZE_M
+#: ``TAIL_TILE_MIN_BLOCK_M`` and ``TAIL_TILE_MIN_EXPERTS`` local experts. Measured, whole forward, arms interleaved
+#: (``benchmarks/ab_tail_tiles.py``), no tails -> tails down to 16 rows:
+#:
+#: * H100 (``ab_tail_tiles_H100_session15.json``): Qwen3-30B-A3B bf16 M=1024 / 2048 / 4096 513.2 / 625.6 / 948.2 ->
+#:   507.8 / 595.7 / 896.9 us (down to 32 rows: 507.8 / 606.0 / 902.6); fp8 per channel M=4096 668.2 -> 630.3;
+#:   int8 weight-only M=1024 / 4096 509.6 / 1299.5 -> 485.0 / 1214.1; gpt-oss-20b mxfp4 M=1024 / 4096 959.5 /
+#:   2929.2 -> 949.3 / 2854.2; Qwen3 M=256 / 512 within 0.1 %.
+#: * H200 (``ab_tail_tiles_H200_session15.json``): Qwen3 bf16 M=2048 / 4096 546.1 / 880.6 -> 512.0 / 851.1, fp8
+#:   per channel M=2048 407.0 -> 375.8, gpt-oss-20b M=512 / 2048 662.3 / 1671.1 -> 614.3 / 1577.9, int8
+#:   weight-only M=4096 1278.0 -> 1182.2.
+#: * Mixtral-8x7B (8 experts): H100 bf16 M=1024 / 4096 within 0.1 %, fp8 per tensor M=1024 / 4096 1.03x / 1.02x;
+#:   H200 bf16 M=256 1.06x but M=4096 5926.2 -> 6011.6, fp8 per tensor M=128 / 256 410.6 / 487.5 -> 418.8 /
+#:   504.4. With few experts each run spans many tiles (the last one is a small share) and the big weight
+#:   tiles are streamed per tile anyway, so layers with fewer than 16 experts keep full tiles.
+#:
+#: A tail tile still streams the expert's whole weight tile for its few rows (a 16-row tail costs about 3/4 of a
+#: 128-row tile at Qwen3 M=4096: ``probe_tails_H100_session15.json``), so the gain is a part of the padding.
 TAIL_TILE_DIVISOR = 8
 TAIL_TILE_MIN_BLOCK_M = 64
+TAIL_TILE_MIN_EXPERTS = 16
 
 
-def tail_tile(config: MoEKernelConfig) -> int:
-    """``min_tile`` for :func:`moekit.align.moe_align_block_size` under ``config`` (the one rule): each
-    expert's last tile shrinks to as few as this many rows; ``BLOCK_SIZE_M`` means no tail tiles."""
+def tail_tile(config: MoEKernelConfig, num_experts: int) -> int:
+    """``min_tile`` for :func:`moekit.align.moe_align_block_size` under ``config`` with ``num_experts`` local
+    experts (the one rule): each expert's last tile shrinks to as few as this many rows; ``BLOCK_SIZE_M`` means
+    no tail tiles."""
     from moekit.align import MIN_TAIL_TILE
 
     bm = config.BLOCK_SIZE_M
-    if bm < TAIL_TILE_MIN_BLOCK_M:
+    if bm < TAIL_TILE_MIN_BLOCK_M or num_experts < TAIL_TILE_MIN_EXPERTS:
         return bm
     return max(MIN_TAIL_TILE, bm // TAIL_TILE_DIVISOR)
 

@@ -86,7 +86,7 @@ def fused_experts_triton(
         config = get_config(e, i, h, top_k, m, x.dtype)
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:
         aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True,
-                                       min_tile=tail_tile(config))
+                                       min_tile=tail_tile(config, e))
     args = (aligned.sorted_ids, aligned.expert_ids, aligned.num_padded)
     tiles = dict(tile_rows=aligned.tile_rows, min_tile=aligned.min_tile)
     inter = torch.empty((aligned.sorted_ids.numel(), i), dtype=x.dtype, device=x.device)

@@ -249,7 +249,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     topk_ids = topk_ids.contiguous()
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:  # else: fused_moe's route-and-align launch
         aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True,
-                                       min_tile=None if gluon else tail_tile(config))
+                                       min_tile=None if gluon else tail_tile(config, e))
     p = aligned.sorted_ids.numel()
     npp = aligned.num_padded
     args = (aligned.sorted_ids, aligned.expert_ids, npp)
