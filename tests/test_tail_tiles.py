@@ -163,18 +163,55 @@ def test_expert_map_over_tail_tiles(poisoned_empty):
 
 
 @pytest.mark.parametrize("key,scheme,bk", [
+    ("fp8_block", QuantScheme.fp8_block(128, 128), 64),
     ("fp8_channel", QuantScheme.fp8_channel(), 64), ("fp8_tensor", QuantScheme.fp8_tensor(), 64),
     ("int8_channel", QuantScheme.int8_channel(), 64), ("int8_weight_only", QuantScheme.int8_weight_only(), 64),
     ("int4_weight_only", QuantScheme.int4_weight_only(64, zero_point=True), 64), ("mxfp4", QuantScheme.mxfp4(), 64)])
 def test_quantized_gemms_over_tail_tiles(key, scheme, bk, poisoned_empty):
+    """16 experts, about 19 slots each: tails of 16, 32 and 64 rows (and the Triton fp8 block kernels, not the
+    Gluon ones, which take 32 rows per expert and up)."""
     dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
-    x, w13, w2, w, ids, kw, ref = _layer(150, 8, 128, 128, 2, dtype, scheme)
+    x, w13, w2, w, ids, kw, ref = _layer(150, 16, 128, 128, 2, dtype, scheme)
     cfg = MoEKernelConfig(64, 64, bk, 4, 4, 2)
     tails, plain = _with_and_without_tails(x, w13, w2, w, ids, cfg, kw, 16)
     assert_close_to_reference(tails, ref, key)
     # on the GPU a tile's height picks its MMA instruction, so GEMM 1's rows may round differently and the w8a8
     # schemes re-quantize them: the run without tails is held to the scheme's tolerance, not to equality
     assert_close_to_reference(tails, plain.double(), key)
+
+
+def test_gluon_path_realigns_without_tails(monkeypatch, poisoned_empty):
+    """An alignment with tail tiles handed to a call that takes the fp8 block Gluon kernels (full 64-row tiles
+    only) is redone without tails (the Gluon kernels stubbed: they run on Hopper only)."""
+    import moekit.quant.triton_moe as tq
+
+    class Reached(Exception):
+        pass
+
+    class FakeGluon:
+        GEMM1_TILE = (64, 128)
+
+        @staticmethod
+        def moe_gemm1_fp8_block_sm90(*a, **k):
+            raise Reached(a[4:6])  # sorted ids, expert ids
+
+    seen = []
+    real = tq.moe_align_block_size
+
+    def spy(*a, **kw):
+        seen.append(kw.get("min_tile"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tq, "fp8_block_gluon", lambda *a, **k: True)
+    monkeypatch.setattr(tq, "copies_of_16_bytes", lambda *a: True)
+    monkeypatch.setattr(tq, "gluon_kernels", lambda: FakeGluon)
+    monkeypatch.setattr(tq, "moe_align_block_size", spy)
+    scheme = QuantScheme.fp8_block(128, 128)
+    x, w13, w2, w, ids, kw, _ = _layer(150, 16, 128, 128, 2, torch.float16, scheme)
+    al = real(ids, 16, 64, use_triton=True, min_tile=16)
+    with pytest.raises(Reached):
+        fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(64, 64, 64, 4, 4, 2), aligned=al, **kw)
+    assert seen == [None]
 
 
 def test_fused_moe_runs_tail_tiles_where_the_rule_says(monkeypatch, poisoned_empty):

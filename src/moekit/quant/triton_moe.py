@@ -247,7 +247,8 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         config = replace(config, BLOCK_SIZE_M=moe_gemm_sm90.GEMM1_TILE[0])
     topk_weights = topk_weights.float().contiguous()
     topk_ids = topk_ids.contiguous()
-    if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:  # else: fused_moe's route-and-align launch
+    # else fused_moe's route-and-align launch; the Gluon kernels read full tiles only (no tail tiles)
+    if aligned is None or aligned.block_m != config.BLOCK_SIZE_M or (gluon and aligned.tile_rows is not None):
         aligned = moe_align_block_size(topk_ids, e, config.BLOCK_SIZE_M, expert_map, use_triton=True,
                                        min_tile=None if gluon else tail_tile(config, e))
     p = aligned.sorted_ids.numel()
