@@ -167,9 +167,10 @@ def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, 
                                        BLOCK_M, E_PAD, MIN_TILE)
     mine = tl.arange(0, E_PAD)[None, :] == ids[:, None]
     start = tl.sum(tl.where(mine, pad_off[None, :], 0), axis=1)
-    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, start + _rank_in_chunk(ids, LANES), start,
-                 tl.sum(tl.where(mine, tile_off[None, :], 0), axis=1), tl.sum(tl.where(mine, counts[None, :], 0), axis=1),
-                 ids, slots, E, BLOCK_M, MIN_TILE)
+    tile0 = tl.sum(tl.where(mine, tile_off[None, :], 0), axis=1)
+    count = tl.sum(tl.where(mine, counts[None, :], 0), axis=1)
+    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, start + _rank_in_chunk(ids, LANES), start, tile0, count, ids,
+                 slots, E, BLOCK_M, MIN_TILE)
 
 
 @triton.jit

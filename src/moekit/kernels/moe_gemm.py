@@ -231,6 +231,18 @@ def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride
 
 
 @triton.jit
+def _tile_start(pid_m, npp_ptr, tiles_ptr, BLOCK_M: tl.constexpr, TAILS: tl.constexpr):
+    """Tile ``pid_m`` of the alignment: (its first row of ``sorted``, h, whether it is used), the tile having
+    ``BLOCK_M >> h`` rows. ``TAILS`` = 0: rows [pid_m * BLOCK_M, + BLOCK_M), used below the used length ``npp``;
+    else the alignment's tile list, first row + h per tile (rows are multiples of 16, h <= ``TAILS``, -1: unused)."""
+    if TAILS == 0:
+        return pid_m * BLOCK_M, 0, pid_m * BLOCK_M < tl.load(npp_ptr)
+    else:
+        info = tl.load(tiles_ptr + pid_m)
+        return info - info % 16, info % 16, info >= 0
+
+
+@triton.jit
 def _gemm1_tile(
     row0, pid_m, pid_n, x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, I, K, num_slots, top_k, stride_xm, stride_we,
     stride_wn, stride_om, up_offset, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
@@ -377,21 +389,11 @@ def _moe_gemm1_kernel(
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
     tiles_ptr=None, TAILS: tl.constexpr = 0,
 ):
-    """GEMM 1 over the alignment's tiles: tile ``pid_m`` is rows [pid_m * BLOCK_M, + BLOCK_M) of ``sorted``
-    (``TAILS`` = 0), else it starts at ``tiles_ptr[pid_m] - h`` with ``BLOCK_M >> h`` rows, ``h = tiles_ptr[pid_m]
-    % 16`` <= ``TAILS`` (-1: unused tile). Each tile height is its own code path in this kernel."""
+    """GEMM 1 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
-    if TAILS == 0:
-        if pid_m * BLOCK_M >= tl.load(npp_ptr):
-            return
-        row0 = pid_m * BLOCK_M
-        halvings = 0
-    else:
-        info = tl.load(tiles_ptr + pid_m)
-        if info < 0:
-            return
-        halvings = info % 16
-        row0 = info - halvings
+    row0, halvings, used = _tile_start(pid_m, npp_ptr, tiles_ptr, BLOCK_M, TAILS)
+    if not used:
+        return
     for s in tl.static_range(0, TAILS + 1):
         if halvings == s:
             _gemm1_tile(row0, pid_m, pid_n, x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, I, K, num_slots, top_k,
@@ -503,21 +505,11 @@ def _moe_gemm2_kernel(
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
     tiles_ptr=None, TAILS: tl.constexpr = 0,
 ):
-    """GEMM 2 over the alignment's tiles: tile ``pid_m`` is rows [pid_m * BLOCK_M, + BLOCK_M) of ``sorted``
-    (``TAILS`` = 0), else it starts at ``tiles_ptr[pid_m] - h`` with ``BLOCK_M >> h`` rows, ``h = tiles_ptr[pid_m]
-    % 16`` <= ``TAILS`` (-1: unused tile). Each tile height is its own code path in this kernel."""
+    """GEMM 2 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
-    if TAILS == 0:
-        if pid_m * BLOCK_M >= tl.load(npp_ptr):
-            return
-        row0 = pid_m * BLOCK_M
-        halvings = 0
-    else:
-        info = tl.load(tiles_ptr + pid_m)
-        if info < 0:
-            return
-        halvings = info % 16
-        row0 = info - halvings
+    row0, halvings, used = _tile_start(pid_m, npp_ptr, tiles_ptr, BLOCK_M, TAILS)
+    if not used:
+        return
     for s in tl.static_range(0, TAILS + 1):
         if halvings == s:
             _gemm2_tile(row0, pid_m, pid_n, a_ptr, w_ptr, y_ptr, topk_w_ptr, sorted_ptr, experts_ptr, N, K, num_slots,
