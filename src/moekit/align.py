@@ -45,11 +45,7 @@ class AlignedSlots:
     num_padded: torch.Tensor
     block_m: int
     tile_rows: Optional[torch.Tensor] = None
-    min_tile: int = 0  # 0: block_m (no tail tiles)
-
-    @property
-    def smallest_tile(self) -> int:
-        return self.min_tile or self.block_m
+    min_tile: int = 0  # 0: no tail tiles (every tile block_m rows)
 
 
 #: Smallest tail tile: 16 rows, the smallest BLOCK_SIZE_M the configs use (and the row granule of tile_rows).

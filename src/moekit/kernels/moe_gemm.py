@@ -5,12 +5,14 @@ Layouts (row-major, last dim contiguous):
   w13     [E, 2I, H]        gate rows 0..I-1, then up rows I..2I-1
   w2      [E, H, I]
   sorted  [P] int32         padded, expert-sorted slot ids (slot = token * top_k + j; N = M*top_k marks padding)
-  experts [P / BLOCK_M]     local expert of each block of ``sorted`` (-1 past the end)
+  experts [P / BLOCK_M]     local expert of each tile of ``sorted`` (-1 past the used tiles)
   npp     [1] int32         true padded length (device scalar: no host sync)
+  tiles   [P / BLOCK_M]     with tail tiles only (:mod:`moekit.align`): each tile's first row + log2(BLOCK_M / its
+                            rows); without them tile t is rows [t * BLOCK_M, (t + 1) * BLOCK_M)
   inter   [P, I]            activation output, in *sorted* order (rows of padding are zero)
   y       [M*top_k, H]      down-projection output per slot, routing weight applied
 
-GEMM 1 computes, per block of sorted slots and per BLOCK_N columns of I, the gate and the up tiles in the
+GEMM 1 computes, per tile of sorted slots and per BLOCK_N columns of I, the gate and the up tiles in the
 same program (two accumulators over one pass of K), applies ``act(gate) * up`` in the epilogue and writes
 only the [P, I] result: the [M*k, 2I] intermediate never exists. GEMM 2 reads ``inter`` rows contiguously,
 multiplies by the routing weight and scatters rows to their slots. Row offsets are 64-bit.
