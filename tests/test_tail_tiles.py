@@ -107,6 +107,13 @@ def test_the_rule():
     assert tail_tile(MoEKernelConfig(128, 128, 64, 8, 8, 3), 8) == 128  # Mixtral: full tiles
 
 
+def test_env_switch_turns_tails_off(monkeypatch):
+    monkeypatch.setenv("MOEKIT_TAIL_TILES", "0")
+    assert tail_tile(MoEKernelConfig(128, 128, 64, 8, 8, 3), 128) == 128
+    monkeypatch.setenv("MOEKIT_TAIL_TILES", "1")
+    assert tail_tile(MoEKernelConfig(128, 128, 64, 8, 8, 3), 128) == MIN_TAIL_TILE
+
+
 def _layer(m, e, h, i, k, dtype, scheme=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(m, h, generator=g).to(DEVICE, dtype)

@@ -181,11 +181,12 @@ TAIL_TILE_MIN_EXPERTS = 16
 def tail_tile(config: MoEKernelConfig, num_experts: int) -> int:
     """``min_tile`` for :func:`moekit.align.moe_align_block_size` under ``config`` with ``num_experts`` local
     experts (the one rule): each expert's last tile shrinks to as few as this many rows; ``BLOCK_SIZE_M`` means
-    no tail tiles."""
+    no tail tiles (also with ``MOEKIT_TAIL_TILES=0``)."""
+    from moekit import envs
     from moekit.align import MIN_TAIL_TILE
 
     bm = config.BLOCK_SIZE_M
-    if bm < TAIL_TILE_MIN_BLOCK_M or num_experts < TAIL_TILE_MIN_EXPERTS:
+    if bm < TAIL_TILE_MIN_BLOCK_M or num_experts < TAIL_TILE_MIN_EXPERTS or not envs.get("MOEKIT_TAIL_TILES"):
         return bm
     return max(MIN_TAIL_TILE, bm // TAIL_TILE_DIVISOR)
 

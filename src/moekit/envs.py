@@ -145,6 +145,12 @@ registry: List[EnvVar] = [
         "weights: at least 16 experts: moekit.kernels.moe_gemv.gemv_applies).",
     ),
     EnvVar(
+        "MOEKIT_TAIL_TILES", "bool", True,
+        "0 pads every expert of the Triton grouped GEMMs to whole BLOCK_SIZE_M tiles; 1 shrinks each expert's last "
+        "tile to 64 / 32 / 16 rows where moekit.configs.tail_tile says (16 or more experts, BLOCK_SIZE_M >= 64; "
+        "measured on the H100 and H200 only).",
+    ),
+    EnvVar(
         "MOEKIT_PDL", "bool", True,
         "0 launches every kernel plainly; 1 lets a kernel of a chain (the decode GEMVs after routing) start "
         "while the one before it finishes, on GPUs with programmatic dependent launch (sm_90 and later): "
