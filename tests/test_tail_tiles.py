@@ -1,7 +1,8 @@
 """Tail tiles (:mod:`moekit.align`): each expert's last tile shrunk to the fewest rows that hold its remainder.
 The alignment kernels against the PyTorch twin, the twin against the layout's invariants, and the grouped GEMMs
-of every plain Triton path (unquantized, w8a8 per channel / tensor, int8 / int4 weight-only, mxfp4) run over
-tail tiles against the float64 reference and against the same kernels without tails."""
+of every plain Triton path (unquantized; w8a8 fp8 block / channel / tensor, int8 channel; int8 / int4
+weight-only; mxfp4) run over tail tiles against the float64 reference and against the same kernels without
+tails."""
 import pytest
 import torch
 
