@@ -119,3 +119,28 @@ def test_decode_gemvs_compile_their_programmatic_launch_instructions():
         out = _run_script("tools/sass_loops.py", kernel, "--block-n", 8, "--block-k", 256, "--count",
                           "ACQBULK,PREEXIT", *(["--pdl"] if pdl else []))
         assert f"kernel: {expected}" in out.splitlines(), (kernel, pdl, out)
+
+
+def _kernel_counts(out):
+    """{opcode: count} of sass_loops' ``kernel:`` line (``--count``)."""
+    line = next(ln for ln in out.splitlines() if ln.startswith("kernel:"))
+    return {op: int(n) for op, n in (part.rsplit(" ", 1) for part in line[len("kernel: "):].split(", "))}
+
+
+def test_plain_gemms_compile_their_tail_tile_paths():
+    """The grouped GEMMs of ``moekit.kernels.moe_gemm`` compile for sm_90 with every tail-tile height (tails down
+    to 16 rows from 128): the full-height path keeps its wgmmas (as many as without tails), the 32- and 16-row
+    paths run mma.sync, and there is a K loop per height. The fp8 per-channel GEMM 1 compiles too (its short tiles
+    upcast e4m3 to fp16 for mma.sync). The interpreter cannot catch a path ptxas refuses (session 14's 16-deep
+    fp8 dot), hence this."""
+    wgmma, mma = "HGMMA.64x128x16.F32.BF16", "HMMA.16816.F32.BF16"
+    base = ["--block-m", 128, "--block-n", 128, "--block-k", 64, "--warps", 8, "--stages", 3, "--count",
+            f"{wgmma},{mma}"]
+    full = _run_script("tools/sass_loops.py", "gemm1", *base)
+    tails = _run_script("tools/sass_loops.py", "gemm1", "--tails", 3, *base)
+    assert _kernel_counts(full)[wgmma] == _kernel_counts(tails)[wgmma] > 0
+    assert _kernel_counts(full)[mma] == 0 < _kernel_counts(tails)[mma]
+    assert sum(ln.startswith("loop of") for ln in tails.splitlines()) == 4
+    fp8 = _run_script("tools/sass_loops.py", "gemm1", "--tails", 3, "--fp8", "--block-m", 128, "--block-n", 128,
+                      "--block-k", 128, "--warps", 8, "--stages", 3)
+    assert fp8.startswith("REG:") and "HMMA.16816.F32" in fp8

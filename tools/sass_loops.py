@@ -122,6 +122,26 @@ def _gemm1_mxfp4(args):
     return compile_sass(_moe_gemm1_kernel, sig, consts, div, args.arch, args.warps, args.stages)
 
 
+def _gemm_plain(args, gemm: int):
+    """GEMM 1 or 2 of ``moekit.kernels.moe_gemm`` with bf16 weights, or with ``--fp8`` fp8 w8a8 per channel
+    (QUANT 1), ``--tails N``: the tail-tile code paths down to ``BLOCK_M >> N`` rows (0: full tiles only)."""
+    from moekit.kernels.moe_gemm import _moe_gemm1_kernel, _moe_gemm2_kernel
+
+    fn = _moe_gemm1_kernel if gemm == 1 else _moe_gemm2_kernel
+    elem = "*fp8e4nv" if args.fp8 else "*bf16"
+    ptrs = {"x_ptr": elem, "a_ptr": elem, "w_ptr": elem, "out_ptr": "*bf16", "y_ptr": "*bf16", "topk_w_ptr": "*fp32",
+            "sorted_ptr": "*i32", "experts_ptr": "*i32", "npp_ptr": "*i32", "tiles_ptr": "*i32",
+            "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32", "b_zero_ptr": "*fp32", "out_scale_ptr": "*fp32",
+            "bias_ptr": "*bf16"}
+    sig = {n: ptrs.get(n, "i32") for n in fn.arg_names}
+    consts = {"DOT_PRECISION": "tf32", "EVEN_K": True, "BLOCK_M": args.block_m, "BLOCK_N": args.block_n,
+              "BLOCK_K": args.block_k, "GROUP_M": 8, "TAILS": args.tails, "QUANT": 1 if args.fp8 else 0,
+              **({"ACTIVATION": 0} if gemm == 1 else {"MUL_WEIGHT": True})}
+    div = [n for n in fn.arg_names if n in ptrs or n in ("I", "N", "K", "stride_xm", "stride_am", "stride_we",
+                                                          "stride_wn", "stride_om", "stride_ym", "up_offset")]
+    return compile_sass(fn, sig, consts, div, args.arch, args.warps, args.stages)
+
+
 def _gemm_fp8_block_sm90(args, gemm: int):
     from moekit.kernels import moe_gemm_sm90 as g
     from moekit.quant.ops import MIN_SCALE
@@ -173,7 +193,8 @@ def _linear_gemv_mma(args):
 KERNELS = {"gemv1_mxfp4": _gemv1_mxfp4, "gemv2_mxfp4": _gemv2_mxfp4, "gemm1_mxfp4": _gemm1_mxfp4,
            "linear_gemv": _linear_gemv, "linear_gemv_mma": _linear_gemv_mma,
            "gemm1_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 1),
-           "gemm2_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 2)}
+           "gemm2_fp8_block_sm90": lambda a: _gemm_fp8_block_sm90(a, 2),
+           "gemm1": lambda a: _gemm_plain(a, 1), "gemm2": lambda a: _gemm_plain(a, 2)}
 
 
 def main():
@@ -196,6 +217,8 @@ def main():
     ap.add_argument("--w-scale", type=int, default=1, choices=(0, 1, 2),
                     help="linear_gemv(_mma): the weight's scales")
     ap.add_argument("--gemm2-warps", type=int, default=8, help="gemm2_fp8_block_sm90: 8 or 4 warps")
+    ap.add_argument("--tails", type=int, default=0, help="gemm1, gemm2: tail-tile paths down to BLOCK_M >> TAILS rows")
+    ap.add_argument("--fp8", action="store_true", help="gemm1, gemm2: fp8 w8a8 per channel instead of bf16")
     ap.add_argument("--top", type=int, default=24, help="opcodes listed per loop (most frequent first)")
     ap.add_argument("--count", default="", help="comma-separated opcodes counted over the whole kernel")
     args = ap.parse_args()
