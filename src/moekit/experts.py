@@ -140,7 +140,6 @@ def fused_experts(
     _backend: Optional[str] = None,
     _layer_checked: bool = False,
     _grouped_routing: bool = False,
-    _route: Optional[dict] = None,
 ) -> torch.Tensor:
     """Run the chosen experts of every token and sum their outputs by routing weight.
 
@@ -202,7 +201,7 @@ def fused_experts(
     # unquantized: quant is the "none" scheme and every qarg is None (checked above)
     return fused_experts_triton(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map, activation=activation,
                                 aligned=_aligned, config=_config, quant=scheme, w13_bias=w13_bias, w2_bias=w2_bias,
-                                grouped_routing=_grouped_routing, route=_route, **qargs)
+                                grouped_routing=_grouped_routing, **qargs)
 
 
 def fused_moe(
@@ -257,9 +256,8 @@ def fused_moe(
                                           expert_map, backend, quant, a13_scale is not None or a2_scale is not None,
                                           dict(num_expert_group=num_expert_group, topk_group=topk_group,
                                                correction_bias=correction_bias))
-    route = None
     if fast is not None:
-        topk_weights, topk_ids, aligned, config, route = fast
+        topk_weights, topk_ids, aligned, config = fast
     else:
         topk_weights, topk_ids = select_experts(
             router_logits, top_k, renormalize=renormalize, scoring=scoring, num_expert_group=num_expert_group,
@@ -270,19 +268,16 @@ def fused_moe(
                          w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero,
                          a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned, _config=config,
                          _backend=None if fast is None else "triton", _layer_checked=True,
-                         _grouped_routing=grouped_routing(num_expert_group), _route=route)
+                         _grouped_routing=grouped_routing(num_expert_group))
 
 
 def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scoring, expert_map, backend,
                                quant=None, static_act_scales=False, choice=None):
     """Decode fast path of fused_moe on the Triton backend: routing and token alignment in one launch
-    (saves a launch and a round trip through memory). Returns (topk_weights, topk_ids, aligned, config, route),
-    the config then serving fused_experts too (one backend resolution and one lookup per call), or None when
+    (saves a launch and a round trip through memory). Returns (topk_weights, topk_ids, aligned, config), the
+    config then serving fused_experts too (one backend resolution and one lookup per call), or None when
     it does not apply. Where the decode GEMV kernels serve (``triton_experts.use_decode_gemv``) there is
-    nothing to align, and the GEMVs route the tokens themselves (``moe_gemv.ROUTE_IN_GEMV``): (empty
-    topk_weights and topk_ids that GEMV 1 fills, None, None, the routing's kernel arguments); with routing in
-    the GEMVs off, or ``MOEKIT_VALIDATE`` on, the routing kernel's (topk_weights, topk_ids, None, None, None).
-    ``quant``: a QuantScheme
+    nothing to align: the routing kernel's (topk_weights, topk_ids, None, None). ``quant``: a QuantScheme
     (or None); its kernel config decides the alignment block. ``choice``: fused_moe's grouped top-k and
     correction-bias arguments (num_expert_group, topk_group, correction_bias)."""
     # (fused_moe checked the layer, and router_logits' shape and device, first)
@@ -303,16 +298,7 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     from moekit.triton_experts import use_decode_gemv
 
     if use_decode_gemv(m, e_route, top_k, scheme, static_act_scales, grouped):  # the GEMV kernels need no alignment
-        from moekit.kernels import moe_gemv
-
-        if moe_gemv.ROUTE_IN_GEMV and not envs.get("MOEKIT_VALIDATE"):  # the GEMVs route: no routing kernel
-            from moekit.kernels.routing import kernel_routing_args
-
-            route = kernel_routing_args(router_logits, top_k, renormalize=renormalize, scoring=scoring, **choice)
-            return (torch.empty((m, top_k), dtype=torch.float32, device=x.device),
-                    torch.empty((m, top_k), dtype=torch.int32, device=x.device), None, None, route)
-        return (*select_experts(router_logits, top_k, renormalize=renormalize, scoring=scoring, **choice), None, None,
-                None)
+        return (*select_experts(router_logits, top_k, renormalize=renormalize, scoring=scoring, **choice), None, None)
     from moekit.align import route_and_align
     from moekit.configs import get_config
 
@@ -324,4 +310,4 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
 
         config = quant_config(e, i2 // 2, x.shape[1], top_k, m, scheme)
     return (*route_and_align(router_logits, top_k, renormalize, scoring, e, config.BLOCK_SIZE_M, expert_map,
-                             **choice), config, None)
+                             **choice), config)

@@ -47,7 +47,6 @@ def fused_experts_triton(
     w13_bias: Optional[torch.Tensor] = None,
     w2_bias: Optional[torch.Tensor] = None,
     grouped_routing: bool = False,
-    route: Optional[dict] = None,
     **qargs,
 ) -> torch.Tensor:
     """Same contract as :func:`moekit.fused_experts`; inputs are assumed validated. ``config`` overrides
@@ -58,9 +57,7 @@ def fused_experts_triton(
     :func:`moekit.quant.triton_moe.fused_experts_triton_quant`. ``aligned``: the slots already aligned
     (the fused route-and-align decode path), used when its block size matches the config. ``w13_bias`` /
     ``w2_bias``: optional expert biases [E, 2I] / [E, H], contiguous last dimension. ``grouped_routing``: the ids
-    come from grouped top-k (fused_moe knows; it moves the decode GEMV crossover, :func:`use_decode_gemv`).
-    ``route``: fused_moe chose the decode GEMVs and lets them route (:func:`moekit.kernels.moe_gemv.moe_gemv`);
-    ``topk_weights`` / ``topk_ids`` are then filled by the kernels."""
+    come from grouped top-k (fused_moe knows; it moves the decode GEMV crossover, :func:`use_decode_gemv`)."""
     m, h = x.shape
     e, i2, _ = w13.shape
     i = i2 // 2
@@ -72,13 +69,13 @@ def fused_experts_triton(
     scheme = quant if quant is not None and quant.is_quantized else None
     e_global = expert_map.numel() if expert_map is not None else e
     static_act_scales = qargs.get("a13_scale") is not None or qargs.get("a2_scale") is not None
-    if route is not None or config is None and aligned is None and use_decode_gemv(
-            m, e_global, top_k, scheme, static_act_scales, grouped_routing):
+    if config is None and aligned is None and use_decode_gemv(m, e_global, top_k, scheme, static_act_scales,
+                                                              grouped_routing):
         from moekit.quant.triton_moe import mxfp4_gemv_ptx_decode
 
         return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation, scheme=scheme,
                         w13_scale=qargs.get("w13_scale"), w2_scale=qargs.get("w2_scale"), w13_bias=w13_bias,
-                        w2_bias=w2_bias, mx_ptx=mxfp4_gemv_ptx_decode(x, scheme), route=route)
+                        w2_bias=w2_bias, mx_ptx=mxfp4_gemv_ptx_decode(x, scheme))
     if scheme is not None:
         from moekit.quant.triton_moe import fused_experts_triton_quant
 

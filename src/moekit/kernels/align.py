@@ -62,12 +62,7 @@ def local_expert(ids_ptr, map_ptr, offs, valid, E, n_map, HAS_MAP: tl.constexpr)
     it is valid, its id is inside the ``n_map`` entries of the expert map (without a map: inside [0, E)) and
     the local id is in [0, E); remote experts (mapped to -1) and map values past the local experts are not.
     Ids are compared in their own dtype before narrowing, so int64 ids never wrap."""
-    return local_expert_of(tl.load(ids_ptr + offs, mask=valid, other=-1), map_ptr, valid, E, n_map, HAS_MAP)
-
-
-@triton.jit
-def local_expert_of(raw, map_ptr, valid, E, n_map, HAS_MAP: tl.constexpr):
-    """:func:`local_expert` of global ids already in registers (``raw``, -1 where not ``valid``)."""
+    raw = tl.load(ids_ptr + offs, mask=valid, other=-1)
     if HAS_MAP:
         e = tl.load(map_ptr + raw, mask=valid & (raw >= 0) & (raw < n_map), other=-1).to(tl.int32)
     else:

@@ -45,10 +45,9 @@ import triton
 import triton.language as tl
 
 from moekit.kernels import pdl
-from moekit.kernels.align import local_expert, local_expert_of
+from moekit.kernels.align import local_expert
 from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
 from moekit.kernels.quant import e8m0_value, mxfp4_f32_scaled_down
-from moekit.kernels.routing import route_rows
 from moekit.platform import programmatic_launch
 
 #: Launch shape per weight format (bits: 16 bf16 / fp16 / fp32, 8 fp8 / int8, 4 mxfp4 codes): (GEMV 1 tile,
@@ -86,14 +85,6 @@ GEMV_STAGES = {16: 1, 8: 3, 4: 3}
 #: fp8 block M=2 39.5 / 38.2 / 39.1; gpt-oss mxfp4 M=1 42.1 / 46.9 / 42.0 (its GEMV 2, 360 programs of 8 rows,
 #: loses when they start early on SMs still busy with GEMV 1), M=4 119.1 / 117.7 / 119.2.
 GEMV1_TRIGGER = {16: "start", 8: "start", 4: "end"}
-#: Routing inside the decode GEMVs (fused_moe's decode path, no routing kernel): GEMV 1 routes each slot's token
-#: and stores the choice; GEMV 2 routes its token again before it waits for GEMV 1 (1), or reads GEMV 1's
-#: choice after that wait (2); 0: a routing kernel runs first.
-ROUTE_IN_GEMV = 1
-#: Whether the K loops of the GEMVs keep each step's products in a float32 [rows, K step] tile and sum it once
-#: after the loop (True), or sum every step's products at once (False), per weight format (:data:`GEMV_TILES`
-#: keys; mxfp4 and block-scaled weights always sum per step).
-GEMV_SUM_LATE = {16: False, 8: False, 4: False}
 _MAX_GRID_Y = 65535
 
 
@@ -172,26 +163,11 @@ def _moe_gemv1_kernel(
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
     STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, TRIGGER_EARLY: tl.constexpr = False,
-    SUM_LATE: tl.constexpr = False, ROUTE: tl.constexpr = 0, topk_w_ptr=None, logits_ptr=None, M=0, E_ROUTE=0,
-    stride_lm=0, SIGMOID: tl.constexpr = False, RENORMALIZE: tl.constexpr = False, E_PAD: tl.constexpr = 1,
-    K_PAD: tl.constexpr = 1, rbias_ptr=None, HAS_RBIAS: tl.constexpr = False, GROUPS: tl.constexpr = 1,
-    G_PAD: tl.constexpr = 1, TOPK_GROUP: tl.constexpr = 1,
 ):
     slot = tl.program_id(0)
-    if ROUTE:  # route the slot's token here (the first kernel of the forward), store its choice once
-        w_t, id_t = route_rows(logits_ptr, slot // top_k + tl.arange(0, 1), M, E_ROUTE, top_k, stride_lm, SIGMOID,
-                               RENORMALIZE, E_PAD, K_PAD, rbias_ptr, HAS_RBIAS, GROUPS, G_PAD, TOPK_GROUP)
-        col = tl.arange(0, K_PAD)[None, :] == slot % top_k
-        raw = tl.sum(tl.where(col, id_t, 0))
-        if tl.program_id(1) == 0:
-            tl.store(ids_ptr + slot, raw)
-            tl.store(topk_w_ptr + slot, tl.sum(tl.where(col, w_t, 0.0)))
-        e, live = local_expert_of(raw, map_ptr, slot >= 0, E, n_map, HAS_MAP)
-        pdl.launch_dependents(PDL and TRIGGER_EARLY)
-    else:
-        pdl.wait(PDL)  # topk_ids may come from the kernel before
-        pdl.launch_dependents(PDL and TRIGGER_EARLY)  # GEMV 2 may start: every kernel before this one completed
-        e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
+    pdl.wait(PDL)  # topk_ids may come from the kernel before
+    pdl.launch_dependents(PDL and TRIGGER_EARLY)  # GEMV 2 may start: every kernel before this one has completed
+    e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
     if not live:  # a remote expert or an id out of range: GEMV 2 skips the slot too
         return
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -218,8 +194,6 @@ def _moe_gemv1_kernel(
     else:
         g_ptrs = rows + offs_k[None, :]
         u_ptrs = g_ptrs + I * stride_wn
-        tile_g = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # SUM_LATE: products summed after the loop
-        tile_u = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             k_ok = offs_k < K - k0
             xk = tl.load(x_row + k0 + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
@@ -232,15 +206,9 @@ def _moe_gemv1_kernel(
                                            BLOCK_N, BLOCK_K, GROUP_K)
                 acc_u += _block_scaled_sum(u, sk + ((offs_n + I) // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
                                            BLOCK_N, BLOCK_K, GROUP_K)
-            elif SUM_LATE:
-                tile_g += g
-                tile_u += u
             else:
                 acc_g += tl.sum(g, axis=1)
                 acc_u += tl.sum(u, axis=1)
-        if SUM_LATE and W_SCALE != 2:
-            acc_g = tl.sum(tile_g, axis=1)
-            acc_u = tl.sum(tile_u, axis=1)
     pdl.launch_dependents(PDL and not TRIGGER_EARLY)
     if W_SCALE == 1:
         sr = s_ptr + e.to(tl.int64) * stride_se
@@ -262,32 +230,20 @@ def _moe_gemv2_kernel(
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
-    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, SUM_LATE: tl.constexpr = False,
-    ROUTE: tl.constexpr = 0, logits_ptr=None, M=0, E_ROUTE=0, stride_lm=0, SIGMOID: tl.constexpr = False,
-    RENORMALIZE: tl.constexpr = False, E_PAD: tl.constexpr = 1, rbias_ptr=None, HAS_RBIAS: tl.constexpr = False,
-    GROUPS: tl.constexpr = 1, G_PAD: tl.constexpr = 1, TOPK_GROUP: tl.constexpr = 1,
+    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
     slot = token * top_k + offs_j
-    if ROUTE == 1:  # route the token again, as GEMV 1 did (same code and inputs: the same choice)
-        w_t, id_t = route_rows(logits_ptr, token + tl.arange(0, 1), M, E_ROUTE, top_k, stride_lm, SIGMOID,
-                               RENORMALIZE, E_PAD, TOPK, rbias_ptr, HAS_RBIAS, GROUPS, G_PAD, TOPK_GROUP)
-        raw = tl.where(offs_j < top_k, tl.reshape(id_t, [TOPK]), -1)
-        e, live = local_expert_of(raw, map_ptr, offs_j < top_k, E, n_map, HAS_MAP)
-        wt = tl.where(live, tl.reshape(w_t, [TOPK]), 0.0)
-    else:
-        if ROUTE == 2:  # GEMV 1 routed and stored the choice: read it once that kernel has completed
-            pdl.wait(PDL)
-        e, live = local_expert(ids_ptr, map_ptr, slot, offs_j < top_k, E, n_map, HAS_MAP)
-        wt = tl.load(topk_w_ptr + slot, mask=live, other=0.0)
+    e, live = local_expert(ids_ptr, map_ptr, slot, offs_j < top_k, E, n_map, HAS_MAP)
+    wt = tl.load(topk_w_ptr + slot, mask=live, other=0.0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     e64 = tl.maximum(e, 0).to(tl.int64)
     a_rows = a_ptr + slot.to(tl.int64)[:, None] * stride_am
     w_rows = w_ptr + e64[:, None, None] * stride_we + offs_n.to(tl.int64)[None, :, None] * stride_wn
     rows_ok = live[:, None, None] & n_ok[None, :, None]
-    pdl.wait(PDL and ROUTE != 2)  # the activations are GEMV 1's (ids and weights are older: kernels/pdl.py)
+    pdl.wait(PDL)  # the activations are GEMV 1's (ids and routing weights are older: see kernels/pdl.py)
     acc = tl.zeros([TOPK, BLOCK_N], dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
     if W_SCALE == 3:  # mxfp4 (see GEMV 1)
@@ -307,7 +263,6 @@ def _moe_gemv2_kernel(
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * e8m0_value(sc), axis=2)
     else:
-        tile = tl.zeros([TOPK, BLOCK_N, BLOCK_K], dtype=tl.float32)  # SUM_LATE: products summed after the loop
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             k_ok = offs_k < K - k0
             a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
@@ -325,12 +280,8 @@ def _moe_gemv2_kernel(
                     sc = tl.load(s_blk[:, :, None] + offs_g[None, None, :] * stride_sk,
                                  mask=rows_ok & (offs_g * GROUP_K < K)[None, None, :], other=0.0)
                     acc += tl.sum(part * sc, axis=2)
-            elif SUM_LATE:
-                tile += p
             else:
                 acc += tl.sum(p, axis=2)
-        if SUM_LATE and W_SCALE != 2:
-            acc = tl.sum(tile, axis=2)
     if W_SCALE == 1:
         acc *= tl.load(s_ptr + e64[:, None] * stride_se + offs_n[None, :] * stride_sn,
                        mask=live[:, None] & n_ok[None, :], other=0.0)
@@ -379,17 +330,14 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
              topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor] = None, activation: str = "silu",
              num_warps: int = 4, scheme=None, w13_scale: Optional[torch.Tensor] = None,
              w2_scale: Optional[torch.Tensor] = None, w13_bias: Optional[torch.Tensor] = None,
-             w2_bias: Optional[torch.Tensor] = None, mx_ptx: bool = False,
-             route: Optional[dict] = None) -> torch.Tensor:
+             w2_bias: Optional[torch.Tensor] = None, mx_ptx: bool = False) -> torch.Tensor:
     """The decode forward of the experts: x [M, H], w13 [E, 2I, H], w2 [E, H, I], topk_weights float32
     [M, k] and topk_ids int32 [M, k] (contiguous) -> [M, H] in x's dtype. Two launches. ``scheme``: a
     QuantScheme that :func:`gemv_supports` (weights and ``w13_scale`` / ``w2_scale`` in the layouts of
     :mod:`moekit.quant.moe`; mxfp4 weights are packed [E, 2I, H / 2] and [E, H, I / 2]), or None.
     ``w13_bias`` [E, 2I] / ``w2_bias`` [E, H]: optional expert biases (contiguous last dimension).
     ``mx_ptx``: decode mxfp4 codes by inline PTX (NVIDIA GPUs only; the rule is
-    :func:`moekit.quant.triton_moe.mxfp4_gemv_ptx_decode`). ``route``: route in the kernels
-    (:func:`moekit.kernels.routing.kernel_routing_args`; :data:`ROUTE_IN_GEMV`): ``topk_weights`` and
-    ``topk_ids`` are then outputs, written by GEMV 1."""
+    :func:`moekit.quant.triton_moe.mxfp4_gemv_ptx_decode`)."""
     m, h = x.shape
     i = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
@@ -404,27 +352,22 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     chained = programmatic_launch(x.device)
     launch = dict(PDL=True, launch_pdl=True) if chained else {}
     early = dict(TRIGGER_EARLY=GEMV1_TRIGGER[bits] == "start") if chained else {}
-    topk_pad = triton.next_power_of_2(top_k)
-    route1 = route2 = {}
-    if route is not None:  # GEMV 1 is the forward's first kernel: launched plainly, it routes and stores
-        route1 = dict(ROUTE=1, topk_w_ptr=topk_weights, K_PAD=topk_pad, **route, **dict(launch, launch_pdl=False))
-        route2 = dict(ROUTE=ROUTE_IN_GEMV, **route)
     bn, bk = _blocks(h, 1, kstep1, tile1)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
     _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
         x, w13, inter, topk_ids, emap, i, h, top_k, n_map, e_local, x.stride(0), w13.stride(0), w13.stride(1),
         inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
-        STAGES=GEMV_STAGES[bits], SUM_LATE=GEMV_SUM_LATE[bits],
-        num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias),
-        **(route1 or launch), **early,
+        STAGES=GEMV_STAGES[bits],
+        num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias), **launch, **early,
     )
+    topk_pad = triton.next_power_of_2(top_k)
     bn, bk = _blocks(i, topk_pad, kstep2, tile2)
     bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
     _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, n_map, e_local, inter.stride(0), w2.stride(0),
         w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
-        STAGES=GEMV_STAGES[bits], SUM_LATE=GEMV_SUM_LATE[bits],
-        num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias), **launch, **route2,
+        STAGES=GEMV_STAGES[bits],
+        num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias), **launch,
     )
     return out

@@ -144,21 +144,6 @@ def choice_args(num_expert_group: Optional[int], topk_group: Optional[int], corr
                 G_PAD=triton.next_power_of_2(groups) if groups else 1, TOPK_GROUP=topk_group if groups else 0)
 
 
-def kernel_routing_args(router_logits: torch.Tensor, top_k: int, *, renormalize: bool = True,
-                        scoring: str = "softmax", num_expert_group: Optional[int] = None,
-                        topk_group: Optional[int] = None, correction_bias: Optional[torch.Tensor] = None) -> dict:
-    """Arguments of a kernel that calls :func:`route_rows` for its own token (the decode GEMVs of
-    :mod:`moekit.kernels.moe_gemv`): the logits [M, E] (last dimension contiguous) and the rule, arguments as
-    checked by :func:`moekit.routing.check_routing_args`. The choice bias is ``rbias_ptr`` / ``HAS_RBIAS``
-    there (``bias_ptr`` is the experts' own bias); ``K_PAD`` is the kernel's to give."""
-    logits = router_logits if router_logits.stride(-1) == 1 else router_logits.contiguous()
-    m, e = logits.shape
-    choice = choice_args(num_expert_group, topk_group, correction_bias, logits)
-    return dict(logits_ptr=logits, M=m, E_ROUTE=e, stride_lm=logits.stride(0), SIGMOID=scoring == "sigmoid",
-                RENORMALIZE=renormalize, E_PAD=triton.next_power_of_2(e), rbias_ptr=choice.pop("bias_ptr"),
-                HAS_RBIAS=choice.pop("HAS_BIAS"), **choice)
-
-
 def select_experts_triton(
     router_logits: torch.Tensor, top_k: int, *, renormalize: bool = True, scoring: str = "softmax",
     num_expert_group: Optional[int] = None, topk_group: Optional[int] = None,
