@@ -60,8 +60,14 @@ def check(args) -> None:
         m = int(ms.split(",")[0])
         _, once, lgs = quant_forward(shape, scheme, weights, bias, m)
         x = torch.randn(m, shape.H, device="cuda", dtype=torch.bfloat16)
-        ref = fused_moe(x, w13, w2, lgs[0], shape.top_k, correction_bias=bias, quant=scheme, w13_scale=s13,
-                        w2_scale=s2, backend="torch", **shape.route_kwargs()).float()
+        try:
+            ref = fused_moe(x, w13, w2, lgs[0], shape.top_k, correction_bias=bias, quant=scheme, w13_scale=s13,
+                            w2_scale=s2, backend="torch", **shape.route_kwargs()).float()
+        except torch.OutOfMemoryError:  # the PyTorch backend dequantizes every expert (DeepSeek-V3: 28 GiB)
+            print(f"check {name}:{key} skipped: the PyTorch reference does not fit", flush=True)
+            del weights
+            torch.cuda.empty_cache()
+            continue
         errs = {}
         for arm in args.arms.split(","):
             set_arm(arm)
