@@ -85,10 +85,10 @@ GEMV_STAGES = {16: 1, 8: 3, 4: 3}
 #: fp8 block M=2 39.5 / 38.2 / 39.1; gpt-oss mxfp4 M=1 42.1 / 46.9 / 42.0 (its GEMV 2, 360 programs of 8 rows,
 #: loses when they start early on SMs still busy with GEMV 1), M=4 119.1 / 117.7 / 119.2.
 GEMV1_TRIGGER = {16: "start", 8: "start", 4: "end"}
-#: Programs per SM of (GEMV 1, GEMV 2) per weight format (:data:`GEMV_TILES` keys): None launches one program
-#: per item (GEMV 1: a slot's ``BLOCK_N`` rows; GEMV 2: a token's ``BLOCK_N`` columns); a number launches at
-#: most that many per SM, each walking the items grid-stride.
-GEMV_PROGRAMS_PER_SM = {16: (None, None), 8: (None, None), 4: (None, None)}
+#: Programs per SM of GEMV 1 per weight format (:data:`GEMV_TILES` keys): None launches one program per item (a
+#: slot's ``BLOCK_N`` rows), a number at most that many per SM, each walking the items grid-stride (persistent).
+GEMV1_PROGRAMS_PER_SM = {16: None, 8: None, 4: None}
+_MAX_GRID_Y = 65535
 #: Whether GEMV 1 keeps each K step's products in float32 [BLOCK_N, K step] tiles and sums them once after the
 #: K loop (True) or sums every step at once (False), per weight format (unquantized and per-channel / tensor
 #: scales only: block scales and mxfp4 sum per step).
@@ -166,8 +166,9 @@ def _gemv1_item(x_ptr, w_ptr, out_ptr, slot, tile, e, I, K, top_k, stride_xm, st
                 ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, s_ptr, stride_se, stride_sn,
                 stride_sk, W_SCALE: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, bias_ptr,
                 stride_bias_e, HAS_BIAS: tl.constexpr, PTX: tl.constexpr, STAGES: tl.constexpr,
-                SUM_LATE: tl.constexpr):
-    """GEMV 1 of one item: slot ``slot`` (on local expert ``e``), rows ``tile * BLOCK_N`` onwards of I."""
+                SUM_LATE: tl.constexpr, TRIGGER_END: tl.constexpr):
+    """GEMV 1 of one item: slot ``slot`` (on local expert ``e``), rows ``tile * BLOCK_N`` onwards of I;
+    ``TRIGGER_END``: let the next kernel launch after the K loop (:mod:`moekit.kernels.pdl`)."""
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
     x_row = x_ptr + (slot // top_k).to(tl.int64) * stride_xm
@@ -221,6 +222,7 @@ def _gemv1_item(x_ptr, w_ptr, out_ptr, slot, tile, e, I, K, top_k, stride_xm, st
         if SUM_LATE:
             acc_g = tl.sum(tile_g, axis=1)
             acc_u = tl.sum(tile_u, axis=1)
+    pdl.launch_dependents(TRIGGER_END)
     if W_SCALE == 1:
         sr = s_ptr + e.to(tl.int64) * stride_se
         acc_g *= tl.load(sr + offs_n * stride_sn, mask=n_ok, other=0.0)
@@ -242,19 +244,28 @@ def _moe_gemv1_kernel(
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
     STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, TRIGGER_EARLY: tl.constexpr = False,
-    SUM_LATE: tl.constexpr = False,
+    SUM_LATE: tl.constexpr = False, PERSISTENT: tl.constexpr = False,
 ):
     pdl.wait(PDL)  # topk_ids may come from the kernel before
     pdl.launch_dependents(PDL and TRIGGER_EARLY)  # GEMV 2 may start: every kernel before this one has completed
-    n_items = n_slots * tl.cdiv(I, BLOCK_N)
-    for item in tl.range(tl.program_id(0), n_items, tl.num_programs(0)):  # items: slot fastest
-        slot = item % n_slots
+    if PERSISTENT:  # a 1-D grid of a few programs per SM walks the (slot, rows) items, slot fastest
+        for item in tl.range(tl.program_id(0), n_slots * tl.cdiv(I, BLOCK_N), tl.num_programs(0)):
+            slot = item % n_slots
+            e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
+            if live:  # else a remote expert or an id out of range: GEMV 2 skips the slot too
+                _gemv1_item(x_ptr, w_ptr, out_ptr, slot, item // n_slots, e, I, K, top_k, stride_xm, stride_we,
+                            stride_wn, stride_om, ACTIVATION, BLOCK_N, BLOCK_K, s_ptr, stride_se, stride_sn,
+                            stride_sk, W_SCALE, GROUP_N, GROUP_K, bias_ptr, stride_bias_e, HAS_BIAS, PTX, STAGES,
+                            SUM_LATE, False)
+        pdl.launch_dependents(PDL and not TRIGGER_EARLY)
+    else:  # grid (slots, row tiles): one item per program (a loop around the item costs registers)
+        slot = tl.program_id(0)
         e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
         if live:  # else a remote expert or an id out of range: GEMV 2 skips the slot too
-            _gemv1_item(x_ptr, w_ptr, out_ptr, slot, item // n_slots, e, I, K, top_k, stride_xm, stride_we,
+            _gemv1_item(x_ptr, w_ptr, out_ptr, slot, tl.program_id(1), e, I, K, top_k, stride_xm, stride_we,
                         stride_wn, stride_om, ACTIVATION, BLOCK_N, BLOCK_K, s_ptr, stride_se, stride_sn, stride_sk,
-                        W_SCALE, GROUP_N, GROUP_K, bias_ptr, stride_bias_e, HAS_BIAS, PTX, STAGES, SUM_LATE)
-    pdl.launch_dependents(PDL and not TRIGGER_EARLY)
+                        W_SCALE, GROUP_N, GROUP_K, bias_ptr, stride_bias_e, HAS_BIAS, PTX, STAGES, SUM_LATE,
+                        PDL and not TRIGGER_EARLY)
 
 
 @triton.jit
@@ -326,24 +337,17 @@ def _gemv2_item(a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr, token, tile
 @triton.jit
 def _moe_gemv2_kernel(
     a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr,
-    N, K, top_k, n_map, E, n_tokens, stride_am, stride_we, stride_wn, stride_om,
+    N, K, top_k, n_map, E, stride_am, stride_we, stride_wn, stride_om,
     HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
     STAGES: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
-    n_items = n_tokens * tl.cdiv(N, BLOCK_N)
-    for item in tl.range(tl.program_id(0), n_items, tl.num_programs(0)):  # items: token fastest
-        _gemv2_item(a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr, item % n_tokens, item // n_tokens, N, K,
-                    top_k, n_map, E, stride_am, stride_we, stride_wn, stride_om, HAS_MAP, TOPK, BLOCK_N, BLOCK_K,
-                    s_ptr, stride_se, stride_sn, stride_sk, W_SCALE, GROUP_N, GROUP_K, bias_ptr, stride_bias_e,
-                    HAS_BIAS, PTX, STAGES, PDL)
-
-
-def _programs(items: int, per_sm: Optional[int], sms: int) -> int:
-    """Grid of a GEMV launch: one program per item, or at most ``per_sm`` programs per SM walking the items."""
-    return items if per_sm is None else max(1, min(items, per_sm * sms))
+    _gemv2_item(a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr, tl.program_id(0), tl.program_id(1), N, K,
+                top_k, n_map, E, stride_am, stride_we, stride_wn, stride_om, HAS_MAP, TOPK, BLOCK_N, BLOCK_K,
+                s_ptr, stride_se, stride_sn, stride_sk, W_SCALE, GROUP_N, GROUP_K, bias_ptr, stride_bias_e,
+                HAS_BIAS, PTX, STAGES, PDL)
 
 
 def _blocks(k: int, rows: int, max_block_k: int, tile: int) -> tuple:
@@ -406,21 +410,26 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     chained = programmatic_launch(x.device)
     launch = dict(PDL=True, launch_pdl=True) if chained else {}
     early = dict(TRIGGER_EARLY=GEMV1_TRIGGER[bits] == "start") if chained else {}
-    per_sm = GEMV_PROGRAMS_PER_SM[bits]
-    sms = max(platform_of(x.device).multiprocessor_count, 1)
     bn, bk = _blocks(h, 1, kstep1, tile1)
-    _moe_gemv1_kernel[(_programs(m * top_k * triton.cdiv(i, bn), per_sm[0], sms),)](
+    n_tiles, per_sm = triton.cdiv(i, bn), GEMV1_PROGRAMS_PER_SM[bits]
+    if per_sm:  # persistent: a 1-D grid walks the (slot, rows) items
+        grid = (max(1, min(m * top_k * n_tiles, per_sm * max(platform_of(x.device).multiprocessor_count, 1))),)
+    else:
+        bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))  # CUDA grid's y extent
+        grid = (m * top_k, triton.cdiv(i, bn))
+    _moe_gemv1_kernel[grid](
         x, w13, inter, topk_ids, emap, i, h, top_k, n_map, e_local, m * top_k, x.stride(0), w13.stride(0),
         w13.stride(1), inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
-        STAGES=GEMV_STAGES[bits], SUM_LATE=GEMV_SUM_LATE[bits],
+        STAGES=GEMV_STAGES[bits], SUM_LATE=GEMV_SUM_LATE[bits], PERSISTENT=bool(per_sm),
         num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias), **launch, **early,
     )
     topk_pad = triton.next_power_of_2(top_k)
     bn, bk = _blocks(i, topk_pad, kstep2, tile2)
-    _moe_gemv2_kernel[(_programs(m * triton.cdiv(h, bn), per_sm[1], sms),)](
-        inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, n_map, e_local, m, inter.stride(0),
-        w2.stride(0), w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
+    bn = max(bn, triton.next_power_of_2(triton.cdiv(h, _MAX_GRID_Y)))  # CUDA grid's y extent
+    _moe_gemv2_kernel[(m, triton.cdiv(h, bn))](
+        inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, n_map, e_local, inter.stride(0), w2.stride(0),
+        w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
         STAGES=GEMV_STAGES[bits],
         num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias), **launch,
     )
