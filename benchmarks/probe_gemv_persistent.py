@@ -1,5 +1,5 @@
 """Probe (GPU only): GEMV 1 of the decode path (Qwen3-30B-A3B bf16, M = 1: 8 slots reading 50 MB of w13) alone,
-shipped (``moe_gemv._moe_gemv1_kernel`` as shipped in session 15: one program per (slot, BLOCK_N rows), one wave) against a persistent
+shipped (``moe_gemv._moe_gemv1_kernel``: one program per (slot, BLOCK_N rows), one wave) against a persistent
 form (``P`` programs per SM walk the (slot, rows) items grid-stride, float32 [rows, K step] sums, the K loop
 pipelined, optionally flattened with the item loop: ``tl.range(flatten=True)``), and a kernel that only reads
 50 MB (``probe_skinny_floor._read_kernel``). CUDA-graph replay over ``ROT`` routings (no L2 reuse), us per call.
@@ -69,9 +69,8 @@ def main():
 
     def shipped():
         for i, o in zip(ids, outs):
-            _moe_gemv1_kernel[(s.top_k * triton.cdiv(s.I, 8),)](
-                x, w13, o, i, i, s.I, s.H, s.top_k, 0, s.E, s.top_k, x.stride(0), w13.stride(0), w13.stride(1),
-                o.stride(0),
+            _moe_gemv1_kernel[(s.top_k, triton.cdiv(s.I, 8))](
+                x, w13, o, i, i, s.I, s.H, s.top_k, 0, s.E, x.stride(0), w13.stride(0), w13.stride(1), o.stride(0),
                 HAS_MAP=False, ACTIVATION=0, BLOCK_N=8, BLOCK_K=512, STAGES=1, num_warps=4)
 
     shipped()

@@ -48,7 +48,7 @@ from moekit.kernels import pdl
 from moekit.kernels.align import local_expert
 from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
 from moekit.kernels.quant import e8m0_value, mxfp4_f32_scaled_down
-from moekit.platform import platform_of, programmatic_launch
+from moekit.platform import programmatic_launch
 
 #: Launch shape per weight format (bits: 16 bf16 / fp16 / fp32, 8 fp8 / int8, 4 mxfp4 codes): (GEMV 1 tile,
 #: GEMV 2 tile, GEMV 1 K step, GEMV 2 K step). A tile is the elements of the float32 product one program
@@ -85,14 +85,7 @@ GEMV_STAGES = {16: 1, 8: 3, 4: 3}
 #: fp8 block M=2 39.5 / 38.2 / 39.1; gpt-oss mxfp4 M=1 42.1 / 46.9 / 42.0 (its GEMV 2, 360 programs of 8 rows,
 #: loses when they start early on SMs still busy with GEMV 1), M=4 119.1 / 117.7 / 119.2.
 GEMV1_TRIGGER = {16: "start", 8: "start", 4: "end"}
-#: Programs per SM of GEMV 1 per weight format (:data:`GEMV_TILES` keys): None launches one program per item (a
-#: slot's ``BLOCK_N`` rows), a number at most that many per SM, each walking the items grid-stride (persistent).
-GEMV1_PROGRAMS_PER_SM = {16: None, 8: None, 4: None}
 _MAX_GRID_Y = 65535
-#: Whether GEMV 1 keeps each K step's products in float32 [BLOCK_N, K step] tiles and sums them once after the
-#: K loop (True) or sums every step at once (False), per weight format (unquantized and per-channel / tensor
-#: scales only: block scales and mxfp4 sum per step).
-GEMV_SUM_LATE = {16: False, 8: False, 4: False}
 
 
 def _weight_bits(scheme) -> int:
@@ -162,14 +155,22 @@ def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BL
 
 
 @triton.jit
-def _gemv1_item(x_ptr, w_ptr, out_ptr, slot, tile, e, I, K, top_k, stride_xm, stride_we, stride_wn, stride_om,
-                ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, s_ptr, stride_se, stride_sn,
-                stride_sk, W_SCALE: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, bias_ptr,
-                stride_bias_e, HAS_BIAS: tl.constexpr, PTX: tl.constexpr, STAGES: tl.constexpr,
-                SUM_LATE: tl.constexpr, TRIGGER_END: tl.constexpr):
-    """GEMV 1 of one item: slot ``slot`` (on local expert ``e``), rows ``tile * BLOCK_N`` onwards of I;
-    ``TRIGGER_END``: let the next kernel launch after the K loop (:mod:`moekit.kernels.pdl`)."""
-    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+def _moe_gemv1_kernel(
+    x_ptr, w_ptr, out_ptr, ids_ptr, map_ptr,
+    I, K, top_k, n_map, E, stride_xm, stride_we, stride_wn, stride_om,
+    HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
+    W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
+    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, TRIGGER_EARLY: tl.constexpr = False,
+):
+    slot = tl.program_id(0)
+    pdl.wait(PDL)  # topk_ids may come from the kernel before
+    pdl.launch_dependents(PDL and TRIGGER_EARLY)  # GEMV 2 may start: every kernel before this one has completed
+    e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
+    if not live:  # a remote expert or an id out of range: GEMV 2 skips the slot too
+        return
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
     x_row = x_ptr + (slot // top_k).to(tl.int64) * stride_xm
     rows = w_ptr + e.to(tl.int64) * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
@@ -190,39 +191,25 @@ def _gemv1_item(x_ptr, w_ptr, out_ptr, slot, tile, e, I, K, top_k, stride_xm, st
             acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K, PTX)
             acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
                                   BLOCK_N, BLOCK_K, PTX)
-    elif W_SCALE == 2:
+    else:
         g_ptrs = rows + offs_k[None, :]
-        sk = s_ptr + e.to(tl.int64) * stride_se
+        u_ptrs = g_ptrs + I * stride_wn
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             k_ok = offs_k < K - k0
             xk = tl.load(x_row + k0 + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
             wmask = n_ok[:, None] & k_ok[None, :]
             g = tl.load(g_ptrs + k0, mask=wmask, other=0.0).to(tl.float32) * xk
-            u = tl.load(g_ptrs + I * stride_wn + k0, mask=wmask, other=0.0).to(tl.float32) * xk
-            acc_g += _block_scaled_sum(g, sk + (offs_n // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
-                                       BLOCK_N, BLOCK_K, GROUP_K)
-            acc_u += _block_scaled_sum(u, sk + ((offs_n + I) // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
-                                       BLOCK_N, BLOCK_K, GROUP_K)
-    else:  # SUM_LATE: the products stay in [BLOCK_N, BLOCK_K] float32 tiles, summed once after the loop
-        g_ptrs = rows + offs_k[None, :]
-        tile_g = tl.zeros([BLOCK_N, BLOCK_K if SUM_LATE else 1], dtype=tl.float32)
-        tile_u = tl.zeros([BLOCK_N, BLOCK_K if SUM_LATE else 1], dtype=tl.float32)
-        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-            k_ok = offs_k < K - k0
-            xk = tl.load(x_row + k0 + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-            wmask = n_ok[:, None] & k_ok[None, :]
-            g = tl.load(g_ptrs + k0, mask=wmask, other=0.0).to(tl.float32) * xk
-            u = tl.load(g_ptrs + I * stride_wn + k0, mask=wmask, other=0.0).to(tl.float32) * xk
-            if SUM_LATE:
-                tile_g += g
-                tile_u += u
+            u = tl.load(u_ptrs + k0, mask=wmask, other=0.0).to(tl.float32) * xk
+            if W_SCALE == 2:
+                sk = s_ptr + e.to(tl.int64) * stride_se
+                acc_g += _block_scaled_sum(g, sk + (offs_n // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
+                                           BLOCK_N, BLOCK_K, GROUP_K)
+                acc_u += _block_scaled_sum(u, sk + ((offs_n + I) // GROUP_N) * stride_sn, n_ok, k0, K, stride_sk,
+                                           BLOCK_N, BLOCK_K, GROUP_K)
             else:
                 acc_g += tl.sum(g, axis=1)
                 acc_u += tl.sum(u, axis=1)
-        if SUM_LATE:
-            acc_g = tl.sum(tile_g, axis=1)
-            acc_u = tl.sum(tile_u, axis=1)
-    pdl.launch_dependents(TRIGGER_END)
+    pdl.launch_dependents(PDL and not TRIGGER_EARLY)
     if W_SCALE == 1:
         sr = s_ptr + e.to(tl.int64) * stride_se
         acc_g *= tl.load(sr + offs_n * stride_sn, mask=n_ok, other=0.0)
@@ -236,50 +223,21 @@ def _gemv1_item(x_ptr, w_ptr, out_ptr, slot, tile, e, I, K, top_k, stride_xm, st
 
 
 @triton.jit
-def _moe_gemv1_kernel(
-    x_ptr, w_ptr, out_ptr, ids_ptr, map_ptr,
-    I, K, top_k, n_map, E, n_slots, stride_xm, stride_we, stride_wn, stride_om,
-    HAS_MAP: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _moe_gemv2_kernel(
+    a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr,
+    N, K, top_k, n_map, E, stride_am, stride_we, stride_wn, stride_om,
+    HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
-    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, TRIGGER_EARLY: tl.constexpr = False,
-    SUM_LATE: tl.constexpr = False, PERSISTENT: tl.constexpr = False,
+    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
-    pdl.wait(PDL)  # topk_ids may come from the kernel before
-    pdl.launch_dependents(PDL and TRIGGER_EARLY)  # GEMV 2 may start: every kernel before this one has completed
-    if PERSISTENT:  # a 1-D grid of a few programs per SM walks the (slot, rows) items, slot fastest
-        for item in tl.range(tl.program_id(0), n_slots * tl.cdiv(I, BLOCK_N), tl.num_programs(0)):
-            slot = item % n_slots
-            e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
-            if live:  # else a remote expert or an id out of range: GEMV 2 skips the slot too
-                _gemv1_item(x_ptr, w_ptr, out_ptr, slot, item // n_slots, e, I, K, top_k, stride_xm, stride_we,
-                            stride_wn, stride_om, ACTIVATION, BLOCK_N, BLOCK_K, s_ptr, stride_se, stride_sn,
-                            stride_sk, W_SCALE, GROUP_N, GROUP_K, bias_ptr, stride_bias_e, HAS_BIAS, PTX, STAGES,
-                            SUM_LATE, False)
-        pdl.launch_dependents(PDL and not TRIGGER_EARLY)
-    else:  # grid (slots, row tiles): one item per program (a loop around the item costs registers)
-        slot = tl.program_id(0)
-        e, live = local_expert(ids_ptr, map_ptr, slot, slot >= 0, E, n_map, HAS_MAP)
-        if live:  # else a remote expert or an id out of range: GEMV 2 skips the slot too
-            _gemv1_item(x_ptr, w_ptr, out_ptr, slot, tl.program_id(1), e, I, K, top_k, stride_xm, stride_we,
-                        stride_wn, stride_om, ACTIVATION, BLOCK_N, BLOCK_K, s_ptr, stride_se, stride_sn, stride_sk,
-                        W_SCALE, GROUP_N, GROUP_K, bias_ptr, stride_bias_e, HAS_BIAS, PTX, STAGES, SUM_LATE,
-                        PDL and not TRIGGER_EARLY)
-
-
-@triton.jit
-def _gemv2_item(a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr, token, tile, N, K, top_k, n_map, E,
-                stride_am, stride_we, stride_wn, stride_om, HAS_MAP: tl.constexpr, TOPK: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, s_ptr, stride_se, stride_sn, stride_sk,
-                W_SCALE: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, bias_ptr, stride_bias_e,
-                HAS_BIAS: tl.constexpr, PTX: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
-    """GEMV 2 of one item: token ``token``, output columns ``tile * BLOCK_N`` onwards of N."""
+    token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
     slot = token * top_k + offs_j
     e, live = local_expert(ids_ptr, map_ptr, slot, offs_j < top_k, E, n_map, HAS_MAP)
     wt = tl.load(topk_w_ptr + slot, mask=live, other=0.0)
-    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     e64 = tl.maximum(e, 0).to(tl.int64)
     a_rows = a_ptr + slot.to(tl.int64)[:, None] * stride_am
@@ -332,22 +290,6 @@ def _gemv2_item(a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr, token, tile
                        other=0.0).to(tl.float32)
     y = tl.sum(acc * wt[:, None], axis=0)
     tl.store(out_ptr + token.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
-def _moe_gemv2_kernel(
-    a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr,
-    N, K, top_k, n_map, E, stride_am, stride_we, stride_wn, stride_om,
-    HAS_MAP: tl.constexpr, TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
-    W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
-    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False,
-):
-    _gemv2_item(a_ptr, w_ptr, out_ptr, ids_ptr, topk_w_ptr, map_ptr, tl.program_id(0), tl.program_id(1), N, K,
-                top_k, n_map, E, stride_am, stride_we, stride_wn, stride_om, HAS_MAP, TOPK, BLOCK_N, BLOCK_K,
-                s_ptr, stride_se, stride_sn, stride_sk, W_SCALE, GROUP_N, GROUP_K, bias_ptr, stride_bias_e,
-                HAS_BIAS, PTX, STAGES, PDL)
 
 
 def _blocks(k: int, rows: int, max_block_k: int, tile: int) -> tuple:
@@ -411,17 +353,12 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     launch = dict(PDL=True, launch_pdl=True) if chained else {}
     early = dict(TRIGGER_EARLY=GEMV1_TRIGGER[bits] == "start") if chained else {}
     bn, bk = _blocks(h, 1, kstep1, tile1)
-    n_tiles, per_sm = triton.cdiv(i, bn), GEMV1_PROGRAMS_PER_SM[bits]
-    if per_sm:  # persistent: a 1-D grid walks the (slot, rows) items
-        grid = (max(1, min(m * top_k * n_tiles, per_sm * max(platform_of(x.device).multiprocessor_count, 1))),)
-    else:
-        bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))  # CUDA grid's y extent
-        grid = (m * top_k, triton.cdiv(i, bn))
-    _moe_gemv1_kernel[grid](
-        x, w13, inter, topk_ids, emap, i, h, top_k, n_map, e_local, m * top_k, x.stride(0), w13.stride(0),
-        w13.stride(1), inter.stride(0),
+    bn = max(bn, triton.next_power_of_2(triton.cdiv(i, _MAX_GRID_Y)))
+    _moe_gemv1_kernel[(m * top_k, triton.cdiv(i, bn))](
+        x, w13, inter, topk_ids, emap, i, h, top_k, n_map, e_local, x.stride(0), w13.stride(0), w13.stride(1),
+        inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
-        STAGES=GEMV_STAGES[bits], SUM_LATE=GEMV_SUM_LATE[bits], PERSISTENT=bool(per_sm),
+        STAGES=GEMV_STAGES[bits],
         num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias), **launch, **early,
     )
     topk_pad = triton.next_power_of_2(top_k)
