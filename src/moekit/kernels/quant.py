@@ -199,32 +199,40 @@ def _group_quant_kernel(
     tl.store(s_ptr + row64 * stride_sm + gs, scale, mask=gs < n_groups)
 
 
+#: Programs of the per-tensor amax pass (grid-stride over [row, chunk] items). Each writes one partial maximum,
+#: and every program of the quantization pass reduces all of them, so the cap keeps that read at 2 KB.
+AMAX_PROGRAMS = 512
+#: Columns of a row one per-tensor program handles (one chunk of at most this many elements).
+TENSOR_CHUNK = 2048
+
+
 @triton.jit
-def _amax_kernel(x_ptr, amax_ptr, npp_ptr, N, stride_xm, BLOCK: tl.constexpr, HAS_NPP: tl.constexpr):
-    row = tl.program_id(0)
+def _amax_kernel(x_ptr, part_ptr, npp_ptr, rows, N, n_chunks, stride_xm, BLOCK: tl.constexpr,
+                 HAS_NPP: tl.constexpr):
+    """part[pid] = max |x| over the [row, chunk] items pid, pid + grid, ... of the rows in use (0 if none)."""
     if HAS_NPP:
-        if row >= tl.load(npp_ptr):
-            return
-    row64 = row.to(tl.int64)
+        rows = tl.minimum(rows, tl.load(npp_ptr))
     m = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, N, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + row64 * stride_xm + cols, mask=cols < N, other=0.0).to(tl.float32)
-        m = tl.maximum(m, tl.abs(x), propagate_nan=tl.PropagateNan.ALL)
-    # a NaN row max (positive: abs cleared the sign) orders above every float in the atomic's integer compare
-    tl.atomic_max(amax_ptr, tl.reduce(m, 0, _max_keep_nan))
+    for item in tl.range(tl.program_id(0), rows * n_chunks, tl.num_programs(0), num_stages=3):
+        cols = (item % n_chunks) * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + (item // n_chunks).to(tl.int64) * stride_xm + cols, mask=cols < N, other=0.0)
+        m = _max_keep_nan(m, tl.abs(x.to(tl.float32)))
+    tl.store(part_ptr + tl.program_id(0), tl.reduce(m, 0, _max_keep_nan))
 
 
 @triton.jit
 def _tensor_quant_kernel(
-    x_ptr, q_ptr, s_ptr, amax_ptr, npp_ptr, N, stride_xm, stride_qm,
-    BLOCK: tl.constexpr, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr,
+    x_ptr, q_ptr, s_ptr, part_ptr, npp_ptr, N, n_parts, stride_xm, stride_qm,
+    BLOCK: tl.constexpr, P_BLOCK: tl.constexpr, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr,
     INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, DYNAMIC: tl.constexpr, HAS_NPP: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    """Program (row, chunk): BLOCK columns of one row; a dynamic scale from the amax pass's partial maxima."""
+    row, chunk = tl.program_id(0), tl.program_id(1)
     if DYNAMIC:
-        scale = scale_from_amax(tl.load(amax_ptr), INV_QMAX, MIN_S)
-        if row == 0:  # also when npp skips every row: the scale is MIN_S then, as in the twin
+        offs = tl.arange(0, P_BLOCK)
+        parts = tl.load(part_ptr + offs, mask=offs < n_parts, other=0.0)
+        scale = scale_from_amax(tl.reduce(parts, 0, _max_keep_nan), INV_QMAX, MIN_S)
+        if (row == 0) & (chunk == 0):  # also when npp skips every row: the scale is MIN_S then, as in the twin
             tl.store(s_ptr, scale)
     else:
         scale = tl.load(s_ptr)
@@ -232,12 +240,11 @@ def _tensor_quant_kernel(
         if row >= tl.load(npp_ptr):
             return
     row64 = row.to(tl.int64)
-    for start in range(0, N, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        ok = cols < N
-        x = tl.load(x_ptr + row64 * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
-        q = quantize_values(x, scale, QKIND, QMAX, EMIN)
-        tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
+    cols = chunk * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < N
+    x = tl.load(x_ptr + row64 * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
+    q = quantize_values(x, scale, QKIND, QMAX, EMIN)
+    tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
 
 
 def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
@@ -254,17 +261,23 @@ def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
 
 
 def tensor_quant(x, q, s, qkind, qmax, emin, dynamic, npp=None):
-    """Per-tensor quantization of x [rows, N]; ``dynamic``: s (float32 [1]) is written, else read."""
-    rows, n = x.shape
-    block = min(triton.next_power_of_2(max(n, 1)), 2048)
-    amax = None
-    if dynamic:
-        import torch
+    """Per-tensor quantization of x [rows, N] (rows and N > 0); ``dynamic``: s (float32 [1]) is written, else
+    read. Two launches when dynamic (partial maxima over at most :data:`AMAX_PROGRAMS` programs, then the
+    quantization, each of whose programs reduces them), one when static; no memset, no atomics."""
+    import torch
 
-        amax = torch.zeros(1, dtype=torch.float32, device=x.device)
-        _amax_kernel[(rows,)](x, amax, npp, n, x.stride(0), BLOCK=block, HAS_NPP=npp is not None)
-    _tensor_quant_kernel[(rows,)](
-        x, q, s, amax, npp, n, x.stride(0), q.stride(0),
-        BLOCK=block, QKIND=qkind, QMAX=qmax, EMIN=emin, INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE,
-        DYNAMIC=dynamic, HAS_NPP=npp is not None,
+    rows, n = x.shape
+    block = min(triton.next_power_of_2(n), TENSOR_CHUNK)
+    n_chunks = triton.cdiv(n, block)
+    parts, n_parts = s, 1  # static: unused
+    if dynamic:
+        n_parts = min(rows * n_chunks, AMAX_PROGRAMS)
+        parts = torch.empty(n_parts, dtype=torch.float32, device=x.device)
+        _amax_kernel[(n_parts,)](x, parts, npp, rows, n, n_chunks, x.stride(0), BLOCK=block,
+                                 HAS_NPP=npp is not None, num_warps=warps_for(block, 8))
+    _tensor_quant_kernel[(rows, n_chunks)](
+        x, q, s, parts, npp, n, n_parts, x.stride(0), q.stride(0),
+        BLOCK=block, P_BLOCK=triton.next_power_of_2(n_parts), QKIND=qkind, QMAX=qmax, EMIN=emin,
+        INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE, DYNAMIC=dynamic, HAS_NPP=npp is not None,
+        num_warps=warps_for(block, 8),
     )
