@@ -75,6 +75,27 @@ def test_token_and_tensor_quant_bit_exact(qdtype):
         assert torch.equal(_bits(q), _bits(q2)) and torch.equal(s, s2)
 
 
+@pytest.mark.parametrize("amax_programs,split_items", [(3, 0), (1024, 10 ** 9), (2, 10 ** 9)])
+@pytest.mark.parametrize("npp_value", [None, 7])
+def test_tensor_quant_grid_forms_bit_exact(monkeypatch, amax_programs, split_items, npp_value):
+    """The per-tensor kernels in each of their forms (amax programs walking several [row, chunk] items or one
+    each; one quantization program per chunk or per row walking its chunks; rows skipped by npp) against the
+    twin, bit for bit: rows of 3 chunks of ``TENSOR_CHUNK`` columns plus a ragged one, a NaN past npp."""
+    import moekit.kernels.quant as kq
+
+    monkeypatch.setattr(kq, "AMAX_PROGRAMS", amax_programs)
+    monkeypatch.setattr(kq, "SPLIT_ROWS_ITEMS", split_items)
+    monkeypatch.setattr(kq, "TENSOR_CHUNK", 64)
+    x = _nasty(11, 3 * 64 + 5)
+    x[9, 4] = float("nan")  # past npp = 7: must not count
+    npp = None if npp_value is None else torch.tensor([npp_value], dtype=torch.int32, device=DEVICE)
+    (q, s), (q2, s2) = [per_tensor_quant(x, torch.float8_e4m3fn, npp=npp, use_triton=u) for u in (True, False)]
+    rows = x.shape[0] if npp_value is None else npp_value
+    assert _same_nan(s, s2) and (npp_value is None) == bool(torch.isnan(s).all())
+    if npp_value is not None:
+        assert torch.equal(_bits(q[:rows]), _bits(q2[:rows]))
+
+
 def _same_nan(a, b):
     """Equal, with NaN equal to NaN."""
     return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))

@@ -200,10 +200,16 @@ def _group_quant_kernel(
 
 
 #: Programs of the per-tensor amax pass (grid-stride over [row, chunk] items). Each writes one partial maximum,
-#: and every program of the quantization pass reduces all of them, so the cap keeps that read at 2 KB.
-AMAX_PROGRAMS = 512
-#: Columns of a row one per-tensor program handles (one chunk of at most this many elements).
+#: and every program of the quantization pass reduces all of them, so the cap keeps that read at 4 KB.
+AMAX_PROGRAMS = 1024
+#: Elements of a row one step of a per-tensor pass handles (a chunk).
 TENSOR_CHUNK = 2048
+#: Up to this many [row, chunk] items the quantization pass runs one program per chunk (many short programs for
+#: few rows); above, one program per row walks its chunks, so fewer programs reduce the partial maxima.
+#: Measured on the H100 (``benchmarks/ab_tensor_quant.py``, ``ab_tensor_quant_H100_session16_first.json``, one
+#: program per chunk everywhere): Mixtral's intermediate [632, 14336] 18.2 -> 17.6 us, but [8312, 14336] 213.1
+#: -> 259.6 us.
+SPLIT_ROWS_ITEMS = 8192
 
 
 @triton.jit
@@ -222,17 +228,19 @@ def _amax_kernel(x_ptr, part_ptr, npp_ptr, rows, N, n_chunks, stride_xm, BLOCK: 
 
 @triton.jit
 def _tensor_quant_kernel(
-    x_ptr, q_ptr, s_ptr, part_ptr, npp_ptr, N, n_parts, stride_xm, stride_qm,
+    x_ptr, q_ptr, s_ptr, part_ptr, npp_ptr, N, n_chunks, n_parts, stride_xm, stride_qm,
     BLOCK: tl.constexpr, P_BLOCK: tl.constexpr, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr,
     INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, DYNAMIC: tl.constexpr, HAS_NPP: tl.constexpr,
+    CHUNKS: tl.constexpr = 1,
 ):
-    """Program (row, chunk): BLOCK columns of one row; a dynamic scale from the amax pass's partial maxima."""
-    row, chunk = tl.program_id(0), tl.program_id(1)
+    """Program (row, g): chunks g * CHUNKS onwards (BLOCK columns each) of one row; a dynamic scale from the amax
+    pass's partial maxima."""
+    row, first = tl.program_id(0), tl.program_id(1) * CHUNKS
     if DYNAMIC:
         offs = tl.arange(0, P_BLOCK)
         parts = tl.load(part_ptr + offs, mask=offs < n_parts, other=0.0)
         scale = scale_from_amax(tl.reduce(parts, 0, _max_keep_nan), INV_QMAX, MIN_S)
-        if (row == 0) & (chunk == 0):  # also when npp skips every row: the scale is MIN_S then, as in the twin
+        if (row == 0) & (first == 0):  # also when npp skips every row: the scale is MIN_S then, as in the twin
             tl.store(s_ptr, scale)
     else:
         scale = tl.load(s_ptr)
@@ -240,11 +248,12 @@ def _tensor_quant_kernel(
         if row >= tl.load(npp_ptr):
             return
     row64 = row.to(tl.int64)
-    cols = chunk * BLOCK + tl.arange(0, BLOCK)
-    ok = cols < N
-    x = tl.load(x_ptr + row64 * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
-    q = quantize_values(x, scale, QKIND, QMAX, EMIN)
-    tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
+    for chunk in range(first, tl.minimum(first + CHUNKS, n_chunks)):
+        cols = chunk * BLOCK + tl.arange(0, BLOCK)
+        ok = cols < N
+        x = tl.load(x_ptr + row64 * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
+        q = quantize_values(x, scale, QKIND, QMAX, EMIN)
+        tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
 
 
 def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
@@ -263,7 +272,8 @@ def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
 def tensor_quant(x, q, s, qkind, qmax, emin, dynamic, npp=None):
     """Per-tensor quantization of x [rows, N] (rows and N > 0); ``dynamic``: s (float32 [1]) is written, else
     read. Two launches when dynamic (partial maxima over at most :data:`AMAX_PROGRAMS` programs, then the
-    quantization, each of whose programs reduces them), one when static; no memset, no atomics."""
+    quantization, each of whose programs reduces them; :data:`SPLIT_ROWS_ITEMS`), one when static; no memset,
+    no atomics."""
     import torch
 
     rows, n = x.shape
@@ -275,8 +285,9 @@ def tensor_quant(x, q, s, qkind, qmax, emin, dynamic, npp=None):
         parts = torch.empty(n_parts, dtype=torch.float32, device=x.device)
         _amax_kernel[(n_parts,)](x, parts, npp, rows, n, n_chunks, x.stride(0), BLOCK=block,
                                  HAS_NPP=npp is not None, num_warps=warps_for(block, 8))
-    _tensor_quant_kernel[(rows, n_chunks)](
-        x, q, s, parts, npp, n, n_parts, x.stride(0), q.stride(0),
+    per_prog = 1 if rows * n_chunks <= SPLIT_ROWS_ITEMS else n_chunks
+    _tensor_quant_kernel[(rows, triton.cdiv(n_chunks, per_prog))](
+        x, q, s, parts, npp, n, n_chunks, n_parts, x.stride(0), q.stride(0), CHUNKS=per_prog,
         BLOCK=block, P_BLOCK=triton.next_power_of_2(n_parts), QKIND=qkind, QMAX=qmax, EMIN=emin,
         INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE, DYNAMIC=dynamic, HAS_NPP=npp is not None,
         num_warps=warps_for(block, 8),
