@@ -3,7 +3,8 @@
 One kernel family, rows x groups:
   per-token-group  grid (rows, cdiv(N, G)): one scale per (row, group of G columns)   scale [rows, cdiv(N, G)]
   per-token        the same with G = N (one group per row)                          scale [rows, 1]
-  per-tensor       an amax pass (atomic max into one float32) then a quantize pass    scale [1]
+  per-tensor       an amax pass (partial maxima of <= AMAX_PROGRAMS programs), then   scale [1]
+                   a quantize pass whose programs each reduce the partials first
   static           a given float32 scale [1]
 
 Numerics (shared with the PyTorch twins in :mod:`moekit.quant.ops`, which are bit-exact with these kernels):
