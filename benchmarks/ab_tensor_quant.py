@@ -5,6 +5,7 @@ program per row quantizing). The op alone on Mixtral-8x7B's two quantized activa
 of Mixtral fp8 per tensor, arms interleaved (``ab_cases.run_ab``). GPU only.
 
     PYTHONPATH=src python3 benchmarks/ab_tensor_quant.py [--rounds 3] [--out F.json]
+        [--op-only --arms old,new,new@4096]   (the op alone under SPLIT_ROWS_ITEMS values)
 """
 from __future__ import annotations
 
@@ -72,30 +73,38 @@ def old_tensor_quant(x, q, s, qkind, qmax, emin, dynamic, npp=None):
                                 HAS_NPP=npp is not None)
 
 
+SPLIT = kq.SPLIT_ROWS_ITEMS
+
+
 def set_arm(arm: str) -> None:
+    """``old``, ``new``, or ``new@N`` (the new kernels with ``SPLIT_ROWS_ITEMS`` = N)."""
     kq.tensor_quant = old_tensor_quant if arm == "old" else NEW
+    kq.SPLIT_ROWS_ITEMS = int(arm.split("@")[1]) if "@" in arm else SPLIT
 
 
-def op_alone(rounds: int) -> None:
+def op_alone(rounds: int, arms=("old", "new"), ms=(16, 64, 256, 1024, 4096)) -> None:
     """per_tensor_quant alone: x [M, 4096] and the intermediate [2M + padding, 14336] (npp = 2M)."""
-    for m in (16, 64, 256, 1024, 4096):
+    for m in ms:
         for rows, n, used in ((m, 4096, None), (2 * m + 8 * 15, 14336, 2 * m)):
             x = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
             npp = None if used is None else torch.tensor([used], device="cuda", dtype=torch.int32)
             best, outs = {}, {}
             for _ in range(rounds):
-                for arm in ("old", "new"):
+                for arm in arms:
                     set_arm(arm)
                     best[arm] = min(best.get(arm, 1e9), _median_us(lambda: per_tensor_quant(x, npp=npp)))
                     outs[arm] = per_tensor_quant(x, npp=npp)
             set_arm("new")
-            same = torch.equal(outs["old"][1], outs["new"][1]) and torch.equal(
-                outs["old"][0][:used].view(torch.uint8), outs["new"][0][:used].view(torch.uint8))
-            print(f"op M={m:5d} x[{rows}, {n}] old {best['old']:7.1f} us  new {best['new']:7.1f} us  "
-                  f"bit-equal {same}", flush=True)
+            same = all(torch.equal(outs[arms[0]][1], o[1]) and torch.equal(
+                outs[arms[0]][0][:used].view(torch.uint8), o[0][:used].view(torch.uint8)) for o in outs.values())
+            print(f"op M={m:5d} x[{rows}, {n}] " + "  ".join(f"{a} {best[a]:7.1f} us" for a in arms)
+                  + f"  bit-equal {same}", flush=True)
 
 
 if __name__ == "__main__":
-    a = parser(__doc__, "old,new", ["mixtral8x7b:fp8_tensor:16,64,256,1024,4096"]).parse_args()
-    op_alone(a.rounds)
-    run_ab(a, set_arm, "new")
+    ap = parser(__doc__, "old,new", ["mixtral8x7b:fp8_tensor:16,64,256,1024,4096"])
+    ap.add_argument("--op-only", action="store_true", help="time the op alone, every arm; no forward")
+    a = ap.parse_args()
+    op_alone(a.rounds, tuple(a.arms.split(",")) if a.op_only else ("old", "new"))
+    if not a.op_only:
+        run_ab(a, set_arm, "new")
