@@ -209,9 +209,10 @@ TENSOR_CHUNK = 2048
 #: few rows); above, one program per row walks its chunks, so fewer programs reduce the partial maxima.
 #: Measured on the H100 (``benchmarks/ab_tensor_quant.py``, ``ab_tensor_quant_H100_session16_first.json``, one
 #: program per chunk everywhere): Mixtral's intermediate [632, 14336] 18.2 -> 17.6 us, but [8312, 14336] 213.1
-#: -> 259.6 us. With this rule (``ab_tensor_quant_H100_session16.json``, session 15's kernels -> these): [248, 14336]
-#: 14.6 -> 9.1 us, [632, 14336] 18.3 -> 19.2, [2168, 14336] 66.4 -> 64.4, [8312, 14336] 212.8 -> 218.1.
-SPLIT_ROWS_ITEMS = 8192
+#: -> 259.6 us. Session 15's kernels -> these (``ab_tensor_quant_split_H100_session16.log``, the op alone): [248,
+#: 14336] 14.6 -> 9.0 us, [632, 14336] 18.2 -> 16.9 (19.3 with 8192 here), [2168, 14336] 66.4 -> 64.3, [8312,
+#: 14336] 212.7 -> 218.2; 2048 and 4096 equal at every shape.
+SPLIT_ROWS_ITEMS = 4096
 
 
 @triton.jit
