@@ -4,6 +4,7 @@ against another version of the module (``--against FILE``, e.g. ``git show REV:s
 arms interleaved, best of ``--rounds``. Each point is checked equal to the PyTorch alignment. GPU only.
 
     PYTHONPATH=src python3 benchmarks/bench_align.py [--m 256,1024,4096,16384] [--against old_align.py] [--out F]
+        [--tails]   (with the tail tiles ``moekit.configs.tail_tile`` gives each point; checked as well)
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import triton
 import moekit.kernels.align as ka
 from moekit.align import align_torch, max_blocks
 from moekit.bench import _median_us
-from moekit.configs import get_config
+from moekit.configs import get_config, tail_tile
 from moekit.shapes import SHAPES
 
 
@@ -28,6 +29,7 @@ def main():
     ap.add_argument("--against", default=None, help="a file holding another align_triton")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tails", action="store_true", help="align with the shipped tail-tile rule")
     args = ap.parse_args()
     arms = {"shipped": ka}
     if args.against:
@@ -41,22 +43,28 @@ def main():
     for name in args.shapes.split(","):
         s = SHAPES[name]
         for m in [int(v) for v in args.m.split(",")]:
-            bm = get_config(s.E, s.I, s.H, s.top_k, m, torch.bfloat16).BLOCK_SIZE_M
+            config = get_config(s.E, s.I, s.H, s.top_k, m, torch.bfloat16)
+            bm = config.BLOCK_SIZE_M
+            mt = tail_tile(config, s.E) if args.tails else bm
             ids = torch.stack([torch.randperm(s.E, device="cuda")[:s.top_k] for _ in range(m)]).int()
             nb = max_blocks(ids.numel(), s.E, bm)
-            ref = align_torch(ids, s.E, bm)
+            ref = align_torch(ids, s.E, bm, min_tile=mt)
             n = int(ref.num_padded)
             best = {}
             for arm, mod in arms.items():
-                out = mod.align_triton(ids, s.E, bm, nb)
+                out = mod.align_triton(ids, s.E, bm, nb, None, mt)
                 srt, npp = out[0], out[-1]
                 assert int(npp) == n and torch.equal(srt[:n], ref.sorted_ids[:n]), (arm, name, m)
+                if mt < bm:
+                    used = int((ref.tile_rows >= 0).sum())
+                    assert torch.equal(out[2][:used], ref.tile_rows[:used]), (arm, name, m)
             for _ in range(args.rounds):
                 for arm, mod in arms.items():
-                    t = _median_us(lambda mod=mod: mod.align_triton(ids, s.E, bm, nb))
+                    t = _median_us(lambda mod=mod: mod.align_triton(ids, s.E, bm, nb, None, mt))
                     best[arm] = min(best.get(arm, float("inf")), t)
-            res["points"].append({"shape": name, "M": m, "E": s.E, "top_k": s.top_k, "block_m": bm, "us": best})
-            print(f"{name:14s} M={m:6d} E={s.E:3d} k={s.top_k} BM={bm:3d}  "
+            res["points"].append({"shape": name, "M": m, "E": s.E, "top_k": s.top_k, "block_m": bm, "min_tile": mt,
+                                  "us": best})
+            print(f"{name:14s} M={m:6d} E={s.E:3d} k={s.top_k} BM={bm:3d} min_tile={mt:3d}  "
                   + "  ".join(f"{a} {t:7.2f} us" for a, t in best.items()), flush=True)
     if args.out:
         with open(args.out, "w") as f:
