@@ -10,7 +10,8 @@ wait overlaps HBM traffic.
   (``BN2`` columns of H, every top-k slot's rows at once, K in one masked step) likewise.
 * Grid barrier: one atomic add per program (program 0 adds ``2**31 - (P - 1)``, the others 1, so the sign
   bit flips once per launch whatever the counter held: no reset, CUDA-graph replay safe), then polling with
-  ``ld.acquire.gpu`` until the sign bit differs from the one seen on arrival.
+  ``ld.acquire.gpu`` until the sign bit differs from the one seen on arrival. The counter must start with its
+  low 31 bits zero (a launch leaves it so): one buffer zeroed once (per stream, were this shipped).
 
     PYTHONPATH=src python3 benchmarks/probe_decode_onekernel.py [--out F.json]
 """
@@ -34,6 +35,7 @@ from moekit.kernels.routing import route_rows  # noqa: E402
 from moekit.shapes import SHAPES  # noqa: E402
 
 ROT = 8
+_BAR = {}  # device -> the barrier counter: zero once, then back to 0 / 2**31 after every launch
 
 
 @triton.jit
@@ -48,8 +50,10 @@ def _grid_barrier(bar_ptr, master_inc):
     inc = tl.where(tl.program_id(0) == 0, master_inc, 1)
     old = tl.atomic_add(bar_ptr, inc, sem="release", scope="gpu")
     cur = old
-    while (cur ^ old) >= 0:  # sign bit unchanged: not everyone has arrived
-        cur = _ld_acquire(bar_ptr)
+    polls = 0
+    while ((cur ^ old) >= 0) & (polls < 2_000_000):  # sign bit unchanged: not everyone has arrived (the cap
+        cur = _ld_acquire(bar_ptr)                        # turns a bug into a wrong answer, not a hang)
+        polls += 1
 
 
 @triton.jit
@@ -127,7 +131,9 @@ def decode(x, w13, w2, logits, top_k, P, bn1, bk1, bn2, bk2, warps, preload=True
     i = w13.shape[1] // 2
     inter = torch.empty((top_k, i), device=x.device, dtype=x.dtype)
     out = torch.empty_like(x)
-    bar = torch.empty(1, device=x.device, dtype=torch.int32)  # any value: see _grid_barrier
+    if x.device not in _BAR:
+        _BAR[x.device] = torch.zeros(1, device=x.device, dtype=torch.int32)
+    bar = _BAR[x.device]  # see _grid_barrier
     items1 = top_k * triton.cdiv(i, bn1)
     items2 = triton.cdiv(h, bn2)
     inc = (1 << 31) - (P - 1)
