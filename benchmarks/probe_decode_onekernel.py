@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from moekit import fused_moe  # noqa: E402
 from moekit.bench import _median_us  # noqa: E402
 from moekit.kernels.moe_gemm import gate_up  # noqa: E402
-from moekit.kernels.routing import route_rows  # noqa: E402
+from moekit.kernels.routing import route_rows, select_experts_triton  # noqa: E402
 from moekit.shapes import SHAPES  # noqa: E402
 
 ROT = 8
@@ -45,7 +45,13 @@ def _ld_acquire(ptr):
 
 
 @triton.jit
-def _grid_barrier(bar_ptr, master_inc):
+def _nanosleep(ptr):
+    return tl.inline_asm_elementwise("nanosleep.u32 64; mov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
+def _grid_barrier(bar_ptr, master_inc, SLEEP: tl.constexpr = False):
     tl.debug_barrier()  # every thread's stores of this program happen before the release below
     inc = tl.where(tl.program_id(0) == 0, master_inc, 1)
     old = tl.atomic_add(bar_ptr, inc, sem="release", scope="gpu")
@@ -54,6 +60,8 @@ def _grid_barrier(bar_ptr, master_inc):
     while ((cur ^ old) >= 0) & (polls < 2_000_000):  # sign bit unchanged: not everyone has arrived (the cap
         cur = _ld_acquire(bar_ptr)                        # turns a bug into a wrong answer, not a hang)
         polls += 1
+        if SLEEP:
+            polls += _nanosleep(bar_ptr)
 
 
 @triton.jit
@@ -61,18 +69,31 @@ def _decode_kernel(logits_ptr, x_ptr, w13_ptr, w2_ptr, inter_ptr, out_ptr, bar_p
                    E, H, I, TOP_K, stride_we1, stride_wn1, stride_we2, stride_wn2,
                    E_PAD: tl.constexpr, K_PAD: tl.constexpr, BN1: tl.constexpr, BK1: tl.constexpr,
                    BN2: tl.constexpr, BK2: tl.constexpr, ITEMS1: tl.constexpr, ITEMS2: tl.constexpr,
-                   BARRIER: tl.constexpr, PRELOAD: tl.constexpr):
+                   BARRIER: tl.constexpr, PRELOAD: tl.constexpr, ids_ptr=None, wts_ptr=None,
+                   ROUTE: tl.constexpr = 1, DO1: tl.constexpr = True, DO2: tl.constexpr = True,
+                   SLEEP: tl.constexpr = False, NW: tl.constexpr = 4):
+    # breakdown switches: ROUTE 1 one routing row, 2 one row per warp (reductions stay in a warp), 0 ids and
+    # weights given (ids_ptr / wts_ptr); DO1 / DO2 GEMV 1 / 2 on; SLEEP: nanosleep between polls
     pid = tl.program_id(0)
     P = tl.num_programs(0)
-    w_tile, id_tile = route_rows(logits_ptr, tl.arange(0, 1), 1, E, TOP_K, E, False, True, E_PAD, K_PAD,
-                                 logits_ptr, False, 0, 1, 0)
-    ids = tl.reshape(id_tile, [K_PAD])
-    wts = tl.reshape(w_tile, [K_PAD])
     kcols = tl.arange(0, K_PAD)
+    if ROUTE == 1:
+        w_tile, id_tile = route_rows(logits_ptr, tl.arange(0, 1), 1, E, TOP_K, E, False, True, E_PAD, K_PAD,
+                                     logits_ptr, False, 0, 1, 0)
+        ids = tl.reshape(id_tile, [K_PAD])
+        wts = tl.reshape(w_tile, [K_PAD])
+    elif ROUTE == 2:
+        w_tile, id_tile = route_rows(logits_ptr, tl.arange(0, NW) * 0, 1, E, TOP_K, E, False, True, E_PAD, K_PAD,
+                                     logits_ptr, False, 0, 1, 0)
+        ids = tl.max(id_tile, axis=0)
+        wts = tl.max(w_tile, axis=0)
+    else:
+        ids = tl.load(ids_ptr + kcols, mask=kcols < TOP_K, other=0)
+        wts = tl.load(wts_ptr + kcols, mask=kcols < TOP_K, other=0.0)
     nb1 = tl.cdiv(I, BN1)
     n_items1 = TOP_K * nb1
     offs_k1 = tl.arange(0, BK1)
-    for t in tl.static_range(ITEMS1):
+    for t in tl.static_range(ITEMS1 if DO1 else 0):
         item = pid + t * P
         if item < n_items1:
             slot = item // nb1
@@ -103,8 +124,8 @@ def _decode_kernel(logits_ptr, x_ptr, w13_ptr, w2_ptr, inter_ptr, out_ptr, bar_p
                           mask=live[:, None, None] & (offs_c0 < H)[None, :, None] & (offs_k2 < I)[None, None, :],
                           other=0.0)
     if BARRIER:
-        _grid_barrier(bar_ptr, master_inc)
-    for t in tl.static_range(ITEMS2):
+        _grid_barrier(bar_ptr, master_inc, SLEEP)
+    for t in tl.static_range(ITEMS2 if DO2 else 0):
         offs_c = (pid + t * P) * BN2 + tl.arange(0, BN2)
         c_ok = offs_c < H
         w_ptrs = w_rows + offs_c.to(tl.int64)[None, :, None] * stride_wn2
@@ -126,7 +147,8 @@ def _decode_kernel(logits_ptr, x_ptr, w13_ptr, w2_ptr, inter_ptr, out_ptr, bar_p
         tl.store(out_ptr + offs_c, y.to(out_ptr.dtype.element_ty), mask=c_ok)
 
 
-def decode(x, w13, w2, logits, top_k, P, bn1, bk1, bn2, bk2, warps, preload=True, barrier=True):
+def decode(x, w13, w2, logits, top_k, P, bn1, bk1, bn2, bk2, warps, preload=True, barrier=True, coop=True,
+           **flags):
     e, h = logits.shape[1], x.shape[1]
     i = w13.shape[1] // 2
     inter = torch.empty((top_k, i), device=x.device, dtype=x.dtype)
@@ -142,15 +164,16 @@ def decode(x, w13, w2, logits, top_k, P, bn1, bk1, bn2, bk2, warps, preload=True
                          w13.stride(0), w13.stride(1), w2.stride(0), w2.stride(1),
                          E_PAD=triton.next_power_of_2(e), K_PAD=triton.next_power_of_2(top_k), BN1=bn1, BK1=bk1,
                          BN2=bn2, BK2=bk2, ITEMS1=triton.cdiv(items1, P),
-                         ITEMS2=triton.cdiv(items2, P), BARRIER=barrier, PRELOAD=preload, num_warps=warps,
-                         launch_cooperative_grid=True)
+                         ITEMS2=triton.cdiv(items2, P), BARRIER=barrier, PRELOAD=preload, num_warps=warps, NW=warps,
+                         **flags,
+                         launch_cooperative_grid=coop)
     return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--breakdown", action="store_true")
     args = ap.parse_args()
     s = SHAPES["qwen3_30b_a3b"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -160,37 +183,55 @@ def main():
     w2 = torch.randn(s.E, s.H, s.I, device="cuda", dtype=torch.bfloat16) / s.I ** 0.5
     xs = [torch.randn(1, s.H, device="cuda", dtype=torch.bfloat16) for _ in range(ROT)]
     lgs = [torch.randn(1, s.E, device="cuda") for _ in range(ROT)]
-    ref = [fused_moe(x.double(), w13.double(), w2.double(), lg, s.top_k, backend="torch") for x, lg in zip(xs[:2], lgs[:2])]
+    ref = [fused_moe(x.double(), w13.double(), w2.double(), lg, s.top_k, backend="torch")
+           for x, lg in zip(xs[:2], lgs[:2])]
     shipped = lambda: [fused_moe(x, w13, w2, lg, s.top_k) for x, lg in zip(xs, lgs)]  # noqa: E731
+    routed = [select_experts_triton(lg, s.top_k) for lg in lgs]
     cands = {}
-    configs = [(p, bn1, 512, 1, 256, 4, True) for p in (sms * 4, 768, sms * 6, sms * 7) for bn1 in (8, 4)]
-    configs += [(sms * 6, 8, 512, 1, 256, 4, False), (sms * 4, 8, 512, 1, 1024, 4, True),
-                (sms * 4, 4, 512, 1, 1024, 4, True)]
-    configs += [(sms * 3, 16, 512, bn2, bk2, 8, True) for bn2 in (1, 2) for bk2 in (256, 512)]
-    if args.quick:
-        configs = [(768, 8, 512, 1, 256, 4, True), (sms * 4, 8, 512, 1, 1024, 4, True)]
-    for P, bn1, bk1, bn2, bk2, warps, pre in configs:
-        name = f"P{P}_n{bn1}_k{bk1}_c{bn2}_k{bk2}_w{warps}_{'pre' if pre else 'nopre'}"
-        fn = (lambda P=P, bn1=bn1, bk1=bk1, bn2=bn2, bk2=bk2, warps=warps, pre=pre:  # noqa: E731
-              [decode(x, w13, w2, lg, s.top_k, P, bn1, bk1, bn2, bk2, warps, pre) for x, lg in zip(xs, lgs)])
+    configs = [(p, bn1, 512, 1, 256, 4, True, {}) for p in (sms * 4, 768, sms * 6, sms * 7) for bn1 in (8, 4)]
+    configs += [(sms * 6, 8, 512, 1, 256, 4, False, {}), (sms * 4, 8, 512, 1, 1024, 4, True, {}),
+                (sms * 4, 4, 512, 1, 1024, 4, True, {})]
+    configs += [(sms * 3, 16, 512, bn2, bk2, 8, True, {}) for bn2 in (1, 2) for bk2 in (256, 512)]
+    if args.breakdown:  # where the time goes, at one shape; entries with "nobar" are timing only (racy)
+        base = (768, 8, 512, 1, 256, 4, True)
+        configs = [base + (f,) for f in (
+            {}, dict(ROUTE=2), dict(ROUTE=0), dict(SLEEP=True), dict(ROUTE=2, SLEEP=True),
+            dict(ROUTE=0, barrier=False), dict(ROUTE=0, DO2=False, barrier=False),
+            dict(ROUTE=0, DO1=False), dict(ROUTE=0, DO1=False, barrier=False), dict(ROUTE=1, DO2=False, barrier=False),
+            dict(ROUTE=2, DO2=False, barrier=False), dict(ROUTE=0, DO2=False, barrier=False, coop=False),
+            dict(ROUTE=0, DO1=False, barrier=False, coop=False), dict(ROUTE=0, barrier=False, coop=False),
+            dict(coop=False))]
+        configs += [(sms * 6, 8, 512, 1, 256, 4, True, dict(ROUTE=2)),
+                    (sms * 4, 8, 512, 1, 1024, 4, True, dict(ROUTE=2))]
+    for P, bn1, bk1, bn2, bk2, warps, pre, flags in configs:
+        name = f"P{P}_n{bn1}_k{bk1}_c{bn2}_k{bk2}_w{warps}_{'pre' if pre else 'nopre'}" + "".join(
+            f"_{k}{int(v)}" for k, v in flags.items())
+        check = flags.get("barrier", True) and flags.get("DO1", True) and flags.get("DO2", True)
+
+        def run(i, P=P, bn1=bn1, bk1=bk1, bn2=bn2, bk2=bk2, warps=warps, pre=pre, flags=flags):
+            extra = dict(flags)
+            if extra.get("ROUTE", 1) == 0:
+                extra.update(ids_ptr=routed[i][1], wts_ptr=routed[i][0])
+            return decode(xs[i], w13, w2, lgs[i], s.top_k, P, bn1, bk1, bn2, bk2, warps, pre, **extra)
+        fn = lambda run=run: [run(i) for i in range(ROT)]  # noqa: E731
         try:
-            got = [decode(x, w13, w2, lg, s.top_k, P, bn1, bk1, bn2, bk2, warps, pre)
-                   for x, lg in zip(xs[:2], lgs[:2])]
+            got = [run(i) for i in range(2)]
             torch.cuda.synchronize()
         except Exception as exc:  # noqa: BLE001 (a grid too large to be co-resident, say)
             print(f"{name}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
             continue
         err = max(((g.double() - r).norm() / r.norm()).item() for g, r in zip(got, ref))
-        if not err < 2e-2:
-            print(f"{name}: WRONG rel err {err}", flush=True)
-            continue
-        for _ in range(50):  # many launches on one counter buffer each: the sign-bit barrier never resets
-            got = decode(xs[0], w13, w2, lgs[0], s.top_k, P, bn1, bk1, bn2, bk2, warps, pre)
-        err = max(err, ((got.double() - ref[0]).norm() / ref[0].norm()).item())
+        if check:
+            for _ in range(50):  # many launches on one counter: the sign-bit barrier must come back each time
+                got = run(0)
+            err = max(err, ((got.double() - ref[0]).norm() / ref[0].norm()).item())
+            if not err < 2e-2:
+                print(f"{name}: WRONG rel err {err}", flush=True)
+                continue
         cands[name] = (fn, err)
-        print(f"{name}: ok, rel err {err:.2e}", flush=True)
+        print(f"{name}: ok, rel err {err:.2e}{'' if check else ' (timing only)'}", flush=True)
     # rounds: the shipped forward and every candidate, interleaved
-    rounds = 3 if not args.quick else 2
+    rounds = 3
     times = {"shipped": []}
     for r in range(rounds):
         times["shipped"].append(_median_us(shipped) / ROT)
