@@ -65,6 +65,27 @@ def quant_config(E: int, N: int, K: int, top_k: int, M: int, scheme: QuantScheme
                       block_shape=scheme.block_shape if scheme.granularity == "block" else None)
 
 
+#: How GEMM 2 of the fp8 block path makes up for a K step cut to GEMM 1's output group ``g`` (when the config's
+#: BLOCK_SIZE_N is under the weight's scale block: GEMM 1 quantizes its output per BLOCK_SIZE_N columns, and a K
+#: step must not straddle two activation groups): "none" keeps the config's stages and BLOCK_SIZE_N; "stages"
+#: multiplies num_stages by BLOCK_SIZE_K / g (the same bytes in flight per program); "n" multiplies GEMM 2's
+#: BLOCK_SIZE_N by it (the same bytes per K step); "both". A/B: ``benchmarks/ab_gemm2_split.py``.
+GEMM2_SPLIT_RULE = "none"
+
+
+def gemm2_split_config(config, g: int):
+    """GEMM 2's config on the fp8 block path when GEMM 1 quantizes its output in groups of ``g`` columns:
+    BLOCK_SIZE_K at most ``g``, and :data:`GEMM2_SPLIT_RULE`'s make-up for the shorter step."""
+    bk = min(config.BLOCK_SIZE_K, g)
+    f = config.BLOCK_SIZE_K // bk
+    cfg = replace(config, BLOCK_SIZE_K=bk)
+    if f > 1 and GEMM2_SPLIT_RULE in ("stages", "both"):
+        cfg = replace(cfg, num_stages=cfg.num_stages * f)
+    if f > 1 and GEMM2_SPLIT_RULE in ("n", "both"):
+        cfg = replace(cfg, BLOCK_SIZE_N=cfg.BLOCK_SIZE_N * f)
+    return cfg
+
+
 def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
     """Whether mxfp4 GEMMs on ``x``'s device use ``tl.dot_scaled`` (the device has it, see the
     ``dot_scaled`` platform feature, and the activations are bf16/fp16) rather than moekit's in-kernel
@@ -284,7 +305,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             bk = scheme.block_shape[1]
             g = config.BLOCK_SIZE_N if config.BLOCK_SIZE_N <= bk and bk % config.BLOCK_SIZE_N == 0 else bk
             cfg1 = replace(config, BLOCK_SIZE_N=g)
-            cfg2 = replace(config, BLOCK_SIZE_K=min(config.BLOCK_SIZE_K, g))
+            cfg2 = gemm2_split_config(config, g)
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             inter_s = torch.empty((p, -(-i // g)), dtype=torch.float32, device=x.device)
             q1.out_quant, q1.out_scale, q1.out_stride, q1.out_qparams = 1, inter_s, inter_s.stride(0), _qparams(adt)
