@@ -1,10 +1,10 @@
 """A/B of GEMM 2's config on the fp8 block path when its K step is cut to GEMM 1's output group (config
 BLOCK_SIZE_N under the 128-wide scale block, e.g. DeepSeek-V3 at M <= 128 with the shipped H100 file: GEMM 2 then
-runs 64-deep K steps): arms ``none`` / ``stages`` / ``n`` / ``both`` of
+runs 64-deep K steps): arms ``none`` / ``stages`` / ``n`` / ``both`` / ``ka`` of
 :data:`moekit.quant.triton_moe.GEMM2_SPLIT_RULE`. Whole fused_moe (routing included) as CUDA-graph replay, arms
 interleaved (``ab_cases.run_ab``). GPU only.
 
-    PYTHONPATH=src python3 benchmarks/ab_gemm2_split.py [--arms none,stages,n,both] [--rounds 3] [--out F.json]
+    PYTHONPATH=src python3 benchmarks/ab_gemm2_split.py [--arms none,both,ka] [--rounds 3] [--out F.json]
         [--cases dsv3:fp8_block:16,64 ...]
 """
 from __future__ import annotations
@@ -25,4 +25,4 @@ def set_arm(arm: str) -> None:
 
 
 if __name__ == "__main__":
-    run_ab(parser(__doc__, "none,stages,n,both", CASES).parse_args(), set_arm, "shipped")
+    run_ab(parser(__doc__, "none,both,ka", CASES).parse_args(), set_arm, "shipped")

@@ -286,6 +286,29 @@ def test_quant_kernels_at_explicit_configs(key, cfg, poisoned_empty):
     assert_close_to_reference(out, ref, key)
 
 
+@pytest.mark.parametrize("rule", ["none", "stages", "n", "both", "ka"])
+@pytest.mark.parametrize("cfg, i", [((16, 32, 128), 256), ((16, 64, 128), 200), ((32, 64, 128), 96)])
+def test_fp8_block_gemm2_split_rules(rule, cfg, i, poisoned_empty, monkeypatch):
+    """GEMM 2 of the fp8 block path when GEMM 1 quantizes its output in groups finer than the 128 block
+    (``triton_moe.gemm2_split_config``): shorter K steps with more stages / wider tiles, or (rule "ka") full K
+    steps spanning 2-4 activation groups as a rescaled float16 operand; I not a multiple of 128 leaves the
+    last step's groups past K unread."""
+    import moekit.quant.triton_moe as tq
+    from moekit.configs import MoEKernelConfig
+    from moekit.routing import select_experts
+    from moekit.triton_experts import fused_experts_triton
+
+    monkeypatch.setattr(tq, "GEMM2_SPLIT_RULE", rule)
+    scheme = SCHEMES["fp8_block"]
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    x, w13, w2, logits, kw, ref = _layer(scheme, 21, 4, 256, i, dtype)
+    w, ids = select_experts(logits, 2)
+    bm, bn, bk = cfg
+    out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 2), quant=scheme,
+                               **{k: v for k, v in kw.items() if k != "quant"})
+    assert_close_to_reference(out, ref, "fp8_block")
+
+
 @pytest.mark.parametrize("bm, bn, bk, ptx", [(16, 64, 32, False), (32, 64, 32, True), (64, 64, 32, True),
                                               (128, 32, 32, True), (32, 128, 32, True), (32, 64, 64, True),
                                               (64, 64, 128, True), (32, 64, 256, False)])

@@ -406,6 +406,25 @@ def _moe_gemm1_kernel(
 
 
 @triton.jit
+def _rescaled_groups(a, as_ptrs, ka0, stride_ask, K, BLOCK_K: tl.constexpr, GROUP_KA: tl.constexpr):
+    """One fp8 block K step of GEMM 2's activation, [BLOCK_M, BLOCK_K] codes spanning ``BLOCK_K / GROUP_KA``
+    scale groups (first group ``ka0``; scales at ``as_ptrs`` [BLOCK_M] + group * ``stride_ask``), as one float16
+    MMA operand: each group's codes times its scale over the row's largest scale in the step (a ratio <= 1, so
+    |values| <= the fp8 maximum and float16 never overflows; 11 significant bits against fp8's 4). Returns
+    (operand, that largest scale [BLOCK_M]); the dot's result is multiplied by the scale afterwards. Groups past
+    K read no scale. A NaN scale makes its rows NaN (the ratio is NaN; the maximum skips it)."""
+    offs_g = tl.arange(0, BLOCK_K) // GROUP_KA
+    ref = tl.load(as_ptrs + ka0 * stride_ask)
+    for j in tl.static_range(1, BLOCK_K // GROUP_KA):
+        ref = tl.maximum(ref, tl.load(as_ptrs + (ka0 + j) * stride_ask, mask=(ka0 + j) * GROUP_KA < K, other=0.0))
+    factor = tl.zeros(a.shape, dtype=tl.float32)
+    for j in tl.static_range(BLOCK_K // GROUP_KA):
+        s_j = tl.load(as_ptrs + (ka0 + j) * stride_ask, mask=(ka0 + j) * GROUP_KA < K, other=0.0)
+        factor = tl.where((offs_g == j)[None, :], (s_j / ref)[:, None], factor)
+    return (a.to(tl.float32) * factor).to(tl.float16), ref
+
+
+@triton.jit
 def _gemm2_tile(
     row0, pid_m, pid_n, a_ptr, w_ptr, y_ptr, topk_w_ptr, sorted_ptr, experts_ptr, N, K, num_slots, stride_am,
     stride_we, stride_wn, stride_ym, MUL_WEIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
@@ -465,9 +484,14 @@ def _gemm2_tile(
                 b = tl.load(b_ptrs, mask=wmask, other=0.0)
             if QUANT == 2:
                 kb = (k * BLOCK_K) // GROUP_K
-                ka = (k * BLOCK_K) // GROUP_KA  # the activation's group along K (GEMM 1's BLOCK_N) may be finer
-                acc += tl.dot(a, b) * (tl.load(as_ptrs + ka * stride_ask)[:, None]
-                                       * tl.load(bs_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
+                b_s = tl.load(bs_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :]
+                if GROUP_KA < BLOCK_K:  # the step spans several activation groups (GEMM 1's BLOCK_N is finer)
+                    a16, a_ref = _rescaled_groups(a, as_ptrs, k * (BLOCK_K // GROUP_KA), stride_ask, K, BLOCK_K,
+                                                  GROUP_KA)
+                    acc += tl.dot(a16, b.to(tl.float16)) * (a_ref[:, None] * b_s)
+                else:
+                    ka = (k * BLOCK_K) // GROUP_KA
+                    acc += tl.dot(a, b) * (tl.load(as_ptrs + ka * stride_ask)[:, None] * b_s)
             elif INT_ACC:
                 acc = tl.dot(a, b, acc, out_dtype=tl.int32)
             else:

@@ -69,19 +69,25 @@ def quant_config(E: int, N: int, K: int, top_k: int, M: int, scheme: QuantScheme
 #: BLOCK_SIZE_N is under the weight's scale block: GEMM 1 quantizes its output per BLOCK_SIZE_N columns, and a K
 #: step must not straddle two activation groups): "none" keeps the config's stages and BLOCK_SIZE_N; "stages"
 #: multiplies num_stages by BLOCK_SIZE_K / g (the same bytes in flight per program); "n" multiplies GEMM 2's
-#: BLOCK_SIZE_N by it (the same bytes per K step); "both". A/B: ``benchmarks/ab_gemm2_split.py``.
+#: BLOCK_SIZE_N by it (the same bytes per K step); "both"; "ka" keeps BLOCK_SIZE_K, a K step then spanning
+#: several activation groups (:func:`moekit.kernels.moe_gemm._rescaled_groups`: a float16 MMA operand; only
+#: where BLOCK_SIZE_M < 64, whose fp8 dots Triton runs as float16 MMAs anyway; elsewhere "both"). A/B:
+#: ``benchmarks/ab_gemm2_split.py``.
 GEMM2_SPLIT_RULE = "none"
 
 
 def gemm2_split_config(config, g: int):
     """GEMM 2's config on the fp8 block path when GEMM 1 quantizes its output in groups of ``g`` columns:
-    BLOCK_SIZE_K at most ``g``, and :data:`GEMM2_SPLIT_RULE`'s make-up for the shorter step."""
+    BLOCK_SIZE_K at most ``g`` (or kept, rule "ka"), and :data:`GEMM2_SPLIT_RULE`'s make-up for the shorter
+    step."""
+    if GEMM2_SPLIT_RULE == "ka" and config.BLOCK_SIZE_M < 64:
+        return config
     bk = min(config.BLOCK_SIZE_K, g)
     f = config.BLOCK_SIZE_K // bk
     cfg = replace(config, BLOCK_SIZE_K=bk)
-    if f > 1 and GEMM2_SPLIT_RULE in ("stages", "both"):
+    if f > 1 and GEMM2_SPLIT_RULE in ("stages", "both", "ka"):
         cfg = replace(cfg, num_stages=cfg.num_stages * f)
-    if f > 1 and GEMM2_SPLIT_RULE in ("n", "both"):
+    if f > 1 and GEMM2_SPLIT_RULE in ("n", "both", "ka"):
         cfg = replace(cfg, BLOCK_SIZE_N=cfg.BLOCK_SIZE_N * f)
     return cfg
 
