@@ -290,15 +290,16 @@ def test_quant_kernels_at_explicit_configs(key, cfg, poisoned_empty):
 @pytest.mark.parametrize("cfg, i", [((16, 32, 128), 256), ((16, 64, 128), 200), ((32, 64, 128), 96)])
 def test_fp8_block_gemm2_split_rules(rule, cfg, i, poisoned_empty, monkeypatch):
     """GEMM 2 of the fp8 block path when GEMM 1 quantizes its output in groups finer than the 128 block
-    (``triton_moe.gemm2_split_config``): shorter K steps with more stages / wider tiles, or (rule "ka") full K
-    steps spanning 2-4 activation groups as a rescaled float16 operand; I not a multiple of 128 leaves the
-    last step's groups past K unread."""
+    (``triton_moe.gemm2_split_config``): shorter K steps with more stages / wider tiles, or (rule "ka", here at
+    any I) full K steps spanning 2-4 activation groups as a rescaled float16 operand; I not a multiple of 128
+    leaves the last step's groups past K unread."""
     import moekit.quant.triton_moe as tq
     from moekit.configs import MoEKernelConfig
     from moekit.routing import select_experts
     from moekit.triton_experts import fused_experts_triton
 
     monkeypatch.setattr(tq, "GEMM2_SPLIT_RULE", rule)
+    monkeypatch.setattr(tq, "KA_MIN_STEPS", 1)
     scheme = SCHEMES["fp8_block"]
     dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
     x, w13, w2, logits, kw, ref = _layer(scheme, 21, 4, 256, i, dtype)
@@ -307,6 +308,19 @@ def test_fp8_block_gemm2_split_rules(rule, cfg, i, poisoned_empty, monkeypatch):
     out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 2), quant=scheme,
                                **{k: v for k, v in kw.items() if k != "quant"})
     assert_close_to_reference(out, ref, "fp8_block")
+
+
+def test_gemm2_split_config_rule():
+    """Where the shipped rule applies: "ka" keeps the config at BLOCK_M < 64 with enough K steps, else the step
+    is cut to the activation group."""
+    import moekit.quant.triton_moe as tq
+    from moekit.configs import MoEKernelConfig
+
+    c = MoEKernelConfig(16, 64, 128, 1, 4, 4)
+    assert tq.GEMM2_SPLIT_RULE == "ka"
+    assert tq.gemm2_split_config(c, 64, 2048) == c  # DeepSeek-V3's I: 16 steps
+    assert tq.gemm2_split_config(c, 64, 256) == MoEKernelConfig(16, 64, 64, 1, 4, 4)  # its TP8 slice: 2 steps
+    assert tq.gemm2_split_config(MoEKernelConfig(64, 64, 128, 1, 4, 4), 64, 2048).BLOCK_SIZE_K == 64
 
 
 @pytest.mark.parametrize("bm, bn, bk, ptx", [(16, 64, 32, False), (32, 64, 32, True), (64, 64, 32, True),

@@ -31,7 +31,9 @@ Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel)
 GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N columns): the program takes the
 row amax of its tile and writes q and scale [P, I / BLOCK_N] - the activation of GEMM 2 never exists in bf16.
 BLOCK_N divides the weight's 128 block, so this group is the block or finer (finer is more accurate), and
-GEMM 2 reads that scale per ``GROUP_KA`` columns of K; 2 = static per-tensor scale.
+GEMM 2 reads that scale per ``GROUP_KA`` columns of K (a K step may span several such groups: then its
+activation codes are rescaled into one float16 operand, :func:`_rescaled_groups`; where:
+:func:`moekit.quant.triton_moe.gemm2_split_config`); 2 = static per-tensor scale.
 """
 from __future__ import annotations
 

@@ -65,29 +65,36 @@ def quant_config(E: int, N: int, K: int, top_k: int, M: int, scheme: QuantScheme
                       block_shape=scheme.block_shape if scheme.granularity == "block" else None)
 
 
-#: How GEMM 2 of the fp8 block path makes up for a K step cut to GEMM 1's output group ``g`` (when the config's
-#: BLOCK_SIZE_N is under the weight's scale block: GEMM 1 quantizes its output per BLOCK_SIZE_N columns, and a K
-#: step must not straddle two activation groups): "none" keeps the config's stages and BLOCK_SIZE_N; "stages"
-#: multiplies num_stages by BLOCK_SIZE_K / g (the same bytes in flight per program); "n" multiplies GEMM 2's
-#: BLOCK_SIZE_N by it (the same bytes per K step); "both"; "ka" keeps BLOCK_SIZE_K, a K step then spanning
-#: several activation groups (:func:`moekit.kernels.moe_gemm._rescaled_groups`: a float16 MMA operand; only
-#: where BLOCK_SIZE_M < 64, whose fp8 dots Triton runs as float16 MMAs anyway; elsewhere "both"). A/B:
-#: ``benchmarks/ab_gemm2_split.py``.
-GEMM2_SPLIT_RULE = "none"
+#: How GEMM 2 of the fp8 block path handles a K step wider than GEMM 1's output group ``g`` (the config's
+#: BLOCK_SIZE_N under the weight's 128 scale block: GEMM 1 quantizes its output per BLOCK_SIZE_N columns, e.g. the
+#: H100 DeepSeek-V3 file at M <= 128). "ka" (shipped): the step keeps BLOCK_SIZE_K and spans several activation
+#: groups (:func:`moekit.kernels.moe_gemm._rescaled_groups`, a rescaled float16 MMA operand), where BLOCK_SIZE_M <
+#: 64 (fp8 dots of fewer rows run as float16 MMAs anyway) and K (= I) makes at least :data:`KA_MIN_STEPS` steps;
+#: else "none", BLOCK_SIZE_K cut to ``g``. Other arms of the A/B: "stages" (num_stages times BLOCK_SIZE_K / g), "n"
+#: (BLOCK_SIZE_N times it), "both". Measured on the H100, whole forward, arms interleaved
+#: (``benchmarks/ab_gemm2_split.py``, ``ab_gemm2_split{,_ka}_H100_session17.json``), DeepSeek-V3 fp8 block M=8 /
+#: 16 / 32 / 64 / 128, none -> both -> ka: 866.3 -> 844.8 -> 783.0 us, 1299.1 -> 1263.6 -> 1175.2, 1801.9 -> 1749.9
+#: -> 1632.4, 2210.1 -> 2144.6 -> 2003.3, 2654.6 -> 2573.9 -> 2446.2 (ka 1.085-1.106x); its TP8 slice (I = 256, two
+#: K steps) M=8 127.7 / 132.0 / 133.2, hence the step count.
+GEMM2_SPLIT_RULE = "ka"
+KA_MIN_STEPS = 8
 
 
-def gemm2_split_config(config, g: int):
-    """GEMM 2's config on the fp8 block path when GEMM 1 quantizes its output in groups of ``g`` columns:
-    BLOCK_SIZE_K at most ``g`` (or kept, rule "ka"), and :data:`GEMM2_SPLIT_RULE`'s make-up for the shorter
-    step."""
-    if GEMM2_SPLIT_RULE == "ka" and config.BLOCK_SIZE_M < 64:
-        return config
+def gemm2_split_config(config, g: int, k: int):
+    """GEMM 2's config on the fp8 block path when GEMM 1 quantizes its output in groups of ``g`` columns and
+    GEMM 2's K is ``k``: the config itself where a step may span groups (:data:`GEMM2_SPLIT_RULE`), else
+    BLOCK_SIZE_K at most ``g`` with the rule's make-up for the shorter step."""
+    rule = GEMM2_SPLIT_RULE
+    if rule == "ka":
+        if config.BLOCK_SIZE_M < 64 and k >= KA_MIN_STEPS * config.BLOCK_SIZE_K:
+            return config
+        rule = "none"
     bk = min(config.BLOCK_SIZE_K, g)
     f = config.BLOCK_SIZE_K // bk
     cfg = replace(config, BLOCK_SIZE_K=bk)
-    if f > 1 and GEMM2_SPLIT_RULE in ("stages", "both", "ka"):
+    if f > 1 and rule in ("stages", "both"):
         cfg = replace(cfg, num_stages=cfg.num_stages * f)
-    if f > 1 and GEMM2_SPLIT_RULE in ("n", "both", "ka"):
+    if f > 1 and rule in ("n", "both"):
         cfg = replace(cfg, BLOCK_SIZE_N=cfg.BLOCK_SIZE_N * f)
     return cfg
 
@@ -311,7 +318,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             bk = scheme.block_shape[1]
             g = config.BLOCK_SIZE_N if config.BLOCK_SIZE_N <= bk and bk % config.BLOCK_SIZE_N == 0 else bk
             cfg1 = replace(config, BLOCK_SIZE_N=g)
-            cfg2 = gemm2_split_config(config, g)
+            cfg2 = gemm2_split_config(config, g, i)
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             inter_s = torch.empty((p, -(-i // g)), dtype=torch.float32, device=x.device)
             q1.out_quant, q1.out_scale, q1.out_stride, q1.out_qparams = 1, inter_s, inter_s.stride(0), _qparams(adt)
