@@ -1,0 +1,30 @@
+"""A/B of the decode GEMVs' tiles and K steps for 8-bit weights (``moekit.kernels.moe_gemv.GEMV_TILES[8]``:
+GEMV 1 tile, GEMV 2 tile, GEMV 1 K step, GEMV 2 K step, in elements), measured before their K loops were
+pipelined 3 deep (session 9); arms ``shipped`` and ``T1xT2xK1xK2``. Whole fused_moe (routing included) as
+CUDA-graph replay, arms interleaved (``ab_cases.run_ab``). GPU only.
+
+    PYTHONPATH=src python3 benchmarks/ab_gemv_tiles.py [--arms shipped,8192x2048x512x256] [--rounds 3]
+        [--out F.json] [--cases qwen3_30b_a3b:fp8_block:1,2 ...]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import moekit.kernels.moe_gemv as gemv  # noqa: E402
+from ab_cases import parser, run_ab  # noqa: E402
+
+SHIPPED = dict(gemv.GEMV_TILES)
+CASES = ["qwen3_30b_a3b:fp8_block:1,2", "qwen3_30b_a3b:fp8_channel:1", "dsv3:fp8_block:1", "mixtral8x7b:fp8_tensor:1"]
+
+
+def set_arm(arm: str) -> None:
+    gemv.GEMV_TILES = dict(SHIPPED)
+    if arm != "shipped":
+        gemv.GEMV_TILES[8] = tuple(int(v) for v in arm.split("x"))
+
+
+if __name__ == "__main__":
+    run_ab(parser(__doc__, "shipped,8192x2048x512x256,8192x1024x1024x256,4096x2048x512x512", CASES).parse_args(),
+           set_arm, "shipped")
