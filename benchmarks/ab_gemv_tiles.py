@@ -3,7 +3,7 @@ GEMV 1 tile, GEMV 2 tile, GEMV 1 K step, GEMV 2 K step, in elements), measured b
 pipelined 3 deep (session 9); arms ``shipped`` and ``T1xT2xK1xK2``. Whole fused_moe (routing included) as
 CUDA-graph replay, arms interleaved (``ab_cases.run_ab``). GPU only.
 
-    PYTHONPATH=src python3 benchmarks/ab_gemv_tiles.py [--arms shipped,8192x2048x512x256] [--rounds 3]
+    PYTHONPATH=src python3 benchmarks/ab_gemv_tiles.py [--arms shipped,8192x1024x512x256] [--rounds 3]
         [--out F.json] [--cases qwen3_30b_a3b:fp8_block:1,2 ...]
 """
 from __future__ import annotations
@@ -26,5 +26,5 @@ def set_arm(arm: str) -> None:
 
 
 if __name__ == "__main__":
-    run_ab(parser(__doc__, "shipped,8192x2048x512x256,8192x1024x1024x256,4096x2048x512x512", CASES).parse_args(),
-           set_arm, "shipped")
+    arms = "shipped,8192x1024x512x256,4096x1024x1024x256,4096x4096x512x256,4096x1024x512x512"
+    run_ab(parser(__doc__, arms, CASES).parse_args(), set_arm, "shipped")
