@@ -68,6 +68,13 @@ from moekit.platform import programmatic_launch
 #:   load and split over more decoded codes; 32768-element GEMV 1 tiles leave too few programs (70.6 us at
 #:   M=1, round 3).
 GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 8192, 1024, 256)}
+#: GEMV 2 tile of 8-bit weights with block scales (fp8 block; :data:`GEMV_TILES` serves the rest): with top-k 8,
+#: two weight rows per program instead of one. Measured on the H100, whole forward, arms interleaved
+#: (``benchmarks/ab_gemv_tiles.py``, ``ab_gemv_tiles_H100_session17.json``), GEMV 2 tile 1024 -> 4096: Qwen3 fp8
+#: block M=1 / 2 23.2 -> 21.7 / 37.4 -> 35.4 us, DeepSeek-V3 fp8 block M=1 133.4 -> 128.0; per-channel and
+#: per-tensor weights lose with it (Qwen3 fp8 channel M=1 21.2 -> 21.5, Mixtral fp8 M=1 133.4 -> 152.6: top-k 2,
+#: eight rows per program).
+GEMV2_BLOCK_TILE = 4096
 MIN_EXPERTS = 16  # 16-bit and mxfp4 weights: see gemv_applies
 #: Software-pipelining depth of the GEMV K loops per weight format (:data:`GEMV_TILES` keys; ``tl.range(num_stages=
 #: ...)``, 1: plain loads, more: the weight tiles staged through shared memory by cp.async, same registers).
@@ -349,6 +356,8 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     n_map = expert_map.numel() if has_map else 0
     bits = _weight_bits(scheme)
     tile1, tile2, kstep1, kstep2 = GEMV_TILES[bits]
+    if bits == 8 and scheme.granularity == "block":
+        tile2 = GEMV2_BLOCK_TILE
     chained = programmatic_launch(x.device)
     launch = dict(PDL=True, launch_pdl=True) if chained else {}
     early = dict(TRIGGER_EARLY=GEMV1_TRIGGER[bits] == "start") if chained else {}
