@@ -414,7 +414,7 @@ def _rescaled_groups(a, as_ptrs, ka0, stride_ask, K, BLOCK_K: tl.constexpr, GROU
     MMA operand: each group's codes times its scale over the row's largest scale in the step (a ratio <= 1, so
     |values| <= the fp8 maximum and float16 never overflows; 11 significant bits against fp8's 4). Returns
     (operand, that largest scale [BLOCK_M]); the dot's result is multiplied by the scale afterwards. Groups past
-    K read no scale. A NaN scale makes its rows NaN (the ratio is NaN; the maximum skips it)."""
+    K read no scale. A NaN scale makes its row's products NaN (its ratio is NaN)."""
     offs_g = tl.arange(0, BLOCK_K) // GROUP_KA
     ref = tl.load(as_ptrs + ka0 * stride_ask)
     for j in tl.static_range(1, BLOCK_K // GROUP_KA):
