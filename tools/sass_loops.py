@@ -5,6 +5,7 @@ of its loops: a cheap first check of an instruction-count idea before any device
     PYTHONPATH=src python3 tools/sass_loops.py gemv2_mxfp4 --block-n 8 --block-k 256 --pdl --count ACQBULK,PREEXIT
     PYTHONPATH=src python3 tools/sass_loops.py gemm1_mxfp4 --block-m 16 --block-n 64 --block-k 32 --stages 4
     PYTHONPATH=src python3 tools/sass_loops.py gemm2_fp8_block_sm90 --block-n 256 --stages 4   (Gluon, 8 warps)
+    PYTHONPATH=src python3 tools/sass_loops.py gemm2 --fp8-block 64 --block-m 16 --block-n 64 --block-k 128 --stages 4
     PYTHONPATH=src python3 tools/sass_loops.py linear_gemv_mma --w-scale 1 --block-n 8 --block-k 128 --block-m 4 \
         --gemv-stages 4
 
@@ -124,11 +125,13 @@ def _gemm1_mxfp4(args):
 
 def _gemm_plain(args, gemm: int):
     """GEMM 1 or 2 of ``moekit.kernels.moe_gemm`` with bf16 weights, or with ``--fp8`` fp8 w8a8 per channel
-    (QUANT 1), ``--tails N``: the tail-tile code paths down to ``BLOCK_M >> N`` rows (0: full tiles only)."""
+    (QUANT 1), or with ``--fp8-block G`` fp8 w8a8 128x128 blocks (QUANT 2) whose activation groups along K are
+    G wide (GEMM 2: G < BLOCK_K is the grouped-step path); ``--tails N``: the tail-tile code paths down to
+    ``BLOCK_M >> N`` rows (0: full tiles only)."""
     from moekit.kernels.moe_gemm import _moe_gemm1_kernel, _moe_gemm2_kernel
 
     fn = _moe_gemm1_kernel if gemm == 1 else _moe_gemm2_kernel
-    elem = "*fp8e4nv" if args.fp8 else "*bf16"
+    elem = "*fp8e4nv" if args.fp8 or args.fp8_block else "*bf16"
     ptrs = {"x_ptr": elem, "a_ptr": elem, "w_ptr": elem, "out_ptr": "*bf16", "y_ptr": "*bf16", "topk_w_ptr": "*fp32",
             "sorted_ptr": "*i32", "experts_ptr": "*i32", "npp_ptr": "*i32", "tiles_ptr": "*i32",
             "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32", "b_zero_ptr": "*fp32", "out_scale_ptr": "*fp32",
@@ -137,6 +140,8 @@ def _gemm_plain(args, gemm: int):
     consts = {"DOT_PRECISION": "tf32", "EVEN_K": True, "BLOCK_M": args.block_m, "BLOCK_N": args.block_n,
               "BLOCK_K": args.block_k, "GROUP_M": 8, "TAILS": args.tails, "QUANT": 1 if args.fp8 else 0,
               **({"ACTIVATION": 0} if gemm == 1 else {"MUL_WEIGHT": True})}
+    if args.fp8_block:
+        consts.update(QUANT=2, GROUP_N=128, GROUP_K=128, **({"GROUP_KA": args.fp8_block} if gemm == 2 else {}))
     div = [n for n in fn.arg_names if n in ptrs or n in ("I", "N", "K", "stride_xm", "stride_am", "stride_we",
                                                           "stride_wn", "stride_om", "stride_ym", "up_offset")]
     return compile_sass(fn, sig, consts, div, args.arch, args.warps, args.stages)
@@ -219,6 +224,8 @@ def main():
     ap.add_argument("--gemm2-warps", type=int, default=8, help="gemm2_fp8_block_sm90: 8 or 4 warps")
     ap.add_argument("--tails", type=int, default=0, help="gemm1, gemm2: tail-tile paths down to BLOCK_M >> TAILS rows")
     ap.add_argument("--fp8", action="store_true", help="gemm1, gemm2: fp8 w8a8 per channel instead of bf16")
+    ap.add_argument("--fp8-block", type=int, default=0, metavar="G",
+                    help="gemm1, gemm2: fp8 w8a8 128x128 blocks, activation groups G wide along K (gemm2)")
     ap.add_argument("--top", type=int, default=24, help="opcodes listed per loop (most frequent first)")
     ap.add_argument("--count", default="", help="comma-separated opcodes counted over the whole kernel")
     args = ap.parse_args()
