@@ -18,7 +18,6 @@ wait overlaps HBM traffic.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
