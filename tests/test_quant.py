@@ -310,6 +310,43 @@ def test_fp8_block_gemm2_split_rules(rule, cfg, i, poisoned_empty, monkeypatch):
     assert_close_to_reference(out, ref, "fp8_block")
 
 
+@pytest.mark.parametrize("key, cfg, i", [
+    ("fp8_block", (16, 128, 128), 256), ("fp8_block", (32, 64, 64), 200), ("fp8_block", (16, 64, 128), 200),
+    ("fp8_tensor", (16, 64, 128), 128), ("fp8_channel", (32, 32, 64), 96), ("int8_channel", (16, 64, 128), 200),
+])
+def test_w8a8_swapped_operands(key, cfg, i, poisoned_empty, monkeypatch):
+    """The w8a8 GEMMs with the weight as the MMA's left operand (``triton_moe.w8a8_swap_ab``, forced on here):
+    fp8 blocks (GEMM 2's K steps one activation group, or 2 groups rescaled by rule "ka"), per tensor, per
+    channel, int8 (int32 accumulator); H = 256 and I not a multiple of BLOCK_K (masked last steps)."""
+    import moekit.quant.triton_moe as tq
+    from moekit.configs import MoEKernelConfig
+    from moekit.routing import select_experts
+    from moekit.triton_experts import fused_experts_triton
+
+    monkeypatch.setattr(tq, "W8A8_SWAP_AB", True)
+    monkeypatch.setattr(tq, "KA_MIN_STEPS", 1)
+    scheme = SCHEMES[key]
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    x, w13, w2, logits, kw, ref = _layer(scheme, 21, 4, 256, i, dtype)
+    w, ids = select_experts(logits, 2)
+    bm, bn, bk = cfg
+    out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 2), quant=scheme,
+                               **{k: v for k, v in kw.items() if k != "quant"})
+    assert_close_to_reference(out, ref, key)
+
+
+def test_w8a8_swap_ab_rule():
+    """Swapped operands only where they are measured: forced by the module switch, else not off Hopper (here:
+    this machine's device, a CPU without a GPU)."""
+    import moekit.quant.triton_moe as tq
+
+    x = torch.empty(1, 8, device=DEVICE)
+    assert tq.W8A8_SWAP_AB is None
+    if DEVICE == "cpu":
+        assert not tq.w8a8_swap_ab(x, 16)
+    assert not tq.w8a8_swap_ab(x, 64)
+
+
 def test_gemm2_split_config_rule():
     """Where the shipped rule applies: "ka" keeps the config at BLOCK_M < 64 with enough K steps, else the step
     is cut to the activation group."""

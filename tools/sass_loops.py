@@ -6,6 +6,7 @@ of its loops: a cheap first check of an instruction-count idea before any device
     PYTHONPATH=src python3 tools/sass_loops.py gemm1_mxfp4 --block-m 16 --block-n 64 --block-k 32 --stages 4
     PYTHONPATH=src python3 tools/sass_loops.py gemm2_fp8_block_sm90 --block-n 256 --stages 4   (Gluon, 8 warps)
     PYTHONPATH=src python3 tools/sass_loops.py gemm2 --fp8-block 64 --block-m 16 --block-n 64 --block-k 128 --stages 4
+    PYTHONPATH=src python3 tools/sass_loops.py gemm1 --fp8-block 128 --swap --block-n 128 --block-k 128
     PYTHONPATH=src python3 tools/sass_loops.py linear_gemv_mma --w-scale 1 --block-n 8 --block-k 128 --block-m 4 \
         --gemv-stages 4
 
@@ -142,6 +143,8 @@ def _gemm_plain(args, gemm: int):
               **({"ACTIVATION": 0} if gemm == 1 else {"MUL_WEIGHT": True})}
     if args.fp8_block:
         consts.update(QUANT=2, GROUP_N=128, GROUP_K=128, **({"GROUP_KA": args.fp8_block} if gemm == 2 else {}))
+    if args.swap:
+        consts.update(SWAP_AB=True)
     div = [n for n in fn.arg_names if n in ptrs or n in ("I", "N", "K", "stride_xm", "stride_am", "stride_we",
                                                           "stride_wn", "stride_om", "stride_ym", "up_offset")]
     return compile_sass(fn, sig, consts, div, args.arch, args.warps, args.stages)
@@ -226,6 +229,8 @@ def main():
     ap.add_argument("--fp8", action="store_true", help="gemm1, gemm2: fp8 w8a8 per channel instead of bf16")
     ap.add_argument("--fp8-block", type=int, default=0, metavar="G",
                     help="gemm1, gemm2: fp8 w8a8 128x128 blocks, activation groups G wide along K (gemm2)")
+    ap.add_argument("--swap", action="store_true",
+                    help="gemm1, gemm2 with --fp8 / --fp8-block: the weight as the MMA's left operand (SWAP_AB)")
     ap.add_argument("--top", type=int, default=24, help="opcodes listed per loop (most frequent first)")
     ap.add_argument("--count", default="", help="comma-separated opcodes counted over the whole kernel")
     args = ap.parse_args()

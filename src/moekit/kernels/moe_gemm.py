@@ -215,16 +215,20 @@ def _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr, num_slots, n_co
 
 @triton.jit
 def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride_bse, stride_bsn, stride_bsk,
-                      BLOCK_K: tl.constexpr, QUANT: tl.constexpr, MX_DOT: tl.constexpr):
+                      BLOCK_K: tl.constexpr, QUANT: tl.constexpr, MX_DOT: tl.constexpr, SWAP_AB: tl.constexpr = False):
     """Pointers to the first K step's weight tile of expert ``expert``, columns ``offs_n``: [BLOCK_K, BLOCK_N]
-    elements; packed 4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT (operands swapped, see
-    :func:`_mx_dot_t`) [BLOCK_N, BLOCK_K / 2] bytes plus its e8m0 scales [BLOCK_N, BLOCK_K / 32] (second
-    result; otherwise the weight pointers again, unused)."""
+    elements; SWAP_AB (w8a8 with the operands swapped, see :func:`_w8a8_step`) [BLOCK_N, BLOCK_K]; packed
+    4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT (operands swapped, see :func:`_mx_dot_t`) [BLOCK_N,
+    BLOCK_K / 2] bytes plus its e8m0 scales [BLOCK_N, BLOCK_K / 32] (second result; otherwise the weight pointers
+    again, unused)."""
     n64 = offs_n.to(tl.int64)
     base = w_ptr + expert * stride_we
     if MX_DOT:
         w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 2)[None, :]
         sc = s_ptr + expert * stride_bse + n64[:, None] * stride_bsn + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
+    elif SWAP_AB:
+        w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K)[None, :]
+        sc = w
     elif QUANT >= 4:
         w = base + n64[None, :] * stride_wn + tl.arange(0, BLOCK_K // 2)[:, None]
         sc = w
@@ -247,6 +251,23 @@ def _tile_start(pid_m, npp_ptr, tiles_ptr, BLOCK_M: tl.constexpr, TAILS: tl.cons
 
 
 @triton.jit
+def _w8a8_step(acc, a, b_t, a_s, b_s, QUANT: tl.constexpr, INT_ACC: tl.constexpr):
+    """One K step of a w8a8 GEMM with the operands swapped (``SWAP_AB``): ``acc [BLOCK_N, BLOCK_M] += W
+    [BLOCK_N, BLOCK_K] @ A^T``. With few token rows per tile (BLOCK_M < 64) the weight rows become the MMA's M
+    side and the tokens its narrow N side, so Hopper runs 8-bit warpgroup MMAs on the codes as they are instead
+    of upcasting both tiles to float16 for ``mma.sync`` (:func:`moekit.quant.triton_moe.w8a8_swap_ab` says
+    where). QUANT 2 (blocks): the product is scaled by ``b_s [BLOCK_N] x a_s [BLOCK_M]`` (this step's weight
+    and activation scales); QUANT 1: scales come in the epilogue, the accumulator is carried (int32 for
+    int8)."""
+    if QUANT == 2:
+        return acc + tl.dot(b_t, tl.trans(a)) * (b_s[:, None] * a_s[None, :])
+    elif INT_ACC:
+        return tl.dot(b_t, tl.trans(a), acc, out_dtype=tl.int32)
+    else:
+        return tl.dot(b_t, tl.trans(a), acc)
+
+
+@triton.jit
 def _gemm1_tile(
     row0, pid_m, pid_n, x_ptr, w_ptr, out_ptr, sorted_ptr, experts_ptr, I, K, num_slots, top_k, stride_xm, stride_we,
     stride_wn, stride_om, up_offset, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
@@ -256,7 +277,7 @@ def _gemm1_tile(
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
     OUT_QUANT: tl.constexpr = 0, QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", bias_ptr=None, stride_bias_e=0,
-    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False
+    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False, SWAP_AB: tl.constexpr = False
 ):
     """One output tile of GEMM 1: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
     offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
@@ -266,7 +287,7 @@ def _gemm1_tile(
     offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
     x_ptrs = x_ptr + token[:, None] * stride_xm + offs_k[None, :]
     g_ptrs, sgt_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
-                                         stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT)
+                                         stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT, SWAP_AB)
     u_ptrs = g_ptrs + up_offset
     if MX_DOT:
         sut_ptrs = sgt_ptrs + I * stride_bsn
@@ -277,7 +298,10 @@ def _gemm1_tile(
         as_ptrs = a_scale_ptr + token * stride_asm
         bsg_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
         bsu_ptrs = b_scale_ptr + expert * stride_bse + ((offs_n + I) // GROUP_N) * stride_bsn
-    if MX_DOT:  # transposed accumulators
+    if SWAP_AB and INT_ACC:  # transposed accumulators
+        acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
+        acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
+    elif MX_DOT or SWAP_AB:
         acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     elif INT_ACC:
@@ -324,6 +348,18 @@ def _gemm1_tile(
                 u0, u1 = _weight_only_tiles(u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
                                             stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
             acc_u = _weight_only_dot(acc_u, a, u0, u1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
+        elif SWAP_AB:  # w8a8, weight tiles [BLOCK_N, BLOCK_K]
+            wmask_t = n_ok[:, None] if EVEN_K else n_ok[:, None] & k_ok[None, :]
+            a_s = 1.0
+            s_g = 1.0
+            s_u = 1.0
+            if QUANT == 2:
+                kb = (k * BLOCK_K) // GROUP_K
+                a_s = tl.load(as_ptrs + kb * stride_ask, mask=row_ok, other=0.0)
+                s_g = tl.load(bsg_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)
+                s_u = tl.load(bsu_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)
+            acc_g = _w8a8_step(acc_g, a, tl.load(g_ptrs, mask=wmask_t, other=0.0), a_s, s_g, QUANT, INT_ACC)
+            acc_u = _w8a8_step(acc_u, a, tl.load(u_ptrs, mask=wmask_t, other=0.0), a_s, s_u, QUANT, INT_ACC)
         else:
             if EVEN_K:
                 bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
@@ -349,7 +385,7 @@ def _gemm1_tile(
         else:
             g_ptrs += BLOCK_K
             u_ptrs += BLOCK_K
-    if MX_DOT:
+    if MX_DOT or SWAP_AB:
         acc_g = tl.trans(acc_g)
         acc_u = tl.trans(acc_u)
     if QUANT == 1:
@@ -391,7 +427,7 @@ def _moe_gemm1_kernel(
     QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
-    tiles_ptr=None, TAILS: tl.constexpr = 0,
+    tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False,
 ):
     """GEMM 1 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
@@ -404,7 +440,7 @@ def _moe_gemm1_kernel(
                 stride_xm, stride_we, stride_wn, stride_om, up_offset, ACTIVATION, DOT_PRECISION, EVEN_K, BLOCK_M >> s,
                 BLOCK_N, BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, out_scale_ptr, stride_asm, stride_ask,
                 stride_bse, stride_bsn, stride_bsk, stride_osm, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE,
-                OUT_QUANT, QKIND, QMAX, EMIN, MX_DOT, A_FMT, bias_ptr, stride_bias_e, HAS_BIAS, MX_ASM)
+                OUT_QUANT, QKIND, QMAX, EMIN, MX_DOT, A_FMT, bias_ptr, stride_bias_e, HAS_BIAS, MX_ASM, SWAP_AB)
 
 
 @triton.jit
@@ -435,7 +471,7 @@ def _gemm2_tile(
     INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False, GROUP_N: tl.constexpr = 1,
     GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False, MX_DOT: tl.constexpr = False,
     A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1, bias_ptr=None, stride_bias_e=0,
-    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False
+    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False, SWAP_AB: tl.constexpr = False
 ):
     """One output tile of GEMM 2: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
     offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
@@ -444,13 +480,15 @@ def _gemm2_tile(
     offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
     b_ptrs, st_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
-                                        stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT)
+                                        stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT, SWAP_AB)
     if QUANT >= 3:
         s_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
     if QUANT == 2:
         as_ptrs = a_scale_ptr + offs_m.to(tl.int64) * stride_asm
         bs_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
-    if MX_DOT:  # transposed accumulator
+    if SWAP_AB and INT_ACC:  # transposed accumulator
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
+    elif MX_DOT or SWAP_AB:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     elif INT_ACC:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
@@ -479,6 +517,19 @@ def _gemm2_tile(
             b0, b1 = _weight_only_tiles(b_ptrs, b_scale_ptr + s_off, b_zero_ptr + s_off, wmask, n_ok, k, stride_bsk,
                                         a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
             acc = _weight_only_dot(acc, a, b0, b1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
+        elif SWAP_AB:  # w8a8, weight tile [BLOCK_N, BLOCK_K]
+            b_t = tl.load(b_ptrs, mask=n_ok[:, None] if EVEN_K else n_ok[:, None] & k_ok[None, :], other=0.0)
+            if QUANT == 2:
+                b_s = tl.load(bs_ptrs + ((k * BLOCK_K) // GROUP_K) * stride_bsk, mask=n_ok, other=0.0)
+                if GROUP_KA < BLOCK_K:  # as below, transposed
+                    a16, a_ref = _rescaled_groups(a, as_ptrs, k * (BLOCK_K // GROUP_KA), stride_ask, K, BLOCK_K,
+                                                  GROUP_KA)
+                    acc += tl.dot(b_t.to(tl.float16), tl.trans(a16)) * (b_s[:, None] * a_ref[None, :])
+                else:
+                    acc = _w8a8_step(acc, a, b_t, tl.load(as_ptrs + ((k * BLOCK_K) // GROUP_KA) * stride_ask), b_s,
+                                     QUANT, INT_ACC)
+            else:
+                acc = _w8a8_step(acc, a, b_t, 1.0, 1.0, QUANT, INT_ACC)
         else:
             if EVEN_K:
                 b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
@@ -503,7 +554,7 @@ def _gemm2_tile(
             b_ptrs += BLOCK_K // 2
         else:
             b_ptrs += BLOCK_K
-    if MX_DOT:
+    if MX_DOT or SWAP_AB:
         acc = tl.trans(acc)
     if QUANT == 1:
         a_s = tl.load(a_scale_ptr + offs_m.to(tl.int64) * stride_asm)[:, None]
@@ -531,7 +582,7 @@ def _moe_gemm2_kernel(
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
-    tiles_ptr=None, TAILS: tl.constexpr = 0,
+    tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False,
 ):
     """GEMM 2 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -544,7 +595,7 @@ def _moe_gemm2_kernel(
                 stride_am, stride_we, stride_wn, stride_ym, MUL_WEIGHT, DOT_PRECISION, EVEN_K, BLOCK_M >> s, BLOCK_N,
                 BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, stride_asm, stride_ask, stride_bse, stride_bsn,
                 stride_bsk, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE, MX_DOT, A_FMT, GROUP_KA, bias_ptr,
-                stride_bias_e, HAS_BIAS, MX_ASM)
+                stride_bias_e, HAS_BIAS, MX_ASM, SWAP_AB)
 
 
 @dataclasses.dataclass
@@ -572,6 +623,7 @@ class GemmQuant:
     mx_dot: bool = False  # mxfp4 in the swapped layout, decoded by tl.dot_scaled unless mx_asm (else: in-kernel decode)
     mx_asm: bool = False  # with mx_dot: decoded by inline PTX instead of tl.dot_scaled (BLOCK_K 32-128, bf16)
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
+    swap_ab: bool = False  # w8a8 (modes 1, 2): weight tiles as the MMA's left operand (see _w8a8_step)
 
     @property
     def packed(self) -> bool:
@@ -584,7 +636,7 @@ class GemmQuant:
             stride_asm=self.a_strides[0], stride_ask=self.a_strides[1], stride_bse=self.b_strides[0],
             stride_bsn=self.b_strides[1], stride_bsk=self.b_strides[2], QUANT=self.mode, INT_ACC=self.int_acc,
             HAS_ZERO=self.b_zero is not None, GROUP_N=self.group_n, GROUP_K=self.group_k,
-            SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot, MX_ASM=self.mx_asm,
+            SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot, MX_ASM=self.mx_asm, SWAP_AB=self.swap_ab,
         )
         if not gemm1:
             d.update(GROUP_KA=self.a_group_k or self.group_k)

@@ -99,6 +99,23 @@ def gemm2_split_config(config, g: int, k: int):
     return cfg
 
 
+#: Swapped operands for small-M w8a8 tiles (:func:`w8a8_swap_ab`): None is the rule; True / False force them on
+#: or off everywhere (tests and A/B arms set it, users have no reason to).
+W8A8_SWAP_AB = None
+
+
+def w8a8_swap_ab(x: torch.Tensor, block_m: int) -> bool:
+    """Whether the Triton w8a8 GEMMs on ``x``'s device run their K steps with the weight tile as the MMA's left
+    operand (:func:`moekit.kernels.moe_gemm._w8a8_step`): Hopper (sm_90), whose 8-bit warpgroup MMAs need >= 64
+    rows on that side, and tiles of fewer than 64 token rows, which Triton otherwise runs as float16 ``mma.sync``
+    after upcasting both 8-bit tiles in registers."""
+    if W8A8_SWAP_AB is not None:
+        return W8A8_SWAP_AB
+    from moekit.platform import on_sm90, platform_of
+
+    return x.device.type == "cuda" and block_m < 64 and on_sm90(platform_of(x.device))
+
+
 def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
     """Whether mxfp4 GEMMs on ``x``'s device use ``tl.dot_scaled`` (the device has it, see the
     ``dot_scaled`` platform feature, and the activations are bf16/fp16) rather than moekit's in-kernel
@@ -303,8 +320,10 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         int_acc = adt == torch.int8
         mode = 2 if block else 1
         xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale)
-        q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, **_w8a8_weight(scheme, w13_scale))
-        q2 = GemmQuant(mode, int_acc=int_acc, **_w8a8_weight(scheme, w2_scale))
+        swap = not gluon and w8a8_swap_ab(x, config.BLOCK_SIZE_M)
+        q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, swap_ab=swap,
+                       **_w8a8_weight(scheme, w13_scale))
+        q2 = GemmQuant(mode, int_acc=int_acc, swap_ab=swap, **_w8a8_weight(scheme, w2_scale))
         if gluon:  # both GEMMs in Gluon; GEMM 1's output groups are its tiles' columns (128)
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             inter_s = torch.empty((p, i // moe_gemm_sm90.GEMM1_TILE[1]), dtype=torch.float32, device=x.device)
