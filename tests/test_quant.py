@@ -335,16 +335,22 @@ def test_w8a8_swapped_operands(key, cfg, i, poisoned_empty, monkeypatch):
     assert_close_to_reference(out, ref, key)
 
 
-def test_w8a8_swap_ab_rule():
-    """Swapped operands only where they are measured: forced by the module switch, else not off Hopper (here:
-    this machine's device, a CPU without a GPU)."""
+def test_w8a8_swap_ab_rule(monkeypatch):
+    """Swapped operands only where they were measured faster: fp8 blocks, tiles under 64 rows, not GEMM 2 steps
+    spanning activation groups, Hopper (so never on a CPU); the module switch forces them on or off."""
     import moekit.quant.triton_moe as tq
+    from moekit.platform import on_sm90, platform_of
 
     x = torch.empty(1, 8, device=DEVICE)
+    block, tensor = SCHEMES["fp8_block"], SCHEMES["fp8_tensor"]
     assert tq.W8A8_SWAP_AB is None
-    if DEVICE == "cpu":
-        assert not tq.w8a8_swap_ab(x, 16)
-    assert not tq.w8a8_swap_ab(x, 64)
+    hopper = x.device.type == "cuda" and on_sm90(platform_of(x.device))
+    assert tq.w8a8_swap_ab(x, 16, block) == hopper
+    assert not tq.w8a8_swap_ab(x, 64, block)
+    assert not tq.w8a8_swap_ab(x, 16, block, spans_groups=True)
+    assert not tq.w8a8_swap_ab(x, 16, tensor)
+    monkeypatch.setattr(tq, "W8A8_SWAP_AB", True)
+    assert tq.w8a8_swap_ab(x, 64, tensor)
 
 
 def test_gemm2_split_config_rule():

@@ -100,20 +100,28 @@ def gemm2_split_config(config, g: int, k: int):
 
 
 #: Swapped operands for small-M w8a8 tiles (:func:`w8a8_swap_ab`): None is the rule; True / False force them on
-#: or off everywhere (tests and A/B arms set it, users have no reason to).
+#: or off everywhere, every w8a8 granularity included (tests and A/B arms set it, users have no reason to).
 W8A8_SWAP_AB = None
 
 
-def w8a8_swap_ab(x: torch.Tensor, block_m: int) -> bool:
-    """Whether the Triton w8a8 GEMMs on ``x``'s device run their K steps with the weight tile as the MMA's left
+def w8a8_swap_ab(x: torch.Tensor, block_m: int, scheme: QuantScheme, spans_groups: bool = False) -> bool:
+    """Whether a Triton w8a8 GEMM on ``x``'s device runs its K steps with the weight tile as the MMA's left
     operand (:func:`moekit.kernels.moe_gemm._w8a8_step`): Hopper (sm_90), whose 8-bit warpgroup MMAs need >= 64
-    rows on that side, and tiles of fewer than 64 token rows, which Triton otherwise runs as float16 ``mma.sync``
-    after upcasting both 8-bit tiles in registers."""
+    rows on that side, tiles of fewer than 64 token rows (which Triton otherwise runs as float16 ``mma.sync``
+    after upcasting both 8-bit tiles in registers: 453 against 270 SASS instructions per 16x128x128 K step of
+    GEMM 1, ``tools/sass_loops.py gemm1 --fp8-block 128 [--swap]``), fp8 128x128 blocks, and (``spans_groups``)
+    not GEMM 2 steps spanning several activation groups (rule "ka", a float16 operand either way).
+    Whole forward on the H100, arms interleaved (``benchmarks/ab_swap_ab.py``, ``ab_swap_ab_H100_session18.json``):
+    Qwen3 fp8 block M=16 / 32 / 64 / 128 / 256 1.035x / 1.032x / 1.025x / 1.020x / 1.012x, DeepSeek-V3 M=256
+    1.020x, its TP8 slice M=8 / 64 1.032x / 1.017x; DeepSeek-V3 M=16 / 64 ("ka" steps in GEMM 2) 0.98x, so not
+    there; per tensor (Mixtral M=16 / 64 / 256 1.005x / 1.012x / 1.000x) and per channel (Qwen3 0.981x / 1.009x /
+    1.003x) within noise, so off."""
     if W8A8_SWAP_AB is not None:
         return W8A8_SWAP_AB
     from moekit.platform import on_sm90, platform_of
 
-    return x.device.type == "cuda" and block_m < 64 and on_sm90(platform_of(x.device))
+    return (scheme.granularity == "block" and not spans_groups and x.device.type == "cuda" and block_m < 64
+            and on_sm90(platform_of(x.device)))
 
 
 def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
@@ -320,7 +328,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         int_acc = adt == torch.int8
         mode = 2 if block else 1
         xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale)
-        swap = not gluon and w8a8_swap_ab(x, config.BLOCK_SIZE_M)
+        swap = not gluon and w8a8_swap_ab(x, config.BLOCK_SIZE_M, scheme)
         q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, swap_ab=swap,
                        **_w8a8_weight(scheme, w13_scale))
         q2 = GemmQuant(mode, int_acc=int_acc, swap_ab=swap, **_w8a8_weight(scheme, w2_scale))
@@ -344,6 +352,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             moe_gemm1(xq, w13, inter, *args, top_k, cfg1, activation, quant=q1, bias=w13_bias, **tiles)
             a2, q2.a_scale, q2.a_strides = inter, inter_s, (inter_s.stride(0), inter_s.stride(1))
             q2.a_group_k = g
+            q2.swap_ab = w8a8_swap_ab(x, cfg2.BLOCK_SIZE_M, scheme, spans_groups=cfg2.BLOCK_SIZE_K > g)
         elif scheme.granularity == "tensor" and a2_scale is not None:
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             q1.out_quant, q1.out_scale, q1.out_qparams = 2, a2_scale.reshape(1).float(), _qparams(adt)
