@@ -5,6 +5,8 @@ arms interleaved, best of ``--rounds``. Each point is checked equal to the PyTor
 
     PYTHONPATH=src python3 benchmarks/bench_align.py [--m 256,1024,4096,16384] [--against old_align.py] [--out F]
         [--tails]   (with the tail tiles ``moekit.configs.tail_tile`` gives each point; checked as well)
+        [--single-max 0,4096]   (arms of ``SINGLE_MAX``: where one program beats the three launches)
+        [--single-warps 1,4]   (arms of ``SINGLE_WARPS``, the one program forced)
 """
 from __future__ import annotations
 
@@ -22,6 +24,17 @@ from moekit.configs import get_config, tail_tile
 from moekit.shapes import SHAPES
 
 
+_SHIPPED = ka.SINGLE_MAX, ka.SINGLE_WARPS
+
+
+def _set_single_max(arm: str) -> None:
+    ka.SINGLE_MAX, ka.SINGLE_WARPS = _SHIPPED
+    if arm.startswith("single_max="):
+        ka.SINGLE_MAX = int(arm.split("=")[1])
+    elif arm.startswith("single_warps="):
+        ka.SINGLE_MAX, ka.SINGLE_WARPS = 1 << 30, int(arm.split("=")[1])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--m", default="256,1024,4096,16384")
@@ -30,8 +43,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--tails", action="store_true", help="align with the shipped tail-tile rule")
+    ap.add_argument("--single-warps", default="", help="also arms of kernels.align.SINGLE_WARPS (one program)")
+    ap.add_argument("--single-max", default="", help="also arms of kernels.align.SINGLE_MAX (e.g. 0,4096: the "
+                                                      "three launches, one program)")
     args = ap.parse_args()
     arms = {"shipped": ka}
+    for v in filter(None, args.single_max.split(",")):
+        arms[f"single_max={v}"] = ka
+    for v in filter(None, args.single_warps.split(",")):
+        arms[f"single_warps={v}"] = ka
     if args.against:
         spec = importlib.util.spec_from_file_location("moekit_align_against", args.against)
         mod = importlib.util.module_from_spec(spec)
@@ -52,6 +72,7 @@ def main():
             n = int(ref.num_padded)
             best = {}
             for arm, mod in arms.items():
+                _set_single_max(arm)
                 out = mod.align_triton(ids, s.E, bm, nb, None, mt)
                 srt, npp = out[0], out[-1]
                 assert int(npp) == n and torch.equal(srt[:n], ref.sorted_ids[:n]), (arm, name, m)
@@ -60,6 +81,7 @@ def main():
                     assert torch.equal(out[2][:used], ref.tile_rows[:used]), (arm, name, m)
             for _ in range(args.rounds):
                 for arm, mod in arms.items():
+                    _set_single_max(arm)
                     t = _median_us(lambda mod=mod: mod.align_triton(ids, s.E, bm, nb, None, mt))
                     best[arm] = min(best.get(arm, float("inf")), t)
             res["points"].append({"shape": name, "M": m, "E": s.E, "top_k": s.top_k, "block_m": bm, "min_tile": mt,

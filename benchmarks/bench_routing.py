@@ -8,7 +8,7 @@ replay (median), for the routing of the benchmark shapes: DeepSeek-V3's grouped 
   against the routing kernel followed by ``moekit.align.moe_align_block_size`` (two steps).
 
     PYTHONPATH=src python3 benchmarks/bench_routing.py [--m 1,4,16,64,256,1024,4096] [--tokens-per-program 1,16]
-        [--fused 1,2,4,8,16,32] [--out F.json]
+        [--fused 1,2,4,8,16,32] [--fused-warps 1,4] [--out F.json]
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import json
 import torch
 import triton
 
+import moekit.kernels.align as ka
 import moekit.kernels.routing as kr
 from moekit.align import moe_align_block_size, route_and_align
 from moekit.bench import _median_us
@@ -34,6 +35,7 @@ def main():
     ap.add_argument("--shapes", default="dsv3,qwen3_30b_a3b")
     ap.add_argument("--tokens-per-program", default=str(kr.TOKENS_PER_PROGRAM))
     ap.add_argument("--fused", default="", help="M values of the fused route-and-align comparison")
+    ap.add_argument("--fused-warps", default="", help="also the fused kernel at these kernels.align.FUSED_WARPS")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     arms = [int(v) for v in args.tokens_per_program.split(",")]
@@ -87,9 +89,15 @@ def main():
                     moe_align_block_size(i, shape.E, BLOCK_M, use_triton=True)
             us = {"fused": _median_us(fused) / ROTATE, "two_step": _median_us(two_step) / ROTATE,
                   "align": _median_us(align) / ROTATE}
+            shipped_warps = ka.FUSED_WARPS
+            for w in filter(None, args.fused_warps.split(",")):
+                ka.FUSED_WARPS = int(w)
+                us[f"fused_w{w}"] = _median_us(fused) / ROTATE
+            ka.FUSED_WARPS = shipped_warps
             res["fused"].append({"shape": name, "M": m, "us": us})
             print(f"{name:14s} M={m:5d}  route+align fused {us['fused']:7.2f} us  two steps {us['two_step']:7.2f} us"
-                  f"  (align alone {us['align']:7.2f})", flush=True)
+                  f"  (align alone {us['align']:7.2f})"
+                  + "".join(f"  {k} {v:7.2f}" for k, v in us.items() if k.startswith("fused_w")), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)

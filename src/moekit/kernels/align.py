@@ -20,13 +20,12 @@ import triton.language as tl
 from moekit.kernels import warps_for
 from moekit.kernels.routing import MAX_SCORE_TILE, choice_args, route_rows, store_routing
 
-SINGLE_MAX = 256  # up to this many slots, one program may do the whole alignment ...
-#: ... while its [slots, max(slots, expert bins)] tiles (the stable rank and the per-expert offsets) stay within
-#: this many elements. Measured on the H100 (``benchmarks/bench_routing.py --fused``,
-#: ``bench_routing_fused_H100_session13.json``, CUDA-graph replay): one program aligns 64 / 128 / 256 slots over
-#: 256 experts in 6.5 / 12.4 / 118.5 us and 128 / 256 slots over 128 experts in 6.8 / 16.0 us, where the three
-#: launches take 11.7-13.5 us (512 slots).
-SINGLE_TILE = 16384
+#: Up to this many slots one program does the whole alignment (a sort of the slots by expert, :func:`_align_lanes`);
+#: above, the three launches.
+SINGLE_MAX = 256
+#: Warps of the one-program alignment, and of the fused route-and-align kernel (None: by its routing tile).
+SINGLE_WARPS = 4
+FUSED_WARPS = None
 CHUNK = 128  # slots per program in the multi-program path
 #: The column scan's tile: ``SCAN_ROWS`` chunks x ``SCAN_COLS`` experts per step, E_PAD / SCAN_COLS programs. It
 #: replaced one program that ran through the whole [chunks, E_PAD] table twice (totals, then offsets). The three
@@ -161,16 +160,20 @@ def _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E,
 def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
                  BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, LANES: tl.constexpr, MIN_TILE: tl.constexpr):
     """Whole alignment in one program. ``ids`` [LANES]: local expert of each lane (E: not routed here);
-    ``slots``: the slot id each lane stands for, lanes in increasing slot order (so the sort is stable)."""
+    ``slots`` [LANES]: the slot id each lane stands for (< LANES). The lanes are sorted by (expert, slot), a
+    bitonic sort of LANES keys (``tl.sort``), so the order inside each expert's run is the slots' (stable) and
+    the k-th lane of the sorted order is at rank k - (lanes of lower experts) in its run: no [LANES, LANES] rank
+    or [LANES, E_PAD] lookup tiles (which made 256 slots over 128 experts cost 16 us)."""
     counts = tl.histogram(ids, E_PAD, mask=ids < E)
     pad_off, tile_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
                                        BLOCK_M, E_PAD, MIN_TILE)
-    mine = tl.arange(0, E_PAD)[None, :] == ids[:, None]
-    start = tl.sum(tl.where(mine, pad_off[None, :], 0), axis=1)
-    tile0 = tl.sum(tl.where(mine, tile_off[None, :], 0), axis=1)
-    count = tl.sum(tl.where(mine, counts[None, :], 0), axis=1)
-    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, start + _rank_in_chunk(ids, LANES), start, tile0, count, ids,
-                 slots, E, BLOCK_M, MIN_TILE)
+    keys = tl.sort(ids * LANES + slots)
+    sid = keys // LANES
+    own = tl.where(sid < E, sid, 0)
+    start = tl.gather(pad_off, own, 0)
+    rank = tl.arange(0, LANES) - tl.gather(tl.cumsum(counts, axis=0) - counts, own, 0)
+    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, start + rank, start, tl.gather(tile_off, own, 0),
+                 tl.gather(counts, own, 0), sid, keys % LANES, E, BLOCK_M, MIN_TILE)
 
 
 @triton.jit
@@ -274,7 +277,7 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
         chunk = _single_chunk(n)
         _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, tiles, npp, n, num_experts, n_map, max_blocks,
                                    HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk, MIN_TILE=min_tile,
-                                   num_warps=warps_for(chunk * e_pad, 64))
+                                   num_warps=SINGLE_WARPS)
     else:
         num_chunks = triton.cdiv(n, CHUNK)
         counts = torch.empty((num_chunks, e_pad), dtype=torch.int32, device=device)
@@ -296,16 +299,15 @@ def _single_chunk(n: int) -> int:
 
 
 def align_single_applicable(num_slots: int, num_experts: int) -> bool:
-    """Whether one program aligns ``num_slots`` slots over ``num_experts`` local experts (see SINGLE_TILE)."""
-    chunk = _single_chunk(num_slots)
-    return num_slots <= SINGLE_MAX and chunk * max(chunk, expert_bins(num_experts)) <= SINGLE_TILE
+    """Whether one program aligns ``num_slots`` slots over ``num_experts`` local experts (see SINGLE_MAX)."""
+    return num_slots <= SINGLE_MAX
 
 
 def route_align_applicable(m: int, num_logit_experts: int, top_k: int, num_experts: int,
                            grouped: bool = False) -> bool:
     """Whether the fused kernel routes all ``m`` tokens (over ``num_logit_experts`` logits; ``grouped``: grouped
     top-k) and aligns their slots over ``num_experts`` local experts in one program, and is the faster way
-    (FUSED_ROUTE_TILE, SINGLE_TILE)."""
+    (FUSED_ROUTE_TILE, SINGLE_MAX)."""
     t_pad = triton.next_power_of_2(max(m, 1))
     scores = t_pad * triton.next_power_of_2(num_logit_experts) * (GROUPED_ROUTE_COST if grouped else 1)
     return (scores <= min(FUSED_ROUTE_TILE, MAX_SCORE_TILE)
@@ -335,6 +337,6 @@ def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: boo
         HAS_MAP=has_map, SIGMOID=scoring == "sigmoid", RENORMALIZE=renormalize,
         T_PAD=t_pad, E_ROUTE_PAD=e_route_pad, K_PAD=k_pad, BLOCK_M=block_m, E_PAD=e_pad,
         **choice_args(num_expert_group, topk_group, correction_bias, weights),
-        num_warps=warps_for(max(t_pad * e_route_pad, t_pad * k_pad * e_pad), 64),
+        num_warps=FUSED_WARPS or warps_for(max(t_pad * e_route_pad, t_pad * k_pad * e_pad), 64),
     )
     return weights, ids, sorted_ids, expert_ids, npp

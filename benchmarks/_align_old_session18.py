@@ -1,0 +1,340 @@
+"""Triton kernels: sort the M*k token slots by expert, each expert's run padded to a multiple of BLOCK_M.
+
+No host synchronization: buffer sizes are upper bounds computed from shapes, and the true padded length is
+written to a device scalar that the GEMM kernels read. Deterministic: slots of one expert keep their
+original order (a stable sort), so repeated runs are bitwise identical.
+
+Where the slots fit one program (:func:`align_single_applicable`) it does everything (one launch, the decode
+case). Above that, three launches: per-chunk expert histograms [chunks, E_PAD]; a scan down each expert's
+column (programs of ``SCAN_COLS`` experts each: every chunk's offset inside its expert's run, and the expert
+totals); then each chunk computes the experts' padded starts from the totals (an E_PAD-wide cumsum) and
+scatters its slots, chunk 0 also writing the used length and the padding. Every used block holds at least one
+real slot, so the slots also write their block's owner expert: no block x expert search.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from moekit.kernels import warps_for
+from moekit.kernels.routing import MAX_SCORE_TILE, choice_args, route_rows, store_routing
+
+SINGLE_MAX = 256  # up to this many slots, one program may do the whole alignment ...
+#: ... while its [slots, max(slots, expert bins)] tiles (the stable rank and the per-expert offsets) stay within
+#: this many elements. Measured on the H100 (``benchmarks/bench_routing.py --fused``,
+#: ``bench_routing_fused_H100_session13.json``, CUDA-graph replay): one program aligns 64 / 128 / 256 slots over
+#: 256 experts in 6.5 / 12.4 / 118.5 us and 128 / 256 slots over 128 experts in 6.8 / 16.0 us, where the three
+#: launches take 11.7-13.5 us (512 slots).
+SINGLE_TILE = 16384
+CHUNK = 128  # slots per program in the multi-program path
+#: The column scan's tile: ``SCAN_ROWS`` chunks x ``SCAN_COLS`` experts per step, E_PAD / SCAN_COLS programs. It
+#: replaced one program that ran through the whole [chunks, E_PAD] table twice (totals, then offsets). The three
+#: launches, H100, CUDA-graph replay (``benchmarks/bench_align.py``, ``bench_align_H100_session14.json``), before
+#: -> after: Qwen3 (E=128, k=8) M=1024 / 4096 / 16384 13.3 / 30.1 / 103.3 -> 11.8 / 14.2 / 43.0 us; DeepSeek-V3
+#: (E=256) 16.3 / 33.9 / 107.9 -> 12.4 / 14.9 / 44.3; Mixtral (E=8, k=2) 10.0 / 10.2 / 15.2 -> 8.4 / 8.5 / 11.7.
+SCAN_ROWS = 256
+SCAN_COLS = 16
+#: The fused route-and-align kernel routes all tokens in its one program: at most this many [tokens, experts]
+#: score elements, grouped top-k counted ``GROUPED_ROUTE_COST`` times (its per-group reductions). Measured as
+#: above: Qwen3 (softmax, 128 experts) fused against routing + alignment 9.6 / 10.4 us at M = 16 (2048 scores),
+#: 24.9 / 19.6 at M = 32; DeepSeek-V3 (grouped, 256) 8.5 / 10.6 at M = 1, 12.1 / 10.7 at M = 2.
+FUSED_ROUTE_TILE = 2048
+GROUPED_ROUTE_COST = 8
+
+
+def expert_bins(num_experts: int) -> int:
+    """Histogram width (E_PAD) for ``num_experts`` local experts: the next power of two, at least 4.
+
+    The floor keeps one- and two-expert problems off 1- and 2-bin histograms and scans. Commit 19eff51
+    dropped the spare bin (E_PAD = E for a power-of-two E), and after that the H100 property test hit an
+    illegal address. Widths 1 and 2 are the only ones that commit introduced which no GPU test had run;
+    with this floor the full H100 suite, the property test and 300 replayed problems of its space
+    (``benchmarks/repro_property.py``) pass (``benchmarks/results/gpu_tests_H100_full_suite_0042894.log``)."""
+    return max(4, triton.next_power_of_2(num_experts))
+
+
+@triton.jit
+def local_expert(ids_ptr, map_ptr, offs, valid, E, n_map, HAS_MAP: tl.constexpr):
+    """The one rule for which local expert a top-k slot goes to, shared by the alignment, the top-k sum and the
+    decode GEMVs (PyTorch twin: :func:`moekit.align.local_expert_ids`). ``offs``: slot indices (a tensor or a
+    scalar), ``valid``: which of them exist. Returns (local id int32, routed here): a slot is routed here when
+    it is valid, its id is inside the ``n_map`` entries of the expert map (without a map: inside [0, E)) and
+    the local id is in [0, E); remote experts (mapped to -1) and map values past the local experts are not.
+    Ids are compared in their own dtype before narrowing, so int64 ids never wrap."""
+    raw = tl.load(ids_ptr + offs, mask=valid, other=-1)
+    if HAS_MAP:
+        e = tl.load(map_ptr + raw, mask=valid & (raw >= 0) & (raw < n_map), other=-1).to(tl.int32)
+    else:
+        e = tl.where((raw >= 0) & (raw < E), raw, -1).to(tl.int32)
+    return e, valid & (e >= 0) & (e < E)
+
+
+@triton.jit
+def _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP: tl.constexpr):
+    """Local expert id of each of the N slots (:func:`local_expert`), E (the bin of slots not routed here)
+    for padding lanes and slots not routed here."""
+    e, live = local_expert(ids_ptr, map_ptr, offs, offs < N, E, n_map, HAS_MAP)
+    return tl.where(live, e, E)
+
+
+@triton.jit
+def _rank_in_chunk(ids, CHUNK_: tl.constexpr):
+    """For each lane, how many earlier lanes hold the same id (stable rank)."""
+    lane = tl.arange(0, CHUNK_)
+    same = (ids[:, None] == ids[None, :]) & (lane[None, :] < lane[:, None])
+    return tl.sum(same.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _tile_rows(counts, BLOCK_M: tl.constexpr, MIN_TILE: tl.constexpr):
+    """Rows of the last tile of runs of ``counts`` (>= 1) slots: the smallest of BLOCK_M, BLOCK_M / 2, ...,
+    MIN_TILE that holds the run's remainder past its full BLOCK_M tiles (BLOCK_M when MIN_TILE == BLOCK_M)."""
+    rest = counts - (tl.maximum(counts - 1, 0) // BLOCK_M) * BLOCK_M
+    rows = tl.zeros_like(counts) + BLOCK_M
+    for s in tl.static_range(1, 8):
+        if (BLOCK_M >> s) >= MIN_TILE:
+            rows = tl.where(rest <= (BLOCK_M >> s), BLOCK_M >> s, rows)
+    return rows
+
+
+@triton.jit
+def _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, dest, start, tile0, count, ids, slots, E,
+                 BLOCK_M: tl.constexpr, MIN_TILE: tl.constexpr):
+    """Each routed lane writes its slot at ``dest`` and, for the tile holding ``dest`` (of its expert's run at
+    ``start``, ``count`` slots, tiles from ``tile0``), the tile's owner expert and, with tail tiles
+    (MIN_TILE < BLOCK_M), its first row plus log2(BLOCK_M / its rows). Lanes of one tile write the same values.
+    Without tail tiles tile ``tile0 + j`` is block ``dest // BLOCK_M``: runs start at multiples of BLOCK_M."""
+    valid = ids < E
+    tl.store(sorted_ptr + dest, slots, mask=valid)
+    j = (dest - start) // BLOCK_M
+    tl.store(expert_ids_ptr + tile0 + j, ids, mask=valid)
+    if MIN_TILE < BLOCK_M:
+        last = j == (count - 1) // BLOCK_M
+        rows = tl.where(last, _tile_rows(count, BLOCK_M, MIN_TILE), BLOCK_M)
+        code = tl.zeros_like(rows)
+        for s in tl.static_range(1, 8):
+            if (BLOCK_M >> s) >= MIN_TILE:
+                code = tl.where(rows == (BLOCK_M >> s), s, code)
+        tl.store(tiles_ptr + tile0 + j, start + j * BLOCK_M + code, mask=valid)
+
+
+@triton.jit
+def _padded_starts(counts, E, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, MIN_TILE: tl.constexpr):
+    """From per-expert slot counts [E_PAD]: each expert's run padded (full BLOCK_M tiles, the last one shrunk to
+    :func:`_tile_rows`), its start, the used length, each expert's first tile and the tiles used."""
+    e_idx = tl.arange(0, E_PAD)
+    used = (e_idx < E) & (counts > 0)
+    tiles = tl.where(used, tl.cdiv(counts, BLOCK_M), 0)
+    if MIN_TILE < BLOCK_M:
+        padded = tl.where(used, (tiles - 1) * BLOCK_M + _tile_rows(counts, BLOCK_M, MIN_TILE), 0)
+    else:
+        padded = tiles * BLOCK_M
+    return (padded, tl.cumsum(padded, axis=0) - padded, tl.sum(padded, axis=0), tl.cumsum(tiles, axis=0) - tiles,
+            tl.sum(tiles, axis=0))
+
+
+@triton.jit
+def _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
+                   BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, MIN_TILE: tl.constexpr):
+    """From per-expert counts: padded offsets, the used length, -1 for the unused tail of the tile->expert
+    table (and of the tile rows), padding slots set to N. Returns the runs' starts and first tiles. The owners
+    of used tiles are written by the lanes themselves (:func:`_store_slots`): every tile holds a real slot."""
+    e_idx = tl.arange(0, E_PAD)
+    padded, pad_off, total, tile_off, used_tiles = _padded_starts(counts, E, BLOCK_M, E_PAD, MIN_TILE)
+    tl.store(npp_ptr, total)
+    for b0 in range(used_tiles, max_blocks, 64):
+        b = b0 + tl.arange(0, 64)
+        tl.store(expert_ids_ptr + b, tl.full([64], -1, tl.int32), mask=b < max_blocks)
+        if MIN_TILE < BLOCK_M:
+            tl.store(tiles_ptr + b, tl.full([64], -1, tl.int32), mask=b < max_blocks)
+    # padding slots of each expert's last tile
+    fill = tl.where(e_idx < E, padded - counts, 0)
+    for j0 in range(0, BLOCK_M, 16):
+        j = j0 + tl.arange(0, 16)
+        pos = (pad_off + counts)[:, None] + j[None, :]
+        tl.store(sorted_ptr + pos, tl.zeros([E_PAD, 16], dtype=tl.int32) + N, mask=j[None, :] < fill[:, None])
+    return pad_off, tile_off
+
+
+@triton.jit
+def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
+                 BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, LANES: tl.constexpr, MIN_TILE: tl.constexpr):
+    """Whole alignment in one program. ``ids`` [LANES]: local expert of each lane (E: not routed here);
+    ``slots``: the slot id each lane stands for, lanes in increasing slot order (so the sort is stable)."""
+    counts = tl.histogram(ids, E_PAD, mask=ids < E)
+    pad_off, tile_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
+                                       BLOCK_M, E_PAD, MIN_TILE)
+    mine = tl.arange(0, E_PAD)[None, :] == ids[:, None]
+    start = tl.sum(tl.where(mine, pad_off[None, :], 0), axis=1)
+    tile0 = tl.sum(tl.where(mine, tile_off[None, :], 0), axis=1)
+    count = tl.sum(tl.where(mine, counts[None, :], 0), axis=1)
+    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, start + _rank_in_chunk(ids, LANES), start, tile0, count, ids,
+                 slots, E, BLOCK_M, MIN_TILE)
+
+
+@triton.jit
+def _align_single_kernel(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, n_map, max_blocks,
+                         HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
+                         CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr):
+    offs = tl.arange(0, CHUNK_)
+    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
+    _align_lanes(ids, offs, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD, CHUNK_,
+                 MIN_TILE)
+
+
+@triton.jit
+def _route_align_kernel(logits_ptr, map_ptr, w_ptr, ids_ptr, sorted_ptr, expert_ids_ptr, npp_ptr,
+                        M, E_ROUTE, E, TOP_K, stride_lm, max_blocks,
+                        HAS_MAP: tl.constexpr, SIGMOID: tl.constexpr, RENORMALIZE: tl.constexpr,
+                        T_PAD: tl.constexpr, E_ROUTE_PAD: tl.constexpr, K_PAD: tl.constexpr,
+                        BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, bias_ptr, HAS_BIAS: tl.constexpr,
+                        GROUPS: tl.constexpr, G_PAD: tl.constexpr, TOPK_GROUP: tl.constexpr):
+    """Decode fast path: routing of all M tokens and their alignment in one launch."""
+    rows = tl.arange(0, T_PAD)
+    w_tile, id_tile = route_rows(logits_ptr, rows, M, E_ROUTE, TOP_K, stride_lm, SIGMOID, RENORMALIZE,
+                                 E_ROUTE_PAD, K_PAD, bias_ptr, HAS_BIAS, GROUPS, G_PAD, TOPK_GROUP)
+    store_routing(w_ptr, ids_ptr, rows, w_tile, id_tile, M, TOP_K, TOP_K, TOP_K, K_PAD)
+    kk = tl.arange(0, K_PAD)
+    valid = (rows[:, None] < M) & (kk[None, :] < TOP_K)
+    ids = id_tile
+    if HAS_MAP:
+        ids = tl.load(map_ptr + ids, mask=valid, other=-1).to(tl.int32)
+    ids = tl.where(valid & (ids >= 0) & (ids < E), ids, E)
+    slots = rows[:, None] * TOP_K + kk[None, :]
+    _align_lanes(tl.reshape(ids, [T_PAD * K_PAD]), tl.reshape(slots, [T_PAD * K_PAD]), sorted_ptr,
+                 expert_ids_ptr, expert_ids_ptr, npp_ptr, M * TOP_K, E, max_blocks, BLOCK_M, E_PAD, T_PAD * K_PAD,
+                 BLOCK_M)
+
+
+@triton.jit
+def _align_count_kernel(ids_ptr, map_ptr, counts_ptr, N, E, n_map, HAS_MAP: tl.constexpr, E_PAD: tl.constexpr,
+                        CHUNK_: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
+    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
+    tl.store(counts_ptr + pid * E_PAD + tl.arange(0, E_PAD), tl.histogram(ids, E_PAD, mask=ids < E))
+
+
+@triton.jit
+def _align_scan_kernel(counts_ptr, base_ptr, totals_ptr, num_chunks, E_PAD: tl.constexpr, ROWS: tl.constexpr,
+                       COLS: tl.constexpr):
+    """Program p scans experts [p COLS, (p + 1) COLS) down the chunks: ``base[c, e]`` = slots of expert e in
+    chunks before c (the chunk's offset inside the expert's run), ``totals[e]`` = all of expert e's slots."""
+    cols = tl.program_id(0) * COLS + tl.arange(0, COLS)
+    running = tl.zeros([COLS], dtype=tl.int32)
+    for c0 in range(0, num_chunks, ROWS):
+        c = c0 + tl.arange(0, ROWS)
+        cmask = c[:, None] < num_chunks
+        offs = c[:, None] * E_PAD + cols[None, :]
+        tile = tl.load(counts_ptr + offs, mask=cmask, other=0)
+        tl.store(base_ptr + offs, running[None, :] + tl.cumsum(tile, axis=0) - tile, mask=cmask)
+        running += tl.sum(tile, axis=0)
+    tl.store(totals_ptr + cols, running)
+
+
+@triton.jit
+def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, totals_ptr, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N,
+                          E, n_map, max_blocks, HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
+                          CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr):
+    pid = tl.program_id(0)
+    counts = tl.load(totals_ptr + tl.arange(0, E_PAD))
+    if pid == 0:  # the used length, the unused tiles' owners, the padding slots
+        pad_off, tile_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
+                                           BLOCK_M, E_PAD, MIN_TILE)
+    else:
+        _, pad_off, _, tile_off, _ = _padded_starts(counts, E, BLOCK_M, E_PAD, MIN_TILE)
+    offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
+    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
+    valid = ids < E
+    own = tl.where(valid, ids, 0)
+    start = tl.gather(pad_off, own, 0)
+    base = start + tl.load(base_ptr + pid * E_PAD + ids, mask=valid, other=0)
+    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, base + _rank_in_chunk(ids, CHUNK_), start,
+                 tl.gather(tile_off, own, 0), tl.gather(counts, own, 0), ids, offs, E, BLOCK_M, MIN_TILE)
+
+
+def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blocks: int,
+                 expert_map: torch.Tensor | None = None, min_tile: int | None = None):
+    """Launch the alignment kernels. See :func:`moekit.align.moe_align_block_size` for the contract. Returns
+    (sorted_ids, expert_ids, tile_rows or None without tail tiles, num_padded)."""
+    device = topk_ids.device
+    n = topk_ids.numel()
+    flat = topk_ids.reshape(-1)
+    min_tile = block_m if min_tile is None else min_tile
+    sorted_ids = torch.empty((max_blocks * block_m,), dtype=torch.int32, device=device)
+    expert_ids = torch.empty((max_blocks,), dtype=torch.int32, device=device)
+    tiles = torch.empty((max_blocks,), dtype=torch.int32, device=device) if min_tile < block_m else expert_ids
+    npp = torch.empty((1,), dtype=torch.int32, device=device)
+    e_pad = expert_bins(num_experts)
+    has_map = expert_map is not None
+    emap = expert_map if has_map else flat
+    n_map = expert_map.numel() if has_map else 0
+    if align_single_applicable(n, num_experts):
+        chunk = _single_chunk(n)
+        _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, tiles, npp, n, num_experts, n_map, max_blocks,
+                                   HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk, MIN_TILE=min_tile,
+                                   num_warps=warps_for(chunk * e_pad, 64))
+    else:
+        num_chunks = triton.cdiv(n, CHUNK)
+        counts = torch.empty((num_chunks, e_pad), dtype=torch.int32, device=device)
+        base = torch.empty_like(counts)
+        _align_count_kernel[(num_chunks,)](flat, emap, counts, n, num_experts, n_map, HAS_MAP=has_map,
+                                           E_PAD=e_pad, CHUNK_=CHUNK, num_warps=4)
+        totals = torch.empty((e_pad,), dtype=torch.int32, device=device)
+        cols = min(SCAN_COLS, e_pad)
+        _align_scan_kernel[(e_pad // cols,)](counts, base, totals, num_chunks, E_PAD=e_pad, ROWS=SCAN_ROWS, COLS=cols,
+                                             num_warps=4)
+        _align_scatter_kernel[(num_chunks,)](flat, emap, base, totals, sorted_ids, expert_ids, tiles, npp, n,
+                                             num_experts, n_map, max_blocks, HAS_MAP=has_map, BLOCK_M=block_m,
+                                             E_PAD=e_pad, CHUNK_=CHUNK, MIN_TILE=min_tile, num_warps=8)
+    return sorted_ids, expert_ids, tiles if min_tile < block_m else None, npp
+
+
+def _single_chunk(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def align_single_applicable(num_slots: int, num_experts: int) -> bool:
+    """Whether one program aligns ``num_slots`` slots over ``num_experts`` local experts (see SINGLE_TILE)."""
+    chunk = _single_chunk(num_slots)
+    return num_slots <= SINGLE_MAX and chunk * max(chunk, expert_bins(num_experts)) <= SINGLE_TILE
+
+
+def route_align_applicable(m: int, num_logit_experts: int, top_k: int, num_experts: int,
+                           grouped: bool = False) -> bool:
+    """Whether the fused kernel routes all ``m`` tokens (over ``num_logit_experts`` logits; ``grouped``: grouped
+    top-k) and aligns their slots over ``num_experts`` local experts in one program, and is the faster way
+    (FUSED_ROUTE_TILE, SINGLE_TILE)."""
+    t_pad = triton.next_power_of_2(max(m, 1))
+    scores = t_pad * triton.next_power_of_2(num_logit_experts) * (GROUPED_ROUTE_COST if grouped else 1)
+    return (scores <= min(FUSED_ROUTE_TILE, MAX_SCORE_TILE)
+            and align_single_applicable(t_pad * triton.next_power_of_2(top_k), num_experts))
+
+
+def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring: str, num_experts: int,
+                       block_m: int, max_blocks: int, expert_map: torch.Tensor | None = None,
+                       num_expert_group: int | None = None, topk_group: int | None = None,
+                       correction_bias: torch.Tensor | None = None):
+    """Fused decode path: (topk_weights, topk_ids, sorted_ids, expert_ids, num_padded) in one launch.
+    Same results as select_experts_triton (every routing mode) followed by align_triton (tested)."""
+    logits = router_logits if router_logits.stride(-1) == 1 else router_logits.contiguous()
+    m, e_route = logits.shape
+    device = logits.device
+    weights = torch.empty((m, top_k), dtype=torch.float32, device=device)
+    ids = torch.empty((m, top_k), dtype=torch.int32, device=device)
+    sorted_ids = torch.empty((max_blocks * block_m,), dtype=torch.int32, device=device)
+    expert_ids = torch.empty((max_blocks,), dtype=torch.int32, device=device)
+    npp = torch.empty((1,), dtype=torch.int32, device=device)
+    t_pad, e_route_pad = triton.next_power_of_2(m), triton.next_power_of_2(e_route)
+    k_pad, e_pad = triton.next_power_of_2(top_k), expert_bins(num_experts)
+    has_map = expert_map is not None
+    _route_align_kernel[(1,)](
+        logits, expert_map if has_map else ids, weights, ids, sorted_ids, expert_ids, npp,
+        m, e_route, num_experts, top_k, logits.stride(0), max_blocks,
+        HAS_MAP=has_map, SIGMOID=scoring == "sigmoid", RENORMALIZE=renormalize,
+        T_PAD=t_pad, E_ROUTE_PAD=e_route_pad, K_PAD=k_pad, BLOCK_M=block_m, E_PAD=e_pad,
+        **choice_args(num_expert_group, topk_group, correction_bias, weights),
+        num_warps=warps_for(max(t_pad * e_route_pad, t_pad * k_pad * e_pad), 64),
+    )
+    return weights, ids, sorted_ids, expert_ids, npp
