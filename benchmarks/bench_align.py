@@ -24,15 +24,15 @@ from moekit.configs import get_config, tail_tile
 from moekit.shapes import SHAPES
 
 
-_SHIPPED = ka.SINGLE_MAX, ka.SINGLE_WARPS
+_SHIPPED = ka.SINGLE_MAX, ka.SINGLE_WARPS, ka.SINGLE_WARPS_SLOTS
 
 
 def _set_single_max(arm: str) -> None:
-    ka.SINGLE_MAX, ka.SINGLE_WARPS = _SHIPPED
+    ka.SINGLE_MAX, ka.SINGLE_WARPS, ka.SINGLE_WARPS_SLOTS = _SHIPPED
     if arm.startswith("single_max="):
         ka.SINGLE_MAX = int(arm.split("=")[1])
-    elif arm.startswith("single_warps="):
-        ka.SINGLE_MAX, ka.SINGLE_WARPS = 1 << 30, int(arm.split("=")[1])
+    elif arm.startswith("single_warps="):  # the one program at these warps at every size
+        ka.SINGLE_MAX, ka.SINGLE_WARPS, ka.SINGLE_WARPS_SLOTS = 1 << 30, int(arm.split("=")[1]), 1 << 30
 
 
 def main():

@@ -17,15 +17,22 @@ import torch
 import triton
 import triton.language as tl
 
-from moekit.kernels import warps_for
 from moekit.kernels.routing import MAX_SCORE_TILE, choice_args, route_rows, store_routing
 
 #: Up to this many slots one program does the whole alignment (a sort of the slots by expert, :func:`_align_lanes`);
-#: above, the three launches.
-SINGLE_MAX = 256
-#: Warps of the one-program alignment, and of the fused route-and-align kernel (None: by its routing tile).
+#: above, the three launches. H100, CUDA-graph replay (``benchmarks/bench_align.py --single-max 0 --single-warps
+#: 1,2,4,8``, ``bench_align_single_H100_session18.log``, ``bench_align_warps_H100_session18.log``), one program
+#: (best warps) against the three launches: Qwen3 (E=128, k=8) M=1 / 16 / 64 / 128 / 256 2.6 / 3.0 / 4.6 / 7.3 /
+#: 18.7 against 9.2 / 10.3 / 11.1 / 11.2 / 11.5 us; DeepSeek-V3 (E=256) M=64 / 128 / 256 5.4 / 8.4 / 20.0 against
+#: 11.0 / 11.2 / 11.1; Mixtral (E=8, k=2) M=1 / 256 1.6 / 3.8 against 8.6 / 8.3. Before (one program with [slots,
+#: slots] rank and [slots, bins] lookup tiles, up to 256 slots and 16384 tile elements): Qwen3 M=16 11.0, M=8 6.6.
+SINGLE_MAX = 1024
+#: Warps of the one-program alignment: ``SINGLE_WARPS`` up to ``SINGLE_WARPS_SLOTS`` slots, 8 above (same runs:
+#: Qwen3 M=16 1 / 2 / 4 / 8 warps 5.5 / 3.8 / 3.0 / 3.2 us, M=128 26.8 / 14.7 / 9.9 / 7.3).
 SINGLE_WARPS = 4
-FUSED_WARPS = None
+SINGLE_WARPS_SLOTS = 256
+#: Warps of the fused route-and-align kernel (measured above).
+FUSED_WARPS = 4
 CHUNK = 128  # slots per program in the multi-program path
 #: The column scan's tile: ``SCAN_ROWS`` chunks x ``SCAN_COLS`` experts per step, E_PAD / SCAN_COLS programs. It
 #: replaced one program that ran through the whole [chunks, E_PAD] table twice (totals, then offsets). The three
@@ -35,10 +42,13 @@ CHUNK = 128  # slots per program in the multi-program path
 SCAN_ROWS = 256
 SCAN_COLS = 16
 #: The fused route-and-align kernel routes all tokens in its one program: at most this many [tokens, experts]
-#: score elements, grouped top-k counted ``GROUPED_ROUTE_COST`` times (its per-group reductions). Measured as
-#: above: Qwen3 (softmax, 128 experts) fused against routing + alignment 9.6 / 10.4 us at M = 16 (2048 scores),
-#: 24.9 / 19.6 at M = 32; DeepSeek-V3 (grouped, 256) 8.5 / 10.6 at M = 1, 12.1 / 10.7 at M = 2.
-FUSED_ROUTE_TILE = 2048
+#: score elements, grouped top-k counted ``GROUPED_ROUTE_COST`` times (its per-group reductions). H100, with the
+#: sorted alignment (``benchmarks/bench_routing.py --fused 1,2,4,8,16 --fused-warps 1,4``,
+#: ``bench_routing_fused_qwen3_H100_session18.json``): Qwen3 (softmax, 128 experts) fused at 4 warps against the
+#: routing kernel + the one-program alignment M=1 / 2 / 4 / 8 / 16 4.8 / 4.8 / 4.8 / 6.3 / 10.2 against 5.3 / 5.3 /
+#: 5.4 / 5.6 / 5.8 us (1 warp: 6.3 / 7.0 / 9.5 / 21.9 / 42.5); DeepSeek-V3 (grouped, 256) at M=1 10.0 against 9.0
+#: (``bench_routing_fused_warps_H100_session18.log``). Before the sorted alignment (session 13) the limit was 2048.
+FUSED_ROUTE_TILE = 512
 GROUPED_ROUTE_COST = 8
 
 
@@ -277,7 +287,7 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
         chunk = _single_chunk(n)
         _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, tiles, npp, n, num_experts, n_map, max_blocks,
                                    HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk, MIN_TILE=min_tile,
-                                   num_warps=SINGLE_WARPS)
+                                   num_warps=single_warps(n))
     else:
         num_chunks = triton.cdiv(n, CHUNK)
         counts = torch.empty((num_chunks, e_pad), dtype=torch.int32, device=device)
@@ -292,6 +302,11 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
                                              num_experts, n_map, max_blocks, HAS_MAP=has_map, BLOCK_M=block_m,
                                              E_PAD=e_pad, CHUNK_=CHUNK, MIN_TILE=min_tile, num_warps=8)
     return sorted_ids, expert_ids, tiles if min_tile < block_m else None, npp
+
+
+def single_warps(num_slots: int) -> int:
+    """Warps of the one-program alignment of ``num_slots`` slots (see SINGLE_WARPS)."""
+    return SINGLE_WARPS if num_slots <= SINGLE_WARPS_SLOTS else 8
 
 
 def _single_chunk(n: int) -> int:
@@ -337,6 +352,6 @@ def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: boo
         HAS_MAP=has_map, SIGMOID=scoring == "sigmoid", RENORMALIZE=renormalize,
         T_PAD=t_pad, E_ROUTE_PAD=e_route_pad, K_PAD=k_pad, BLOCK_M=block_m, E_PAD=e_pad,
         **choice_args(num_expert_group, topk_group, correction_bias, weights),
-        num_warps=FUSED_WARPS or warps_for(max(t_pad * e_route_pad, t_pad * k_pad * e_pad), 64),
+        num_warps=FUSED_WARPS,
     )
     return weights, ids, sorted_ids, expert_ids, npp
