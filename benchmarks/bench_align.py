@@ -88,9 +88,9 @@ def main():
                                   "us": best})
             print(f"{name:14s} M={m:6d} E={s.E:3d} k={s.top_k} BM={bm:3d} min_tile={mt:3d}  "
                   + "  ".join(f"{a} {t:7.2f} us" for a, t in best.items()), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+            if args.out:  # after every point: a run cut short keeps what it measured
+                with open(args.out, "w") as f:
+                    json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":
