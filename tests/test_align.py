@@ -97,6 +97,33 @@ def test_align_scan_tiles(m, e, k, skew, emap, monkeypatch, poisoned_empty):
         _check(_random_ids(m, e, k, skew), e, 16)
 
 
+@pytest.mark.parametrize("m,e,k,bm,min_tile,emap", [(300, 64, 4, 16, 16, False), (200, 8, 2, 64, 16, False),
+                                                     (129, 256, 8, 16, 16, True), (700, 4, 2, 128, 32, False)])
+@pytest.mark.parametrize("sort", [False, True])
+def test_three_launches_rank_forms(m, e, k, bm, min_tile, emap, sort, monkeypatch, poisoned_empty):
+    """The three-launch alignment at any size (one program turned off), its scatter ranking each chunk's slots by
+    a [CHUNK, CHUNK] comparison or by a sort (``kernels.align.SCATTER_SORT``), with tail tiles and an expert map."""
+    import moekit.kernels.align as ka
+
+    monkeypatch.setattr(ka, "SINGLE_MAX", 0)
+    monkeypatch.setattr(ka, "SCATTER_SORT", sort)
+    table, e_global = None, e
+    if emap:
+        e_global = 2 * e
+        table = torch.full((e_global,), -1, dtype=torch.int32)
+        table[e // 2:e // 2 + e] = torch.arange(e, dtype=torch.int32)
+    ids = _random_ids(m, e_global, k)
+    ref = align_torch(ids, e, bm, table, min_tile)
+    got = moe_align_block_size(ids.to(DEVICE), e, bm, None if table is None else table.to(DEVICE), use_triton=True,
+                               min_tile=min_tile)
+    n = int(ref.num_padded)
+    assert int(got.num_padded) == n
+    assert torch.equal(got.sorted_ids[:n].cpu(), ref.sorted_ids[:n])
+    assert torch.equal(got.expert_ids.cpu(), ref.expert_ids)
+    if min_tile < bm:
+        assert torch.equal(got.tile_rows.cpu(), ref.tile_rows)
+
+
 @pytest.mark.skipif(DEVICE == "cpu", reason="prefill-sized alignment: GPU")
 @pytest.mark.parametrize("m,e,k,bm", [(4096, 128, 8, 128), (4096, 256, 8, 64), (16384, 8, 2, 128)])
 def test_align_prefill_sizes(m, e, k, bm, poisoned_empty):

@@ -41,6 +41,9 @@ CHUNK = 128  # slots per program in the multi-program path
 #: (E=256) 16.3 / 33.9 / 107.9 -> 12.4 / 14.9 / 44.3; Mixtral (E=8, k=2) 10.0 / 10.2 / 15.2 -> 8.4 / 8.5 / 11.7.
 SCAN_ROWS = 256
 SCAN_COLS = 16
+#: The scatter's warps, and whether each chunk ranks its slots by a sort (else a [CHUNK, CHUNK] comparison tile).
+SCATTER_WARPS = 8
+SCATTER_SORT = False
 #: The fused route-and-align kernel routes all tokens in its one program: at most this many [tokens, experts]
 #: score elements, grouped top-k counted ``GROUPED_ROUTE_COST`` times (its per-group reductions). H100, with the
 #: sorted alignment (``benchmarks/bench_routing.py --fused 1,2,4,8,16 --fused-warps 1,4``,
@@ -249,7 +252,7 @@ def _align_scan_kernel(counts_ptr, base_ptr, totals_ptr, num_chunks, E_PAD: tl.c
 @triton.jit
 def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, totals_ptr, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N,
                           E, n_map, max_blocks, HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
-                          CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr):
+                          CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr, SORT: tl.constexpr = False):
     pid = tl.program_id(0)
     counts = tl.load(totals_ptr + tl.arange(0, E_PAD))
     if pid == 0:  # the used length, the unused tiles' owners, the padding slots
@@ -257,14 +260,23 @@ def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, totals_ptr, sorted_ptr, ex
                                            BLOCK_M, E_PAD, MIN_TILE)
     else:
         _, pad_off, _, tile_off, _ = _padded_starts(counts, E, BLOCK_M, E_PAD, MIN_TILE)
-    offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
-    ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
+    lane = tl.arange(0, CHUNK_)
+    ids = _mapped_ids(ids_ptr, map_ptr, pid * CHUNK_ + lane, N, E, n_map, HAS_MAP)
+    if SORT:  # the chunk's lanes sorted by (expert, lane), as in _align_lanes: rank = position - lower experts' lanes
+        keys = tl.sort(ids * CHUNK_ + lane)
+        ids = keys // CHUNK_
+        lane = keys % CHUNK_
+        mine = tl.histogram(ids, E_PAD, mask=ids < E)
+        own = tl.where(ids < E, ids, 0)
+        rank = tl.arange(0, CHUNK_) - tl.gather(tl.cumsum(mine, axis=0) - mine, own, 0)
+    else:
+        own = tl.where(ids < E, ids, 0)
+        rank = _rank_in_chunk(ids, CHUNK_)
     valid = ids < E
-    own = tl.where(valid, ids, 0)
     start = tl.gather(pad_off, own, 0)
     base = start + tl.load(base_ptr + pid * E_PAD + ids, mask=valid, other=0)
-    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, base + _rank_in_chunk(ids, CHUNK_), start,
-                 tl.gather(tile_off, own, 0), tl.gather(counts, own, 0), ids, offs, E, BLOCK_M, MIN_TILE)
+    _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, base + rank, start, tl.gather(tile_off, own, 0),
+                 tl.gather(counts, own, 0), ids, pid * CHUNK_ + lane, E, BLOCK_M, MIN_TILE)
 
 
 def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blocks: int,
@@ -300,7 +312,8 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
                                              num_warps=4)
         _align_scatter_kernel[(num_chunks,)](flat, emap, base, totals, sorted_ids, expert_ids, tiles, npp, n,
                                              num_experts, n_map, max_blocks, HAS_MAP=has_map, BLOCK_M=block_m,
-                                             E_PAD=e_pad, CHUNK_=CHUNK, MIN_TILE=min_tile, num_warps=8)
+                                             E_PAD=e_pad, CHUNK_=CHUNK, MIN_TILE=min_tile, SORT=SCATTER_SORT,
+                                             num_warps=SCATTER_WARPS)
     return sorted_ids, expert_ids, tiles if min_tile < block_m else None, npp
 
 
