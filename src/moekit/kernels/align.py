@@ -4,11 +4,12 @@ No host synchronization: buffer sizes are upper bounds computed from shapes, and
 written to a device scalar that the GEMM kernels read. Deterministic: slots of one expert keep their
 original order (a stable sort), so repeated runs are bitwise identical.
 
-Where the slots fit one program (:func:`align_single_applicable`) it does everything (one launch, the decode
-case). Above that, three launches: per-chunk expert histograms [chunks, E_PAD]; a scan down each expert's
-column (programs of ``SCAN_COLS`` experts each: every chunk's offset inside its expert's run, and the expert
-totals); then each chunk computes the experts' padded starts from the totals (an E_PAD-wide cumsum) and
-scatters its slots, chunk 0 also writing the used length and the padding. Every used block holds at least one
+Where the slots fit one program (:func:`align_single_applicable`) it does everything (one launch, up to 1024
+slots): it sorts the slots by (expert, slot). Above that, three launches: per-chunk expert histograms [chunks,
+E_PAD]; a scan down each expert's column (programs of ``SCAN_COLS`` experts each: every chunk's offset inside
+its expert's run, and the expert totals); then each chunk computes the experts' padded starts from the totals
+(an E_PAD-wide cumsum), sorts its slots the same way and scatters them, chunk 0 also writing the used length
+and the padding. Every used block holds at least one
 real slot, so the slots also write their block's owner expert: no block x expert search.
 """
 from __future__ import annotations
@@ -42,8 +43,12 @@ CHUNK = 128  # slots per program in the multi-program path
 SCAN_ROWS = 256
 SCAN_COLS = 16
 #: The scatter's warps, and whether each chunk ranks its slots by a sort (else a [CHUNK, CHUNK] comparison tile).
+#: H100, the three launches alone with tail tiles, CUDA-graph replay (``benchmarks/bench_align.py --scatter
+#: 0:8,1:8,0:4,1:4 --tails``, ``bench_align_scatter_H100_session18.json``), comparison tile -> sort at 8 warps:
+#: Qwen3 M=256 / 1024 / 4096 11.6 / 12.3 / 17.5 -> 7.6 / 8.2 / 10.5 us; DeepSeek-V3 11.2 / 12.4 / 16.7 -> 7.9 / 9.6 /
+#: 12.1; Mixtral 9.9 / 10.0 / 10.3 -> 6.1 / 6.3 / 6.4 (4 warps: within 0.6 us either way).
 SCATTER_WARPS = 8
-SCATTER_SORT = False
+SCATTER_SORT = True
 #: The fused route-and-align kernel routes all tokens in its one program: at most this many [tokens, experts]
 #: score elements, grouped top-k counted ``GROUPED_ROUTE_COST`` times (its per-group reductions). H100, with the
 #: sorted alignment (``benchmarks/bench_routing.py --fused 1,2,4,8,16 --fused-warps 1,4``,
