@@ -28,7 +28,7 @@ from moekit.shapes import SHAPES
 _SHIPPED = ka.SINGLE_MAX, ka.SINGLE_WARPS, ka.SINGLE_WARPS_SLOTS, ka.SCATTER_SORT, ka.SCATTER_WARPS
 
 
-def _set_single_max(arm: str) -> None:
+def _set_arm(arm: str) -> None:
     ka.SINGLE_MAX, ka.SINGLE_WARPS, ka.SINGLE_WARPS_SLOTS, ka.SCATTER_SORT, ka.SCATTER_WARPS = _SHIPPED
     if arm.startswith("scatter="):
         sort, warps = arm.split("=")[1].split(":")
@@ -80,7 +80,7 @@ def main():
             n = int(ref.num_padded)
             best = {}
             for arm, mod in arms.items():
-                _set_single_max(arm)
+                _set_arm(arm)
                 out = mod.align_triton(ids, s.E, bm, nb, None, mt)
                 srt, npp = out[0], out[-1]
                 assert int(npp) == n and torch.equal(srt[:n], ref.sorted_ids[:n]), (arm, name, m)
@@ -89,7 +89,7 @@ def main():
                     assert torch.equal(out[2][:used], ref.tile_rows[:used]), (arm, name, m)
             for _ in range(args.rounds):
                 for arm, mod in arms.items():
-                    _set_single_max(arm)
+                    _set_arm(arm)
                     t = _median_us(lambda mod=mod: mod.align_triton(ids, s.E, bm, nb, None, mt))
                     best[arm] = min(best.get(arm, float("inf")), t)
             res["points"].append({"shape": name, "M": m, "E": s.E, "top_k": s.top_k, "block_m": bm, "min_tile": mt,

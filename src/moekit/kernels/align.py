@@ -332,7 +332,8 @@ def _single_chunk(n: int) -> int:
 
 
 def align_single_applicable(num_slots: int, num_experts: int) -> bool:
-    """Whether one program aligns ``num_slots`` slots over ``num_experts`` local experts (see SINGLE_MAX)."""
+    """Whether one program aligns ``num_slots`` slots over ``num_experts`` local experts (see SINGLE_MAX). Only the
+    slot count bounds it: the sort's work grows with the slots, and the experts only size [bins] vectors."""
     return num_slots <= SINGLE_MAX
 
 
