@@ -7,7 +7,7 @@ arms interleaved, best of ``--rounds``. Each point is checked equal to the PyTor
         [--tails]   (with the tail tiles ``moekit.configs.tail_tile`` gives each point; checked as well)
         [--single-max 0,4096]   (arms of ``SINGLE_MAX``: where one program beats the three launches)
         [--single-warps 1,4]   (arms of ``SINGLE_WARPS``, the one program forced)
-        [--scatter 0:8,1:4]   (arms of the scatter's rank by sort and warps, the three launches forced)
+        [--scatter 4,8]   (arms of the scatter's warps, the three launches forced)
 """
 from __future__ import annotations
 
@@ -25,14 +25,13 @@ from moekit.configs import get_config, tail_tile
 from moekit.shapes import SHAPES
 
 
-_SHIPPED = ka.SINGLE_MAX, ka.SINGLE_WARPS, ka.SINGLE_WARPS_SLOTS, ka.SCATTER_SORT, ka.SCATTER_WARPS
+_SHIPPED = ka.SINGLE_MAX, ka.SINGLE_WARPS, ka.SINGLE_WARPS_SLOTS, ka.SCATTER_WARPS
 
 
 def _set_arm(arm: str) -> None:
-    ka.SINGLE_MAX, ka.SINGLE_WARPS, ka.SINGLE_WARPS_SLOTS, ka.SCATTER_SORT, ka.SCATTER_WARPS = _SHIPPED
+    ka.SINGLE_MAX, ka.SINGLE_WARPS, ka.SINGLE_WARPS_SLOTS, ka.SCATTER_WARPS = _SHIPPED
     if arm.startswith("scatter="):
-        sort, warps = arm.split("=")[1].split(":")
-        ka.SINGLE_MAX, ka.SCATTER_SORT, ka.SCATTER_WARPS = 0, sort == "1", int(warps)
+        ka.SINGLE_MAX, ka.SCATTER_WARPS = 0, int(arm.split("=")[1])
     if arm.startswith("single_max="):
         ka.SINGLE_MAX = int(arm.split("=")[1])
     elif arm.startswith("single_warps="):  # the one program at these warps at every size
@@ -47,8 +46,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--tails", action="store_true", help="align with the shipped tail-tile rule")
-    ap.add_argument("--scatter", default="", help="also arms SORT:WARPS of kernels.align.SCATTER_SORT / "
-                                                  "SCATTER_WARPS (three launches forced), e.g. 0:8,1:4")
+    ap.add_argument("--scatter", default="", help="also arms of kernels.align.SCATTER_WARPS (three launches "
+                                                  "forced), e.g. 4,8")
     ap.add_argument("--single-warps", default="", help="also arms of kernels.align.SINGLE_WARPS (one program)")
     ap.add_argument("--single-max", default="", help="also arms of kernels.align.SINGLE_MAX (e.g. 0,4096: the "
                                                       "three launches, one program)")

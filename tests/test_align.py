@@ -99,14 +99,12 @@ def test_align_scan_tiles(m, e, k, skew, emap, monkeypatch, poisoned_empty):
 
 @pytest.mark.parametrize("m,e,k,bm,min_tile,emap", [(300, 64, 4, 16, 16, False), (200, 8, 2, 64, 16, False),
                                                      (129, 256, 8, 16, 16, True), (700, 4, 2, 128, 32, False)])
-@pytest.mark.parametrize("sort", [False, True])
-def test_three_launches_rank_forms(m, e, k, bm, min_tile, emap, sort, monkeypatch, poisoned_empty):
-    """The three-launch alignment at any size (one program turned off), its scatter ranking each chunk's slots by
-    a [CHUNK, CHUNK] comparison or by a sort (``kernels.align.SCATTER_SORT``), with tail tiles and an expert map."""
+def test_three_launches(m, e, k, bm, min_tile, emap, monkeypatch, poisoned_empty):
+    """The three-launch alignment at any size (one program turned off; its scatter ranks each chunk's slots by a
+    sort), with tail tiles and an expert map."""
     import moekit.kernels.align as ka
 
     monkeypatch.setattr(ka, "SINGLE_MAX", 0)
-    monkeypatch.setattr(ka, "SCATTER_SORT", sort)
     table, e_global = None, e
     if emap:
         e_global = 2 * e

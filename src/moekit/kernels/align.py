@@ -42,13 +42,12 @@ CHUNK = 128  # slots per program in the multi-program path
 #: (E=256) 16.3 / 33.9 / 107.9 -> 12.4 / 14.9 / 44.3; Mixtral (E=8, k=2) 10.0 / 10.2 / 15.2 -> 8.4 / 8.5 / 11.7.
 SCAN_ROWS = 256
 SCAN_COLS = 16
-#: The scatter's warps, and whether each chunk ranks its slots by a sort (else a [CHUNK, CHUNK] comparison tile).
-#: H100, the three launches alone with tail tiles, CUDA-graph replay (``benchmarks/bench_align.py --scatter
-#: 0:8,1:8,0:4,1:4 --tails``, ``bench_align_scatter_H100_session18.json``), comparison tile -> sort at 8 warps:
+#: The scatter's warps. Each chunk ranks its slots by a sort (:func:`_sorted_lanes`); it replaced a [CHUNK, CHUNK]
+#: comparison tile (session 18). H100, the three launches alone with tail tiles, CUDA-graph replay
+#: (``benchmarks/bench_align.py``, ``bench_align_scatter_H100_session18.json``), comparison tile -> sort at 8 warps:
 #: Qwen3 M=256 / 1024 / 4096 11.6 / 12.3 / 17.5 -> 7.6 / 8.2 / 10.5 us; DeepSeek-V3 11.2 / 12.4 / 16.7 -> 7.9 / 9.6 /
 #: 12.1; Mixtral 9.9 / 10.0 / 10.3 -> 6.1 / 6.3 / 6.4 (4 warps: within 0.6 us either way).
 SCATTER_WARPS = 8
-SCATTER_SORT = True
 #: The fused route-and-align kernel routes all tokens in its one program: at most this many [tokens, experts]
 #: score elements, grouped top-k counted ``GROUPED_ROUTE_COST`` times (its per-group reductions). H100, with the
 #: sorted alignment (``benchmarks/bench_routing.py --fused 1,2,4,8,16 --fused-warps 1,4``,
@@ -96,11 +95,17 @@ def _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP: tl.constexpr):
 
 
 @triton.jit
-def _rank_in_chunk(ids, CHUNK_: tl.constexpr):
-    """For each lane, how many earlier lanes hold the same id (stable rank)."""
-    lane = tl.arange(0, CHUNK_)
-    same = (ids[:, None] == ids[None, :]) & (lane[None, :] < lane[:, None])
-    return tl.sum(same.to(tl.int32), axis=1)
+def _sorted_lanes(ids, lanes, counts, E, LANES: tl.constexpr):
+    """The lanes sorted by (expert, lane): ``ids`` [LANES] local experts (E: not routed here), ``lanes`` [LANES]
+    the lane numbers (< LANES), ``counts`` [E_PAD] the lanes of each expert among them. A bitonic sort of LANES
+    keys (``tl.sort``), so the order inside each expert's run is the lanes' (stable) and the k-th sorted lane is at
+    rank k - (lanes of lower experts) in its run: no [LANES, LANES] rank or [LANES, E_PAD] lookup tiles (which
+    made 256 slots over 128 experts cost 16 us). Returns (expert, lane, rank, expert or 0 where unrouted: a safe
+    index for ``tl.gather``), each [LANES], in sorted order."""
+    keys = tl.sort(ids * LANES + lanes)
+    sid = keys // LANES
+    own = tl.where(sid < E, sid, 0)
+    return sid, keys % LANES, tl.arange(0, LANES) - tl.gather(tl.cumsum(counts, axis=0) - counts, own, 0), own
 
 
 @triton.jit
@@ -178,20 +183,15 @@ def _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E,
 def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
                  BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, LANES: tl.constexpr, MIN_TILE: tl.constexpr):
     """Whole alignment in one program. ``ids`` [LANES]: local expert of each lane (E: not routed here);
-    ``slots`` [LANES]: the slot id each lane stands for (< LANES). The lanes are sorted by (expert, slot), a
-    bitonic sort of LANES keys (``tl.sort``), so the order inside each expert's run is the slots' (stable) and
-    the k-th lane of the sorted order is at rank k - (lanes of lower experts) in its run: no [LANES, LANES] rank
-    or [LANES, E_PAD] lookup tiles (which made 256 slots over 128 experts cost 16 us)."""
+    ``slots`` [LANES]: the slot id each lane stands for (< LANES); the lanes are ranked by
+    :func:`_sorted_lanes`."""
     counts = tl.histogram(ids, E_PAD, mask=ids < E)
     pad_off, tile_off = _write_offsets(counts, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks,
                                        BLOCK_M, E_PAD, MIN_TILE)
-    keys = tl.sort(ids * LANES + slots)
-    sid = keys // LANES
-    own = tl.where(sid < E, sid, 0)
+    sid, slot, rank, own = _sorted_lanes(ids, slots, counts, E, LANES)
     start = tl.gather(pad_off, own, 0)
-    rank = tl.arange(0, LANES) - tl.gather(tl.cumsum(counts, axis=0) - counts, own, 0)
     _store_slots(sorted_ptr, expert_ids_ptr, tiles_ptr, start + rank, start, tl.gather(tile_off, own, 0),
-                 tl.gather(counts, own, 0), sid, keys % LANES, E, BLOCK_M, MIN_TILE)
+                 tl.gather(counts, own, 0), sid, slot, E, BLOCK_M, MIN_TILE)
 
 
 @triton.jit
@@ -257,7 +257,7 @@ def _align_scan_kernel(counts_ptr, base_ptr, totals_ptr, num_chunks, E_PAD: tl.c
 @triton.jit
 def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, totals_ptr, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N,
                           E, n_map, max_blocks, HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
-                          CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr, SORT: tl.constexpr = False):
+                          CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr):
     pid = tl.program_id(0)
     counts = tl.load(totals_ptr + tl.arange(0, E_PAD))
     if pid == 0:  # the used length, the unused tiles' owners, the padding slots
@@ -267,16 +267,7 @@ def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, totals_ptr, sorted_ptr, ex
         _, pad_off, _, tile_off, _ = _padded_starts(counts, E, BLOCK_M, E_PAD, MIN_TILE)
     lane = tl.arange(0, CHUNK_)
     ids = _mapped_ids(ids_ptr, map_ptr, pid * CHUNK_ + lane, N, E, n_map, HAS_MAP)
-    if SORT:  # the chunk's lanes sorted by (expert, lane), as in _align_lanes: rank = position - lower experts' lanes
-        keys = tl.sort(ids * CHUNK_ + lane)
-        ids = keys // CHUNK_
-        lane = keys % CHUNK_
-        mine = tl.histogram(ids, E_PAD, mask=ids < E)
-        own = tl.where(ids < E, ids, 0)
-        rank = tl.arange(0, CHUNK_) - tl.gather(tl.cumsum(mine, axis=0) - mine, own, 0)
-    else:
-        own = tl.where(ids < E, ids, 0)
-        rank = _rank_in_chunk(ids, CHUNK_)
+    ids, lane, rank, own = _sorted_lanes(ids, lane, tl.histogram(ids, E_PAD, mask=ids < E), E, CHUNK_)
     valid = ids < E
     start = tl.gather(pad_off, own, 0)
     base = start + tl.load(base_ptr + pid * E_PAD + ids, mask=valid, other=0)
@@ -317,7 +308,7 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
                                              num_warps=4)
         _align_scatter_kernel[(num_chunks,)](flat, emap, base, totals, sorted_ids, expert_ids, tiles, npp, n,
                                              num_experts, n_map, max_blocks, HAS_MAP=has_map, BLOCK_M=block_m,
-                                             E_PAD=e_pad, CHUNK_=CHUNK, MIN_TILE=min_tile, SORT=SCATTER_SORT,
+                                             E_PAD=e_pad, CHUNK_=CHUNK, MIN_TILE=min_tile,
                                              num_warps=SCATTER_WARPS)
     return sorted_ids, expert_ids, tiles if min_tile < block_m else None, npp
 
