@@ -18,7 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from moekit.kernels import pdl
 from moekit.kernels.routing import MAX_SCORE_TILE, choice_args, route_rows, store_routing
+from moekit.platform import programmatic_launch
 
 #: Up to this many slots one program does the whole alignment (a sort of the slots by expert, :func:`_align_lanes`);
 #: above, the three launches. H100, CUDA-graph replay (``benchmarks/bench_align.py --single-max 0 --single-warps
@@ -197,7 +199,8 @@ def _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, 
 @triton.jit
 def _align_single_kernel(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, n_map, max_blocks,
                          HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
-                         CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr):
+                         CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr, PDL: tl.constexpr = False):
+    pdl.chain(PDL)
     offs = tl.arange(0, CHUNK_)
     ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
     _align_lanes(ids, offs, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N, E, max_blocks, BLOCK_M, E_PAD, CHUNK_,
@@ -210,8 +213,10 @@ def _route_align_kernel(logits_ptr, map_ptr, w_ptr, ids_ptr, sorted_ptr, expert_
                         HAS_MAP: tl.constexpr, SIGMOID: tl.constexpr, RENORMALIZE: tl.constexpr,
                         T_PAD: tl.constexpr, E_ROUTE_PAD: tl.constexpr, K_PAD: tl.constexpr,
                         BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, bias_ptr, HAS_BIAS: tl.constexpr,
-                        GROUPS: tl.constexpr, G_PAD: tl.constexpr, TOPK_GROUP: tl.constexpr):
-    """Decode fast path: routing of all M tokens and their alignment in one launch."""
+                        GROUPS: tl.constexpr, G_PAD: tl.constexpr, TOPK_GROUP: tl.constexpr, PDL: tl.constexpr = False):
+    """Decode fast path: routing of all M tokens and their alignment in one launch. The first kernel of a forward
+    (launched plainly): with PDL it lets the next kernel launch at once (:mod:`moekit.kernels.pdl`)."""
+    pdl.launch_dependents(PDL)
     rows = tl.arange(0, T_PAD)
     w_tile, id_tile = route_rows(logits_ptr, rows, M, E_ROUTE, TOP_K, stride_lm, SIGMOID, RENORMALIZE,
                                  E_ROUTE_PAD, K_PAD, bias_ptr, HAS_BIAS, GROUPS, G_PAD, TOPK_GROUP)
@@ -230,7 +235,8 @@ def _route_align_kernel(logits_ptr, map_ptr, w_ptr, ids_ptr, sorted_ptr, expert_
 
 @triton.jit
 def _align_count_kernel(ids_ptr, map_ptr, counts_ptr, N, E, n_map, HAS_MAP: tl.constexpr, E_PAD: tl.constexpr,
-                        CHUNK_: tl.constexpr):
+                        CHUNK_: tl.constexpr, PDL: tl.constexpr = False):
+    pdl.chain(PDL)
     pid = tl.program_id(0)
     offs = pid * CHUNK_ + tl.arange(0, CHUNK_)
     ids = _mapped_ids(ids_ptr, map_ptr, offs, N, E, n_map, HAS_MAP)
@@ -239,9 +245,10 @@ def _align_count_kernel(ids_ptr, map_ptr, counts_ptr, N, E, n_map, HAS_MAP: tl.c
 
 @triton.jit
 def _align_scan_kernel(counts_ptr, base_ptr, totals_ptr, num_chunks, E_PAD: tl.constexpr, ROWS: tl.constexpr,
-                       COLS: tl.constexpr):
+                       COLS: tl.constexpr, PDL: tl.constexpr = False):
     """Program p scans experts [p COLS, (p + 1) COLS) down the chunks: ``base[c, e]`` = slots of expert e in
     chunks before c (the chunk's offset inside the expert's run), ``totals[e]`` = all of expert e's slots."""
+    pdl.chain(PDL)
     cols = tl.program_id(0) * COLS + tl.arange(0, COLS)
     running = tl.zeros([COLS], dtype=tl.int32)
     for c0 in range(0, num_chunks, ROWS):
@@ -257,7 +264,8 @@ def _align_scan_kernel(counts_ptr, base_ptr, totals_ptr, num_chunks, E_PAD: tl.c
 @triton.jit
 def _align_scatter_kernel(ids_ptr, map_ptr, base_ptr, totals_ptr, sorted_ptr, expert_ids_ptr, tiles_ptr, npp_ptr, N,
                           E, n_map, max_blocks, HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr,
-                          CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr):
+                          CHUNK_: tl.constexpr, MIN_TILE: tl.constexpr, PDL: tl.constexpr = False):
+    pdl.chain(PDL)
     pid = tl.program_id(0)
     counts = tl.load(totals_ptr + tl.arange(0, E_PAD))
     if pid == 0:  # the used length, the unused tiles' owners, the padding slots
@@ -291,25 +299,26 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     has_map = expert_map is not None
     emap = expert_map if has_map else flat
     n_map = expert_map.numel() if has_map else 0
+    chained = pdl.chained_launch(device)
     if align_single_applicable(n, num_experts):
         chunk = _single_chunk(n)
         _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, tiles, npp, n, num_experts, n_map, max_blocks,
                                    HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk, MIN_TILE=min_tile,
-                                   num_warps=single_warps(n))
+                                   num_warps=single_warps(n), **chained)
     else:
         num_chunks = triton.cdiv(n, CHUNK)
         counts = torch.empty((num_chunks, e_pad), dtype=torch.int32, device=device)
         base = torch.empty_like(counts)
         _align_count_kernel[(num_chunks,)](flat, emap, counts, n, num_experts, n_map, HAS_MAP=has_map,
-                                           E_PAD=e_pad, CHUNK_=CHUNK, num_warps=4)
+                                           E_PAD=e_pad, CHUNK_=CHUNK, num_warps=4, **chained)
         totals = torch.empty((e_pad,), dtype=torch.int32, device=device)
         cols = min(SCAN_COLS, e_pad)
         _align_scan_kernel[(e_pad // cols,)](counts, base, totals, num_chunks, E_PAD=e_pad, ROWS=SCAN_ROWS, COLS=cols,
-                                             num_warps=4)
+                                             num_warps=4, **chained)
         _align_scatter_kernel[(num_chunks,)](flat, emap, base, totals, sorted_ids, expert_ids, tiles, npp, n,
                                              num_experts, n_map, max_blocks, HAS_MAP=has_map, BLOCK_M=block_m,
                                              E_PAD=e_pad, CHUNK_=CHUNK, MIN_TILE=min_tile,
-                                             num_warps=SCATTER_WARPS)
+                                             num_warps=SCATTER_WARPS, **chained)
     return sorted_ids, expert_ids, tiles if min_tile < block_m else None, npp
 
 
@@ -362,6 +371,6 @@ def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: boo
         HAS_MAP=has_map, SIGMOID=scoring == "sigmoid", RENORMALIZE=renormalize,
         T_PAD=t_pad, E_ROUTE_PAD=e_route_pad, K_PAD=k_pad, BLOCK_M=block_m, E_PAD=e_pad,
         **choice_args(num_expert_group, topk_group, correction_bias, weights),
-        num_warps=FUSED_WARPS,
+        num_warps=FUSED_WARPS, PDL=programmatic_launch(device),
     )
     return weights, ids, sorted_ids, expert_ids, npp

@@ -46,7 +46,7 @@ import triton.language as tl
 
 from moekit.activations import ACTIVATIONS as _NAMES
 from moekit.activations import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
-from moekit.kernels import tile_ids
+from moekit.kernels import pdl, tile_ids
 from moekit.kernels.quant import (
     MIN_SCALE, abs_max, e2m1_value, e8m0_bf16, e8m0_value, mxfp4_bf16_scaled, quantize_values, scale_from_amax,
 )
@@ -427,9 +427,10 @@ def _moe_gemm1_kernel(
     QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
-    tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False,
+    tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """GEMM 1 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
+    pdl.chain(PDL)
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     row0, halvings, used = _tile_start(pid_m, npp_ptr, tiles_ptr, BLOCK_M, TAILS)
     if not used:
@@ -582,9 +583,10 @@ def _moe_gemm2_kernel(
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
-    tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False,
+    tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """GEMM 2 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
+    pdl.chain(PDL)
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     row0, halvings, used = _tile_start(pid_m, npp_ptr, tiles_ptr, BLOCK_M, TAILS)
     if not used:
@@ -692,7 +694,7 @@ def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activatio
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
         **({} if quant is None else quant.kernel_args(gemm1=True)), **_mx_format(quant, x.dtype), **_bias_args(bias),
-        **_tile_args(tile_rows, bm, min_tile),
+        **_tile_args(tile_rows, bm, min_tile), **pdl.chained_launch(x.device),
     )
 
 
@@ -713,5 +715,5 @@ def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, m
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
         **({} if quant is None else quant.kernel_args(gemm1=False)), **_mx_format(quant, inter.dtype),
-        **_bias_args(bias), **_tile_args(tile_rows, bm, min_tile),
+        **_bias_args(bias), **_tile_args(tile_rows, bm, min_tile), **pdl.chained_launch(inter.device),
     )

@@ -9,12 +9,14 @@ import torch
 import triton
 import triton.language as tl
 
+from moekit.kernels import pdl
 from moekit.kernels.align import local_expert
 
 
 @triton.jit
 def _moe_sum_kernel(y_ptr, out_ptr, ids_ptr, map_ptr, H, E, n_map, stride_ym, stride_om,
-                    TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr):
+                    TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False):
+    pdl.chain(PDL)
     m = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     h_ok = offs < H
@@ -37,5 +39,6 @@ def moe_sum(y: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, num_expe
     _moe_sum_kernel[(m, triton.cdiv(h, block_h))](
         y, out, topk_ids, expert_map if has_map else topk_ids, h, num_experts, expert_map.numel() if has_map else 0,
         y.stride(0), out.stride(0), TOP_K=top_k, HAS_MAP=has_map, BLOCK_H=block_h, num_warps=4,
+        **pdl.chained_launch(y.device),
     )
     return out

@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moekit.kernels import warps_for
+from moekit.kernels import pdl, warps_for
 from moekit.quant.ops import MIN_SCALE  # the one definition (the launchers pass it in)
 _RTNE_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 to the nearest integer, ties to even
 
@@ -181,9 +181,11 @@ def _group_quant_kernel(
     x_ptr, q_ptr, s_ptr, npp_ptr, N, n_groups, stride_xm, stride_qm, stride_sm,
     GROUP: tl.constexpr, BLOCK: tl.constexpr, GROUPS_PER_PROG: tl.constexpr, QKIND: tl.constexpr,
     QMAX: tl.constexpr, EMIN: tl.constexpr, INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, HAS_NPP: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """One row, GROUPS_PER_PROG groups of GROUP columns per program (a [groups, BLOCK] tile, reduced along
     its columns), so a program moves kilobytes rather than one 128-element group."""
+    pdl.chain(PDL)
     row = tl.program_id(0)
     if HAS_NPP:
         if row >= tl.load(npp_ptr):
@@ -217,8 +219,9 @@ SPLIT_ROWS_ITEMS = 4096
 
 @triton.jit
 def _amax_kernel(x_ptr, part_ptr, npp_ptr, rows, N, n_chunks, stride_xm, BLOCK: tl.constexpr,
-                 HAS_NPP: tl.constexpr):
+                 HAS_NPP: tl.constexpr, PDL: tl.constexpr = False):
     """part[pid] = max |x| over the [row, chunk] items pid, pid + grid, ... of the rows in use (0 if none)."""
+    pdl.chain(PDL)
     if HAS_NPP:
         rows = tl.minimum(rows, tl.load(npp_ptr))
     m = tl.zeros([BLOCK], dtype=tl.float32)
@@ -234,10 +237,11 @@ def _tensor_quant_kernel(
     x_ptr, q_ptr, s_ptr, part_ptr, npp_ptr, N, n_chunks, n_parts, stride_xm, stride_qm,
     BLOCK: tl.constexpr, P_BLOCK: tl.constexpr, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr,
     INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, DYNAMIC: tl.constexpr, HAS_NPP: tl.constexpr,
-    CHUNKS: tl.constexpr = 1,
+    CHUNKS: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
     """Program (row, g): chunks g * CHUNKS onwards (BLOCK columns each) of one row; a dynamic scale from the amax
     pass's partial maxima."""
+    pdl.chain(PDL)
     row, first = tl.program_id(0), tl.program_id(1) * CHUNKS
     if DYNAMIC:
         offs = tl.arange(0, P_BLOCK)
@@ -269,6 +273,7 @@ def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
         x, q, s, npp, n, n_groups, x.stride(0), q.stride(0), s.stride(0),
         GROUP=group, BLOCK=block, GROUPS_PER_PROG=per_prog, QKIND=qkind, QMAX=qmax, EMIN=emin,
         INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE, HAS_NPP=npp is not None, num_warps=warps_for(per_prog * block, 8),
+        **pdl.chained_launch(x.device),
     )
 
 
@@ -287,11 +292,12 @@ def tensor_quant(x, q, s, qkind, qmax, emin, dynamic, npp=None):
         n_parts = min(rows * n_chunks, AMAX_PROGRAMS)
         parts = torch.empty(n_parts, dtype=torch.float32, device=x.device)
         _amax_kernel[(n_parts,)](x, parts, npp, rows, n, n_chunks, x.stride(0), BLOCK=block,
-                                 HAS_NPP=npp is not None, num_warps=warps_for(block, 8))
+                                 HAS_NPP=npp is not None, num_warps=warps_for(block, 8),
+                                 **pdl.chained_launch(x.device))
     per_prog = 1 if rows * n_chunks <= SPLIT_ROWS_ITEMS else n_chunks
     _tensor_quant_kernel[(rows, triton.cdiv(n_chunks, per_prog))](
         x, q, s, parts, npp, n, n_chunks, n_parts, x.stride(0), q.stride(0), CHUNKS=per_prog,
         BLOCK=block, P_BLOCK=triton.next_power_of_2(n_parts), QKIND=qkind, QMAX=qmax, EMIN=emin,
         INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE, DYNAMIC=dynamic, HAS_NPP=npp is not None,
-        num_warps=warps_for(block, 8),
+        num_warps=warps_for(block, 8), **pdl.chained_launch(x.device),
     )

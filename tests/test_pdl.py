@@ -1,0 +1,57 @@
+"""Programmatic dependent launch of the grouped forward's kernels (:mod:`moekit.kernels.pdl`): the alignment, the
+activation quantization, both GEMMs and the top-k sum are chained (each waits for the kernel before it, then lets
+the next one launch). Chained and plain launches must give the same bits, eagerly and in a CUDA graph."""
+import pytest
+import torch
+
+import moekit
+from moekit.kernels.pdl import chained_launch
+from moekit.platform import programmatic_launch
+
+from conftest import DEVICE, gpu_only
+from test_gemv import FP8, fp8_layer, layer
+
+
+def test_chained_launch_off_without_a_gpu(monkeypatch):
+    """On the CPU (and under the interpreter) no kernel is launched with PDL: the kernels' ``PDL`` stays off."""
+    assert chained_launch(torch.device("cpu")) == {}
+    monkeypatch.setenv("MOEKIT_PDL", "0")
+    assert chained_launch(torch.device(DEVICE)) == {}
+
+
+@gpu_only
+@pytest.mark.parametrize("key", ["bf16", "fp8_block", "fp8_tensor", "fp8_channel", "int8_weight_only"])
+@pytest.mark.parametrize("m", [40, 300])  # one alignment program (320 slots); the three launches (2400 slots)
+def test_grouped_forward_chained_equals_plain(key, m, monkeypatch):
+    """The grouped forward (no decode GEMVs at these sizes) chained bit for bit equal to plain launches, with an
+    expert map dropping experts, eagerly and replayed in a CUDA graph on fresh inputs."""
+    e, k, h, i = 64, 8, 512, 384
+    scheme = s13 = s2 = None
+    if key == "bf16":
+        x, q13, q2, logits = layer(m, e, k, h, i, torch.bfloat16)
+    else:
+        scheme = FP8[key]()
+        x, q13, s13, q2, s2, logits, _, _ = fp8_layer(scheme, m, e, h, i, torch.bfloat16)
+    emap = torch.arange(e, dtype=torch.int32, device=DEVICE)
+    emap[::5] = -1
+    kw = dict(backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2, expert_map=emap)
+    monkeypatch.setenv("MOEKIT_PDL", "0")
+    assert chained_launch(x.device) == {}
+    plain = moekit.fused_moe(x, q13, q2, logits, k, **kw)
+    monkeypatch.setenv("MOEKIT_PDL", "1")
+    if torch.cuda.get_device_capability() >= (9, 0) and torch.version.hip is None:
+        assert programmatic_launch(x.device) and chained_launch(x.device)["launch_pdl"]
+    assert torch.equal(moekit.fused_moe(x, q13, q2, logits, k, **kw), plain)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out = moekit.fused_moe(x, q13, q2, logits, k, **kw)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        logits.copy_(torch.randn_like(logits))
+        graph.replay()
+        monkeypatch.setenv("MOEKIT_PDL", "0")
+        ref = moekit.fused_moe(x, q13, q2, logits, k, **kw)
+        monkeypatch.setenv("MOEKIT_PDL", "1")
+        torch.cuda.synchronize()
+        assert not torch.isnan(g_out).any()
+        assert torch.equal(g_out, ref)
