@@ -217,7 +217,7 @@ def _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr, num_slots, n_co
 def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride_bse, stride_bsn, stride_bsk,
                       BLOCK_K: tl.constexpr, QUANT: tl.constexpr, MX_DOT: tl.constexpr, SWAP_AB: tl.constexpr = False):
     """Pointers to the first K step's weight tile of expert ``expert``, columns ``offs_n``: [BLOCK_K, BLOCK_N]
-    elements; SWAP_AB (w8a8 with the operands swapped, see :func:`_w8a8_step`) [BLOCK_N, BLOCK_K]; packed
+    elements; SWAP_AB (w8a8 with the operands swapped, see :func:`_mma_step`) [BLOCK_N, BLOCK_K]; packed
     4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT (operands swapped, see :func:`_mx_dot_t`) [BLOCK_N,
     BLOCK_K / 2] bytes plus its e8m0 scales [BLOCK_N, BLOCK_K / 32] (second result; otherwise the weight pointers
     again, unused)."""
@@ -251,20 +251,41 @@ def _tile_start(pid_m, npp_ptr, tiles_ptr, BLOCK_M: tl.constexpr, TAILS: tl.cons
 
 
 @triton.jit
-def _w8a8_step(acc, a, b_t, a_s, b_s, QUANT: tl.constexpr, INT_ACC: tl.constexpr):
-    """One K step of a w8a8 GEMM with the operands swapped (``SWAP_AB``): ``acc [BLOCK_N, BLOCK_M] += W
-    [BLOCK_N, BLOCK_K] @ A^T``. With few token rows per tile (BLOCK_M < 64) the weight rows become the MMA's M
-    side and the tokens its narrow N side, so Hopper runs 8-bit warpgroup MMAs on the codes as they are instead
-    of upcasting both tiles to float16 for ``mma.sync`` (:func:`moekit.quant.triton_moe.w8a8_swap_ab` says
-    where). QUANT 2 (blocks): the product is scaled by ``b_s [BLOCK_N] x a_s [BLOCK_M]`` (this step's weight
-    and activation scales); QUANT 1: scales come in the epilogue, the accumulator is carried (int32 for
-    int8)."""
-    if QUANT == 2:
-        return acc + tl.dot(b_t, tl.trans(a)) * (b_s[:, None] * a_s[None, :])
-    elif INT_ACC:
-        return tl.dot(b_t, tl.trans(a), acc, out_dtype=tl.int32)
+def _mma_tile(ptrs, n_ok, k_ok, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr):
+    """The weight tile of one K step of an unquantized or w8a8 GEMM: [BLOCK_K, BLOCK_N], or [BLOCK_N, BLOCK_K] with
+    ``SWAP_AB`` (:func:`_mma_step`); columns past N (and K, unless ``EVEN_K``) read as zero."""
+    if SWAP_AB:
+        mask = n_ok[:, None] if EVEN_K else n_ok[:, None] & k_ok[None, :]
     else:
-        return tl.dot(b_t, tl.trans(a), acc)
+        mask = n_ok[None, :] if EVEN_K else k_ok[:, None] & n_ok[None, :]
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _mma_step(acc, a, b, a_s, b_s, QUANT: tl.constexpr, INT_ACC: tl.constexpr, SWAP_AB: tl.constexpr,
+              DOT_PRECISION: tl.constexpr):
+    """One K step of an unquantized (QUANT 0) or w8a8 (1, 2) GEMM: ``acc [BLOCK_M, BLOCK_N] += A [BLOCK_M, BLOCK_K]
+    @ W`` with the tile of :func:`_mma_tile`. QUANT 2 (blocks): the product is scaled by ``a_s [BLOCK_M] x b_s
+    [BLOCK_N]`` (this step's activation and weight scales); otherwise the accumulator is carried (int32 for int8)
+    and any scales come in the epilogue.
+
+    ``SWAP_AB`` (w8a8): the operands swapped, ``acc [BLOCK_N, BLOCK_M] += W [BLOCK_N, BLOCK_K] @ A^T``. With few
+    token rows per tile (BLOCK_M < 64) the weight rows become the MMA's M side and the tokens its narrow N side,
+    so Hopper runs 8-bit warpgroup MMAs on the codes as they are instead of upcasting both tiles to float16 for
+    ``mma.sync`` (:func:`moekit.quant.triton_moe.w8a8_swap_ab` says where)."""
+    if SWAP_AB:
+        if QUANT == 2:
+            return acc + tl.dot(b, tl.trans(a)) * (b_s[:, None] * a_s[None, :])
+        elif INT_ACC:
+            return tl.dot(b, tl.trans(a), acc, out_dtype=tl.int32)
+        else:
+            return tl.dot(b, tl.trans(a), acc)
+    elif QUANT == 2:
+        return acc + tl.dot(a, b) * (a_s[:, None] * b_s[None, :])
+    elif INT_ACC:
+        return tl.dot(a, b, acc, out_dtype=tl.int32)
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -348,8 +369,9 @@ def _gemm1_tile(
                 u0, u1 = _weight_only_tiles(u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
                                             stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
             acc_u = _weight_only_dot(acc_u, a, u0, u1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
-        elif SWAP_AB:  # w8a8, weight tiles [BLOCK_N, BLOCK_K]
-            wmask_t = n_ok[:, None] if EVEN_K else n_ok[:, None] & k_ok[None, :]
+        else:  # unquantized or w8a8
+            bg = _mma_tile(g_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
+            bu = _mma_tile(u_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
             a_s = 1.0
             s_g = 1.0
             s_u = 1.0
@@ -358,26 +380,8 @@ def _gemm1_tile(
                 a_s = tl.load(as_ptrs + kb * stride_ask, mask=row_ok, other=0.0)
                 s_g = tl.load(bsg_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)
                 s_u = tl.load(bsu_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)
-            acc_g = _w8a8_step(acc_g, a, tl.load(g_ptrs, mask=wmask_t, other=0.0), a_s, s_g, QUANT, INT_ACC)
-            acc_u = _w8a8_step(acc_u, a, tl.load(u_ptrs, mask=wmask_t, other=0.0), a_s, s_u, QUANT, INT_ACC)
-        else:
-            if EVEN_K:
-                bg = tl.load(g_ptrs, mask=n_ok[None, :], other=0.0)
-                bu = tl.load(u_ptrs, mask=n_ok[None, :], other=0.0)
-            else:
-                bg = tl.load(g_ptrs, mask=wmask, other=0.0)
-                bu = tl.load(u_ptrs, mask=wmask, other=0.0)
-            if QUANT == 2:
-                kb = (k * BLOCK_K) // GROUP_K
-                a_s = tl.load(as_ptrs + kb * stride_ask, mask=row_ok, other=0.0)[:, None]
-                acc_g += tl.dot(a, bg) * (a_s * tl.load(bsg_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
-                acc_u += tl.dot(a, bu) * (a_s * tl.load(bsu_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :])
-            elif INT_ACC:
-                acc_g = tl.dot(a, bg, acc_g, out_dtype=tl.int32)
-                acc_u = tl.dot(a, bu, acc_u, out_dtype=tl.int32)
-            else:
-                acc_g = tl.dot(a, bg, acc_g, input_precision=DOT_PRECISION)
-                acc_u = tl.dot(a, bu, acc_u, input_precision=DOT_PRECISION)
+            acc_g = _mma_step(acc_g, a, bg, a_s, s_g, QUANT, INT_ACC, SWAP_AB, DOT_PRECISION)
+            acc_u = _mma_step(acc_u, a, bu, a_s, s_u, QUANT, INT_ACC, SWAP_AB, DOT_PRECISION)
         x_ptrs += BLOCK_K
         if QUANT >= 4:
             g_ptrs += BLOCK_K // 2
@@ -518,38 +522,18 @@ def _gemm2_tile(
             b0, b1 = _weight_only_tiles(b_ptrs, b_scale_ptr + s_off, b_zero_ptr + s_off, wmask, n_ok, k, stride_bsk,
                                         a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
             acc = _weight_only_dot(acc, a, b0, b1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
-        elif SWAP_AB:  # w8a8, weight tile [BLOCK_N, BLOCK_K]
-            b_t = tl.load(b_ptrs, mask=n_ok[:, None] if EVEN_K else n_ok[:, None] & k_ok[None, :], other=0.0)
+        else:  # unquantized or w8a8
+            b = _mma_tile(b_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
+            a_s = 1.0
+            b_s = 1.0
             if QUANT == 2:
                 b_s = tl.load(bs_ptrs + ((k * BLOCK_K) // GROUP_K) * stride_bsk, mask=n_ok, other=0.0)
-                if GROUP_KA < BLOCK_K:  # as below, transposed
-                    a16, a_ref = _rescaled_groups(a, as_ptrs, k * (BLOCK_K // GROUP_KA), stride_ask, K, BLOCK_K,
-                                                  GROUP_KA)
-                    acc += tl.dot(b_t.to(tl.float16), tl.trans(a16)) * (b_s[:, None] * a_ref[None, :])
-                else:
-                    acc = _w8a8_step(acc, a, b_t, tl.load(as_ptrs + ((k * BLOCK_K) // GROUP_KA) * stride_ask), b_s,
-                                     QUANT, INT_ACC)
-            else:
-                acc = _w8a8_step(acc, a, b_t, 1.0, 1.0, QUANT, INT_ACC)
-        else:
-            if EVEN_K:
-                b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
-            else:
-                b = tl.load(b_ptrs, mask=wmask, other=0.0)
-            if QUANT == 2:
-                kb = (k * BLOCK_K) // GROUP_K
-                b_s = tl.load(bs_ptrs + kb * stride_bsk, mask=n_ok, other=0.0)[None, :]
                 if GROUP_KA < BLOCK_K:  # the step spans several activation groups (GEMM 1's BLOCK_N is finer)
-                    a16, a_ref = _rescaled_groups(a, as_ptrs, k * (BLOCK_K // GROUP_KA), stride_ask, K, BLOCK_K,
-                                                  GROUP_KA)
-                    acc += tl.dot(a16, b.to(tl.float16)) * (a_ref[:, None] * b_s)
+                    a, a_s = _rescaled_groups(a, as_ptrs, k * (BLOCK_K // GROUP_KA), stride_ask, K, BLOCK_K, GROUP_KA)
+                    b = b.to(tl.float16)
                 else:
-                    ka = (k * BLOCK_K) // GROUP_KA
-                    acc += tl.dot(a, b) * (tl.load(as_ptrs + ka * stride_ask)[:, None] * b_s)
-            elif INT_ACC:
-                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-            else:
-                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+                    a_s = tl.load(as_ptrs + ((k * BLOCK_K) // GROUP_KA) * stride_ask)
+            acc = _mma_step(acc, a, b, a_s, b_s, QUANT, INT_ACC, SWAP_AB, DOT_PRECISION)
         a_ptrs += BLOCK_K
         if QUANT >= 4:
             b_ptrs += BLOCK_K // 2
@@ -625,7 +609,7 @@ class GemmQuant:
     mx_dot: bool = False  # mxfp4 in the swapped layout, decoded by tl.dot_scaled unless mx_asm (else: in-kernel decode)
     mx_asm: bool = False  # with mx_dot: decoded by inline PTX instead of tl.dot_scaled (BLOCK_K 32-128, bf16)
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
-    swap_ab: bool = False  # w8a8 (modes 1, 2): weight tiles as the MMA's left operand (see _w8a8_step)
+    swap_ab: bool = False  # w8a8 (modes 1, 2): weight tiles as the MMA's left operand (see _mma_step)
 
     @property
     def packed(self) -> bool:

@@ -106,7 +106,7 @@ W8A8_SWAP_AB = None
 
 def w8a8_swap_ab(x: torch.Tensor, block_m: int, scheme: QuantScheme, spans_groups: bool = False) -> bool:
     """Whether a Triton w8a8 GEMM on ``x``'s device runs its K steps with the weight tile as the MMA's left
-    operand (:func:`moekit.kernels.moe_gemm._w8a8_step`): Hopper (sm_90), whose 8-bit warpgroup MMAs need >= 64
+    operand (:func:`moekit.kernels.moe_gemm._mma_step`): Hopper (sm_90), whose 8-bit warpgroup MMAs need >= 64
     rows on that side, tiles of fewer than 64 token rows (which Triton otherwise runs as float16 ``mma.sync``
     after upcasting both 8-bit tiles in registers: 453 against 270 SASS instructions per 16x128x128 K step of
     GEMM 1, ``tools/sass_loops.py gemm1 --fp8-block 128 [--swap]``), fp8 128x128 blocks, and (``spans_groups``)
