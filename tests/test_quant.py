@@ -314,24 +314,16 @@ def test_fp8_block_gemm2_split_rules(rule, cfg, i, poisoned_empty, monkeypatch):
     ("fp8_block", (16, 128, 128), 256), ("fp8_block", (32, 64, 64), 200), ("fp8_block", (16, 64, 128), 200),
     ("fp8_tensor", (16, 64, 128), 128), ("fp8_channel", (32, 32, 64), 96), ("int8_channel", (16, 64, 128), 200),
 ])
-@pytest.mark.parametrize("tma", [False, None])
-def test_w8a8_swapped_operands(key, cfg, i, tma, poisoned_empty, monkeypatch):
+def test_w8a8_swapped_operands(key, cfg, i, poisoned_empty, monkeypatch):
     """The w8a8 GEMMs with the weight as the MMA's left operand (``triton_moe.w8a8_swap_ab``, forced on here):
     fp8 blocks (GEMM 2's K steps one activation group, or 2 groups rescaled by rule "ka"), per tensor, per
-    channel, int8 (int32 accumulator); H = 256 and I not a multiple of BLOCK_K (masked last steps). Weight tiles
-    by pointer loads, or by TMA where the rows allow (``w8a8_tma``: GEMM 1 always here, GEMM 2 where I is a
-    multiple of 16; boxes past I or K read zeros or are masked)."""
-    import moekit.kernels.moe_gemm as mg
+    channel, int8 (int32 accumulator); H = 256 and I not a multiple of BLOCK_K (masked last steps)."""
     import moekit.quant.triton_moe as tq
     from moekit.configs import MoEKernelConfig
     from moekit.routing import select_experts
     from moekit.triton_experts import fused_experts_triton
 
     monkeypatch.setattr(tq, "W8A8_SWAP_AB", True)
-    monkeypatch.setattr(tq, "W8A8_TMA", tma)
-    used = []
-    real = mg._tma_args
-    monkeypatch.setattr(mg, "_tma_args", lambda q, w, bn, bk: used.append(bool(q and q.tma_w)) or real(q, w, bn, bk))
     monkeypatch.setattr(tq, "KA_MIN_STEPS", 1)
     scheme = SCHEMES[key]
     dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
@@ -340,20 +332,7 @@ def test_w8a8_swapped_operands(key, cfg, i, tma, poisoned_empty, monkeypatch):
     bm, bn, bk = cfg
     out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 2), quant=scheme,
                                **{k: v for k, v in kw.items() if k != "quant"})
-    assert used == ([False, False] if tma is False else [True, i % 16 == 0])
     assert_close_to_reference(out, ref, key)
-
-
-def test_w8a8_tma_rule(monkeypatch):
-    """TMA weight tiles need a contiguous weight with 16-byte rows; the switch turns them off."""
-    import moekit.quant.triton_moe as tq
-
-    w = torch.zeros(2, 64, 256, dtype=torch.int8, device=DEVICE)
-    assert tq.W8A8_TMA is None and tq.w8a8_tma(w)
-    assert not tq.w8a8_tma(torch.zeros(2, 64, 200, dtype=torch.int8, device=DEVICE))  # 200-byte rows
-    assert not tq.w8a8_tma(w.transpose(1, 2))
-    monkeypatch.setattr(tq, "W8A8_TMA", False)
-    assert not tq.w8a8_tma(w)
 
 
 def test_w8a8_swap_ab_rule(monkeypatch):

@@ -298,8 +298,7 @@ def _gemm1_tile(
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
     OUT_QUANT: tl.constexpr = 0, QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", bias_ptr=None, stride_bias_e=0,
-    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False, SWAP_AB: tl.constexpr = False, w_desc=None,
-    TMA_W: tl.constexpr = False
+    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False, SWAP_AB: tl.constexpr = False
 ):
     """One output tile of GEMM 1: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
     offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
@@ -320,8 +319,6 @@ def _gemm1_tile(
         as_ptrs = a_scale_ptr + token * stride_asm
         bsg_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
         bsu_ptrs = b_scale_ptr + expert * stride_bse + ((offs_n + I) // GROUP_N) * stride_bsn
-    if TMA_W:
-        w_row = (expert * (stride_we // stride_wn)).to(tl.int32) + pid_n * BLOCK_N
     if SWAP_AB and INT_ACC:  # transposed accumulators
         acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
         acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
@@ -373,12 +370,8 @@ def _gemm1_tile(
                                             stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
             acc_u = _weight_only_dot(acc_u, a, u0, u1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
         else:  # unquantized or w8a8
-            if TMA_W:  # swapped: [BLOCK_N, BLOCK_K] boxes of w13 viewed [E * 2I, K] (columns past I: masked)
-                bg = w_desc.load([w_row, k * BLOCK_K])
-                bu = w_desc.load([w_row + I, k * BLOCK_K])
-            else:
-                bg = _mma_tile(g_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
-                bu = _mma_tile(u_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
+            bg = _mma_tile(g_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
+            bu = _mma_tile(u_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
             a_s = 1.0
             s_g = 1.0
             s_u = 1.0
@@ -439,7 +432,6 @@ def _moe_gemm1_kernel(
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
     tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False, PDL: tl.constexpr = False,
-    w_desc=None, TMA_W: tl.constexpr = False,
 ):
     """GEMM 1 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
     pdl.chain(PDL)
@@ -453,8 +445,7 @@ def _moe_gemm1_kernel(
                 stride_xm, stride_we, stride_wn, stride_om, up_offset, ACTIVATION, DOT_PRECISION, EVEN_K, BLOCK_M >> s,
                 BLOCK_N, BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, out_scale_ptr, stride_asm, stride_ask,
                 stride_bse, stride_bsn, stride_bsk, stride_osm, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE,
-                OUT_QUANT, QKIND, QMAX, EMIN, MX_DOT, A_FMT, bias_ptr, stride_bias_e, HAS_BIAS, MX_ASM, SWAP_AB, w_desc,
-                TMA_W)
+                OUT_QUANT, QKIND, QMAX, EMIN, MX_DOT, A_FMT, bias_ptr, stride_bias_e, HAS_BIAS, MX_ASM, SWAP_AB)
 
 
 @triton.jit
@@ -485,8 +476,7 @@ def _gemm2_tile(
     INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False, GROUP_N: tl.constexpr = 1,
     GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False, MX_DOT: tl.constexpr = False,
     A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1, bias_ptr=None, stride_bias_e=0,
-    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False, SWAP_AB: tl.constexpr = False, w_desc=None,
-    TMA_W: tl.constexpr = False
+    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False, SWAP_AB: tl.constexpr = False
 ):
     """One output tile of GEMM 2: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
     offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
@@ -501,8 +491,6 @@ def _gemm2_tile(
     if QUANT == 2:
         as_ptrs = a_scale_ptr + offs_m.to(tl.int64) * stride_asm
         bs_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
-    if TMA_W:
-        w_row = (expert * (stride_we // stride_wn)).to(tl.int32) + pid_n * BLOCK_N
     if SWAP_AB and INT_ACC:  # transposed accumulator
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
     elif MX_DOT or SWAP_AB:
@@ -535,10 +523,7 @@ def _gemm2_tile(
                                         a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
             acc = _weight_only_dot(acc, a, b0, b1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
         else:  # unquantized or w8a8
-            if TMA_W:  # swapped: [BLOCK_N, BLOCK_K] boxes of w2 viewed [E * N, K]
-                b = w_desc.load([w_row, k * BLOCK_K])
-            else:
-                b = _mma_tile(b_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
+            b = _mma_tile(b_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
             a_s = 1.0
             b_s = 1.0
             if QUANT == 2:
@@ -583,7 +568,6 @@ def _moe_gemm2_kernel(
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
     tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False, PDL: tl.constexpr = False,
-    w_desc=None, TMA_W: tl.constexpr = False,
 ):
     """GEMM 2 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
     pdl.chain(PDL)
@@ -597,7 +581,7 @@ def _moe_gemm2_kernel(
                 stride_am, stride_we, stride_wn, stride_ym, MUL_WEIGHT, DOT_PRECISION, EVEN_K, BLOCK_M >> s, BLOCK_N,
                 BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, stride_asm, stride_ask, stride_bse, stride_bsn,
                 stride_bsk, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE, MX_DOT, A_FMT, GROUP_KA, bias_ptr,
-                stride_bias_e, HAS_BIAS, MX_ASM, SWAP_AB, w_desc, TMA_W)
+                stride_bias_e, HAS_BIAS, MX_ASM, SWAP_AB)
 
 
 @dataclasses.dataclass
@@ -626,7 +610,6 @@ class GemmQuant:
     mx_asm: bool = False  # with mx_dot: decoded by inline PTX instead of tl.dot_scaled (BLOCK_K 32-128, bf16)
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
     swap_ab: bool = False  # w8a8 (modes 1, 2): weight tiles as the MMA's left operand (see _mma_step)
-    tma_w: bool = False  # with swap_ab: weight tiles loaded by TMA (contiguous weights, 16-byte rows)
 
     @property
     def packed(self) -> bool:
@@ -669,16 +652,6 @@ def _bias_args(bias: Optional[torch.Tensor]) -> dict:
     return dict(bias_ptr=bias, stride_bias_e=bias.stride(0), HAS_BIAS=True)
 
 
-def _tma_args(quant, w: torch.Tensor, block_n: int, block_k: int) -> dict:
-    """Kernel arguments of the weight's TMA descriptor (``GemmQuant.tma_w``): w [E, rows, K] viewed as [E * rows,
-    K], boxes [BLOCK_N, BLOCK_K]; {} without."""
-    if quant is None or not quant.tma_w:
-        return {}
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    return dict(w_desc=TensorDescriptor.from_tensor(w.view(-1, w.shape[-1]), [block_n, block_k]), TMA_W=True)
-
-
 def _tile_args(tile_rows: Optional[torch.Tensor], block_m: int, min_tile: int) -> dict:
     """Kernel arguments of the alignment's tail tiles (:mod:`moekit.align`); {} without them."""
     if tile_rows is None or not min_tile or min_tile >= block_m:
@@ -705,7 +678,7 @@ def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activatio
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config.GROUP_SIZE_M,
         num_warps=config.num_warps, num_stages=config.num_stages,
         **({} if quant is None else quant.kernel_args(gemm1=True)), **_mx_format(quant, x.dtype), **_bias_args(bias),
-        **_tile_args(tile_rows, bm, min_tile), **pdl.chained_launch(x.device), **_tma_args(quant, w13, bn, bk),
+        **_tile_args(tile_rows, bm, min_tile), **pdl.chained_launch(x.device),
     )
 
 
@@ -727,5 +700,4 @@ def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, m
         num_warps=config.num_warps, num_stages=config.num_stages,
         **({} if quant is None else quant.kernel_args(gemm1=False)), **_mx_format(quant, inter.dtype),
         **_bias_args(bias), **_tile_args(tile_rows, bm, min_tile), **pdl.chained_launch(inter.device),
-        **_tma_args(quant, w2, bn, bk),
     )

@@ -124,20 +124,6 @@ def w8a8_swap_ab(x: torch.Tensor, block_m: int, scheme: QuantScheme, spans_group
             and on_sm90(platform_of(x.device)))
 
 
-#: TMA weight tiles for the swapped w8a8 steps (:func:`w8a8_tma`): None is the rule; True / False force them (where
-#: the weights allow a descriptor) or turn them off (tests and A/B arms set it).
-W8A8_TMA = None
-
-
-def w8a8_tma(w: torch.Tensor) -> bool:
-    """Whether a swapped w8a8 GEMM (:func:`w8a8_swap_ab`) over weights ``w`` [E, rows, K] loads its weight tiles
-    by TMA (one descriptor over ``w`` viewed as [E * rows, K], boxes [BLOCK_N, BLOCK_K]) instead of per-thread
-    copies: contiguous weights with a 16-byte aligned base and rows (TMA's rule)."""
-    if W8A8_TMA is False:
-        return False
-    return w.is_contiguous() and copies_of_16_bytes(w)
-
-
 def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
     """Whether mxfp4 GEMMs on ``x``'s device use ``tl.dot_scaled`` (the device has it, see the
     ``dot_scaled`` platform feature, and the activations are bf16/fp16) rather than moekit's in-kernel
@@ -346,7 +332,6 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, swap_ab=swap,
                        **_w8a8_weight(scheme, w13_scale))
         q2 = GemmQuant(mode, int_acc=int_acc, swap_ab=swap, **_w8a8_weight(scheme, w2_scale))
-        q1.tma_w = swap and w8a8_tma(w13)
         if gluon:  # both GEMMs in Gluon; GEMM 1's output groups are its tiles' columns (128)
             inter = torch.empty((p, i), dtype=adt, device=x.device)
             inter_s = torch.empty((p, i // moe_gemm_sm90.GEMM1_TILE[1]), dtype=torch.float32, device=x.device)
@@ -380,8 +365,6 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     direct = top_k == 1 and expert_map is None  # GEMM 2 writes the output rows itself
     y = out if direct else torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
-    if adt is not None:
-        q2.tma_w = q2.swap_ab and w8a8_tma(w2)
     if gluon:
         moe_gemm_sm90.moe_gemm2_fp8_block_sm90(a2, q2.a_scale, w2, w2_scale, y, topk_weights, *args,
                                                config.GROUP_SIZE_M)
