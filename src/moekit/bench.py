@@ -188,16 +188,28 @@ def markdown_table(result: Dict) -> str:
 
 
 def kernel_times(fn: Callable[[], None], iters: int = 20) -> str:
-    """Per-kernel device time of ``fn`` (one eager forward), averaged over ``iters`` calls (torch.profiler)."""
+    """Per-kernel device time of ``fn`` (one eager forward), averaged over ``iters`` calls (torch.profiler).
+    Kernels are launched plainly here (``MOEKIT_PDL=0``): a kernel launched with programmatic dependent launch
+    starts before the one ahead of it ends, and its span would count that wait (a 2 us top-k sum read 40 us)."""
+    import os
+
     from torch.profiler import ProfilerActivity, profile
 
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
+    saved = os.environ.get("MOEKIT_PDL")
+    os.environ["MOEKIT_PDL"] = "0"
+    try:
+        for _ in range(3):
             fn()
         torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                fn()
+            torch.cuda.synchronize()
+    finally:
+        if saved is None:
+            os.environ.pop("MOEKIT_PDL")
+        else:
+            os.environ["MOEKIT_PDL"] = saved
     rows = []
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
