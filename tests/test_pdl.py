@@ -19,6 +19,31 @@ def test_chained_launch_off_without_a_gpu(monkeypatch):
     assert chained_launch(torch.device(DEVICE)) == {}
 
 
+@pytest.mark.parametrize("m, e, k, chained", [(40, 64, 8, True), (512, 64, 8, True), (513, 64, 8, False),
+                                              (256, 8, 2, True), (1024, 8, 2, False)])
+@pytest.mark.parametrize("key", ["bf16", "fp8_block"])
+def test_forward_chains_only_up_to_64_slots_per_expert(m, e, k, chained, key, monkeypatch):
+    """Every chained launch of a grouped forward sees the rule's answer (``pdl.chain_applies``: at most
+    ``CHAIN_MAX_SLOTS_PER_EXPERT`` slots per expert), and launches outside a forward are not restricted."""
+    import moekit.kernels.pdl as pdl
+
+    assert pdl.CHAIN_MAX_SLOTS_PER_EXPERT == 64 and pdl.chain_applies(m * k, e) == chained
+    seen = []
+    monkeypatch.setattr(pdl, "chained_launch", lambda device: seen.append(getattr(pdl._forward, "on", None)) or {})
+    h, i = 128, 128
+    scheme = s13 = s2 = None
+    if key == "bf16":
+        x, q13, q2, logits = layer(m, e, k, h, i, torch.float16 if DEVICE == "cpu" else torch.bfloat16)
+    else:
+        scheme = FP8[key]()
+        x, q13, s13, q2, s2, logits, _, _ = fp8_layer(scheme, m, e, h, i, torch.float16)
+    moekit.fused_moe(x, q13, q2, logits, k, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2)
+    assert len(seen) >= 4 and set(seen) == {chained}  # alignment, (quantization,) GEMM 1, GEMM 2, top-k sum
+    assert getattr(pdl._forward, "on", None) is None
+    with pdl.chaining(False):
+        assert chained_launch(torch.device(DEVICE)) == {}
+
+
 @gpu_only
 @pytest.mark.parametrize("key", ["bf16", "fp8_block", "fp8_tensor", "fp8_channel", "int8_weight_only"])
 @pytest.mark.parametrize("m", [40, 300])  # one alignment program (320 slots); the three launches (2400 slots)

@@ -152,9 +152,10 @@ registry: List[EnvVar] = [
     ),
     EnvVar(
         "MOEKIT_PDL", "bool", True,
-        "0 launches every kernel plainly; 1 lets a kernel of a chain (the decode GEMVs after routing) start "
-        "while the one before it finishes, on GPUs with programmatic dependent launch (sm_90 and later): "
-        "moekit.platform.programmatic_launch.",
+        "0 launches every kernel plainly; 1 lets a kernel of a chain (the decode GEMVs after routing; the grouped "
+        "forward's alignment, quantization, GEMMs and top-k sum up to 64 token slots per expert: "
+        "moekit.kernels.pdl) start while the one before it finishes, on GPUs with programmatic dependent launch "
+        "(sm_90 and later): moekit.platform.programmatic_launch.",
     ),
     EnvVar(
         "MOEKIT_LINEAR", "bool", True,

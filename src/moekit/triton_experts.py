@@ -15,6 +15,7 @@ import torch
 from moekit import envs
 from moekit.align import AlignedSlots, moe_align_block_size
 from moekit.configs import get_config, tail_tile
+from moekit.kernels import pdl
 from moekit.kernels.moe_gemm import moe_gemm1, moe_gemm2
 from moekit.kernels.moe_gemv import gemv_applies, gemv_supports, moe_gemv
 from moekit.kernels.moe_sum import moe_sum
@@ -76,12 +77,23 @@ def fused_experts_triton(
         return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation, scheme=scheme,
                         w13_scale=qargs.get("w13_scale"), w2_scale=qargs.get("w2_scale"), w13_bias=w13_bias,
                         w2_bias=w2_bias, mx_ptx=mxfp4_gemv_ptx_decode(x, scheme))
-    if scheme is not None:
-        from moekit.quant.triton_moe import fused_experts_triton_quant
+    with pdl.chaining(pdl.chain_applies(m * top_k, e_global)):
+        if scheme is not None:
+            from moekit.quant.triton_moe import fused_experts_triton_quant
 
-        return fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
-                                          activation=activation, config=config, scheme=scheme, aligned=aligned,
-                                          w13_bias=w13_bias, w2_bias=w2_bias, **qargs)
+            return fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
+                                              activation=activation, config=config, scheme=scheme, aligned=aligned,
+                                              w13_bias=w13_bias, w2_bias=w2_bias, **qargs)
+        return _grouped(x, w13, w2, topk_weights, topk_ids, expert_map, activation, config, aligned, w13_bias,
+                        w2_bias)
+
+
+def _grouped(x, w13, w2, topk_weights, topk_ids, expert_map, activation, config, aligned, w13_bias, w2_bias):
+    """The unquantized grouped forward: alignment, GEMM 1, GEMM 2, top-k sum."""
+    m, h = x.shape
+    e, i2, _ = w13.shape
+    i = i2 // 2
+    top_k = topk_ids.shape[1]
     if config is None:
         config = get_config(e, i, h, top_k, m, x.dtype)
     if aligned is None or aligned.block_m != config.BLOCK_SIZE_M:

@@ -19,8 +19,15 @@ let the next kernel launch. So a kernel's successor is launched once all of its 
 multi-wave GEMM's last wave), its programs take SMs as ours retire, and it begins the moment ours completes:
 the launch latency and the ramp between kernels overlap the tail of the one before. Every kernel of the chain
 waits first, so every earlier kernel has completed when one runs (the chain is as ordered as plain launches).
+A forward chains its kernels only where that measured faster (:func:`chain_applies`, set around the forward by
+:func:`chaining`); kernels launched outside a forward (the quantization ops on their own) chain wherever the
+device allows.
 """
 from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator, Optional
 
 import triton
 import triton.language as tl
@@ -51,7 +58,39 @@ def chain(ON: tl.constexpr):
     launch_dependents(ON)
 
 
+#: The grouped forward chains its kernels up to this many token slots per expert (M * top_k / E). H100, whole
+#: forward, plain launches against chained, arms interleaved (``benchmarks/ab_pdl.py``,
+#: ``ab_pdl_grouped{,2}_H100_session19.json``, ``ab_pdl_prefill_H100_session19.json``): Qwen3-30B-A3B (E=128, k=8)
+#: fp8 block M=8 / 16 / 32 / 64 / 256 / 1024 1.009x / 1.023x / 1.017x / 1.015x / 1.014x / 1.007x, bf16 M=16-1024
+#: 1.006-1.009x, Mixtral (E=8, k=2) fp8 per tensor M=16 / 64 / 256 1.004x / 1.008x / 1.000x, DeepSeek-V3 fp8 block
+#: M=16 / 256 1.002x / 1.001x; above 64 slots per expert it lost: Mixtral bf16 M=1024 (256 per expert) 1905.1 ->
+#: 1943.1 us, fp8 per tensor 0.997x, Qwen3 bf16 M=4096 0.998x (Mixtral bf16 M=4096 1.005x).
+CHAIN_MAX_SLOTS_PER_EXPERT = 64
+
+_forward = threading.local()
+
+
+def chain_applies(num_slots: int, num_experts: int) -> bool:
+    """Whether a grouped forward of ``num_slots`` token slots (M * top_k) over ``num_experts`` experts chains its
+    kernels (:data:`CHAIN_MAX_SLOTS_PER_EXPERT`; the device must allow it as well, :func:`chained_launch`)."""
+    return num_slots <= CHAIN_MAX_SLOTS_PER_EXPERT * max(num_experts, 1)
+
+
+@contextlib.contextmanager
+def chaining(on: bool) -> Iterator[None]:
+    """Within this block (one forward, this thread) :func:`chained_launch` chains kernels only if ``on``."""
+    prev: Optional[bool] = getattr(_forward, "on", None)
+    _forward.on = on
+    try:
+        yield
+    finally:
+        _forward.on = prev
+
+
 def chained_launch(device) -> dict:
     """Launch arguments of a kernel that begins with :func:`chain`: ``PDL`` and Triton's ``launch_pdl`` where
-    :func:`moekit.platform.programmatic_launch` allows it on ``device``, else none (``PDL`` defaults to off)."""
+    :func:`moekit.platform.programmatic_launch` allows it on ``device`` and no enclosing :func:`chaining` block
+    turned it off, else none (``PDL`` defaults to off)."""
+    if getattr(_forward, "on", None) is False:
+        return {}
     return dict(PDL=True, launch_pdl=True) if programmatic_launch(device) else {}
