@@ -40,6 +40,35 @@ def poisoned_empty(monkeypatch):
     yield
 
 
+def check_chained_launches(monkeypatch, x, w13, w2, logits, k, replays=3, **kw):
+    """moekit.fused_moe(x, w13, w2, logits, k, **kw) with chained launches (``MOEKIT_PDL=1``) gives bit for bit
+    the output of plain launches (``MOEKIT_PDL=0``), eagerly and replayed in a CUDA graph on fresh inputs written
+    into the captured buffers; no NaN. On sm_90 and later the chained run really is chained."""
+    import moekit
+    from moekit.platform import programmatic_launch
+
+    monkeypatch.setenv("MOEKIT_PDL", "0")
+    assert not programmatic_launch(x.device)
+    plain = moekit.fused_moe(x, w13, w2, logits, k, **kw)
+    monkeypatch.setenv("MOEKIT_PDL", "1")
+    if torch.cuda.get_device_capability() >= (9, 0) and torch.version.hip is None:
+        assert programmatic_launch(x.device)
+    assert torch.equal(moekit.fused_moe(x, w13, w2, logits, k, **kw), plain)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out = moekit.fused_moe(x, w13, w2, logits, k, **kw)
+    for _ in range(replays):
+        x.copy_(torch.randn_like(x))
+        logits.copy_(torch.randn_like(logits))
+        graph.replay()
+        monkeypatch.setenv("MOEKIT_PDL", "0")
+        ref = moekit.fused_moe(x, w13, w2, logits, k, **kw)
+        monkeypatch.setenv("MOEKIT_PDL", "1")
+        torch.cuda.synchronize()
+        assert not torch.isnan(g_out).any()
+        assert torch.equal(g_out, ref)
+
+
 def check_fused_moe_graph_replays(x, w13, w2, logits, k, replays=2):
     """Capture moekit.fused_moe in a CUDA graph (warm-up on a side stream first), then replay it on fresh
     inputs written into the captured buffers and check each output against the float64 reference."""

@@ -6,9 +6,8 @@ import torch
 
 import moekit
 from moekit.kernels.pdl import chained_launch
-from moekit.platform import programmatic_launch
 
-from conftest import DEVICE, gpu_only
+from conftest import DEVICE, check_chained_launches, gpu_only
 from test_gemv import FP8, fp8_layer, layer
 
 
@@ -59,24 +58,5 @@ def test_grouped_forward_chained_equals_plain(key, m, monkeypatch):
         x, q13, s13, q2, s2, logits, _, _ = fp8_layer(scheme, m, e, h, i, torch.bfloat16)
     emap = torch.arange(e, dtype=torch.int32, device=DEVICE)
     emap[::5] = -1
-    kw = dict(backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2, expert_map=emap)
-    monkeypatch.setenv("MOEKIT_PDL", "0")
-    assert chained_launch(x.device) == {}
-    plain = moekit.fused_moe(x, q13, q2, logits, k, **kw)
-    monkeypatch.setenv("MOEKIT_PDL", "1")
-    if torch.cuda.get_device_capability() >= (9, 0) and torch.version.hip is None:
-        assert programmatic_launch(x.device) and chained_launch(x.device)["launch_pdl"]
-    assert torch.equal(moekit.fused_moe(x, q13, q2, logits, k, **kw), plain)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        g_out = moekit.fused_moe(x, q13, q2, logits, k, **kw)
-    for _ in range(3):
-        x.copy_(torch.randn_like(x))
-        logits.copy_(torch.randn_like(logits))
-        graph.replay()
-        monkeypatch.setenv("MOEKIT_PDL", "0")
-        ref = moekit.fused_moe(x, q13, q2, logits, k, **kw)
-        monkeypatch.setenv("MOEKIT_PDL", "1")
-        torch.cuda.synchronize()
-        assert not torch.isnan(g_out).any()
-        assert torch.equal(g_out, ref)
+    check_chained_launches(monkeypatch, x, q13, q2, logits, k, backend="triton", quant=scheme, w13_scale=s13,
+                           w2_scale=s2, expert_map=emap)

@@ -60,8 +60,7 @@ def fused_experts_triton(
     ``w2_bias``: optional expert biases [E, 2I] / [E, H], contiguous last dimension. ``grouped_routing``: the ids
     come from grouped top-k (fused_moe knows; it moves the decode GEMV crossover, :func:`use_decode_gemv`)."""
     m, h = x.shape
-    e, i2, _ = w13.shape
-    i = i2 // 2
+    e = w13.shape[0]
     top_k = topk_ids.shape[1]
     if m == 0:
         return x.new_empty((0, h))
