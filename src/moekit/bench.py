@@ -11,7 +11,6 @@ weights streamed from HBM, not the 50 MB L2 holding the last call's experts.
 """
 from __future__ import annotations
 
-import json
 import math
 import platform as _pyplatform
 import statistics
