@@ -121,6 +121,16 @@ def test_decode_gemvs_compile_their_programmatic_launch_instructions():
         assert f"kernel: {expected}" in out.splitlines(), (kernel, pdl, out)
 
 
+def test_grouped_gemms_compile_their_chain_instructions():
+    """On sm_90 both grouped GEMMs launched chained (``kernels.pdl.chain``) wait for the kernel before them
+    (ACQBULK) and let the next one launch (PREEXIT), once each; plainly compiled, neither is there."""
+    for kernel in ("gemm1", "gemm2"):
+        for pdl, expected in ((False, "ACQBULK 0, PREEXIT 0"), (True, "ACQBULK 1, PREEXIT 1")):
+            out = _run_script("tools/sass_loops.py", kernel, "--block-m", 16, "--block-n", 64, "--block-k", 64,
+                              "--count", "ACQBULK,PREEXIT", *(["--pdl"] if pdl else []))
+            assert f"kernel: {expected}" in out.splitlines(), (kernel, pdl, out)
+
+
 def _kernel_counts(out):
     """{opcode: count} of sass_loops' ``kernel:`` line (``--count``)."""
     line = next(ln for ln in out.splitlines() if ln.startswith("kernel:"))

@@ -145,6 +145,8 @@ def _gemm_plain(args, gemm: int):
         consts.update(QUANT=2, GROUP_N=128, GROUP_K=128, **({"GROUP_KA": args.fp8_block} if gemm == 2 else {}))
     if args.swap:
         consts.update(SWAP_AB=True)
+    if args.pdl:
+        consts.update(PDL=True)
     div = [n for n in fn.arg_names if n in ptrs or n in ("I", "N", "K", "stride_xm", "stride_am", "stride_we",
                                                           "stride_wn", "stride_om", "stride_ym", "up_offset")]
     return compile_sass(fn, sig, consts, div, args.arch, args.warps, args.stages)
@@ -219,7 +221,7 @@ def main():
     ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4, gemv2_mxfp4: the inline-PTX decode")
     ap.add_argument("--pdl", action="store_true",
-                    help="gemv1_mxfp4, gemv2_mxfp4: as launched with programmatic dependent launch")
+                    help="gemv1_mxfp4, gemv2_mxfp4, gemm1, gemm2: as launched with programmatic dependent launch")
     ap.add_argument("--gemv-stages", type=int, default=1,
                     help="gemv1_mxfp4, gemv2_mxfp4, linear_gemv: the K loop's pipelining depth")
     ap.add_argument("--w-scale", type=int, default=1, choices=(0, 1, 2),
