@@ -64,7 +64,9 @@ def chain(ON: tl.constexpr):
 #: fp8 block M=8 / 16 / 32 / 64 / 256 / 1024 1.009x / 1.023x / 1.017x / 1.015x / 1.014x / 1.007x, bf16 M=16-1024
 #: 1.006-1.009x, Mixtral (E=8, k=2) fp8 per tensor M=16 / 64 / 256 1.004x / 1.008x / 1.000x, DeepSeek-V3 fp8 block
 #: M=16 / 256 1.002x / 1.001x; above 64 slots per expert it lost: Mixtral bf16 M=1024 (256 per expert) 1905.1 ->
-#: 1943.1 us, fp8 per tensor 0.997x, Qwen3 bf16 M=4096 0.998x (Mixtral bf16 M=4096 1.005x).
+#: 1943.1 us, fp8 per tensor 0.997x, Qwen3 bf16 M=4096 0.998x (Mixtral bf16 M=4096 1.005x). H200 with the rule
+#: (``ab_pdl_grouped_H200_session19.json``): Qwen3 fp8 block M=16 / 64 / 256 1.028x / 1.018x / 1.019x, bf16 M=64 /
+#: 1024 1.010x / 1.002x, Mixtral fp8 per tensor M=64 / 256 1.009x / 0.994x, bf16 M=256 1.011x.
 CHAIN_MAX_SLOTS_PER_EXPERT = 64
 
 _forward = threading.local()
