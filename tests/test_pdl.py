@@ -43,6 +43,19 @@ def test_forward_chains_only_up_to_64_slots_per_expert(m, e, k, chained, key, mo
         assert chained_launch(torch.device(DEVICE)) == {}
 
 
+def test_forward_checks_the_device_once():
+    """A chained forward asks ``programmatic_launch`` once (in ``pdl.chaining``), not at every kernel launch."""
+    import moekit.kernels.pdl as pdl
+
+    calls = []
+    real = pdl.programmatic_launch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pdl, "programmatic_launch", lambda device: calls.append(device) or real(device))
+        x, w13, w2, logits = layer(40, 64, 8, 128, 128, torch.float16 if DEVICE == "cpu" else torch.bfloat16)
+        moekit.fused_moe(x, w13, w2, logits, 8, backend="triton")
+    assert len(calls) == 1
+
+
 @gpu_only
 @pytest.mark.parametrize("key", ["bf16", "fp8_block", "fp8_tensor", "fp8_channel", "int8_weight_only"])
 @pytest.mark.parametrize("m", [40, 300])  # one alignment program (320 slots); the three launches (2400 slots)

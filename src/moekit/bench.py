@@ -191,12 +191,11 @@ def kernel_times(fn: Callable[[], None], iters: int = 20) -> str:
     Kernels are launched plainly here (``MOEKIT_PDL=0``): a kernel launched with programmatic dependent launch
     starts before the one ahead of it ends, and its span would count that wait (a 2 us top-k sum read 40 us)."""
     import os
+    from unittest import mock
 
     from torch.profiler import ProfilerActivity, profile
 
-    saved = os.environ.get("MOEKIT_PDL")
-    os.environ["MOEKIT_PDL"] = "0"
-    try:
+    with mock.patch.dict(os.environ, MOEKIT_PDL="0"):
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
@@ -204,11 +203,6 @@ def kernel_times(fn: Callable[[], None], iters: int = 20) -> str:
             for _ in range(iters):
                 fn()
             torch.cuda.synchronize()
-    finally:
-        if saved is None:
-            os.environ.pop("MOEKIT_PDL")
-        else:
-            os.environ["MOEKIT_PDL"] = saved
     rows = []
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)

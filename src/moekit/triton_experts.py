@@ -76,7 +76,7 @@ def fused_experts_triton(
         return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation, scheme=scheme,
                         w13_scale=qargs.get("w13_scale"), w2_scale=qargs.get("w2_scale"), w13_bias=w13_bias,
                         w2_bias=w2_bias, mx_ptx=mxfp4_gemv_ptx_decode(x, scheme))
-    with pdl.chaining(pdl.chain_applies(m * top_k, e_global)):
+    with pdl.chaining(pdl.chain_applies(m * top_k, e_global), x.device):
         if scheme is not None:
             from moekit.quant.triton_moe import fused_experts_triton_quant
 

@@ -79,20 +79,28 @@ def chain_applies(num_slots: int, num_experts: int) -> bool:
 
 
 @contextlib.contextmanager
-def chaining(on: bool) -> Iterator[None]:
-    """Within this block (one forward, this thread) :func:`chained_launch` chains kernels only if ``on``."""
-    prev: Optional[bool] = getattr(_forward, "on", None)
+def chaining(on: bool, device=None) -> Iterator[None]:
+    """Within this block (one forward, this thread) :func:`chained_launch` chains kernels only if ``on``; with
+    ``device`` (the forward's) the device check is made once here rather than at every launch."""
+    prev = getattr(_forward, "on", None), getattr(_forward, "args", None)
     _forward.on = on
+    _forward.args = _launch_args(device) if on and device is not None else None
     try:
         yield
     finally:
-        _forward.on = prev
+        _forward.on, _forward.args = prev
+
+
+def _launch_args(device) -> dict:
+    return dict(PDL=True, launch_pdl=True) if programmatic_launch(device) else {}
 
 
 def chained_launch(device) -> dict:
     """Launch arguments of a kernel that begins with :func:`chain`: ``PDL`` and Triton's ``launch_pdl`` where
     :func:`moekit.platform.programmatic_launch` allows it on ``device`` and no enclosing :func:`chaining` block
     turned it off, else none (``PDL`` defaults to off)."""
-    if getattr(_forward, "on", None) is False:
+    on: Optional[bool] = getattr(_forward, "on", None)
+    if on is False:
         return {}
-    return dict(PDL=True, launch_pdl=True) if programmatic_launch(device) else {}
+    args = getattr(_forward, "args", None)
+    return dict(args) if on and args is not None else _launch_args(device)
