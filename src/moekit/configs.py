@@ -191,6 +191,33 @@ def tail_tile(config: MoEKernelConfig, num_experts: int) -> int:
     return max(MIN_TAIL_TILE, bm // TAIL_TILE_DIVISOR)
 
 
+#: GEMM 2 (the down projection, K = the intermediate size I) takes 256-column tiles with 8 warps where the entry
+#: has 128 x 128 tiles, I >= ``GEMM2_WIDE_MIN_K`` and each expert expects a full tile of rows (M * top_k / E >=
+#: BLOCK_SIZE_M): over a long K each activation tile is then read by half as many programs. Shared memory per
+#: stage, BLOCK_M * BLOCK_K + 256 * BLOCK_K, is GEMM 1's for the same entry (its two 128-column weight tiles),
+#: so an entry that fits GEMM 1 fits. Whole forward, arms interleaved, H100 (``benchmarks/probe_gemm2_own.py``,
+#: ``probe_gemm2_n256{,_shapes}_H100_session20.json``), 128-column tiles -> 256:
+#:
+#: * I = 14336 (Mixtral-8x7B): bf16 M=512 / 1024 / 2048 / 4096 1.016x / 1.022x / 1.013x / 1.032x, fp8 per tensor
+#:   M=1024 / 4096 1.037x / 1.038x (M=512 1.004x), fp8 per channel M=1024 / 4096 1.024x / 1.030x;
+#: * I = 7168 (Mixtral TP2, default configs): bf16 M=512 / 1024 / 4096 1.012x / 1.017x / 1.053x, fp8 per tensor
+#:   M=1024 / 4096 1.024x / 1.031x;
+#: * I = 2880 (gpt-oss bf16): 1.000x / 1.002x / 1.025x at M=512 / 1024 / 4096 with 32 experts, 0.98x / 0.99x
+#:   at M=1024 / 4096 with 128; I = 768 (Qwen3-30B-A3B): 0.98-1.006x; Mixtral bf16 M=256 (64 rows per
+#:   expert in 128-row tiles) 0.993x. Hence the bounds. Weight-only and block-quantized layers keep GEMM 1's
+#:   config (their GEMM 2 steps are set by the decode and the scale groups; unmeasured here).
+GEMM2_WIDE_MIN_K = 4096
+
+
+def gemm2_config(config: MoEKernelConfig, k: int, slots_per_expert: float) -> MoEKernelConfig:
+    """GEMM 2's config from GEMM 1's ``config`` (the alignment's BLOCK_SIZE_M is shared) for a down projection of
+    depth ``k`` with ``slots_per_expert`` routed rows per expert on average: see :data:`GEMM2_WIDE_MIN_K`."""
+    if (config.BLOCK_SIZE_M == 128 and config.BLOCK_SIZE_N == 128 and k >= GEMM2_WIDE_MIN_K
+            and slots_per_expert >= config.BLOCK_SIZE_M):
+        return replace(config, BLOCK_SIZE_N=256, num_warps=8)
+    return config
+
+
 def shared_memory_bytes(config: MoEKernelConfig, elem_bytes: int) -> int:
     """Shared memory the pipelined GEMM 1 needs (the larger of the two GEMMs: one A tile and two weight
     tiles, gate and up, per stage)."""

@@ -14,7 +14,7 @@ import torch
 
 from moekit import envs
 from moekit.align import AlignedSlots, moe_align_block_size
-from moekit.configs import get_config, tail_tile
+from moekit.configs import gemm2_config, get_config, tail_tile
 from moekit.kernels import pdl
 from moekit.kernels.moe_gemm import moe_gemm1, moe_gemm2
 from moekit.kernels.moe_gemv import gemv_applies, gemv_supports, moe_gemv
@@ -106,5 +106,7 @@ def _grouped(x, w13, w2, topk_weights, topk_ids, expert_map, activation, config,
     # top_k 1 without a map: every slot is a token and every token is written, so GEMM 2 writes the output
     direct = top_k == 1 and expert_map is None
     y = out if direct else torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
-    moe_gemm2(inter, w2, y, topk_weights, *args, config, bias=w2_bias, **tiles)
+    e_global = expert_map.numel() if expert_map is not None else e
+    cfg2 = gemm2_config(config, i, m * top_k / e_global)
+    moe_gemm2(inter, w2, y, topk_weights, *args, cfg2, bias=w2_bias, **tiles)
     return out if direct else moe_sum(y, out, topk_ids, e, expert_map)

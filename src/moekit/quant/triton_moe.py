@@ -28,7 +28,7 @@ from dataclasses import replace
 import torch
 
 from moekit.align import moe_align_block_size
-from moekit.configs import get_config, tail_tile
+from moekit.configs import gemm2_config, get_config, tail_tile
 from moekit.kernels.moe_gemm import GemmQuant, moe_gemm1, moe_gemm2
 from moekit.kernels.moe_sum import moe_sum
 from moekit.quant.moe import act_dtype
@@ -362,6 +362,9 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
             moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias, **tiles)
             a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp)
+        if not (gluon or block):  # per tensor / per channel: GEMM 2 may take wider tiles than GEMM 1
+            e_global = expert_map.numel() if expert_map is not None else e
+            cfg2 = gemm2_config(config, i, m * top_k / e_global)
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     direct = top_k == 1 and expert_map is None  # GEMM 2 writes the output rows itself
     y = out if direct else torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
