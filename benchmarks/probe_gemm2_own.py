@@ -1,6 +1,7 @@
 """Probe: would GEMM 2 (the down projection) gain from a config of its own? GEMM 1 keeps the shipped config;
 GEMM 2 takes the same BLOCK_SIZE_M (the alignment is shared) with other BLOCK_SIZE_N / BLOCK_SIZE_K / warps /
-stages (arms below, relative to the shipped entry). Whole fused_moe (routing included) as CUDA-graph replay,
+stages (arms below, relative to what ships: GEMM 1's entry after :func:`moekit.configs.gemm2_config`). Arm
+``gemm1``: GEMM 2 runs GEMM 1's entry (the rule off), the A/B of that rule. Whole fused_moe (routing included) as CUDA-graph replay,
 arms interleaved (``ab_cases.run_ab``). GPU only; grouped Triton GEMMs only (not the decode GEMVs, not the fp8
 block paths, whose GEMM 2 config is derived from GEMM 1's output groups).
 
@@ -13,6 +14,7 @@ import sys
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(__file__))
+import moekit.configs as configs  # noqa: E402
 import moekit.kernels.moe_gemm as mg  # noqa: E402
 import moekit.quant.triton_moe as tm  # noqa: E402
 import moekit.triton_experts as te  # noqa: E402
@@ -21,6 +23,7 @@ from moekit.configs import MoEKernelConfig  # noqa: E402
 
 ARMS = {
     "shipped": {},
+    "gemm1": {},
     "n128": dict(BLOCK_SIZE_N=128),
     "n128w8": dict(BLOCK_SIZE_N=128, num_warps=8),
     "n256w8": dict(BLOCK_SIZE_N=256, num_warps=8),
@@ -60,9 +63,13 @@ te.moe_gemm2 = _gemm2
 tm.moe_gemm2 = _gemm2
 
 
+_WIDE_MIN_K = configs.GEMM2_WIDE_MIN_K
+
+
 def set_arm(arm: str) -> None:
     global _ARM
     _ARM = ARMS[arm]
+    configs.GEMM2_WIDE_MIN_K = 1 << 30 if arm == "gemm1" else _WIDE_MIN_K
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from moekit.testing import assert_close_to_reference
 from moekit.triton_experts import fused_experts_triton
 from reference import moe_reference, route_reference
 
-from conftest import DEVICE, KERNEL_DTYPES
+from conftest import DEVICE, KERNEL_DTYPES, gpu_only
 
 WIDE = MoEKernelConfig(128, 256, 64, 8, 8, 3)
 
@@ -76,21 +76,28 @@ def test_unquantized_forward_with_wide_gemm2(monkeypatch, dtype, m, e, h, top_k,
     torch.testing.assert_close(wide, plain, rtol=2e-2 if dtype == torch.bfloat16 else 2e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("key, scheme", [("fp8_tensor", QuantScheme.fp8_tensor()),
-                                         ("fp8_channel", QuantScheme.fp8_channel()),
-                                         ("int8_channel", QuantScheme.int8_channel())])
-def test_w8a8_forward_with_wide_gemm2(monkeypatch, key, scheme, poisoned_empty):
+@pytest.mark.parametrize("key, scheme, static", [("fp8_channel", QuantScheme.fp8_channel(), False),
+                                                 ("int8_channel", QuantScheme.int8_channel(), False),
+                                                 ("fp8_tensor", QuantScheme.fp8_tensor(), True),
+                                                 pytest.param("fp8_tensor", QuantScheme.fp8_tensor(), False,
+                                                              marks=gpu_only)])
+def test_w8a8_forward_with_wide_gemm2(monkeypatch, key, scheme, static, poisoned_empty):
+    """Per channel with dynamic per-token activations; per tensor with static activation scales, and dynamic on
+    the GPU only (its amax runs for minutes in the interpreter). One branch sets GEMM 2's config for all."""
     dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
-    x, w13, w2, w, ids, kw, ref = _layer(300, 4, 136, 128, 2, dtype, scheme, seed=7)
+    x, w13, w2, w, ids, kw, ref = _layer(260, 4, 72, 64, 2, dtype, scheme, seed=7)
+    if static:
+        kw.update(a13_scale=x.abs().amax().float().reshape(1) / 448, a2_scale=torch.full((1,), 0.01, device=DEVICE))
     (wide, plain), seen = _run_both(monkeypatch, x, w13, w2, w, ids, kw, MoEKernelConfig(128, 128, 64, 4, 4, 2))
     assert seen == [256, 128]
-    assert_close_to_reference(wide, ref, key)
+    if not static:
+        assert_close_to_reference(wide, ref, key)
     assert_close_to_reference(wide, plain.double(), key)
 
 
 def test_weight_only_keeps_gemm1_config(monkeypatch, poisoned_empty):
     dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
-    x, w13, w2, w, ids, kw, ref = _layer(300, 4, 128, 128, 2, dtype, QuantScheme.int8_weight_only(), seed=3)
+    x, w13, w2, w, ids, kw, ref = _layer(260, 4, 64, 64, 2, dtype, QuantScheme.int8_weight_only(), seed=3)
     (wide, _), seen = _run_both(monkeypatch, x, w13, w2, w, ids, kw, MoEKernelConfig(128, 128, 64, 4, 4, 2))
     assert seen == [128, 128]
     assert_close_to_reference(wide, ref, "int8_weight_only")
