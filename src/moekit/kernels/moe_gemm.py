@@ -33,7 +33,10 @@ row amax of its tile and writes q and scale [P, I / BLOCK_N] - the activation of
 BLOCK_N divides the weight's 128 block, so this group is the block or finer (finer is more accurate), and
 GEMM 2 reads that scale per ``GROUP_KA`` columns of K (a K step may span several such groups: then its
 activation codes are rescaled into one float16 operand, :func:`_rescaled_groups`; where:
-:func:`moekit.quant.triton_moe.gemm2_split_config`); 2 = static per-tensor scale.
+:func:`moekit.quant.triton_moe.gemm2_split_config`); 2 = static per-tensor scale; 3 = no quantization, but the
+max |output| (of the values as stored) is raised into ``out_scale`` (float32 [1], zeroed earlier in the stream) by
+one atomic max per program, for the dynamic per-tensor quantization of GEMM 2's activation (NaN wins: its bits
+order above +inf's).
 """
 from __future__ import annotations
 
@@ -403,8 +406,12 @@ def _gemm1_tile(
         acc_u = acc_u.to(tl.float32) + tl.load(b_ptrs + I, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     h = gate_up(acc_g.to(tl.float32), acc_u.to(tl.float32), ACTIVATION)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-    if OUT_QUANT == 0:
-        tl.store(out_ptrs, h.to(out_ptr.dtype.element_ty), mask=n_ok[None, :])
+    if OUT_QUANT == 0 or OUT_QUANT == 3:
+        o = h.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, o, mask=n_ok[None, :])
+        if OUT_QUANT == 3:  # running max |out| of the whole output: float32 bits, >= 0, so ordered as int32
+            t = abs_max(abs_max(tl.where(n_ok[None, :], o.to(tl.float32), 0.0), 1), 0)
+            tl.atomic_max(out_scale_ptr.to(tl.pointer_type(tl.int32)), t.to(tl.int32, bitcast=True), sem="relaxed")
     else:
         hf = tl.where(n_ok[None, :], h, 0.0)
         if OUT_QUANT == 1:  # this program's BLOCK_N columns are one quantization group

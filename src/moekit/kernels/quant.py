@@ -237,12 +237,16 @@ def _tensor_quant_kernel(
     x_ptr, q_ptr, s_ptr, part_ptr, npp_ptr, N, n_chunks, n_parts, stride_xm, stride_qm,
     BLOCK: tl.constexpr, P_BLOCK: tl.constexpr, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr,
     INV_QMAX: tl.constexpr, MIN_S: tl.constexpr, DYNAMIC: tl.constexpr, HAS_NPP: tl.constexpr,
-    CHUNKS: tl.constexpr = 1, PDL: tl.constexpr = False,
+    CHUNKS: tl.constexpr = 1, PDL: tl.constexpr = False, zero_ptr=None, HAS_ZERO: tl.constexpr = False,
 ):
     """Program (row, g): chunks g * CHUNKS onwards (BLOCK columns each) of one row; a dynamic scale from the amax
-    pass's partial maxima."""
+    pass's partial maxima. ``HAS_ZERO``: program (0, 0) also sets float32 ``zero_ptr[0]`` to 0 (the running
+    maximum a later kernel of the stream raises)."""
     pdl.chain(PDL)
     row, first = tl.program_id(0), tl.program_id(1) * CHUNKS
+    if HAS_ZERO:
+        if (row == 0) & (first == 0):
+            tl.store(zero_ptr, 0.0)
     if DYNAMIC:
         offs = tl.arange(0, P_BLOCK)
         parts = tl.load(part_ptr + offs, mask=offs < n_parts, other=0.0)
@@ -277,18 +281,22 @@ def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
     )
 
 
-def tensor_quant(x, q, s, qkind, qmax, emin, dynamic, npp=None):
+def tensor_quant(x, q, s, qkind, qmax, emin, dynamic, npp=None, amax=None, zero=None):
     """Per-tensor quantization of x [rows, N] (rows and N > 0); ``dynamic``: s (float32 [1]) is written, else
     read. Two launches when dynamic (partial maxima over at most :data:`AMAX_PROGRAMS` programs, then the
     quantization, each of whose programs reduces them; :data:`SPLIT_ROWS_ITEMS`), one when static; no memset,
-    no atomics."""
+    no atomics. ``amax`` (dynamic): float32 [1] already holding max |x| over the rows in use (GEMM 1's
+    epilogue, ``OUT_QUANT`` 3 of :mod:`moekit.kernels.moe_gemm`): no amax pass. ``zero``: float32 [1] set to 0
+    by the quantization pass (for such a running maximum later in the stream)."""
     import torch
 
     rows, n = x.shape
     block = min(triton.next_power_of_2(n), TENSOR_CHUNK)
     n_chunks = triton.cdiv(n, block)
     parts, n_parts = s, 1  # static: unused
-    if dynamic:
+    if dynamic and amax is not None:
+        parts = amax
+    elif dynamic:
         n_parts = min(rows * n_chunks, AMAX_PROGRAMS)
         parts = torch.empty(n_parts, dtype=torch.float32, device=x.device)
         _amax_kernel[(n_parts,)](x, parts, npp, rows, n, n_chunks, x.stride(0), BLOCK=block,
@@ -298,6 +306,6 @@ def tensor_quant(x, q, s, qkind, qmax, emin, dynamic, npp=None):
     _tensor_quant_kernel[(rows, triton.cdiv(n_chunks, per_prog))](
         x, q, s, parts, npp, n, n_chunks, n_parts, x.stride(0), q.stride(0), CHUNKS=per_prog,
         BLOCK=block, P_BLOCK=triton.next_power_of_2(n_parts), QKIND=qkind, QMAX=qmax, EMIN=emin,
-        INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE, DYNAMIC=dynamic, HAS_NPP=npp is not None,
-        num_warps=warps_for(block, 8), **pdl.chained_launch(x.device),
+        INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE, DYNAMIC=dynamic, HAS_NPP=npp is not None, zero_ptr=zero,
+        HAS_ZERO=zero is not None, num_warps=warps_for(block, 8), **pdl.chained_launch(x.device),
     )

@@ -91,9 +91,15 @@ def per_token_group_quant_torch(x: torch.Tensor, group_size: int, dtype: torch.d
     return q.contiguous(), scale
 
 
-def per_tensor_quant_torch(x: torch.Tensor, dtype: torch.dtype, scale: Optional[torch.Tensor] = None, npp=None):
-    """``npp``: device int32 [1]; rows at or past it do not count in the dynamic scale (no host sync)."""
-    if scale is None:
+def per_tensor_quant_torch(x: torch.Tensor, dtype: torch.dtype, scale: Optional[torch.Tensor] = None, npp=None,
+                           amax=None, zero=None):
+    """``npp``: device int32 [1]; rows at or past it do not count in the dynamic scale (no host sync). ``amax`` /
+    ``zero``: as :func:`per_tensor_quant`."""
+    if zero is not None:
+        zero.zero_()
+    if scale is None and amax is not None:
+        scale = _scale_from_amax(amax.float().reshape(1), _qparams(dtype)[1])
+    elif scale is None:
         a = x.float().abs()
         if npp is not None:  # where, not a product: 0 * inf and 0 * NaN would count rows the kernel skips
             a = torch.where((torch.arange(x.shape[0], device=x.device) < npp.reshape(1)).unsqueeze(1), a, 0.0)
@@ -152,9 +158,13 @@ def per_token_quant(x: torch.Tensor, dtype: Optional[torch.dtype] = None, *, use
 
 
 def per_tensor_quant(x: torch.Tensor, dtype: Optional[torch.dtype] = None, scale: Optional[torch.Tensor] = None, *,
-                     use_triton=None, npp=None):
+                     use_triton=None, npp=None, amax: Optional[torch.Tensor] = None,
+                     zero: Optional[torch.Tensor] = None):
     """Per-tensor quantization: dynamic (``scale=None``: scale = max|x| / qmax) or static (``scale`` float32
-    [1]). Returns q [M, K] and scale float32 [1]."""
+    [1]). Returns q [M, K] and scale float32 [1]. Plumbing of the fused forward (both float32 [1] on x's
+    device): ``amax`` holds max |x| over the rows in use, computed by an earlier kernel (the dynamic scale comes
+    from it, with no pass over x); ``zero`` is set to 0 by this call, ordered before later kernels on the
+    stream (which raise it as a running maximum)."""
     x = _check_x(x)
     dtype = dtype or fp8_format(x.device)[0]
     qkind, qmax, emin = _qparams(dtype)
@@ -165,17 +175,24 @@ def per_tensor_quant(x: torch.Tensor, dtype: Optional[torch.dtype] = None, scale
                   f"{scale.dtype} tensor of shape {tuple(scale.shape)} on {scale.device}"
                   if isinstance(scale, torch.Tensor) else type(scale).__name__)
         scale = scale.reshape(1).float()
+    for name, t in (("amax", amax), ("zero", zero)):
+        check_arg(t is None or (isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() == 1
+                                and t.device == x.device), name, f"None or a float32 tensor of 1 element on {x.device}",
+                  getattr(t, "shape", type(t).__name__))
     if not _use_triton(x, use_triton, dtype):
-        return per_tensor_quant_torch(x, dtype, scale, npp)
+        return per_tensor_quant_torch(x, dtype, scale, npp, amax, zero)
     from moekit.kernels.quant import tensor_quant
 
     m, k = x.shape
     q = torch.empty((m, k), dtype=dtype, device=x.device)
     s = scale if scale is not None else torch.empty(1, dtype=torch.float32, device=x.device)
     if m and k:
-        tensor_quant(x, q, s, qkind, qmax, emin, dynamic=scale is None, npp=npp)
-    elif scale is None:
-        s.fill_(MIN_SCALE)
+        tensor_quant(x, q, s, qkind, qmax, emin, dynamic=scale is None, npp=npp, amax=amax, zero=zero)
+    else:
+        if scale is None:
+            s.fill_(MIN_SCALE)
+        if zero is not None:
+            zero.zero_()
     return q, s
 
 

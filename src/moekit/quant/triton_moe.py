@@ -79,6 +79,11 @@ def quant_config(E: int, N: int, K: int, top_k: int, M: int, scheme: QuantScheme
 GEMM2_SPLIT_RULE = "ka"
 KA_MIN_STEPS = 8
 
+#: Dynamic per-tensor fp8 / int8 w8a8: GEMM 1's epilogue raises the max |output| into a buffer (one atomic max
+#: per program, ``OUT_QUANT`` 3 of :mod:`moekit.kernels.moe_gemm`) that x's quantization zeroed, so GEMM 2's
+#: activation is quantized without an amax pass over the [P, I] intermediate (the same scale, bit for bit).
+GEMM1_AMAX = True
+
 
 def gemm2_split_config(config, g: int, k: int):
     """GEMM 2's config on the fp8 block path when GEMM 1 quantizes its output in groups of ``g`` columns and
@@ -264,15 +269,16 @@ def _w8a8_weight(scheme: QuantScheme, scale) -> dict:
     return dict(b_scale=scale, b_strides=(scale.stride(0), scale.stride(1), 0))
 
 
-def _quant_rows(scheme: QuantScheme, t, dt, static=None, npp=None):
-    """Quantize activation rows; returns (q, scale, (stride_row, stride_group))."""
+def _quant_rows(scheme: QuantScheme, t, dt, static=None, npp=None, **fused):
+    """Quantize activation rows; returns (q, scale, (stride_row, stride_group)). ``fused``: per tensor, the
+    ``amax`` / ``zero`` buffers of :func:`moekit.quant.ops.per_tensor_quant`."""
     if scheme.granularity == "block":
         q, s = per_token_group_quant(t, scheme.block_shape[1], dt, npp=npp)
         return q, s, (s.stride(0), s.stride(1))
     if scheme.granularity == "channel":
         q, s = per_token_quant(t, dt, npp=npp)
         return q, s, (s.stride(0), 0)
-    q, s = per_tensor_quant(t, dt, static, npp=npp)
+    q, s = per_tensor_quant(t, dt, static, npp=npp, **fused)
     return q, s, (0, 0)
 
 
@@ -327,7 +333,11 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     else:
         int_acc = adt == torch.int8
         mode = 2 if block else 1
-        xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale)
+        # dynamic per-tensor activation of GEMM 2: its amax comes from GEMM 1's epilogue into this buffer,
+        # which x's quantization zeroes (both launches before GEMM 1's on the stream)
+        amax = (torch.empty(1, dtype=torch.float32, device=x.device)
+                if GEMM1_AMAX and scheme.granularity == "tensor" and a2_scale is None else None)
+        xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale, **({} if amax is None else dict(zero=amax)))
         swap = not gluon and w8a8_swap_ab(x, config.BLOCK_SIZE_M, scheme)
         q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, swap_ab=swap,
                        **_w8a8_weight(scheme, w13_scale))
@@ -360,8 +370,11 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             a2, q2.a_scale, q2.a_strides = inter, q1.out_scale, (0, 0)
         else:
             inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
+            if amax is not None:
+                q1.out_quant, q1.out_scale = 3, amax
             moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias, **tiles)
-            a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp)
+            a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp,
+                                                       **({} if amax is None else dict(amax=amax)))
         if not (gluon or block):  # per tensor / per channel: GEMM 2 may take wider tiles than GEMM 1
             e_global = expert_map.numel() if expert_map is not None else e
             cfg2 = gemm2_config(config, i, m * top_k / e_global)
