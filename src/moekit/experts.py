@@ -291,7 +291,7 @@ def _route_and_align_if_decode(x, w13, router_logits, top_k, renormalize, scorin
     scheme = quant if quant is not None and quant.is_quantized else None
     choice = choice or {}
     grouped = grouped_routing(choice.get("num_expert_group"))
-    if (not route_align_applicable(m, e_route, top_k, w13.shape[0], grouped)
+    if (not route_align_applicable(m, e_route, top_k, grouped)
             or resolve_backend(backend, x, scheme) != "triton"):
         return None
     validate_routing(router_logits, top_k, scoring, **choice)

@@ -300,7 +300,7 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, max_blo
     emap = expert_map if has_map else flat
     n_map = expert_map.numel() if has_map else 0
     chained = pdl.chained_launch(device)
-    if align_single_applicable(n, num_experts):
+    if align_single_applicable(n):
         chunk = _single_chunk(n)
         _align_single_kernel[(1,)](flat, emap, sorted_ids, expert_ids, tiles, npp, n, num_experts, n_map, max_blocks,
                                    HAS_MAP=has_map, BLOCK_M=block_m, E_PAD=e_pad, CHUNK_=chunk, MIN_TILE=min_tile,
@@ -331,21 +331,19 @@ def _single_chunk(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def align_single_applicable(num_slots: int, num_experts: int) -> bool:
-    """Whether one program aligns ``num_slots`` slots over ``num_experts`` local experts (see SINGLE_MAX). Only the
-    slot count bounds it: the sort's work grows with the slots, and the experts only size [bins] vectors."""
+def align_single_applicable(num_slots: int) -> bool:
+    """Whether one program aligns ``num_slots`` slots (see SINGLE_MAX). Only the slot count bounds it: the sort's
+    work grows with the slots, and the number of experts only sizes [bins] vectors."""
     return num_slots <= SINGLE_MAX
 
 
-def route_align_applicable(m: int, num_logit_experts: int, top_k: int, num_experts: int,
-                           grouped: bool = False) -> bool:
+def route_align_applicable(m: int, num_logit_experts: int, top_k: int, grouped: bool = False) -> bool:
     """Whether the fused kernel routes all ``m`` tokens (over ``num_logit_experts`` logits; ``grouped``: grouped
-    top-k) and aligns their slots over ``num_experts`` local experts in one program, and is the faster way
-    (FUSED_ROUTE_TILE, SINGLE_MAX)."""
+    top-k) and aligns their slots in one program, and is the faster way (FUSED_ROUTE_TILE, SINGLE_MAX)."""
     t_pad = triton.next_power_of_2(max(m, 1))
     scores = t_pad * triton.next_power_of_2(num_logit_experts) * (GROUPED_ROUTE_COST if grouped else 1)
     return (scores <= min(FUSED_ROUTE_TILE, MAX_SCORE_TILE)
-            and align_single_applicable(t_pad * triton.next_power_of_2(top_k), num_experts))
+            and align_single_applicable(t_pad * triton.next_power_of_2(top_k)))
 
 
 def route_align_triton(router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring: str, num_experts: int,
