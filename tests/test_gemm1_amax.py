@@ -59,6 +59,16 @@ def test_forward_equals_the_amax_pass(monkeypatch, m, e, top_k, bm, poisoned_emp
     assert_close_to_reference(fused, ref, "fp8_tensor")
 
 
+def test_static_input_scale(monkeypatch, poisoned_empty):
+    """A static ``a13_scale`` with a dynamic GEMM 2 activation: x's static quantization zeroes the buffer."""
+    x, w13, w2, w, ids, kw, ref = _layer(40, 4, 64, 48, 2, QuantScheme.fp8_tensor(), seed=9)
+    kw["a13_scale"] = x.abs().amax().float().reshape(1) / 448
+    (fused, plain), seen = _on_and_off(monkeypatch, x, w13, w2, w, ids, kw, MoEKernelConfig(16, 32, 32, 4, 4, 2))
+    assert seen[:2] == [(False, True), (True, False)]
+    assert torch.equal(fused, plain)
+    assert_close_to_reference(fused, ref, "fp8_tensor")
+
+
 def test_expert_map(monkeypatch, poisoned_empty):
     scheme = QuantScheme.fp8_tensor()
     x, w13, w2, w, ids, kw, _ = _layer(60, 8, 64, 48, 2, scheme, seed=5)
