@@ -92,3 +92,31 @@ def check_fused_moe_graph_replays(x, w13, w2, logits, k, replays=2):
         torch.cuda.synchronize()
         w, ids = route_reference(logits, k)
         assert_close_to_reference(g_out, moe_reference(x, w13, w2, w, ids), x.dtype)
+
+
+def make_layer(m, e, h, i, top_k, dtype, scheme=None, seed=0):
+    """A random MoE layer on DEVICE: (x [m, h] in ``dtype``, w13, w2 (quantized by ``scheme`` if given), routing
+    weights float32 and ids int32 [m, top_k] (route_reference), fused_experts keywords of the scheme, the float64
+    reference output from the (dequantized) weights)."""
+    from moekit.quant import dequantize_weights, quantize_weights
+    from reference import moe_reference, route_reference
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, h, generator=g).to(DEVICE, dtype)
+    w13 = (torch.randn(e, 2 * i, h, generator=g) / h ** 0.5).to(DEVICE)
+    w2 = (torch.randn(e, h, i, generator=g) / i ** 0.5).to(DEVICE)
+    w, ids = route_reference(torch.randn(m, e, generator=g), top_k)  # float64 / int64, on the CPU
+    w, ids = w.float().to(DEVICE), ids.to(DEVICE, torch.int32)
+    kw = {}
+    if scheme is None:
+        w13, w2 = w13.to(dtype), w2.to(dtype)
+        r13, r2 = w13.double(), w2.double()
+    else:
+        a, b = quantize_weights(w13, scheme), quantize_weights(w2, scheme)
+        w13, w2 = a[0], b[0]
+        kw = dict(quant=scheme, w13_scale=a[1], w2_scale=b[1])
+        if len(a) > 2:
+            kw.update(w13_zero=a[2], w2_zero=b[2])
+        r13 = dequantize_weights(a[0], a[1], scheme, kw.get("w13_zero"), torch.float64)
+        r2 = dequantize_weights(b[0], b[1], scheme, kw.get("w2_zero"), torch.float64)
+    return x, w13, w2, w, ids, kw, moe_reference(x, r13, r2, w, ids)

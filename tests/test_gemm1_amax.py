@@ -8,27 +8,16 @@ import moekit.kernels.quant as kq
 import moekit.quant.triton_moe as tq
 from moekit.configs import MoEKernelConfig
 from moekit.errors import MoEInputError
-from moekit.quant import QuantScheme, dequantize_weights, quantize_weights
+from moekit.quant import QuantScheme
 from moekit.quant.ops import per_tensor_quant
 from moekit.testing import assert_close_to_reference
 from moekit.triton_experts import fused_experts_triton
-from reference import moe_reference, route_reference
 
-from conftest import DEVICE
+from conftest import DEVICE, make_layer
 
 
 def _layer(m, e, h, i, top_k, scheme, seed):
-    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, h, generator=g).to(DEVICE, dtype)
-    w13 = (torch.randn(e, 2 * i, h, generator=g) / h ** 0.5).to(DEVICE)
-    w2 = (torch.randn(e, h, i, generator=g) / i ** 0.5).to(DEVICE)
-    w, ids = route_reference(torch.randn(m, e, generator=g), top_k)
-    w, ids = w.float().to(DEVICE), ids.to(DEVICE, torch.int32)
-    a, b = quantize_weights(w13, scheme), quantize_weights(w2, scheme)
-    ref = moe_reference(x, dequantize_weights(a[0], a[1], scheme, None, torch.float64),
-                        dequantize_weights(b[0], b[1], scheme, None, torch.float64), w, ids)
-    return x, a[0], b[0], w, ids, dict(quant=scheme, w13_scale=a[1], w2_scale=b[1]), ref
+    return make_layer(m, e, h, i, top_k, torch.float16 if DEVICE == "cpu" else torch.bfloat16, scheme, seed)
 
 
 def _on_and_off(monkeypatch, x, w13, w2, w, ids, kw, cfg, expert_map=None):

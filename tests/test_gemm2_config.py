@@ -8,12 +8,11 @@ import moekit.configs as configs
 import moekit.quant.triton_moe as tq
 import moekit.triton_experts as te
 from moekit.configs import MoEKernelConfig, gemm2_config
-from moekit.quant import QuantScheme, dequantize_weights, quantize_weights
+from moekit.quant import QuantScheme
 from moekit.testing import assert_close_to_reference
 from moekit.triton_experts import fused_experts_triton
-from reference import moe_reference, route_reference
 
-from conftest import DEVICE, KERNEL_DTYPES, gpu_only
+from conftest import DEVICE, KERNEL_DTYPES, gpu_only, make_layer
 
 WIDE = MoEKernelConfig(128, 256, 64, 8, 8, 3)
 
@@ -28,23 +27,6 @@ WIDE = MoEKernelConfig(128, 256, 64, 8, 8, 3)
 ])
 def test_the_rule(config, k, per_expert, expected):
     assert gemm2_config(config, k, per_expert) == (config if expected is None else expected)
-
-
-def _layer(m, e, h, i, top_k, dtype, scheme, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, h, generator=g).to(DEVICE, dtype)
-    w13 = (torch.randn(e, 2 * i, h, generator=g) / h ** 0.5).to(DEVICE)
-    w2 = (torch.randn(e, h, i, generator=g) / i ** 0.5).to(DEVICE)
-    w, ids = route_reference(torch.randn(m, e, generator=g), top_k)
-    w, ids = w.float().to(DEVICE), ids.to(DEVICE, torch.int32)
-    if scheme is None:
-        w13, w2 = w13.to(dtype), w2.to(dtype)
-        return x, w13, w2, w, ids, {}, moe_reference(x, w13.double(), w2.double(), w, ids)
-    a, b = quantize_weights(w13, scheme), quantize_weights(w2, scheme)
-    kw = dict(quant=scheme, w13_scale=a[1], w2_scale=b[1])
-    ref = moe_reference(x, dequantize_weights(a[0], a[1], scheme, None, torch.float64),
-                        dequantize_weights(b[0], b[1], scheme, None, torch.float64), w, ids)
-    return x, a[0], b[0], w, ids, kw, ref
 
 
 def _run_both(monkeypatch, x, w13, w2, w, ids, kw, cfg):
@@ -69,7 +51,7 @@ def _run_both(monkeypatch, x, w13, w2, w, ids, kw, cfg):
 @pytest.mark.parametrize("m, e, h, top_k", [(300, 4, 200, 2), (1040, 16, 64, 2)])
 def test_unquantized_forward_with_wide_gemm2(monkeypatch, dtype, m, e, h, top_k, poisoned_empty):
     """Odd H (under one 256-column tile); 16 experts add tail tiles of 16-64 rows."""
-    x, w13, w2, w, ids, kw, ref = _layer(m, e, h, 96, top_k, dtype, None, seed=m)
+    x, w13, w2, w, ids, kw, ref = make_layer(m, e, h, 96, top_k, dtype, None, seed=m)
     (wide, plain), seen = _run_both(monkeypatch, x, w13, w2, w, ids, kw, MoEKernelConfig(128, 128, 32, 4, 4, 2))
     assert seen == [256, 128]
     assert_close_to_reference(wide, ref, dtype)
@@ -85,7 +67,7 @@ def test_w8a8_forward_with_wide_gemm2(monkeypatch, key, scheme, static, poisoned
     """Per channel with dynamic per-token activations; per tensor with static activation scales, and dynamic on
     the GPU only (its amax runs for minutes in the interpreter). One branch sets GEMM 2's config for all."""
     dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
-    x, w13, w2, w, ids, kw, ref = _layer(260, 4, 72, 64, 2, dtype, scheme, seed=7)
+    x, w13, w2, w, ids, kw, ref = make_layer(260, 4, 72, 64, 2, dtype, scheme, seed=7)
     if static:
         kw.update(a13_scale=x.abs().amax().float().reshape(1) / 448, a2_scale=torch.full((1,), 0.01, device=DEVICE))
     (wide, plain), seen = _run_both(monkeypatch, x, w13, w2, w, ids, kw, MoEKernelConfig(128, 128, 64, 4, 4, 2))
@@ -97,7 +79,7 @@ def test_w8a8_forward_with_wide_gemm2(monkeypatch, key, scheme, static, poisoned
 
 def test_weight_only_keeps_gemm1_config(monkeypatch, poisoned_empty):
     dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
-    x, w13, w2, w, ids, kw, ref = _layer(260, 4, 64, 64, 2, dtype, QuantScheme.int8_weight_only(), seed=3)
+    x, w13, w2, w, ids, kw, ref = make_layer(260, 4, 64, 64, 2, dtype, QuantScheme.int8_weight_only(), seed=3)
     (wide, _), seen = _run_both(monkeypatch, x, w13, w2, w, ids, kw, MoEKernelConfig(128, 128, 64, 4, 4, 2))
     assert seen == [128, 128]
     assert_close_to_reference(wide, ref, "int8_weight_only")

@@ -10,12 +10,11 @@ import moekit
 from moekit.align import MIN_TAIL_TILE, align_torch, moe_align_block_size, tail_rows
 from moekit.configs import MoEKernelConfig, tail_tile
 from moekit.errors import MoEInputError
-from moekit.quant import QuantScheme, dequantize_weights, quantize_weights
+from moekit.quant import QuantScheme
 from moekit.testing import assert_close_to_reference
 from moekit.triton_experts import fused_experts_triton
-from reference import moe_reference, route_reference
 
-from conftest import DEVICE, KERNEL_DTYPES
+from conftest import DEVICE, KERNEL_DTYPES, make_layer
 
 
 def _ids(m, e, k, skew=False, seed=0):
@@ -115,28 +114,6 @@ def test_env_switch_turns_tails_off(monkeypatch):
     assert tail_tile(MoEKernelConfig(128, 128, 64, 8, 8, 3), 128) == MIN_TAIL_TILE
 
 
-def _layer(m, e, h, i, k, dtype, scheme=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, h, generator=g).to(DEVICE, dtype)
-    w13 = (torch.randn(e, 2 * i, h, generator=g) / h ** 0.5).to(DEVICE)
-    w2 = (torch.randn(e, h, i, generator=g) / i ** 0.5).to(DEVICE)
-    w, ids = route_reference(torch.randn(m, e, generator=g), k)  # float64 / int64, on the CPU
-    w, ids = w.float().to(DEVICE), ids.to(DEVICE, torch.int32)
-    kw = {}
-    if scheme is None:
-        w13, w2 = w13.to(dtype), w2.to(dtype)
-        r13, r2 = w13.double(), w2.double()
-    else:
-        a, b = quantize_weights(w13, scheme), quantize_weights(w2, scheme)
-        w13, w2 = a[0], b[0]
-        kw = dict(quant=scheme, w13_scale=a[1], w2_scale=b[1])
-        if len(a) > 2:
-            kw.update(w13_zero=a[2], w2_zero=b[2])
-        r13 = dequantize_weights(a[0], a[1], scheme, kw.get("w13_zero"), torch.float64)
-        r2 = dequantize_weights(b[0], b[1], scheme, kw.get("w2_zero"), torch.float64)
-    return x, w13, w2, w, ids, kw, moe_reference(x, r13, r2, w, ids)
-
-
 def _with_and_without_tails(x, w13, w2, w, ids, cfg, kw, min_tile, expert_map=None):
     e = w13.shape[0]
     outs = []
@@ -153,7 +130,7 @@ def _with_and_without_tails(x, w13, w2, w, ids, cfg, kw, min_tile, expert_map=No
 def test_unquantized_gemms_over_tail_tiles(dtype, m, e, k, bm, min_tile, poisoned_empty):
     """Odd H and I, top_k 1 (GEMM 2 writes the output) and several tail heights; equal to the run without tails
     up to the MMA shape's summation order."""
-    x, w13, w2, w, ids, kw, ref = _layer(m, e, 80, 48, k, dtype)
+    x, w13, w2, w, ids, kw, ref = make_layer(m, e, 80, 48, k, dtype)
     cfg = MoEKernelConfig(bm, 32, 32, 4, 4, 2)
     tails, plain = _with_and_without_tails(x, w13, w2, w, ids, cfg, kw, min_tile)
     assert_close_to_reference(tails, ref, dtype)
@@ -162,7 +139,7 @@ def test_unquantized_gemms_over_tail_tiles(dtype, m, e, k, bm, min_tile, poisone
 
 def test_expert_map_over_tail_tiles(poisoned_empty):
     dtype = KERNEL_DTYPES[-1]
-    x, w13, w2, w, ids, kw, _ = _layer(120, 16, 64, 32, 4, dtype)
+    x, w13, w2, w, ids, kw, _ = make_layer(120, 16, 64, 32, 4, dtype)
     emap = torch.full((16,), -1, dtype=torch.int32, device=DEVICE)
     emap[3:11] = torch.arange(8, dtype=torch.int32, device=DEVICE)
     cfg = MoEKernelConfig(64, 32, 32, 4, 4, 2)
@@ -180,7 +157,7 @@ def test_quantized_gemms_over_tail_tiles(key, scheme, bk, poisoned_empty):
     """16 experts, about 19 slots each: tails of 16, 32 and 64 rows (and the Triton fp8 block kernels, not the
     Gluon ones, which take 32 rows per expert and up)."""
     dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
-    x, w13, w2, w, ids, kw, ref = _layer(150, 16, 128, 128, 2, dtype, scheme)
+    x, w13, w2, w, ids, kw, ref = make_layer(150, 16, 128, 128, 2, dtype, scheme)
     cfg = MoEKernelConfig(64, 64, bk, 4, 4, 2)
     tails, plain = _with_and_without_tails(x, w13, w2, w, ids, cfg, kw, 16)
     assert_close_to_reference(tails, ref, key)
@@ -216,7 +193,7 @@ def test_gluon_path_realigns_without_tails(monkeypatch, poisoned_empty):
     monkeypatch.setattr(tq, "gluon_kernels", lambda: FakeGluon)
     monkeypatch.setattr(tq, "moe_align_block_size", spy)
     scheme = QuantScheme.fp8_block(128, 128)
-    x, w13, w2, w, ids, kw, _ = _layer(150, 16, 128, 128, 2, torch.float16, scheme)
+    x, w13, w2, w, ids, kw, _ = make_layer(150, 16, 128, 128, 2, torch.float16, scheme)
     al = real(ids, 16, 64, use_triton=True, min_tile=16)
     with pytest.raises(Reached):
         fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(64, 64, 64, 4, 4, 2), aligned=al, **kw)
@@ -242,11 +219,11 @@ def test_fused_moe_runs_tail_tiles_where_the_rule_says(monkeypatch, poisoned_emp
     monkeypatch.setattr(te, "moe_gemm2", spy2)
     monkeypatch.setattr(te, "get_config", lambda *a, **k: MoEKernelConfig(64, 32, 32, 4, 4, 2))
     dtype = KERNEL_DTYPES[-1]
-    x, w13, w2, w, ids, kw, ref = _layer(100, 16, 64, 32, 2, dtype)
+    x, w13, w2, w, ids, kw, ref = make_layer(100, 16, 64, 32, 2, dtype)
     out = moekit.fused_experts(x, w13, w2, w, ids, backend="triton")
     assert seen == [("gemm1", 16, True), ("gemm2", 16, True)]
     assert_close_to_reference(out, ref, dtype)
     seen.clear()  # 8 experts: full tiles
-    x, w13, w2, w, ids, kw, ref = _layer(100, 8, 64, 32, 2, dtype)
+    x, w13, w2, w, ids, kw, ref = make_layer(100, 8, 64, 32, 2, dtype)
     moekit.fused_experts(x, w13, w2, w, ids, backend="triton")
     assert seen == [("gemm1", 0, False), ("gemm2", 0, False)]
