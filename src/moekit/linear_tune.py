@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from moekit.linear import (
-    GEMV_MAX_M, GEMV_MMA_MAX_M, PATHS, SKINNY_MAX_M, LinearConfig, _path_ok, gemv_mma_columns, linear_path,
+    GEMV_MAX_M, GEMV_MMA_MAX_M, SKINNY_MAX_M, LinearConfig, _path_ok, gemv_mma_columns, linear_path,
     table_file_name,
 )
 from moekit.quant.scheme import QuantScheme, as_scheme
