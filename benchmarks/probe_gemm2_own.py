@@ -1,8 +1,8 @@
 """Probe: would GEMM 2 (the down projection) gain from a config of its own? GEMM 1 keeps the shipped config;
 GEMM 2 takes the same BLOCK_SIZE_M (the alignment is shared) with other BLOCK_SIZE_N / BLOCK_SIZE_K / warps /
 stages (arms below, relative to what ships: GEMM 1's entry after :func:`moekit.configs.gemm2_config`). Arm
-``gemm1``: GEMM 2 runs GEMM 1's entry (the rule off), the A/B of that rule. Whole fused_moe (routing included) as CUDA-graph replay,
-arms interleaved (``ab_cases.run_ab``). GPU only; grouped Triton GEMMs only (not the decode GEMVs, not the fp8
+``gemm1``: GEMM 2 runs GEMM 1's entry (the rule off), the A/B of that rule. Whole fused_moe (routing included) as
+CUDA-graph replay, arms interleaved (``ab_cases.run_ab``). GPU only; grouped Triton GEMMs only (not the decode GEMVs, not the fp8
 block paths, whose GEMM 2 config is derived from GEMM 1's output groups).
 
     PYTHONPATH=src python3 benchmarks/probe_gemm2_own.py [--arms shipped,n128,...] [--cases mixtral8x7b:fp8_tensor:256]
@@ -20,6 +20,7 @@ import moekit.quant.triton_moe as tm  # noqa: E402
 import moekit.triton_experts as te  # noqa: E402
 from ab_cases import parser, run_ab  # noqa: E402
 from moekit.configs import MoEKernelConfig  # noqa: E402
+from moekit.platform import shared_memory_per_block  # noqa: E402
 
 ARMS = {
     "shipped": {},
@@ -48,8 +49,9 @@ def _mutate(c: MoEKernelConfig, elem: int) -> MoEKernelConfig:
         else:
             kw[k] = v
     c = replace(c, **kw)
-    # GEMM 2's pipeline: one A tile and one weight tile per stage (the H100's 227 KB per block)
-    while (c.BLOCK_SIZE_M + c.BLOCK_SIZE_N) * c.BLOCK_SIZE_K * elem * c.num_stages > 232448 and c.num_stages > 2:
+    # GEMM 2's pipeline: one A tile and one weight tile per stage (configs.shared_memory_bytes is GEMM 1's)
+    limit = shared_memory_per_block()
+    while (c.BLOCK_SIZE_M + c.BLOCK_SIZE_N) * c.BLOCK_SIZE_K * elem * c.num_stages > limit and c.num_stages > 2:
         c = replace(c, num_stages=c.num_stages - 1)
     return c
 

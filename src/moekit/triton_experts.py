@@ -76,18 +76,21 @@ def fused_experts_triton(
         return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation, scheme=scheme,
                         w13_scale=qargs.get("w13_scale"), w2_scale=qargs.get("w2_scale"), w13_bias=w13_bias,
                         w2_bias=w2_bias, mx_ptx=mxfp4_gemv_ptx_decode(x, scheme))
+    slots_per_expert = m * top_k / e_global  # routed rows per expert on average (GEMM 2's config)
     with pdl.chaining(pdl.chain_applies(m * top_k, e_global), x.device):
         if scheme is not None:
             from moekit.quant.triton_moe import fused_experts_triton_quant
 
             return fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
                                               activation=activation, config=config, scheme=scheme, aligned=aligned,
-                                              w13_bias=w13_bias, w2_bias=w2_bias, **qargs)
+                                              w13_bias=w13_bias, w2_bias=w2_bias, slots_per_expert=slots_per_expert,
+                                              **qargs)
         return _grouped(x, w13, w2, topk_weights, topk_ids, expert_map, activation, config, aligned, w13_bias,
-                        w2_bias)
+                        w2_bias, slots_per_expert)
 
 
-def _grouped(x, w13, w2, topk_weights, topk_ids, expert_map, activation, config, aligned, w13_bias, w2_bias):
+def _grouped(x, w13, w2, topk_weights, topk_ids, expert_map, activation, config, aligned, w13_bias, w2_bias,
+             slots_per_expert):
     """The unquantized grouped forward: alignment, GEMM 1, GEMM 2, top-k sum."""
     m, h = x.shape
     e, i2, _ = w13.shape
@@ -106,7 +109,5 @@ def _grouped(x, w13, w2, topk_weights, topk_ids, expert_map, activation, config,
     # top_k 1 without a map: every slot is a token and every token is written, so GEMM 2 writes the output
     direct = top_k == 1 and expert_map is None
     y = out if direct else torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
-    e_global = expert_map.numel() if expert_map is not None else e
-    cfg2 = gemm2_config(config, i, m * top_k / e_global)
-    moe_gemm2(inter, w2, y, topk_weights, *args, cfg2, bias=w2_bias, **tiles)
+    moe_gemm2(inter, w2, y, topk_weights, *args, gemm2_config(config, i, slots_per_expert), bias=w2_bias, **tiles)
     return out if direct else moe_sum(y, out, topk_ids, e, expert_map)

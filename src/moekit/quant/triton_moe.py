@@ -285,7 +285,9 @@ def _quant_rows(scheme: QuantScheme, t, dt, static=None, npp=None, **fused):
 def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map=None, activation="silu",
                                config=None, scheme: QuantScheme, w13_scale=None, w2_scale=None, w13_zero=None,
                                w2_zero=None, a13_scale=None, a2_scale=None, aligned=None, w13_bias=None,
-                               w2_bias=None):
+                               w2_bias=None, slots_per_expert: float):
+    """``slots_per_expert``: routed rows per expert on average (M * top_k over the global experts), for GEMM 2's
+    config (:func:`moekit.configs.gemm2_config`); the rest as :func:`moekit.triton_experts.fused_experts_triton`."""
     m, h = x.shape
     e, i2 = w13.shape[:2]
     i = i2 // 2
@@ -376,8 +378,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp,
                                                        **({} if amax is None else dict(amax=amax)))
         if not (gluon or block):  # per tensor / per channel: GEMM 2 may take wider tiles than GEMM 1
-            e_global = expert_map.numel() if expert_map is not None else e
-            cfg2 = gemm2_config(config, i, m * top_k / e_global)
+            cfg2 = gemm2_config(config, i, slots_per_expert)
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
     direct = top_k == 1 and expert_map is None  # GEMM 2 writes the output rows itself
     y = out if direct else torch.empty((m * top_k, h), dtype=x.dtype, device=x.device)
