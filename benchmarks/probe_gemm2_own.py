@@ -1,9 +1,9 @@
-"""Probe: would GEMM 2 (the down projection) gain from a config of its own? GEMM 1 keeps the shipped config;
-GEMM 2 takes the same BLOCK_SIZE_M (the alignment is shared) with other BLOCK_SIZE_N / BLOCK_SIZE_K / warps /
-stages (arms below, relative to what ships: GEMM 1's entry after :func:`moekit.configs.gemm2_config`). Arm
-``gemm1``: GEMM 2 runs GEMM 1's entry (the rule off), the A/B of that rule. Whole fused_moe (routing included) as
-CUDA-graph replay, arms interleaved (``ab_cases.run_ab``). GPU only; grouped Triton GEMMs only (not the decode GEMVs, not the fp8
-block paths, whose GEMM 2 config is derived from GEMM 1's output groups).
+"""Probe: would GEMM 2 (the down projection) gain from a config of its own? GEMM 1 keeps the shipped config; GEMM 2
+takes the same BLOCK_SIZE_M (the alignment is shared) with other BLOCK_SIZE_N / BLOCK_SIZE_K / warps / stages (arms
+below, relative to what ships: GEMM 1's entry after :func:`moekit.configs.gemm2_config`). Arm ``gemm1``: GEMM 2 runs
+GEMM 1's entry (the rule off), the A/B of that rule. Whole fused_moe (routing included) as CUDA-graph replay, arms
+interleaved (``ab_cases.run_ab``). GPU only; grouped Triton GEMMs only (not the decode GEMVs, not the fp8 block paths,
+whose GEMM 2 config is derived from GEMM 1's output groups).
 
     PYTHONPATH=src python3 benchmarks/probe_gemm2_own.py [--arms shipped,n128,...] [--cases mixtral8x7b:fp8_tensor:256]
 """
