@@ -3,9 +3,12 @@ trips and edge cases, and every scheme through fused_moe (triton and torch) agai
 computed from the dequantized weights (tolerances: moekit.testing.TOLERANCES[scheme key])."""
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import moekit
 from moekit.errors import MoEInputError
+from moekit.kernels.quant import div_by_scale
 from moekit.quant import QuantScheme, dequantize_weights, quantize_weights
 from moekit.quant.ops import (MIN_SCALE, fp8_format, per_tensor_quant, per_token_group_quant,
                               per_token_group_quant_fp8, per_token_quant)
@@ -94,6 +97,38 @@ def test_tensor_quant_grid_forms_bit_exact(monkeypatch, amax_programs, split_ite
     assert _same_nan(s, s2) and (npp_value is None) == bool(torch.isnan(s).all())
     if npp_value is not None:
         assert torch.equal(_bits(q[:rows]), _bits(q2[:rows]))
+
+
+@pytest.mark.parametrize("qdtype", [torch.float8_e4m3fn, torch.int8])
+@pytest.mark.parametrize("npp_value", [None, 7])
+def test_long_row_token_quant_bit_exact(monkeypatch, qdtype, npp_value):
+    """Per-token rows longer than LONG_ROW (one program per row, two passes over chunks) against the twin, bit for
+    bit: rows of 3 chunks plus a ragged one, the nasty rows (zero, tiny, at and past the format maximum), a NaN
+    and an inf in rows of their own, rows past npp left unwritten."""
+    import moekit.kernels.quant as kq
+
+    monkeypatch.setattr(kq, "LONG_ROW", 64)
+    monkeypatch.setattr(kq, "TENSOR_CHUNK", 64)
+    x = _nasty(11, 3 * 64 + 5)
+    x[6, 100] = float("nan")
+    x[8, 3] = float("inf")
+    npp = None if npp_value is None else torch.tensor([npp_value], dtype=torch.int32, device=DEVICE)
+    q = torch.full(x.shape, 0, dtype=qdtype, device=DEVICE)
+    s = torch.full((x.shape[0], 1), 7.0, device=DEVICE)
+    kq.group_quant(x, q, s, x.shape[1], *_qparams_of(qdtype), npp)
+    q2, s2 = per_token_quant(x, qdtype, use_triton=False)
+    rows = x.shape[0] if npp_value is None else npp_value
+    assert _same_nan(s[:rows], s2[:rows]) and (s[rows:] == 7.0).all()
+    ok = torch.isfinite(s2[:rows, 0])  # int8 codes of a NaN / inf row carry no meaning (its scale does)
+    assert torch.equal(_bits(q[:rows][ok]), _bits(q2[:rows][ok]))
+    if qdtype != torch.int8 and x.is_cuda:
+        assert torch.equal(_bits(q[:rows]), _bits(q2[:rows]))
+
+
+def _qparams_of(qdtype):
+    from moekit.quant.ops import _qparams
+
+    return _qparams(qdtype)
 
 
 def _same_nan(a, b):
@@ -646,3 +681,31 @@ def test_activation_quant_edge_inputs():
     with pytest.raises(MoEInputError, match="group_size"):
         per_token_group_quant_fp8(torch.randn(2, 128), True)
     assert per_token_group_quant_fp8(torch.randn(2, 128), dtype=torch.float8_e4m3fnuz)[0].dtype == torch.float8_e4m3fnuz
+
+
+@triton.jit
+def _div_kernel(v_ptr, s_ptr, o_ptr, N: tl.constexpr):
+    r = tl.program_id(0)
+    v = tl.load(v_ptr + r * N + tl.arange(0, N))
+    tl.store(o_ptr + r * N + tl.arange(0, N), div_by_scale(v, tl.load(s_ptr + r)))
+
+
+def test_division_by_scale_is_ieee():
+    """moekit.kernels.quant.div_by_scale (the reciprocal, one product and one FMA correction) equals the IEEE
+    float32 division torch does, bit for bit, in its domain (normal scales, reciprocals and quotients): random
+    significands of both operands over 160 binades (ties of the rounding are where a plain product by the
+    reciprocal differs), per-row scales, MIN_SCALE, a value whose quotient overflows, and 0 / inf / NaN in either
+    operand."""
+    g = torch.Generator().manual_seed(1)
+    rows, n = 64, 1024
+    v = torch.rand(rows, n, generator=g) * 2 ** torch.randint(-40, 40, (rows, n), generator=g).float()
+    v *= torch.where(torch.rand(rows, n, generator=g) < 0.5, -1.0, 1.0)
+    s = (torch.rand(rows, generator=g) + 0.5) * 2 ** torch.randint(-40, 40, (rows,), generator=g).float()
+    s[:4] = torch.tensor([1e-12, 2.0 ** 80, float("inf"), float("nan")])  # MIN_SCALE, huge, inf, NaN
+    v[:, :5] = torch.tensor([0.0, float("inf"), -float("inf"), float("nan"), 3.3e38])
+    v, s = v.to(DEVICE).contiguous(), s.to(DEVICE)
+    out = torch.full_like(v, 7.0)
+    _div_kernel[(rows,)](v, s, out, N=n)
+    want = v / s[:, None]
+    assert torch.equal(out.isnan(), want.isnan())
+    assert torch.equal(out.nan_to_num(0.0).view(torch.int32), want.nan_to_num(0.0).view(torch.int32))

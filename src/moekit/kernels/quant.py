@@ -2,23 +2,26 @@
 
 One kernel family, rows x groups:
   per-token-group  grid (rows, cdiv(N, G)): one scale per (row, group of G columns)   scale [rows, cdiv(N, G)]
-  per-token        the same with G = N (one group per row)                          scale [rows, 1]
+  per-token        the same with G = N (one group per row); rows over LONG_ROW:     scale [rows, 1]
+                   one program per row, an amax pass then a quantize pass over chunks
   per-tensor       an amax pass (partial maxima of <= AMAX_PROGRAMS programs), then   scale [1]
                    a quantize pass whose programs each reduce the partials first
   static           a given float32 scale [1]
 
 Numerics (shared with the PyTorch twins in :mod:`moekit.quant.ops`, which are bit-exact with these kernels):
   scale = max(amax * (1 / qmax), MIN_SCALE)        (never amax / qmax; an all-zero group gets MIN_SCALE, not NaN)
-  q     = round(clamp(x / scale, -qmax, qmax))     x / scale is the IEEE-rounded division (tl.div_rn)
+  q     = round(clamp(x / scale, -qmax, qmax))     x / scale is the IEEE-rounded division
 NaN propagates as in torch: with a dynamic scale, a group holding a NaN gets a NaN amax and scale, and its
 fp8 codes are NaN (int8 has no NaN: its codes are then meaningless, the NaN scale still makes every product
 NaN); an inf gives an inf scale, so finite values quantize to 0 and the inf itself to NaN. So with dynamic
 scales a NaN or inf activation never leaves the layer as a finite number. A static scale cannot carry it:
 there an inf clamps to +-qmax and an int8 NaN to code 0 (fp8 keeps NaN codes), as in the twins.
-``round`` is round-half-to-even onto the target grid done in float32 arithmetic (:func:`round_to_fp8` /
-:func:`round_to_int`), so the final cast is exact. Doing the fp8 rounding ourselves is also what makes the
-kernels right under ``TRITON_INTERPRET=1``, whose float32 -> fp8 cast mis-rounds values that carry into the
-next binade (31.7 -> 16 instead of 32).
+``round`` is round-half-to-even onto the target grid: for int8 in float32 arithmetic (:func:`round_to_int`); for
+fp8 by the cast to the fp8 dtype when compiled for a GPU, and in float32 arithmetic (:func:`round_to_fp8`) under
+``TRITON_INTERPRET=1``, whose float32 -> fp8 cast mis-rounds values that carry into the next binade (31.7 -> 16
+instead of 32). The division costs about four instructions per element, not one IEEE division each
+(:func:`div_by_scale`). Both measured on Mixtral's [P, 14336] intermediate (``docs/PERF_NOTES.md``, session 21):
+the passes had been bound by instruction issue, at a third of HBM bandwidth.
 """
 from __future__ import annotations
 
@@ -26,7 +29,12 @@ import triton
 import triton.language as tl
 
 from moekit.kernels import pdl, warps_for
+from moekit.platform import triton_interpreter_active
 from moekit.quant.ops import MIN_SCALE  # the one definition (the launchers pass it in)
+#: Kernels run in Triton's CPU interpreter (decided at import, as ``triton.jit`` decides it). Its ``tl.fma`` rounds
+#: twice (a product, then a sum), so :func:`div_by_scale` divides there (its division is IEEE), and its float32 ->
+#: fp8 cast mis-rounds, so :func:`quantize_values` rounds onto the fp8 grid itself (:func:`round_to_fp8`).
+_INTERPRETED = tl.constexpr(triton_interpreter_active())
 _RTNE_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 to the nearest integer, ties to even
 
 
@@ -157,21 +165,46 @@ def _clamp(v, QMAX: tl.constexpr):
 @triton.jit
 def round_to_fp8(v, QMAX: tl.constexpr, EMIN: tl.constexpr):
     """Clamp float32 ``v`` to [-QMAX, QMAX] and round it (ties to even) onto the e4m3 grid whose smallest
-    normal exponent is EMIN (-6 for e4m3fn, -7 for e4m3fnuz); 3 mantissa bits. Result is exact in fp8; NaN
-    stays NaN."""
+    normal exponent is EMIN (-6 for e4m3fn, -7 for e4m3fnuz); 3 mantissa bits, the sign kept (a negative value
+    that rounds to zero gives -0, as the GPU's cast does). Result is exact in fp8; NaN stays NaN."""
     v = _clamp(v, QMAX)
     bits = v.to(tl.int32, bitcast=True)
     e = ((bits >> 23) & 0xFF) - 127
     e = tl.maximum(e, EMIN)
     ulp = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 2**(e-3), a normal float32
-    return round_to_int(v / ulp) * ulp  # v / ulp is exact (power of two)
+    inv_ulp = ((127 + 3 - e) << 23).to(tl.float32, bitcast=True)  # 2**(3-e): times it is exactly v / ulp
+    r = (round_to_int(v * inv_ulp) * ulp).to(tl.int32, bitcast=True)
+    return (r | ((bits >> 31) << 31)).to(tl.float32, bitcast=True)  # v's sign: -0 where a cast gives it
+
+
+@triton.jit
+def div_by_scale(v, scale):
+    """``v / scale``, IEEE round-to-nearest (bit-equal to ``tl.div_rn`` and torch's float32 division), at about
+    four instructions per element instead of a division each: ``scale`` broadcasts (one per tensor, row or group),
+    so its reciprocal ``y = RN(1 / scale)`` is one division per scale; then ``q = RN(v * y)``, ``r = v - q *
+    scale`` (exact, by FMA) and ``RN(q + r * y)`` is the correctly rounded quotient (Markstein's theorem: y
+    correctly rounded, q within one ulp, no overflow or underflow). Where the correction is NaN (q or v infinite,
+    or scale infinite: 0 * inf) ``q`` is already the IEEE quotient (+-inf, 0 or NaN). Outside that domain (scales
+    over 2**126, subnormal quotients) the last bit may differ; every such quotient is below 2**-126, where fp8 and
+    int8 round to 0 anyway. Under the interpreter: ``tl.div_rn``."""
+    if _INTERPRETED:
+        return tl.div_rn(v, scale)
+    y = tl.div_rn(1.0, scale)  # IEEE (Triton's ``/`` on float32 is the approximate div.full.f32)
+    q = v * y
+    q1 = tl.fma(tl.fma(-q, scale, v), y, q)
+    return tl.where(q1 != q1, q, q1)
 
 
 @triton.jit
 def quantize_values(v, scale, QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr):
-    """float32 ``v`` divided by ``scale`` and rounded onto the fp8 (QKIND=0) or int8 (QKIND=1) grid."""
-    t = tl.div_rn(v, scale)
+    """float32 ``v`` divided by ``scale`` (:func:`div_by_scale`) and rounded onto the fp8 (QKIND=0) or int8
+    (QKIND=1) grid. Compiled for a GPU, fp8 values are only clamped here (NaN kept): the caller's cast to the fp8
+    dtype rounds them, to nearest even (Triton's default for float downcasts; on NVIDIA one ``cvt.rn.satfinite``
+    per two values), the same values :func:`round_to_fp8` gives, in about a tenth of the instructions."""
+    t = div_by_scale(v, scale)
     if QKIND == 0:
+        if not _INTERPRETED:
+            return _clamp(t, QMAX)
         return round_to_fp8(t, QMAX, EMIN)
     return round_to_int(_clamp(t, QMAX))
 
@@ -205,7 +238,7 @@ def _group_quant_kernel(
 #: Programs of the per-tensor amax pass (grid-stride over [row, chunk] items). Each writes one partial maximum,
 #: and every program of the quantization pass reduces all of them, so the cap keeps that read at 4 KB.
 AMAX_PROGRAMS = 1024
-#: Elements of a row one step of a per-tensor pass handles (a chunk).
+#: Elements of a row one step of a per-tensor (or long per-token) pass handles (a chunk).
 TENSOR_CHUNK = 2048
 #: Up to this many [row, chunk] items the quantization pass runs one program per chunk (many short programs for
 #: few rows); above, one program per row walks its chunks, so fewer programs reduce the partial maxima.
@@ -267,11 +300,49 @@ def _tensor_quant_kernel(
         tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
 
 
+#: Per-token rows longer than this (elements, rounded up to a power of two) are quantized by
+#: :func:`_token_quant_kernel`: the group kernel holds a whole group in registers, which for Mixtral's 14336-wide
+#: intermediate took 142 registers a thread (one 8-warp program per SM, its loads and arithmetic never overlapped).
+LONG_ROW = 4096
+
+
+@triton.jit
+def _token_quant_kernel(x_ptr, q_ptr, s_ptr, npp_ptr, N, stride_xm, stride_qm, stride_sm, BLOCK: tl.constexpr,
+                        QKIND: tl.constexpr, QMAX: tl.constexpr, EMIN: tl.constexpr, INV_QMAX: tl.constexpr,
+                        MIN_S: tl.constexpr, HAS_NPP: tl.constexpr, PDL: tl.constexpr = False):
+    """Per-token quantization of one long row per program, in two passes over its ``BLOCK``-column chunks: max |x|,
+    then the quantization (the row again, now from L2). Same scale and codes as :func:`_group_quant_kernel`."""
+    pdl.chain(PDL)
+    row = tl.program_id(0)
+    if HAS_NPP:
+        if row >= tl.load(npp_ptr):
+            return
+    x_row = x_ptr + row.to(tl.int64) * stride_xm
+    m = tl.zeros([BLOCK], dtype=tl.float32)
+    for c0 in range(0, N, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        m = _max_keep_nan(m, tl.abs(tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32)))
+    scale = scale_from_amax(tl.reduce(m, 0, _max_keep_nan), INV_QMAX, MIN_S)
+    tl.store(s_ptr + row.to(tl.int64) * stride_sm, scale)
+    q_row = q_ptr + row.to(tl.int64) * stride_qm
+    for c0 in range(0, N, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        x = tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32)
+        tl.store(q_row + cols, quantize_values(x, scale, QKIND, QMAX, EMIN).to(q_ptr.dtype.element_ty), mask=cols < N)
+
+
 def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
     """q[r, c] and s[r, c // group] from x[r, c] (2-D, last dim contiguous); rows >= npp[0] skipped."""
     rows, n = x.shape
     block = triton.next_power_of_2(group)
     n_groups = triton.cdiv(n, group)
+    if n_groups == 1 and block > LONG_ROW:  # per token, long rows
+        _token_quant_kernel[(rows,)](
+            x, q, s, npp, n, x.stride(0), q.stride(0), s.stride(0), BLOCK=TENSOR_CHUNK, QKIND=qkind, QMAX=qmax,
+            EMIN=emin, INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE, HAS_NPP=npp is not None,
+            num_warps=warps_for(TENSOR_CHUNK, 8), **pdl.chained_launch(x.device),
+        )
+        return
     per_prog = min(triton.next_power_of_2(n_groups), max(1, 4096 // block))  # up to 4096 elements a program
     _group_quant_kernel[(rows, triton.cdiv(n_groups, per_prog))](
         x, q, s, npp, n, n_groups, x.stride(0), q.stride(0), s.stride(0),

@@ -65,7 +65,7 @@ def _round_fp8(v: torch.Tensor, qmax: float, emin: int) -> torch.Tensor:
     e = ((v.view(torch.int32) >> 23) & 0xFF) - 127
     e = e.clamp_min(emin)
     ulp = ((e - 3 + 127) << 23).to(torch.int32).view(torch.float32)
-    return _rne(v / ulp) * ulp
+    return torch.copysign(_rne(v / ulp) * ulp, v)  # a negative value rounding to zero gives -0, as a cast does
 
 
 def quantize_with_scale_torch(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
