@@ -108,7 +108,7 @@ def test_long_row_token_quant_bit_exact(monkeypatch, qdtype, npp_value):
     import moekit.kernels.quant as kq
 
     monkeypatch.setattr(kq, "LONG_ROW", 64)
-    monkeypatch.setattr(kq, "TENSOR_CHUNK", 64)
+    monkeypatch.setattr(kq, "TOKEN_CHUNK", 64)
     x = _nasty(11, 3 * 64 + 5)
     x[6, 100] = float("nan")
     x[8, 3] = float("inf")

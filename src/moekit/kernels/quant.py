@@ -238,8 +238,13 @@ def _group_quant_kernel(
 #: Programs of the per-tensor amax pass (grid-stride over [row, chunk] items). Each writes one partial maximum,
 #: and every program of the quantization pass reduces all of them, so the cap keeps that read at 4 KB.
 AMAX_PROGRAMS = 1024
-#: Elements of a row one step of a per-tensor (or long per-token) pass handles (a chunk).
-TENSOR_CHUNK = 2048
+#: Elements of a row one step of a per-tensor pass handles (a chunk), and of a long per-token row
+#: (:func:`_token_quant_kernel`). H100, the passes alone on Mixtral's intermediate [rows, 14336] bf16 -> fp8
+#: (``benchmarks/bench_act_quant.py``, ``bench_act_quant_H100_session21.json``; rows 600 / 2168 / 8312): per tensor
+#: 2048 10.5 / 35.4 / 121.0 us, 4096 7.0 / 33.6 / 120.7, 8192 8.1 / 33.5 / 119.1; per token 2048 14.3 / 44.8 / 161.3,
+#: 4096 16.2 / 43.1 / 148.4, 8192 10.9 / 45.2 / 147.1.
+TENSOR_CHUNK = 4096
+TOKEN_CHUNK = 8192
 #: Up to this many [row, chunk] items the quantization pass runs one program per chunk (many short programs for
 #: few rows); above, one program per row walks its chunks, so fewer programs reduce the partial maxima.
 #: Measured on the H100 (``benchmarks/ab_tensor_quant.py``, ``ab_tensor_quant_H100_session16_first.json``, one
@@ -338,9 +343,9 @@ def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):
     n_groups = triton.cdiv(n, group)
     if n_groups == 1 and block > LONG_ROW:  # per token, long rows
         _token_quant_kernel[(rows,)](
-            x, q, s, npp, n, x.stride(0), q.stride(0), s.stride(0), BLOCK=TENSOR_CHUNK, QKIND=qkind, QMAX=qmax,
+            x, q, s, npp, n, x.stride(0), q.stride(0), s.stride(0), BLOCK=TOKEN_CHUNK, QKIND=qkind, QMAX=qmax,
             EMIN=emin, INV_QMAX=1.0 / qmax, MIN_S=MIN_SCALE, HAS_NPP=npp is not None,
-            num_warps=warps_for(TENSOR_CHUNK, 8), **pdl.chained_launch(x.device),
+            num_warps=warps_for(TOKEN_CHUNK, 8), **pdl.chained_launch(x.device),
         )
         return
     per_prog = min(triton.next_power_of_2(n_groups), max(1, 4096 // block))  # up to 4096 elements a program
