@@ -66,9 +66,11 @@ def run_ab(args, set_arm: Callable[[str], None], shipped_arm: str) -> dict:
     for case in args.cases:
         name, key, ms = case.split(":")
         shape, scheme = SHAPES[name], SCHEMES[key]()
+        torch.manual_seed(0)
         weights = bf16_weights(shape) if scheme is None else make_quant_weights(shape, scheme)
         bias = torch.randn(shape.E, device="cuda") * 0.1 if shape.num_expert_group else None
         for m in [int(v) for v in ms.split(",")]:
+            torch.manual_seed(m)  # the same inputs and routing in every process (ab_trees.py compares processes)
             run, _, _ = quant_forward(shape, scheme, weights, bias, m)
             best = interleaved_best(run, arms, set_arm, args.rounds, shipped_arm)
             res["points"].append({"case": f"{name}:{key}", "M": m, "us": best})
