@@ -1,6 +1,5 @@
 """Property tests: random problems drawn by hypothesis, every backend against the float64 reference; every
 ``moekit.linear`` path with random configs against float64 ``F.linear``."""
-import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st

@@ -337,8 +337,6 @@ def test_cli_refuses_bad_tune_arguments_in_one_line(argv, says, capsys):
 
 def test_cli_setting_errors_are_one_line(monkeypatch, capsys):
     """A backend the machine cannot run (MOEKIT_BACKEND=triton on a CPU) is an error line and exit code 2."""
-    import torch
-
     if torch.cuda.is_available():
         pytest.skip("needs a machine without a GPU")
     monkeypatch.setenv("MOEKIT_BACKEND", "triton")
