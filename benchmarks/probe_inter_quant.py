@@ -22,12 +22,12 @@ CASES = ["mixtral8x7b:fp8_tensor:64,256,1024,4096", "mixtral8x7b:fp8_channel:256
 _ORIG = tm._quant_rows
 
 
-def _skip(scheme, t, dt, static=None, npp=None, **fused):
+def _skip(scheme, t, dt, static=None, npp=None, amax=None, zero=None):
     if npp is None:  # x's quantization: as shipped
-        return _ORIG(scheme, t, dt, static, npp, **fused)
+        return _ORIG(scheme, t, dt, static, npp, amax, zero)
     q = torch.empty(t.shape, dtype=dt, device=t.device)
     if scheme.granularity == "tensor":
-        return q, fused.get("amax", torch.ones(1, device=t.device)), (0, 0)
+        return q, amax if amax is not None else torch.ones(1, device=t.device), (0, 0)
     s = torch.ones((t.shape[0], 1), dtype=torch.float32, device=t.device)
     return q, s, (s.stride(0), 0)
 

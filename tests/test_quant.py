@@ -10,7 +10,7 @@ import moekit
 from moekit.errors import MoEInputError
 from moekit.kernels.quant import div_by_scale
 from moekit.quant import QuantScheme, dequantize_weights, quantize_weights
-from moekit.quant.ops import (MIN_SCALE, fp8_format, per_tensor_quant, per_token_group_quant,
+from moekit.quant.ops import (MIN_SCALE, _qparams, fp8_format, per_tensor_quant, per_token_group_quant,
                               per_token_group_quant_fp8, per_token_quant)
 from moekit.testing import assert_close_to_reference
 from reference import moe_reference, route_reference
@@ -115,7 +115,7 @@ def test_long_row_token_quant_bit_exact(monkeypatch, qdtype, npp_value):
     npp = None if npp_value is None else torch.tensor([npp_value], dtype=torch.int32, device=DEVICE)
     q = torch.full(x.shape, 0, dtype=qdtype, device=DEVICE)
     s = torch.full((x.shape[0], 1), 7.0, device=DEVICE)
-    kq.group_quant(x, q, s, x.shape[1], *_qparams_of(qdtype), npp)
+    kq.group_quant(x, q, s, x.shape[1], *_qparams(qdtype), npp)
     q2, s2 = per_token_quant(x, qdtype, use_triton=False)
     rows = x.shape[0] if npp_value is None else npp_value
     assert _same_nan(s[:rows], s2[:rows]) and (s[rows:] == 7.0).all()
@@ -123,12 +123,6 @@ def test_long_row_token_quant_bit_exact(monkeypatch, qdtype, npp_value):
     assert torch.equal(_bits(q[:rows][ok]), _bits(q2[:rows][ok]))
     if qdtype != torch.int8 and x.is_cuda:
         assert torch.equal(_bits(q[:rows]), _bits(q2[:rows]))
-
-
-def _qparams_of(qdtype):
-    from moekit.quant.ops import _qparams
-
-    return _qparams(qdtype)
 
 
 def _same_nan(a, b):

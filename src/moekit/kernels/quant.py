@@ -235,6 +235,16 @@ def _group_quant_kernel(
     tl.store(s_ptr + row64 * stride_sm + gs, scale, mask=gs < n_groups)
 
 
+@triton.jit
+def _quantize_chunk(x_row, q_row, c0, N, scale, BLOCK: tl.constexpr, QKIND: tl.constexpr, QMAX: tl.constexpr,
+                    EMIN: tl.constexpr):
+    """Columns [c0, c0 + BLOCK) of one row (those below N): loaded, quantized with ``scale``, stored."""
+    cols = c0 + tl.arange(0, BLOCK)
+    ok = cols < N
+    x = tl.load(x_row + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(q_row + cols, quantize_values(x, scale, QKIND, QMAX, EMIN).to(q_row.dtype.element_ty), mask=ok)
+
+
 #: Programs of the per-tensor amax pass (grid-stride over [row, chunk] items). Each writes one partial maximum,
 #: and every program of the quantization pass reduces all of them, so the cap keeps that read at 4 KB.
 AMAX_PROGRAMS = 1024
@@ -298,11 +308,8 @@ def _tensor_quant_kernel(
             return
     row64 = row.to(tl.int64)
     for chunk in range(first, tl.minimum(first + CHUNKS, n_chunks)):
-        cols = chunk * BLOCK + tl.arange(0, BLOCK)
-        ok = cols < N
-        x = tl.load(x_ptr + row64 * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
-        q = quantize_values(x, scale, QKIND, QMAX, EMIN)
-        tl.store(q_ptr + row64 * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
+        _quantize_chunk(x_ptr + row64 * stride_xm, q_ptr + row64 * stride_qm, chunk * BLOCK, N, scale, BLOCK, QKIND,
+                        QMAX, EMIN)
 
 
 #: Per-token rows longer than this (elements, rounded up to a power of two) are quantized by
@@ -322,18 +329,16 @@ def _token_quant_kernel(x_ptr, q_ptr, s_ptr, npp_ptr, N, stride_xm, stride_qm, s
     if HAS_NPP:
         if row >= tl.load(npp_ptr):
             return
-    x_row = x_ptr + row.to(tl.int64) * stride_xm
+    row64 = row.to(tl.int64)
+    x_row = x_ptr + row64 * stride_xm
     m = tl.zeros([BLOCK], dtype=tl.float32)
     for c0 in range(0, N, BLOCK):
         cols = c0 + tl.arange(0, BLOCK)
         m = _max_keep_nan(m, tl.abs(tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32)))
     scale = scale_from_amax(tl.reduce(m, 0, _max_keep_nan), INV_QMAX, MIN_S)
-    tl.store(s_ptr + row.to(tl.int64) * stride_sm, scale)
-    q_row = q_ptr + row.to(tl.int64) * stride_qm
+    tl.store(s_ptr + row64 * stride_sm, scale)
     for c0 in range(0, N, BLOCK):
-        cols = c0 + tl.arange(0, BLOCK)
-        x = tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32)
-        tl.store(q_row + cols, quantize_values(x, scale, QKIND, QMAX, EMIN).to(q_ptr.dtype.element_ty), mask=cols < N)
+        _quantize_chunk(x_row, q_ptr + row64 * stride_qm, c0, N, scale, BLOCK, QKIND, QMAX, EMIN)
 
 
 def group_quant(x, q, s, group, qkind, qmax, emin, npp=None):

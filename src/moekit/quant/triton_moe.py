@@ -269,16 +269,16 @@ def _w8a8_weight(scheme: QuantScheme, scale) -> dict:
     return dict(b_scale=scale, b_strides=(scale.stride(0), scale.stride(1), 0))
 
 
-def _quant_rows(scheme: QuantScheme, t, dt, static=None, npp=None, **fused):
-    """Quantize activation rows; returns (q, scale, (stride_row, stride_group)). ``fused``: per tensor, the
-    ``amax`` / ``zero`` buffers of :func:`moekit.quant.ops.per_tensor_quant`."""
+def _quant_rows(scheme: QuantScheme, t, dt, static=None, npp=None, amax=None, zero=None):
+    """Quantize activation rows; returns (q, scale, (stride_row, stride_group)). ``amax`` / ``zero``: per tensor,
+    the buffers of :func:`moekit.quant.ops.per_tensor_quant` (None elsewhere)."""
     if scheme.granularity == "block":
         q, s = per_token_group_quant(t, scheme.block_shape[1], dt, npp=npp)
         return q, s, (s.stride(0), s.stride(1))
     if scheme.granularity == "channel":
         q, s = per_token_quant(t, dt, npp=npp)
         return q, s, (s.stride(0), 0)
-    q, s = per_tensor_quant(t, dt, static, npp=npp, **fused)
+    q, s = per_tensor_quant(t, dt, static, npp=npp, amax=amax, zero=zero)
     return q, s, (0, 0)
 
 
@@ -339,7 +339,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         # which x's quantization zeroes (both launches before GEMM 1's on the stream)
         amax = (torch.empty(1, dtype=torch.float32, device=x.device)
                 if GEMM1_AMAX and scheme.granularity == "tensor" and a2_scale is None else None)
-        xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale, **({} if amax is None else dict(zero=amax)))
+        xq, xs, xstr = _quant_rows(scheme, x, adt, a13_scale, zero=amax)
         swap = not gluon and w8a8_swap_ab(x, config.BLOCK_SIZE_M, scheme)
         q1 = GemmQuant(mode, a_scale=xs, a_strides=xstr, int_acc=int_acc, swap_ab=swap,
                        **_w8a8_weight(scheme, w13_scale))
@@ -375,8 +375,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
             if amax is not None:
                 q1.out_quant, q1.out_scale = 3, amax
             moe_gemm1(xq, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias, **tiles)
-            a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp,
-                                                       **({} if amax is None else dict(amax=amax)))
+            a2, q2.a_scale, q2.a_strides = _quant_rows(scheme, inter, adt, None, npp=npp, amax=amax)
         if not (gluon or block):  # per tensor / per channel: GEMM 2 may take wider tiles than GEMM 1
             cfg2 = gemm2_config(config, i, slots_per_expert)
     out = torch.empty((m, h), dtype=x.dtype, device=x.device)
