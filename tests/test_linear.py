@@ -118,6 +118,35 @@ def test_fp8_paths(path, scheme_name, M, N, K, bias, poisoned_empty):
     assert_close_to_reference(out, _ref(x, deq, b), key, name=f"{path} {scheme_name}")
 
 
+@pytest.mark.parametrize("path", ["triton", "triton_w8a8"])
+@pytest.mark.parametrize("scheme_name", ["none"] + sorted(FP8_SCHEMES))
+@pytest.mark.parametrize("fused", [0, 1])
+def test_split_k_tiled_paths(path, scheme_name, fused, poisoned_empty):
+    """The tiled paths with K split (the tuner's candidates past M = 16, shipped for small N and long K): both
+    reductions, the w8a8 activation scales applied to each partial, a K split that does not divide the steps."""
+    scheme = QuantScheme() if scheme_name == "none" else FP8_SCHEMES[scheme_name]
+    if path == "triton_w8a8" and not scheme.is_quantized:
+        pytest.skip("triton_w8a8 needs fp8 weights")
+    dtype = torch.bfloat16 if HAS_GPU else torch.float16
+    _skip_unless_ok(path, scheme, 40, dtype)
+    M, N, K = 40, 72, 640  # 5 K steps of 128 (the block scale's depth) split 3 ways: 2 + 2 + 1
+    cfg = LinearConfig(32, 32, 128 if scheme.granularity == "block" or path == "triton_w8a8" else 64, 3, 2, 4, 2,
+                       FUSED_REDUCE=fused)
+    g = _gen()
+    x, b = _rand((M, K), dtype, g), _rand((N,), dtype, g)
+    if scheme.is_quantized:
+        w, scale, w64 = _fp8_weight(N, K, scheme, g)
+        kw = dict(quant=scheme, weight_scale=scale)
+    else:
+        w = _rand((N, K), dtype, g, K**-0.5)
+        w64, kw = w, {}
+    key = ("fp8_block" if scheme.granularity == "block" else "fp8_tensor") if path == "triton_w8a8" else KEYS[dtype]
+    for _ in range(2):  # the tile counters must be left at zero for the next call
+        out = linear_path(path, x, w, b, config=cfg, **kw)
+        assert out.shape == (M, N) and out.dtype == dtype
+        assert_close_to_reference(out, _ref(x, w64, b), key, name=f"{path} {scheme_name} split 3 fused={fused}")
+
+
 @pytest.mark.parametrize("M", [1, 2, 3, 5, 9, 16])
 @pytest.mark.parametrize("rows,block_k,warps", [(8, 32, 2), (32, 64, 4), (4, 128, 1)])
 def test_gemv_mma_token_columns(M, rows, block_k, warps, poisoned_empty):
@@ -350,3 +379,38 @@ def test_gemv_mma_tuner_candidates(M, scheme_name, w_elem):
         assert c.num_warps * c.BLOCK_SIZE_K * (c.BLOCK_SIZE_N * w_elem + mp * 2) * c.num_stages <= SMEM_BUDGET
         if scheme.granularity == "block":
             assert scheme.block_shape[1] % c.BLOCK_SIZE_K == 0
+
+
+@pytest.mark.parametrize("M", [16, 64, 256, 1024, 4096])
+@pytest.mark.parametrize("w8a8", [False, True])
+@pytest.mark.parametrize("shape", ["dsv3_kv_a", "dsv3_q_a", "dsv3_o", "qwen3_30b_a3b_o"])
+def test_tiled_tuner_candidates(M, w8a8, shape):
+    """The tuner's triton / triton_w8a8 set: valid entries within the shared-memory budget, fp8 K steps inside a
+    128-deep scale block, and K split (both reductions) exactly where the unsplit tiles leave SMs idle."""
+    from moekit.linear import table_entry_problems
+    from moekit.linear_tune import (
+        SHAPES, SMEM_BUDGET, SPLIT_MAX, SPLIT_MIN_K_STEPS, SPLIT_WAVES, triton_candidates,
+    )
+
+    N, K = SHAPES[shape]
+    sms = 132
+    for scheme in (QuantScheme.fp8_block(128, 128), QuantScheme.fp8_channel()):
+        cands = triton_candidates(M, N, K, scheme, sms, w8a8)
+        assert len(set(cands)) == len(cands)
+        unsplit = [c for c in cands if c.SPLIT_K == 1]
+        for c in cands:
+            assert table_entry_problems(dict(c.to_dict(), path="triton_w8a8" if w8a8 else "triton")) == []
+            assert (c.BLOCK_SIZE_M + c.BLOCK_SIZE_N) * c.BLOCK_SIZE_K * (1 if w8a8 else 2) * c.num_stages <= SMEM_BUDGET
+            if scheme.granularity == "block":
+                assert 128 % c.BLOCK_SIZE_K == 0
+            if c.SPLIT_K > 1:
+                tiles = -(-M // c.BLOCK_SIZE_M) * -(-N // c.BLOCK_SIZE_N)
+                assert tiles < sms and c.SPLIT_K <= SPLIT_MAX
+                assert c.SPLIT_K * SPLIT_MIN_K_STEPS <= -(-K // c.BLOCK_SIZE_K)
+                assert c.SPLIT_K <= round(SPLIT_WAVES * sms / tiles)
+                twin = LinearConfig(**dict(c.to_dict(), FUSED_REDUCE=1 - c.FUSED_REDUCE))
+                assert twin in cands
+        idle = [c for c in unsplit if -(-M // c.BLOCK_SIZE_M) * -(-N // c.BLOCK_SIZE_N) * 4 <= sms]
+        for c in idle:  # a quarter of the SMs or fewer busy: a split variant exists
+            assert any(s.SPLIT_K > 1 and (s.BLOCK_SIZE_M, s.BLOCK_SIZE_N) == (c.BLOCK_SIZE_M, c.BLOCK_SIZE_N)
+                       for s in cands)

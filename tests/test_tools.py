@@ -1,5 +1,6 @@
 """Developer tools outside the package: ``tools/sass_loops.py`` compiles kernels for an NVIDIA GPU on any machine;
-``tools/merge_linear_tables.py`` merges a partial ``moekit tune-linear`` run into existing tables."""
+``tools/merge_linear_tables.py`` merges a partial ``moekit tune-linear`` run into existing tables,
+``tools/compare_linear_tables.py`` compares two runs bucket by bucket."""
 import os
 import subprocess
 import sys
@@ -154,3 +155,24 @@ def test_plain_gemms_compile_their_tail_tile_paths():
     fp8 = _run_script("tools/sass_loops.py", "gemm1", "--tails", 3, "--fp8", "--block-m", 128, "--block-n", 128,
                       "--block-k", 128, "--warps", 8, "--stages", 3)
     assert fp8.startswith("REG:") and "HMMA.16816.F32" in fp8
+
+
+def test_compare_linear_tables(tmp_path):
+    """Only buckets present in both runs are compared (other devices' tables filtered out); old / new per bucket
+    and their geometric mean."""
+    import json
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    name = "linear,N=8,K=16,device_name=GPU_A,dtype=bf16,quant=fp8_channel.json"
+    (old / name).write_text(json.dumps({"64": {"path": "torch", "us": 20.0}, "256": {"path": "torch", "us": 9.0},
+                                        "_meta": {}}))
+    (new / name).write_text(json.dumps({"64": {"path": "triton_w8a8", "us": 10.0}, "1024": {"path": "torch",
+                                                                                          "us": 5.0}}))
+    other = name.replace("GPU_A", "GPU_B")
+    (old / other).write_text(json.dumps({"64": {"path": "torch", "us": 1.0}}))
+    (new / other).write_text(json.dumps({"64": {"path": "torch", "us": 2.0}}))
+    out = _run_script("tools/compare_linear_tables.py", old, new, "--device", "GPU_A").splitlines()
+    assert len(out) == 2 and "M=   64" in out[0] and "torch" in out[0] and "triton_w8a8" in out[0]
+    assert out[0].endswith("x2.00") and out[1].startswith("1 buckets: geometric mean old/new x2.000")
