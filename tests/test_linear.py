@@ -28,6 +28,7 @@ CONFIGS = {
     "gemv_mma": LinearConfig(1, 8, 32, 1, 1, 2, 2),  # 8 rows, 2 warps of 32-wide K slices, 2 stages
     "triton": LinearConfig(16, 32, 32, 1, 2, 4, 2),
     "triton_w8a8": LinearConfig(16, 32, 64, 1, 2, 4, 2),
+    "gluon_w8a8": LinearConfig(64, 128, 128, 1, 8, 8, 4),  # Hopper only; its tiles are the kernel's
 }
 FP8_SCHEMES = {
     "fp8_block128x128": QuantScheme.fp8_block(128, 128),
@@ -65,8 +66,8 @@ def _skip_unless_ok(path, scheme, M=1, dtype=None):
 @pytest.mark.parametrize("M,N,K,bias", [(1, 96, 160, True), (7, 130, 300, False), (16, 64, 33, True),
                                         (1, 37, 200, False)])
 def test_unquantized_paths(path, dtype, M, N, K, bias, poisoned_empty):
-    if path == "triton_w8a8":
-        pytest.skip("triton_w8a8 needs fp8 weights")
+    if path in ("triton_w8a8", "gluon_w8a8"):
+        pytest.skip(f"{path} needs fp8 weights")
     if path == "gemv" and M > GEMV_MAX_M:
         pytest.skip(f"gemv serves M <= {GEMV_MAX_M}")
     if path == "skinny":  # both split-K reductions: the reduce kernel and the fused last-program one
@@ -100,7 +101,7 @@ def test_larger_m_and_3d_input(path, poisoned_empty):
 @pytest.mark.parametrize("M,N,K,bias", [(3, 200, 300, True), (20, 72, 256, False), (1, 130, 260, True)])
 def test_fp8_paths(path, scheme_name, M, N, K, bias, poisoned_empty):
     scheme = FP8_SCHEMES[scheme_name]
-    ok, why = _path_ok(path, torch.device(DEVICE), scheme, M, torch.bfloat16 if HAS_GPU else torch.float16)
+    ok, why = _path_ok(path, torch.device(DEVICE), scheme, M, torch.bfloat16 if HAS_GPU else torch.float16, N, K)
     if not ok:
         pytest.skip(why)
     dtype = torch.bfloat16 if HAS_GPU else torch.float16
@@ -111,7 +112,7 @@ def test_fp8_paths(path, scheme_name, M, N, K, bias, poisoned_empty):
     out = linear_path(path, x, q, b, quant=scheme, weight_scale=scale, config=CONFIGS[path])
     assert out.shape == (M, N) and out.dtype == dtype
     # activation quantization (w8a8, and torch._scaled_mm) costs fp8 precision; weight-only paths do not
-    w8a8 = path == "triton_w8a8" or (path == "torch" and HAS_GPU and scheme.granularity != "block"
+    w8a8 = path in ("triton_w8a8", "gluon_w8a8") or (path == "torch" and HAS_GPU and scheme.granularity != "block"
                                      and _path_ok("triton_w8a8", torch.device(DEVICE), scheme, M, dtype)[0]
                                      and dtype == torch.bfloat16)
     key = ("fp8_block" if scheme.granularity == "block" else "fp8_tensor") if w8a8 else KEYS[dtype]
@@ -145,6 +146,60 @@ def test_split_k_tiled_paths(path, scheme_name, fused, poisoned_empty):
         out = linear_path(path, x, w, b, config=cfg, **kw)
         assert out.shape == (M, N) and out.dtype == dtype
         assert_close_to_reference(out, _ref(x, w64, b), key, name=f"{path} {scheme_name} split 3 fused={fused}")
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,N,K,block_n,bias", [(1, 256, 512, 256, True), (70, 384, 768, 128, False),
+                                                (130, 512, 256, 256, True), (64, 256, 1024, 128, False)])
+def test_gluon_w8a8(dtype, M, N, K, block_n, bias, poisoned_empty):
+    """The Hopper Gluon path: row tiles past M (their rows re-read the last and are not stored), both tile
+    widths, bias, a 3-D input, CUDA-graph capture, and an unaligned weight view (it takes triton_w8a8); the
+    shape rule (N % 128, K % 256) and a non-block scheme refused by name."""
+    scheme = FP8_SCHEMES["fp8_block128x128"]
+    _skip_unless_ok("gluon_w8a8", scheme, M, dtype)
+    g = _gen()
+    q, scale, deq = _fp8_weight(N, K, scheme, g)
+    x = _rand((M, K), dtype, g)
+    b = _rand((N,), dtype, g) if bias else None
+    cfg = LinearConfig(64, block_n, 128, 1, 8, 8, 4)
+    out = linear_path("gluon_w8a8", x, q, b, quant=scheme, weight_scale=scale, config=cfg)
+    assert out.shape == (M, N) and out.dtype == dtype
+    ref = _ref(x, deq, b)
+    assert_close_to_reference(out, ref, "fp8_block", name=f"gluon_w8a8 M={M} N={N} K={K}")
+    # the same quantized activations as triton_w8a8: the two differ only in the order of the float32 sums
+    tri = linear_path("triton_w8a8", x, q, b, quant=scheme, weight_scale=scale,
+                      config=LinearConfig(64, 128, 128, 1, 8, 4, 3))
+    assert (out.float() - tri.float()).abs().max() <= 1e-2 * tri.float().abs().max()
+    out3 = linear_path("gluon_w8a8", x.reshape(1, M, K), q, b, quant=scheme, weight_scale=scale, config=cfg)
+    assert torch.equal(out3.reshape(M, N), out)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        cap = linear_path("gluon_w8a8", x, q, b, quant=scheme, weight_scale=scale, config=cfg)
+    x2 = _rand((M, K), dtype, g)
+    x.copy_(x2)
+    graph.replay()
+    assert_close_to_reference(cap, _ref(x2, deq, b), "fp8_block", name="gluon_w8a8 graph replay")
+    # a weight view 8 bytes off 16-byte alignment: triton_w8a8 serves it, same numbers
+    buf = torch.empty(N * K + 8, dtype=q.dtype, device=q.device)
+    qv = buf[8:].view(N, K)
+    qv.copy_(q)
+    off = linear_path("gluon_w8a8", x2, qv, b, quant=scheme, weight_scale=scale, config=cfg)
+    assert_close_to_reference(off, _ref(x2, deq, b), "fp8_block", name="gluon_w8a8 unaligned weight")
+    with pytest.raises(MoEInputError, match="N % 128 == 0 and K % 256 == 0"):
+        linear_path("gluon_w8a8", x[:, :K - 128], q[:, :K - 128].contiguous(), quant=scheme,
+                    weight_scale=scale[:, :-1].contiguous())
+    qc, sc, _ = _fp8_weight(N, K, FP8_SCHEMES["fp8_channel"], g)
+    with pytest.raises(MoEInputError, match="128x128-block"):
+        linear_path("gluon_w8a8", x, qc, quant="fp8_channel", weight_scale=sc)
+
+
+def test_gluon_w8a8_refused_off_hopper():
+    """Where it cannot run (CPU here; any non-Hopper GPU), gluon_w8a8 says why and the router never picks it."""
+    scheme = FP8_SCHEMES["fp8_block128x128"]
+    ok, why = _path_ok("gluon_w8a8", torch.device("cpu"), scheme, 256, torch.float16, 256, 512)
+    assert not ok and "Hopper" in why
+    assert select_path(4096, 7168, 16384, torch.float16, scheme, device="cpu")[0] != "gluon_w8a8"
 
 
 @pytest.mark.parametrize("M", [1, 2, 3, 5, 9, 16])
@@ -186,7 +241,7 @@ def test_m_zero(path):
     g = _gen()
     dtype = KERNEL_DTYPES[0]
     w, b = _rand((24, 40), dtype, g), _rand((24,), dtype, g)
-    assert linear_path("torch" if path == "triton_w8a8" else path, torch.empty(0, 40, dtype=dtype, device=DEVICE),
+    assert linear_path("torch" if path.endswith("w8a8") else path, torch.empty(0, 40, dtype=dtype, device=DEVICE),
                        w, b, config=CONFIGS[path]).shape == (0, 24)
     assert linear(torch.empty(2, 0, 40, dtype=dtype, device=DEVICE), w, b).shape == (2, 0, 24)
 

@@ -25,6 +25,13 @@ and shape. Paths (:data:`PATHS`):
 ``triton_w8a8``
     fp8 weights only: dynamic fp8 activation quantization (per (token, 128) group for block weights, per
     token for channel/tensor weights) + a Triton fp8 x fp8 GEMM.
+``gluon_w8a8``
+    128x128-block fp8 weights on Hopper: the same activation quantization + the MoE's Gluon block-fp8 GEMM
+    (:func:`moekit.kernels.moe_gemm_sm90.linear_fp8_block_sm90`: the MMA of K step k + 1 runs while step k's
+    product is scaled, which ``tl.dot`` cannot express). N a multiple of 128, K of 256
+    (:func:`gluon_w8a8_applies`); 64-row tiles, ``BLOCK_SIZE_N`` 128 or 256 and ``GROUP_SIZE_M`` from the config
+    (the rest of it is fixed by the kernel). 1.19-1.39x over ``triton_w8a8`` at M = 1024 / 4096 on the
+    benchmark's shapes (H100, ``benchmarks/probe_linear_gluon.py``).
 
 The choice per (device, N, K, M bucket, dtype, scheme) comes from a table written by ``moekit tune-linear``
 (:mod:`moekit.linear_tune`): JSON files named by :func:`table_file_name`, searched in ``MOEKIT_CONFIG_DIR``,
@@ -65,7 +72,7 @@ __all__ = [
     "config_dirs", "load_table", "clear_caches",
 ]
 
-PATHS = ("torch", "skinny", "gemv", "gemv_mma", "triton", "triton_w8a8")
+PATHS = ("torch", "skinny", "gemv", "gemv_mma", "triton", "triton_w8a8", "gluon_w8a8")
 SKINNY_MAX_M = 16
 #: the largest M of the gemv path (why only one row: :mod:`moekit.kernels.linear_gemv`)
 GEMV_MAX_M = 1
@@ -101,6 +108,12 @@ class LinearConfig:
 
 DEFAULT_TRITON = LinearConfig(64, 128, 64, 1, 8, 4, 3)
 DEFAULT_W8A8 = LinearConfig(64, 128, 128, 1, 8, 4, 3)
+DEFAULT_GLUON = LinearConfig(64, 256, 128, 1, 8, 8, 4)
+#: without a table, block-fp8 layers take ``gluon_w8a8`` from this M when its 64 x 256 tiles number at least
+#: GLUON_DEFAULT_MIN_TILES (so that the GPU is busy without split-K): the H100 probe's wins
+#: (``probe_linear_gluon_H100_session22.json``; below either bound it lost to the split-K ``triton_w8a8``)
+GLUON_DEFAULT_MIN_M = 256
+GLUON_DEFAULT_MIN_TILES = 64
 DEFAULT_GEMV = LinearConfig(1, 4, 512, 1, 1, 4, 4)  # 4 rows per program, K in steps of 512
 #: 8 rows per program, 4 warps of 128-wide K slices, 4 stages: the probe's most frequent best at M = 4
 DEFAULT_GEMV_MMA = LinearConfig(1, 8, 128, 1, 1, 4, 4)
@@ -269,9 +282,38 @@ def _check_env() -> bool:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype: torch.dtype) -> Tuple[bool, str]:
+def gluon_w8a8_applies(device: torch.device, scheme: QuantScheme, dtype: torch.dtype, N: Optional[int] = None,
+                       K: Optional[int] = None) -> Tuple[bool, str]:
+    """Whether the ``gluon_w8a8`` path can run (shape rules checked where N and K are given): a Hopper GPU with
+    Gluon (triton >= 3.6), 128x128-block e4m3fn weights, 16-bit activations, N a multiple of 128 and K of 256
+    (the kernel steps K twice by 128 per iteration)."""
+    from moekit.platform import fp8_dtype, on_sm90, platform_of
+    from moekit.quant.triton_moe import gluon_kernels
+
+    if not scheme.is_quantized or scheme.granularity != "block" or scheme.block_shape != (128, 128):
+        return False, "gluon_w8a8 needs 128x128-block fp8 weights"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return False, "gluon_w8a8 needs bfloat16 or float16 activations"
+    if N is not None and (N % 128 or K % 256):
+        return False, f"gluon_w8a8 needs N % 128 == 0 and K % 256 == 0 (N={N}, K={K})"
+    if device.type != "cuda" or not on_sm90(platform_of(device)):
+        return False, "gluon_w8a8 needs a Hopper (sm_90) GPU"
+    if fp8_dtype(platform_of(device)) != torch.float8_e4m3fn:
+        return False, "gluon_w8a8 needs e4m3fn weights"
+    if gluon_kernels() is None:
+        return False, "gluon_w8a8 needs triton's Gluon Hopper API"
+    return True, ""
+
+
+def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype: torch.dtype,
+             N: Optional[int] = None, K: Optional[int] = None) -> Tuple[bool, str]:
+    """Whether ``path`` can serve M rows of ``dtype`` on ``device`` (and, where given, an [N, K] weight)."""
     if path == "torch":
         return True, ""
+    if path == "gluon_w8a8":
+        if envs.optional_import("triton", "moekit.linear Triton paths", "using torch") is None:
+            return False, "Triton is not installed"
+        return gluon_w8a8_applies(device, scheme, dtype, N, K)
     if M > _MAX_M.get(path, M):
         return False, f"{path} serves M <= {_MAX_M[path]}"
     if path == "triton_w8a8":
@@ -309,6 +351,10 @@ def _default_choice(M: int, N: int, K: int, device: torch.device, scheme: QuantS
         if M <= SKINNY_MAX_M:
             return "skinny", default_skinny(N, K, max(plat.multiprocessor_count, 1))
         if scheme.granularity == "block" and _path_ok("triton_w8a8", device, scheme, M, dtype)[0]:
+            tiles = -(-M // DEFAULT_GLUON.BLOCK_SIZE_M) * (N // DEFAULT_GLUON.BLOCK_SIZE_N)
+            if (M >= GLUON_DEFAULT_MIN_M and tiles >= GLUON_DEFAULT_MIN_TILES
+                    and gluon_w8a8_applies(device, scheme, dtype, N, K)[0] and N % DEFAULT_GLUON.BLOCK_SIZE_N == 0):
+                return "gluon_w8a8", DEFAULT_GLUON
             return "triton_w8a8", DEFAULT_W8A8
         return "triton", DEFAULT_TRITON
     return "torch", None
@@ -340,7 +386,7 @@ def _choose(M: int, N: int, K: int, dtype: torch.dtype, scheme: QuantScheme, dev
         i = min(bisect.bisect_left(ks, M), len(ks) - 1)
         entry = entries[i]
         path = entry["path"]
-        ok, why = _path_ok(path, device, scheme, M, dtype)
+        ok, why = _path_ok(path, device, scheme, M, dtype, N, K)
         if ok:
             choice = (path, None if path == "torch" else LinearConfig.from_dict(entry))
         else:
@@ -441,7 +487,7 @@ def linear_path(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional
     _validate(x, weight, bias, scheme, weight_scale)
     N, K = weight.shape
     M = x.numel() // K if K else x.numel()
-    ok, why = _path_ok(path, x.device, scheme, M, x.dtype)
+    ok, why = _path_ok(path, x.device, scheme, M, x.dtype, N, K)
     if not ok:
         raise MoEInputError(f"path: expected a path that can run here, got {path!r} ({why})")
     if config is None and path != "torch":
@@ -449,7 +495,7 @@ def linear_path(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional
 
         config = {"skinny": default_skinny(N, K, max(platform_of(x.device).multiprocessor_count, 1)),
                   "gemv": DEFAULT_GEMV, "gemv_mma": DEFAULT_GEMV_MMA, "triton": DEFAULT_TRITON,
-                  "triton_w8a8": DEFAULT_W8A8}[path]
+                  "triton_w8a8": DEFAULT_W8A8, "gluon_w8a8": DEFAULT_GLUON}[path]
     return _run(path, config, x, weight, bias, scheme, weight_scale)
 
 
@@ -471,6 +517,8 @@ def _run(path, cfg, x, weight, bias, scheme, weight_scale):
         out = _run_torch(x2, weight, bias, scheme, weight_scale)
     elif path in ("gemv", "gemv_mma"):
         out = _run_gemv(x2, weight, bias, scheme, weight_scale, cfg, mma=path == "gemv_mma")
+    elif path == "gluon_w8a8":
+        out = _run_gluon(x2, weight, bias, scheme, weight_scale, cfg)
     else:
         out = _run_triton(x2, weight, bias, scheme, weight_scale, cfg, w8a8=(path == "triton_w8a8"))
     return out.reshape(*lead, N)
@@ -628,3 +676,21 @@ def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: Linear
             HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
         )
     return out
+
+
+def _run_gluon(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig):
+    """The ``gluon_w8a8`` path: per-(token, 128) quantization of x, then the Gluon GEMM. A weight whose rows the
+    kernel's 16-byte copies cannot read (an unaligned view) or of another fp8 format takes ``triton_w8a8``."""
+    from moekit.kernels.moe_gemm_sm90 import linear_fp8_block_sm90
+    from moekit.quant.triton_moe import copies_of_16_bytes
+
+    if weight.dtype != torch.float8_e4m3fn or not copies_of_16_bytes(weight):
+        return _run_triton(x2, weight, bias, scheme, weight_scale, DEFAULT_W8A8, w8a8=True)
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    N = weight.shape[0]
+    q, s = _quant_act(x2, 128, weight.dtype)
+    out = torch.empty((x2.shape[0], N), dtype=x2.dtype, device=x2.device)
+    block_n = cfg.BLOCK_SIZE_N if cfg.BLOCK_SIZE_N in (128, 256) and N % cfg.BLOCK_SIZE_N == 0 else 128
+    linear_fp8_block_sm90(q, s, weight, weight_scale, out, block_n, cfg.GROUP_SIZE_M)
+    return out if bias is None else out.add_(bias)

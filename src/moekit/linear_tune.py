@@ -5,7 +5,9 @@ For each shape and scheme it times, as CUDA-graph replays (``triton.testing.do_b
 ``torch`` and a small candidate set of each Triton path (``skinny`` for M <= 16: block sizes x split-K for
 1/2/4 waves, fully searched at the smallest M, its three best re-timed at the other small M; ``gemv`` for
 M = 1: rows per program x K step, :func:`gemv_candidates`; ``gemv_mma`` for 1 < M <= 16, searched at each
-such M (its token columns follow M): :func:`gemv_mma_candidates`; ``triton`` and ``triton_w8a8`` tiles by M).
+such M (its token columns follow M): :func:`gemv_mma_candidates`; ``triton`` and ``triton_w8a8`` tiles by M,
+with split-K where tiles leave SMs idle; ``gluon_w8a8`` for block-fp8 on Hopper past M = 16:
+:func:`gluon_candidates`).
 Weights under 64 MB are rotated among copies (>= 128 MB in all) so every call streams its weight from HBM,
 not from the 50 MB L2. Each candidate's output is checked against the torch path once; a candidate that
 fails or does not compile is dropped.
@@ -230,6 +232,13 @@ def triton_candidates(M: int, N: int, K: int, scheme: QuantScheme, sms: int, w8a
     return list(dict.fromkeys(_fit(c, elem) for c in base))
 
 
+def gluon_candidates(N: int) -> List[LinearConfig]:
+    """The ``gluon_w8a8`` path's choices: 64 x 256 tiles where N allows, 64 x 128 (more tiles on small
+    problems); the kernel fixes the rest (8 warps, 4-deep ring, 128-deep K steps)."""
+    widths = (256, 128) if N % 256 == 0 else (128,)
+    return [LinearConfig(64, bn, 128, 1, 8, 8, 4) for bn in widths]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Tuning
 # --------------------------------------------------------------------------------------------------------
@@ -260,7 +269,7 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
         def consider(path: str, cfg: Optional[LinearConfig]):
             try:
                 out = linear_path(path, x, prob.weight, config=cfg, **kw)
-                if path != "torch" and not _ok(out, ref, path == "triton_w8a8"):
+                if path != "torch" and not _ok(out, ref, path.endswith("w8a8")):
                     log(f"  drop {path} {cfg}: wrong result")
                     return None
                 t = time_us(prob.run_fn(M, lambda a, w: linear_path(path, a, w, config=cfg, **kw)), rep_ms)
@@ -298,6 +307,9 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
                 and _path_ok("triton_w8a8", dev, prob.scheme, M, prob.dtype)[0]):
             for c in triton_candidates(M, prob.N, prob.K, prob.scheme, sms, True):
                 consider("triton_w8a8", c)
+        if M > SKINNY_MAX_M and _path_ok("gluon_w8a8", dev, prob.scheme, M, prob.dtype, prob.N, prob.K)[0]:
+            for c in gluon_candidates(prob.N):
+                consider("gluon_w8a8", c)
         best = min(results, key=lambda p: results[p][0])
         t, cfg = results[best]
         entry = {"path": best, **(cfg.to_dict() if cfg else {}), "us": round(t, 3),

@@ -244,12 +244,13 @@ def _moe_gemm2_fp8_block_kernel(
     a_ptr, w_ptr, y_ptr, topk_w_ptr, a_scale_ptr, b_scale_ptr, sorted_ptr, experts_ptr, npp_ptr,
     N, K, num_slots, num_pid_m,
     stride_am, stride_we, stride_wn, stride_ym, stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
-    MUL_WEIGHT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
-    GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
+    MUL_WEIGHT: gl.constexpr, DENSE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, N // BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= gl.load(npp_ptr):
-        return
+    if not DENSE:
+        if pid_m * BLOCK_M >= gl.load(npp_ptr):
+            return
     LD: gl.constexpr = _load_layout(num_warps)
     MMA: gl.constexpr = _mma_layout(BLOCK_M, BLOCK_N, num_warps)
     ROW: gl.constexpr = gl.SliceLayout(1, MMA)
@@ -257,15 +258,21 @@ def _moe_gemm2_fp8_block_kernel(
     A_SL: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], gl.float8e4nv)
     B_SL: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.float8e4nv)
 
-    expert = gl.load(experts_ptr + pid_m).to(gl.int64)
+    if DENSE:  # one weight, rows in order; rows past the last re-read it (their results are not stored)
+        expert = 0
+        rows_m = gl.minimum(pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LD)),
+                            num_slots - 1).to(gl.int64)
+        offs_m = gl.minimum(pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW), num_slots - 1).to(gl.int64)
+    else:
+        expert = gl.load(experts_ptr + pid_m).to(gl.int64)
+        rows_m = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LD))).to(gl.int64)
+        offs_m = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW)).to(gl.int64)
     nk = K // BLOCK_K
-    rows_m = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LD))).to(gl.int64)
     offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LD))
     a_ptrs = a_ptr + gl.expand_dims(rows_m * stride_am, 1) + gl.expand_dims(offs_k, 0)
     rows_n = (pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LD))).to(gl.int64)
     b_ptrs = w_ptr + expert * stride_we + gl.expand_dims(rows_n * stride_wn, 1) + gl.expand_dims(offs_k, 0)
 
-    offs_m = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW)).to(gl.int64)
     as_ptrs = a_scale_ptr + offs_m * stride_asm
     # one weight-scale block per 128 columns: BLOCK_N 256 spans two (scalars lo and hi)
     bs_lo = b_scale_ptr + expert * stride_bse + ((pid_n * BLOCK_N) // 128) * stride_bsn
@@ -304,12 +311,15 @@ def _moe_gemm2_fp8_block_kernel(
         a_t, lo_t, hi_t, a_u, lo_u, hi_u = a_tn, lo_tn, hi_tn, a_un, lo_un, hi_un
     cp.wait_group(0)
 
-    slot = gl.load(sorted_ptr + offs_m)
     if MUL_WEIGHT:
+        slot = gl.load(sorted_ptr + offs_m)
         acc = acc * gl.expand_dims(gl.load(topk_w_ptr + slot, mask=slot < num_slots, other=0.0), 1)
     ST: gl.constexpr = _store_layout(BLOCK_N, 2, num_warps)
     out = gl.convert_layout(acc.to(y_ptr.dtype.element_ty), ST)
-    slot_st = gl.load(sorted_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ST)))
+    if DENSE:
+        slot_st = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ST))
+    else:
+        slot_st = gl.load(sorted_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ST)))
     on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, ST))
     y_ptrs = y_ptr + gl.expand_dims(slot_st.to(gl.int64) * stride_ym, 1) + gl.expand_dims(on, 0)
     gl.store(y_ptrs, out, mask=gl.expand_dims(slot_st < num_slots, 1))
@@ -356,6 +366,24 @@ def moe_gemm2_fp8_block_sm90(a, a_scale, w2, w2_scale, y, topk_weights, sorted_i
         n, k, y.shape[0], num_pid_m,
         a.stride(0), w2.stride(0), w2.stride(1), y.stride(0), a_scale.stride(0), a_scale.stride(1),
         w2_scale.stride(0), w2_scale.stride(1), w2_scale.stride(2),
-        MUL_WEIGHT=mul_weight, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
+        MUL_WEIGHT=mul_weight, DENSE=False, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
+        STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
+    )
+
+
+def linear_fp8_block_sm90(a, a_scale, w, w_scale, out, block_n: int, group_m: int) -> None:
+    """The dense block-fp8 GEMM of :mod:`moekit.linear` (path ``gluon_w8a8``): ``out`` [M, N] (bf16/fp16) =
+    ``a`` fp8 [M, K] (scales float32 [M, K/128]) @ (``w`` fp8 [N, K] with scales [N/128, K/128])^T, by GEMM 2's
+    kernel with one weight and the rows in order (``DENSE``): no sorted ids, no routing weight. N a multiple of
+    ``block_n`` (128 or 256), K of 256; tiles of 64 rows, 8 warps, :data:`GEMM2_STAGES`-deep ring."""
+    m, k = a.shape
+    n = w.shape[0]
+    num_pid_m = -(-m // GEMM1_TILE[0])
+    _moe_gemm2_fp8_block_kernel[(num_pid_m * (n // block_n),)](
+        a, w, out, out, a_scale, w_scale, out, out, out,
+        n, k, m, num_pid_m,
+        a.stride(0), 0, w.stride(0), out.stride(0), a_scale.stride(0), a_scale.stride(1),
+        0, w_scale.stride(0), w_scale.stride(1),
+        MUL_WEIGHT=False, DENSE=True, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
         STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
     )
