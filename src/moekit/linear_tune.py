@@ -233,7 +233,7 @@ def triton_candidates(M: int, N: int, K: int, scheme: QuantScheme, sms: int, w8a
 
 
 def gluon_candidates(N: int) -> List[LinearConfig]:
-    """The ``gluon_w8a8`` path's choices: 64 x 256 tiles where N allows, 64 x 128 (more tiles on small
+    """The ``gluon_w8a8`` path's choices: 64 x 256 tiles where they divide N, 64 x 128 (more tiles on small
     problems); the kernel fixes the rest (8 warps, 4-deep ring, 128-deep K steps)."""
     widths = (256, 128) if N % 256 == 0 else (128,)
     return [LinearConfig(64, bn, 128, 1, 8, 8, 4) for bn in widths]

@@ -247,8 +247,10 @@ def _moe_gemm2_fp8_block_kernel(
     MUL_WEIGHT: gl.constexpr, DENSE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
     BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
 ):
-    pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, N // BLOCK_N, GROUP_M)
-    if not DENSE:
+    if DENSE:  # N need not be a multiple of BLOCK_N: the last column tile is partial
+        pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, (N + BLOCK_N - 1) // BLOCK_N, GROUP_M)
+    else:
+        pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, N // BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= gl.load(npp_ptr):
             return
     LD: gl.constexpr = _load_layout(num_warps)
@@ -258,7 +260,7 @@ def _moe_gemm2_fp8_block_kernel(
     A_SL: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], gl.float8e4nv)
     B_SL: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.float8e4nv)
 
-    if DENSE:  # one weight, rows in order; rows past the last re-read it (their results are not stored)
+    if DENSE:  # one weight, rows in order; rows (and columns) past the last re-read it, and are not stored
         expert = 0
         rows_m = gl.minimum(pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LD)),
                             num_slots - 1).to(gl.int64)
@@ -270,7 +272,10 @@ def _moe_gemm2_fp8_block_kernel(
     nk = K // BLOCK_K
     offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LD))
     a_ptrs = a_ptr + gl.expand_dims(rows_m * stride_am, 1) + gl.expand_dims(offs_k, 0)
-    rows_n = (pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LD))).to(gl.int64)
+    rows_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LD))
+    if DENSE:
+        rows_n = gl.minimum(rows_n, N - 1)
+    rows_n = rows_n.to(gl.int64)
     b_ptrs = w_ptr + expert * stride_we + gl.expand_dims(rows_n * stride_wn, 1) + gl.expand_dims(offs_k, 0)
 
     as_ptrs = a_scale_ptr + offs_m * stride_asm
@@ -322,7 +327,10 @@ def _moe_gemm2_fp8_block_kernel(
         slot_st = gl.load(sorted_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ST)))
     on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, ST))
     y_ptrs = y_ptr + gl.expand_dims(slot_st.to(gl.int64) * stride_ym, 1) + gl.expand_dims(on, 0)
-    gl.store(y_ptrs, out, mask=gl.expand_dims(slot_st < num_slots, 1))
+    if DENSE:
+        gl.store(y_ptrs, out, mask=gl.expand_dims(slot_st < num_slots, 1) & gl.expand_dims(on < N, 0))
+    else:
+        gl.store(y_ptrs, out, mask=gl.expand_dims(slot_st < num_slots, 1))
 
 
 #: GEMM 1 tile: 64 rows x 128 gate (and 128 up) columns, 8 warps (two warpgroups side by side along N), 248
@@ -374,12 +382,13 @@ def moe_gemm2_fp8_block_sm90(a, a_scale, w2, w2_scale, y, topk_weights, sorted_i
 def linear_fp8_block_sm90(a, a_scale, w, w_scale, out, block_n: int, group_m: int) -> None:
     """The dense block-fp8 GEMM of :mod:`moekit.linear` (path ``gluon_w8a8``): ``out`` [M, N] (bf16/fp16) =
     ``a`` fp8 [M, K] (scales float32 [M, K/128]) @ (``w`` fp8 [N, K] with scales [N/128, K/128])^T, by GEMM 2's
-    kernel with one weight and the rows in order (``DENSE``): no sorted ids, no routing weight. N a multiple of
-    ``block_n`` (128 or 256), K of 256; tiles of 64 rows, 8 warps, :data:`GEMM2_STAGES`-deep ring."""
+    kernel with one weight and the rows in order (``DENSE``): no sorted ids, no routing weight, the last row and
+    column tiles partial (``block_n`` 256 only where it divides N, so that a tile's two weight-scale blocks
+    exist). K a multiple of 256; tiles of 64 rows, 8 warps, :data:`GEMM2_STAGES`-deep ring."""
     m, k = a.shape
     n = w.shape[0]
     num_pid_m = -(-m // GEMM1_TILE[0])
-    _moe_gemm2_fp8_block_kernel[(num_pid_m * (n // block_n),)](
+    _moe_gemm2_fp8_block_kernel[(num_pid_m * -(-n // block_n),)](
         a, w, out, out, a_scale, w_scale, out, out, out,
         n, k, m, num_pid_m,
         a.stride(0), 0, w.stride(0), out.stride(0), a_scale.stride(0), a_scale.stride(1),
