@@ -6,7 +6,7 @@
 # Tunes into /tmp/lt/new, compares with and merges into the shipped tables (tools/compare_linear_tables.py,
 # tools/merge_linear_tables.py), copies the merged ones over src/moekit/configs_data/linear, then re-times the
 # router against every path and F.linear there. $OUT gets the logs, tables_TAG.tar (new + merged: table names have
-# commas, so they travel tarred) and bench/.
+# commas, so they travel tarred) and bench_TAG/.
 set -euo pipefail
 mkdir -p /tmp/stubs && printf 'def user_cache_dir(name, *a, **k):\n    return "/tmp/" + name\n' > /tmp/stubs/platformdirs.py
 export PYTHONPATH=$PWD/src:/tmp/stubs PYTHONUNBUFFERED=1
@@ -24,6 +24,6 @@ python3 tools/merge_linear_tables.py $L $D/new $D/merged > $OUT/merge.log
 tar -C $D -cf $OUT/tables_${TAG}.tar new merged
 cp $D/merged/*.json $L/
 tail -1 $OUT/tune_linear_${TAG}_vs_shipped_${G}_session22.txt
-(time python3 benchmarks/bench_linear.py $SHAPE_ARGS --schemes $SCHEMES --batch-sizes $BATCHES --out $OUT/bench) \
+(time python3 benchmarks/bench_linear.py $SHAPE_ARGS --schemes $SCHEMES --batch-sizes $BATCHES --out $OUT/bench_${TAG}) \
     > $OUT/bench_linear_${TAG}_${G}_session22.log 2>&1
 grep "Worst" $OUT/bench_linear_${TAG}_${G}_session22.log
