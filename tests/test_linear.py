@@ -471,3 +471,26 @@ def test_tiled_tuner_candidates(M, w8a8, shape):
         for c in idle:  # a quarter of the SMs or fewer busy: a split variant exists
             assert any(s.SPLIT_K > 1 and (s.BLOCK_SIZE_M, s.BLOCK_SIZE_N) == (c.BLOCK_SIZE_M, c.BLOCK_SIZE_N)
                        for s in cands)
+
+
+@pytest.mark.parametrize("scheme,N,K", [(QuantScheme.fp8_block(128, 128), 200, 300),
+                                        (QuantScheme.fp8_block(64, 32), 96, 100),
+                                        (QuantScheme.fp8_channel(), 37, 260), (QuantScheme.fp8_tensor(), 64, 129)])
+@pytest.mark.parametrize("dtype", sorted(set(KERNEL_DTYPES) | {torch.float32}, key=str))
+def test_dequant_kernel_bit_exact(scheme, N, K, dtype):
+    """The torch path's one-pass weight dequantization (:mod:`moekit.kernels.dequant`, used on GPUs) equals
+    :func:`moekit.quant.weights.dequantize_weights` bit for bit: partial scale blocks, per-channel and per-tensor
+    scales, wide-range scales."""
+    from moekit.kernels.dequant import dequant_fp8
+    from moekit.linear import _dequant_weight
+    from moekit.quant.weights import dequantize_weights, quantize_weights
+
+    g = _gen()
+    w = torch.randn(N, K, generator=g) * torch.logspace(-6, 6, K, base=2.0)
+    q, s = quantize_weights(w, scheme)
+    q, s = q.to(DEVICE), s.to(DEVICE)
+    mode = {"block": 2, "channel": 1}.get(scheme.granularity, 0)
+    got = dequant_fp8(q, s.reshape(1) if s.dim() == 0 else s, mode, scheme.block_shape or (1, 1), dtype)
+    assert got.dtype == dtype and got.shape == (N, K)
+    assert torch.equal(got, dequantize_weights(q, s, scheme, dtype=dtype))
+    assert torch.equal(_dequant_weight(q, s.reshape(-1, 1) if mode == 1 else s, scheme, dtype), got)

@@ -525,16 +525,19 @@ def _run(path, cfg, x, weight, bias, scheme, weight_scale):
 
 
 def _dequant_weight(weight, weight_scale, scheme: QuantScheme, dtype) -> torch.Tensor:
-    N, K = weight.shape
-    w = weight.to(torch.float32)
-    if scheme.granularity == "block":
-        bn, bk = scheme.block_shape
-        s = weight_scale.repeat_interleave(bn, 0)[:N].repeat_interleave(bk, 1)[:, :K]
-    elif scheme.granularity == "channel":
-        s = weight_scale.reshape(N, 1)
-    else:
-        s = weight_scale.reshape(1, 1)
-    return (w * s).to(dtype)
+    """The fp8 weight in ``dtype``: one Triton pass on a GPU (:mod:`moekit.kernels.dequant`), else (and where Triton
+    is missing) :func:`moekit.quant.weights.dequantize_weights`; the same values bit for bit."""
+    if weight.device.type == "cuda" and envs.optional_import("triton", "moekit.linear Triton paths", "using torch"):
+        from moekit.kernels.dequant import dequant_fp8
+
+        mode = {"block": 2, "channel": 1}.get(scheme.granularity, 0)
+        return dequant_fp8(weight, weight_scale, mode, scheme.block_shape if mode == 2 else (1, 1), dtype)
+    from moekit.quant.weights import dequantize_weights
+
+    scale = weight_scale  # as quantize_weights gives them for a 2-D weight: blocks 2-D, channels [N], tensor 0-d
+    if scheme.granularity != "block":
+        scale = weight_scale.reshape(-1 if scheme.granularity == "channel" else ())
+    return dequantize_weights(weight, scale, scheme, dtype=dtype)
 
 
 def _scaled_mm_ok(x2, weight, scheme) -> bool:
