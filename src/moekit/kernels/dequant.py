@@ -3,8 +3,8 @@
 Used by :mod:`moekit.linear`'s ``torch`` path for fp8 weights that no fp8 GEMM takes (block scales, or GPUs without
 fp8 matrix cores): the weight is dequantized per call, then multiplied by F.linear. PyTorch ops do the same in
 four or five passes over float32 copies (about 25 bytes moved per weight element, against 3 here: one read, one
-16-bit write); the values are the same bit for bit (float32 product rounded to nearest, then rounded to nearest-even in the output
-dtype), which :func:`moekit.quant.weights.dequantize_weights` gives on any device.
+16-bit write); the values are the same bit for bit (float32 product rounded to nearest, then rounded to
+nearest-even in the output dtype), which :func:`moekit.quant.weights.dequantize_weights` gives on any device.
 
 Scale modes (``S_MODE``): 0 one per-tensor scale ``[1]``, 1 per output channel ``[N]``, 2 per
 ``(SCALE_BN, SCALE_BK)`` block ``[cdiv(N, SCALE_BN), cdiv(K, SCALE_BK)]``. ``q`` and ``out`` [N, K] with a
