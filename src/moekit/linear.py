@@ -310,10 +310,6 @@ def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype
     """Whether ``path`` can serve M rows of ``dtype`` on ``device`` (and, where given, an [N, K] weight)."""
     if path == "torch":
         return True, ""
-    if path == "gluon_w8a8":
-        if envs.optional_import("triton", "moekit.linear Triton paths", "using torch") is None:
-            return False, "Triton is not installed"
-        return gluon_w8a8_applies(device, scheme, dtype, N, K)
     if M > _MAX_M.get(path, M):
         return False, f"{path} serves M <= {_MAX_M[path]}"
     if path == "triton_w8a8":
@@ -326,6 +322,8 @@ def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype
 
     if envs.optional_import("triton", "moekit.linear Triton paths", "using torch") is None:
         return False, "Triton is not installed"
+    if path == "gluon_w8a8":
+        return gluon_w8a8_applies(device, scheme, dtype, N, K)
     if device.type == "cpu":
         return interpreter_runs(dtype)
     plat = platform_of(device)
@@ -694,6 +692,6 @@ def _run_gluon(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearC
     N = weight.shape[0]
     q, s = _quant_act(x2, 128, weight.dtype)
     out = torch.empty((x2.shape[0], N), dtype=x2.dtype, device=x2.device)
-    block_n = cfg.BLOCK_SIZE_N if cfg.BLOCK_SIZE_N in (128, 256) and N % cfg.BLOCK_SIZE_N == 0 else 128
+    block_n = cfg.BLOCK_SIZE_N if cfg.BLOCK_SIZE_N in (128, 256) else 128
     linear_fp8_block_sm90(q, s, weight, weight_scale, out, block_n, cfg.GROUP_SIZE_M)
     return out if bias is None else out.add_(bias)

@@ -383,10 +383,11 @@ def linear_fp8_block_sm90(a, a_scale, w, w_scale, out, block_n: int, group_m: in
     """The dense block-fp8 GEMM of :mod:`moekit.linear` (path ``gluon_w8a8``): ``out`` [M, N] (bf16/fp16) =
     ``a`` fp8 [M, K] (scales float32 [M, K/128]) @ (``w`` fp8 [N, K] with scales [N/128, K/128])^T, by GEMM 2's
     kernel with one weight and the rows in order (``DENSE``): no sorted ids, no routing weight, the last row and
-    column tiles partial (``block_n`` 256 only where it divides N, so that a tile's two weight-scale blocks
-    exist). K a multiple of 256; tiles of 64 rows, 8 warps, :data:`GEMM2_STAGES`-deep ring."""
+    column tiles partial (``block_n`` 256 is lowered to 128 where it does not divide N, so that a tile's two
+    weight-scale blocks exist). K a multiple of 256; tiles of 64 rows, 8 warps, :data:`GEMM2_STAGES`-deep ring."""
     m, k = a.shape
     n = w.shape[0]
+    block_n = block_n if n % block_n == 0 else 128
     num_pid_m = -(-m // GEMM1_TILE[0])
     _moe_gemm2_fp8_block_kernel[(num_pid_m * -(-n // block_n),)](
         a, w, out, out, a_scale, w_scale, out, out, out,
