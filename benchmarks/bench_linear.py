@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                 entry = _table_entry(N, K, scheme, M)
                 for p, v in ((entry or {}).get("paths") or {}).items():
                     if p != "torch":
-                        c = LinearConfig.from_dict(v["config"])
+                        c = LinearConfig.from_dict(v["config"]) if v["config"] else None
                         fns[p] = prob.run_fn(M, lambda a, w, p=p, c=c: linear_path(p, a, w, config=c, **kw))
                 if (sname, M) not in flinear:
                     fns["f_linear"] = prob.bf16_fn(M)

@@ -22,6 +22,7 @@ KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # small configs: the interpreter is slow, and small blocks exercise the masks and several programs
 CONFIGS = {
     "torch": None,
+    "dequant": None,
     "skinny": LinearConfig(16, 32, 64, 3, 1, 4, 2),
     "skinny_fused": LinearConfig(16, 32, 64, 3, 1, 4, 2, FUSED_REDUCE=1),
     "gemv": LinearConfig(1, 4, 64, 1, 1, 2, 2),
@@ -66,7 +67,7 @@ def _skip_unless_ok(path, scheme, M=1, dtype=None):
 @pytest.mark.parametrize("M,N,K,bias", [(1, 96, 160, True), (7, 130, 300, False), (16, 64, 33, True),
                                         (1, 37, 200, False)])
 def test_unquantized_paths(path, dtype, M, N, K, bias, poisoned_empty):
-    if path in ("triton_w8a8", "gluon_w8a8"):
+    if path in ("triton_w8a8", "gluon_w8a8", "dequant"):
         pytest.skip(f"{path} needs fp8 weights")
     if path == "gemv" and M > GEMV_MAX_M:
         pytest.skip(f"gemv serves M <= {GEMV_MAX_M}")
@@ -243,7 +244,8 @@ def test_m_zero(path):
     g = _gen()
     dtype = KERNEL_DTYPES[0]
     w, b = _rand((24, 40), dtype, g), _rand((24,), dtype, g)
-    assert linear_path("torch" if path.endswith("w8a8") else path, torch.empty(0, 40, dtype=dtype, device=DEVICE),
+    assert linear_path("torch" if path.endswith("w8a8") or path == "dequant" else path,
+                       torch.empty(0, 40, dtype=dtype, device=DEVICE),
                        w, b, config=CONFIGS[path]).shape == (0, 24)
     assert linear(torch.empty(2, 0, 40, dtype=dtype, device=DEVICE), w, b).shape == (2, 0, 24)
 
@@ -315,6 +317,14 @@ def test_table_lookup_and_switch(table_dir, monkeypatch):
     assert select_path(1, N, K, dtype, device=DEVICE) == ("torch", None)
     monkeypatch.setenv("MOEKIT_LINEAR", "1")
     assert select_path(1, N, K, dtype, device=DEVICE)[0] == "gemv"
+    # a per-channel fp8 table choosing the config-less dequant path; an unquantized layer cannot take it
+    scheme = FP8_SCHEMES["fp8_channel"]
+    (table_dir / table_file_name(N, K, name, dtype, scheme)).write_text(json.dumps({"64": {"path": "dequant"}}))
+    assert select_path(64, N, K, dtype, scheme, device=DEVICE) == ("dequant", None)
+    q, scale, deq = _fp8_weight(N, K, scheme, g)
+    x64 = _rand((64, K), dtype, g)
+    assert_close_to_reference(linear(x64, q, b, quant=scheme, weight_scale=scale), _ref(x64, deq, b), KEYS[dtype],
+                              name="routed (dequant)")
 
 
 def test_table_path_unavailable_falls_back(table_dir):

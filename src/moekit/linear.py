@@ -25,6 +25,11 @@ and shape. Paths (:data:`PATHS`):
 ``triton_w8a8``
     fp8 weights only: dynamic fp8 activation quantization (per (token, 128) group for block weights, per
     token for channel/tensor weights) + a Triton fp8 x fp8 GEMM.
+``dequant``
+    fp8 weights only: the weight dequantized to the activation dtype in one pass
+    (:mod:`moekit.kernels.dequant`), then F.linear; what ``torch`` does for block-fp8, offered for per-channel /
+    per-tensor weights too, where it beats activation quantization + ``torch._scaled_mm`` when the activation
+    outweighs the weight (DeepSeek-V3's kv_a, 576 x 7168, at M >= 1024). No config.
 ``gluon_w8a8``
     128x128-block fp8 weights on Hopper: the same activation quantization + the MoE's Gluon block-fp8 GEMM
     (:func:`moekit.kernels.moe_gemm_sm90.linear_fp8_block_sm90`: the MMA of K step k + 1 runs while step k's
@@ -72,7 +77,9 @@ __all__ = [
     "config_dirs", "load_table", "clear_caches",
 ]
 
-PATHS = ("torch", "skinny", "gemv", "gemv_mma", "triton", "triton_w8a8", "gluon_w8a8")
+PATHS = ("torch", "skinny", "gemv", "gemv_mma", "triton", "triton_w8a8", "gluon_w8a8", "dequant")
+#: the paths that take no config (their table entries hold only the path)
+CONFIGLESS = ("torch", "dequant")
 SKINNY_MAX_M = 16
 #: the largest M of the gemv path (why only one row: :mod:`moekit.kernels.linear_gemv`)
 GEMV_MAX_M = 1
@@ -310,6 +317,8 @@ def _path_ok(path: str, device: torch.device, scheme: QuantScheme, M: int, dtype
     """Whether ``path`` can serve M rows of ``dtype`` on ``device`` (and, where given, an [N, K] weight)."""
     if path == "torch":
         return True, ""
+    if path == "dequant":
+        return (True, "") if scheme.is_quantized else (False, "dequant needs fp8 weights")
     if M > _MAX_M.get(path, M):
         return False, f"{path} serves M <= {_MAX_M[path]}"
     if path == "triton_w8a8":
@@ -386,7 +395,7 @@ def _choose(M: int, N: int, K: int, dtype: torch.dtype, scheme: QuantScheme, dev
         path = entry["path"]
         ok, why = _path_ok(path, device, scheme, M, dtype, N, K)
         if ok:
-            choice = (path, None if path == "torch" else LinearConfig.from_dict(entry))
+            choice = (path, None if path in CONFIGLESS else LinearConfig.from_dict(entry))
         else:
             envs.warn_once(f"linear-path:{path}:{why}", f"moekit.linear: tuned path {path!r} skipped: {why}")
     if choice is None:
@@ -488,7 +497,7 @@ def linear_path(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional
     ok, why = _path_ok(path, x.device, scheme, M, x.dtype, N, K)
     if not ok:
         raise MoEInputError(f"path: expected a path that can run here, got {path!r} ({why})")
-    if config is None and path != "torch":
+    if config is None and path not in CONFIGLESS:
         from moekit.platform import platform_of
 
         config = {"skinny": default_skinny(N, K, max(platform_of(x.device).multiprocessor_count, 1)),
@@ -513,6 +522,8 @@ def _run(path, cfg, x, weight, bias, scheme, weight_scale):
         bias = bias.contiguous()  # the Triton paths index it without a stride
     if path == "torch" or K == 0:
         out = _run_torch(x2, weight, bias, scheme, weight_scale)
+    elif path == "dequant":
+        out = _run_dequant(x2, weight, bias, scheme, weight_scale)
     elif path in ("gemv", "gemv_mma"):
         out = _run_gemv(x2, weight, bias, scheme, weight_scale, cfg, mma=path == "gemv_mma")
     elif path == "gluon_w8a8":
@@ -560,6 +571,10 @@ def _run_torch(x2, weight, bias, scheme, weight_scale):
             ws = ws.expand(1, N)
         out = torch._scaled_mm(q, weight.t(), scale_a=s, scale_b=ws.contiguous(), out_dtype=x2.dtype)
         return out if bias is None else out.add_(bias)
+    return _run_dequant(x2, weight, bias, scheme, weight_scale)
+
+
+def _run_dequant(x2, weight, bias, scheme, weight_scale):
     return F.linear(x2, _dequant_weight(weight, weight_scale, scheme, x2.dtype), bias)
 
 

@@ -7,7 +7,7 @@ For each shape and scheme it times, as CUDA-graph replays (``triton.testing.do_b
 M = 1: rows per program x K step, :func:`gemv_candidates`; ``gemv_mma`` for 1 < M <= 16, searched at each
 such M (its token columns follow M): :func:`gemv_mma_candidates`; ``triton`` and ``triton_w8a8`` tiles by M,
 with split-K where tiles leave SMs idle; ``gluon_w8a8`` for block-fp8 on Hopper past M = 16:
-:func:`gluon_candidates`).
+:func:`gluon_candidates`; ``dequant`` past M = 16 for per-channel / per-tensor fp8).
 Weights under 64 MB are rotated among copies (>= 128 MB in all) so every call streams its weight from HBM,
 not from the 50 MB L2. Each candidate's output is checked against the torch path once; a candidate that
 fails or does not compile is dropped.
@@ -281,6 +281,8 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
             return t
 
         consider("torch", None)
+        if M > SKINNY_MAX_M and prob.scheme.is_quantized and prob.scheme.granularity != "block":
+            consider("dequant", None)  # (block-fp8's torch path is this already)
         if M <= SKINNY_MAX_M and _path_ok("skinny", dev, prob.scheme, M, prob.dtype)[0]:
             if not skinny_rank:
                 cands = skinny_candidates(prob.N, prob.K, prob.scheme, sms)
