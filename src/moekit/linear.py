@@ -43,7 +43,8 @@ The choice per (device, N, K, M bucket, dtype, scheme) comes from a table writte
 the user folder of the MoE configs (:func:`moekit.configs.user_config_dir`), then the tables shipped in
 ``moekit/configs_data/linear``; the first file found wins. A bucket key ``b`` serves ``M <= b`` down to the
 next smaller key; M past the largest key uses the largest. Without a table: ``torch`` for unquantized and fp8
-channel/tensor weights on GPUs with fp8 matrix cores, the Triton paths for block-fp8 on Triton GPUs. Dynamic
+channel/tensor weights on GPUs with fp8 matrix cores, the Triton paths for block-fp8 on Triton GPUs
+(``skinny`` to M = 16, then ``triton_w8a8``, or ``gluon_w8a8`` on Hopper: :data:`GLUON_DEFAULT_MIN_M`). Dynamic
 activation quantization is therefore used only where ``tune-linear`` measured it faster (or for block-fp8
 without a table).
 
