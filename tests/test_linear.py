@@ -151,21 +151,24 @@ def test_split_k_tiled_paths(path, scheme_name, fused, poisoned_empty):
 
 @gpu_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("M,N,K,block_n,bias", [(1, 256, 512, 256, True), (70, 384, 768, 128, False),
-                                                (130, 512, 256, 256, True), (64, 256, 1024, 128, False),
-                                                (65, 200, 512, 256, True), (3, 576, 768, 128, False)])
-def test_gluon_w8a8(dtype, M, N, K, block_n, bias, poisoned_empty):
+@pytest.mark.parametrize("M,N,K,block_n,bias,split", [
+    (1, 256, 512, 256, True, 1), (70, 384, 768, 128, False, 1), (130, 512, 256, 256, True, 1),
+    (64, 256, 1024, 128, False, 1), (65, 200, 512, 256, True, 1), (3, 576, 768, 128, False, 1),
+    (70, 384, 1792, 128, True, 3), (130, 512, 2048, 256, False, 4), (65, 200, 1536, 256, True, 16),
+    (1, 576, 512, 128, False, 2)])
+def test_gluon_w8a8(dtype, M, N, K, block_n, bias, split, poisoned_empty):
     """The Hopper Gluon path: row and column tiles past M and N (their rows re-read the last and are not
     stored; 256-wide tiles that do not divide N run 128 wide), both tile widths, bias, a 3-D input, CUDA-graph
-    capture, and an unaligned weight view (it takes triton_w8a8); the shape rule (K % 256) and a non-block scheme
-    refused by name."""
+    capture, and an unaligned weight view (it takes triton_w8a8); K split (14 steps 3 ways: 6 + 6 + 2; 12 steps
+    16 ways: 6 programs of 2), the partials summed with the bias by a second launch; the shape rule (K % 256) and
+    a non-block scheme refused by name."""
     scheme = FP8_SCHEMES["fp8_block128x128"]
     _skip_unless_ok("gluon_w8a8", scheme, M, dtype)
     g = _gen()
     q, scale, deq = _fp8_weight(N, K, scheme, g)
     x = _rand((M, K), dtype, g)
     b = _rand((N,), dtype, g) if bias else None
-    cfg = LinearConfig(64, block_n, 128, 1, 8, 8, 4)
+    cfg = LinearConfig(64, block_n, 128, split, 8, 8, 4)
     out = linear_path("gluon_w8a8", x, q, b, quant=scheme, weight_scale=scale, config=cfg)
     assert out.shape == (M, N) and out.dtype == dtype
     ref = _ref(x, deq, b)
@@ -195,6 +198,32 @@ def test_gluon_w8a8(dtype, M, N, K, block_n, bias, poisoned_empty):
     qc, sc, _ = _fp8_weight(N, K, FP8_SCHEMES["fp8_channel"], g)
     with pytest.raises(MoEInputError, match="128x128-block"):
         linear_path("gluon_w8a8", x, qc, quant="fp8_channel", weight_scale=sc)
+
+
+@pytest.mark.parametrize("M,shape", [(64, "dsv3_q_a"), (256, "dsv3_q_a"), (256, "qwen3_30b_a3b_o"),
+                                     (256, "dsv3_kv_a"), (1024, "dsv3_q_a"), (4096, "dsv3_o")])
+def test_gluon_tuner_candidates(M, shape):
+    """The tuner's gluon_w8a8 set: 256-wide tiles only where they divide N; K split only where the tiles leave
+    SMs idle, at most :data:`SPLIT_MAX` ways and >= :data:`SPLIT_MIN_K_STEPS` steps a program; and
+    :func:`split_steps` gives every program an even, non-zero number of K steps covering K once."""
+    from moekit.kernels.moe_gemm_sm90 import split_steps
+    from moekit.linear import table_entry_problems
+    from moekit.linear_tune import SHAPES, SPLIT_MAX, SPLIT_MIN_K_STEPS, gluon_candidates
+
+    N, K = SHAPES[shape]
+    sms = 132
+    cands = gluon_candidates(M, N, K, sms)
+    assert len(set(cands)) == len(cands) and any(c.SPLIT_K == 1 for c in cands)
+    for c in cands:
+        assert table_entry_problems(dict(c.to_dict(), path="gluon_w8a8")) == []
+        assert c.BLOCK_SIZE_N == 128 or N % 256 == 0
+        tiles = -(-M // 64) * -(-N // c.BLOCK_SIZE_N)
+        if c.SPLIT_K > 1:
+            assert tiles < sms and c.SPLIT_K <= SPLIT_MAX and c.SPLIT_K * SPLIT_MIN_K_STEPS <= K // 128
+        per, splits = split_steps(K, c.SPLIT_K)
+        assert per % 2 == 0 and splits <= c.SPLIT_K and (splits - 1) * per < K // 128 <= splits * per
+    if M == 256 and shape == "dsv3_q_a":  # 24 tiles of 64 x 256 on 132 SMs
+        assert {c.SPLIT_K for c in cands if c.BLOCK_SIZE_N == 256} == {1, 6, 11}
 
 
 def test_gluon_w8a8_refused_off_hopper():

@@ -159,12 +159,13 @@ def _gemm_fp8_block_sm90(args, gemm: int):
     fn = g._moe_gemm1_fp8_block_kernel if gemm == 1 else g._moe_gemm2_fp8_block_kernel
     ptrs = {n: "*fp32" for n in ("out_scale_ptr", "a_scale_ptr", "b_scale_ptr", "topk_w_ptr")}
     ptrs.update({n: "*fp8e4nv" for n in ("x_ptr", "a_ptr", "w_ptr", "out_ptr")})
-    ptrs.update({n: "*i32" for n in ("sorted_ptr", "experts_ptr", "npp_ptr")}, y_ptr="*bf16")
+    ptrs.update({n: "*i32" for n in ("sorted_ptr", "experts_ptr", "npp_ptr")},
+                y_ptr="*fp32" if gemm == 2 and args.split else "*bf16")
     sig = {n: ptrs.get(n, "i32") for n in fn.arg_names}
     consts = {"BLOCK_M": 64, "BLOCK_N": 128 if gemm == 1 else args.block_n, "BLOCK_K": 128, "GROUP_M": 8,
               "STAGES": args.stages, "num_warps": 8 if gemm == 1 else args.gemm2_warps}
     consts.update({"INV_QMAX": 1 / 448.0, "MIN_S": MIN_SCALE} if gemm == 1 else
-                  {"MUL_WEIGHT": not args.dense, "DENSE": args.dense})
+                  {"MUL_WEIGHT": not args.dense, "DENSE": args.dense, "SPLIT": args.dense and args.split})
     div = [n for n in fn.arg_names if n in ptrs or n in ("I", "N", "K", "stride_xm", "stride_am", "stride_we",
                                                           "stride_wn", "stride_om", "stride_ym")]
     return compile_sass(fn, sig, consts, div, args.arch, 8 if gemm == 1 else args.gemm2_warps, gluon=True)
@@ -230,6 +231,8 @@ def main():
     ap.add_argument("--gemm2-warps", type=int, default=8, help="gemm2_fp8_block_sm90: 8 or 4 warps")
     ap.add_argument("--dense", action="store_true",
                     help="gemm2_fp8_block_sm90 as the dense router's gluon_w8a8 path (DENSE, no routing weight)")
+    ap.add_argument("--split", action="store_true",
+                    help="with --dense: split-K (fp32 partials; the gluon_w8a8 path's SPLIT_K > 1)")
     ap.add_argument("--tails", type=int, default=0, help="gemm1, gemm2: tail-tile paths down to BLOCK_M >> TAILS rows")
     ap.add_argument("--fp8", action="store_true", help="gemm1, gemm2: fp8 w8a8 per channel instead of bf16")
     ap.add_argument("--fp8-block", type=int, default=0, metavar="G",

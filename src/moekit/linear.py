@@ -707,5 +707,5 @@ def _run_gluon(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearC
     q, s = _quant_act(x2, 128, weight.dtype)  # (makes x2's rows contiguous itself, as the quantization needs)
     out = torch.empty((x2.shape[0], N), dtype=x2.dtype, device=x2.device)
     block_n = cfg.BLOCK_SIZE_N if cfg.BLOCK_SIZE_N in (128, 256) else 128
-    linear_fp8_block_sm90(q, s, weight, weight_scale, out, block_n, cfg.GROUP_SIZE_M)
-    return out if bias is None else out.add_(bias)
+    linear_fp8_block_sm90(q, s, weight, weight_scale, out, block_n, cfg.GROUP_SIZE_M, cfg.SPLIT_K, bias)
+    return out

@@ -232,11 +232,25 @@ def triton_candidates(M: int, N: int, K: int, scheme: QuantScheme, sms: int, w8a
     return list(dict.fromkeys(_fit(c, elem) for c in base))
 
 
-def gluon_candidates(N: int) -> List[LinearConfig]:
+def gluon_candidates(M: int, N: int, K: int, sms: int) -> List[LinearConfig]:
     """The ``gluon_w8a8`` path's choices: 64 x 256 tiles where they divide N, 64 x 128 (more tiles on small
-    problems); the kernel fixes the rest (8 warps, 4-deep ring, 128-deep K steps)."""
+    problems), each also with K split for about one and about :data:`SPLIT_WAVES` waves where its tiles leave SMs
+    idle (one CTA per SM; >= :data:`SPLIT_MIN_K_STEPS` K steps a program; the partials are summed by a second
+    launch, :func:`moekit.kernels.moe_gemm_sm90.linear_fp8_block_sm90`); the kernel fixes the rest (8 warps,
+    4-deep ring, 128-deep K steps)."""
     widths = (256, 128) if N % 256 == 0 else (128,)
-    return [LinearConfig(64, bn, 128, 1, 8, 8, 4) for bn in widths]
+    out = []
+    for bn in widths:
+        tiles = -(-M // 64) * -(-N // bn)
+        out.append(LinearConfig(64, bn, 128, 1, 8, 8, 4))
+        if tiles >= sms:
+            continue
+        top = min(SPLIT_MAX, (K // 128) // SPLIT_MIN_K_STEPS)
+        for waves in (1, SPLIT_WAVES):
+            split = min(top, round(waves * sms / tiles))
+            if split >= 2:
+                out.append(LinearConfig(64, bn, 128, split, 8, 8, 4))
+    return list(dict.fromkeys(out))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -310,7 +324,7 @@ def tune_problem(prob: Problem, batch_sizes: Sequence[int], rep_ms: int = 10,
             for c in triton_candidates(M, prob.N, prob.K, prob.scheme, sms, True):
                 consider("triton_w8a8", c)
         if M > SKINNY_MAX_M and _path_ok("gluon_w8a8", dev, prob.scheme, M, prob.dtype, prob.N, prob.K)[0]:
-            for c in gluon_candidates(prob.N):
+            for c in gluon_candidates(M, prob.N, prob.K, sms):
                 consider("gluon_w8a8", c)
         best = min(results, key=lambda p: results[p][0])
         t, cfg = results[best]

@@ -29,11 +29,14 @@ up in one N=256 wgmma (0.97-1.00x), 64-column GEMM 1 tiles with two CTAs per SM 
 """
 from __future__ import annotations
 
+import torch
+import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+from moekit.kernels.linear_gemm import _splitk_reduce_kernel
 from moekit.quant.ops import MIN_SCALE
 
 
@@ -242,10 +245,11 @@ def _refill(a_smem, b_smem, a_ptrs, b_ptrs, k, nk, offs_k, BLOCK_K: gl.constexpr
 @gluon.jit
 def _moe_gemm2_fp8_block_kernel(
     a_ptr, w_ptr, y_ptr, topk_w_ptr, a_scale_ptr, b_scale_ptr, sorted_ptr, experts_ptr, npp_ptr,
-    N, K, num_slots, num_pid_m,
+    N, K, num_slots, num_pid_m, steps_per_split, stride_split,
     stride_am, stride_we, stride_wn, stride_ym, stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
-    MUL_WEIGHT: gl.constexpr, DENSE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-    BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
+    MUL_WEIGHT: gl.constexpr, DENSE: gl.constexpr, SPLIT: gl.constexpr, BLOCK_M: gl.constexpr,
+    BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+    num_warps: gl.constexpr,
 ):
     if DENSE:  # N need not be a multiple of BLOCK_N: the last column tile is partial
         pid_m, pid_n = _tile_ids(gl.program_id(0), num_pid_m, (N + BLOCK_N - 1) // BLOCK_N, GROUP_M)
@@ -270,6 +274,14 @@ def _moe_gemm2_fp8_block_kernel(
         rows_m = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LD))).to(gl.int64)
         offs_m = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW)).to(gl.int64)
     nk = K // BLOCK_K
+    if SPLIT:  # dense split-K: K steps [k_first, k_first + nk) of this tile; fp32 partials into y[program_id(1)]
+        k_first = gl.program_id(1) * steps_per_split
+        nk = gl.minimum(nk - k_first, steps_per_split)
+        a_ptr += k_first * BLOCK_K
+        w_ptr += k_first * BLOCK_K
+        a_scale_ptr += k_first * stride_ask
+        b_scale_ptr += k_first * stride_bsk
+        y_ptr += gl.program_id(1).to(gl.int64) * stride_split
     offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LD))
     a_ptrs = a_ptr + gl.expand_dims(rows_m * stride_am, 1) + gl.expand_dims(offs_k, 0)
     rows_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LD))
@@ -319,7 +331,7 @@ def _moe_gemm2_fp8_block_kernel(
     if MUL_WEIGHT:
         slot = gl.load(sorted_ptr + offs_m)
         acc = acc * gl.expand_dims(gl.load(topk_w_ptr + slot, mask=slot < num_slots, other=0.0), 1)
-    ST: gl.constexpr = _store_layout(BLOCK_N, 2, num_warps)
+    ST: gl.constexpr = _store_layout(BLOCK_N, 4 if SPLIT else 2, num_warps)
     out = gl.convert_layout(acc.to(y_ptr.dtype.element_ty), ST)
     if DENSE:
         slot_st = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ST))
@@ -371,29 +383,51 @@ def moe_gemm2_fp8_block_sm90(a, a_scale, w2, w2_scale, y, topk_weights, sorted_i
     num_pid_m = expert_ids.shape[0]
     _moe_gemm2_fp8_block_kernel[(num_pid_m * (n // block_n),)](
         a, w2, y, topk_weights, a_scale, w2_scale, sorted_ids, expert_ids, npp,
-        n, k, y.shape[0], num_pid_m,
+        n, k, y.shape[0], num_pid_m, 0, 0,
         a.stride(0), w2.stride(0), w2.stride(1), y.stride(0), a_scale.stride(0), a_scale.stride(1),
         w2_scale.stride(0), w2_scale.stride(1), w2_scale.stride(2),
-        MUL_WEIGHT=mul_weight, DENSE=False, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
+        MUL_WEIGHT=mul_weight, DENSE=False, SPLIT=False, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
         STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
     )
 
 
-def linear_fp8_block_sm90(a, a_scale, w, w_scale, out, block_n: int, group_m: int) -> None:
+def split_steps(k: int, split: int) -> tuple:
+    """(K steps of 128 per program, programs along K) of the dense GEMM with K split ``split`` ways: an even
+    number of steps each (the loop takes two per iteration), no program without steps."""
+    steps = k // 128
+    per = 2 * -(-steps // (2 * max(split, 1)))
+    return per, -(-steps // per)
+
+
+def linear_fp8_block_sm90(a, a_scale, w, w_scale, out, block_n: int, group_m: int, split: int = 1,
+                          bias=None) -> None:
     """The dense block-fp8 GEMM of :mod:`moekit.linear` (path ``gluon_w8a8``): ``out`` [M, N] (bf16/fp16) =
-    ``a`` fp8 [M, K] (scales float32 [M, K/128]) @ (``w`` fp8 [N, K] with scales [N/128, K/128])^T, by GEMM 2's
-    kernel with one weight and the rows in order (``DENSE``): no sorted ids, no routing weight, the last row and
-    column tiles partial (``block_n`` 256 is lowered to 128 where it does not divide N, so that a tile's two
-    weight-scale blocks exist). K a multiple of 256; tiles of 64 rows, 8 warps, :data:`GEMM2_STAGES`-deep ring."""
+    ``a`` fp8 [M, K] (scales float32 [M, K/128]) @ (``w`` fp8 [N, K] with scales [N/128, K/128])^T (+ ``bias``
+    [N]), by GEMM 2's kernel with one weight and the rows in order (``DENSE``): no sorted ids, no routing weight,
+    the last row and column tiles partial (``block_n`` 256 is lowered to 128 where it does not divide N, so that a
+    tile's two weight-scale blocks exist). K a multiple of 256; tiles of 64 rows, 8 warps, :data:`GEMM2_STAGES`-deep
+    ring. ``split`` > 1 splits K (:func:`split_steps`) for layers with few tiles (DeepSeek-V3's q_a at M = 256:
+    24 tiles of 64 x 256 for 132 SMs): fp32 partials [splits, M, N], summed in order with the bias by
+    :func:`moekit.kernels.linear_gemm._splitk_reduce_kernel` (a second launch; bitwise reproducible)."""
     m, k = a.shape
     n = w.shape[0]
     block_n = block_n if n % block_n == 0 else 128
     num_pid_m = -(-m // GEMM1_TILE[0])
-    _moe_gemm2_fp8_block_kernel[(num_pid_m * -(-n // block_n),)](
-        a, w, out, out, a_scale, w_scale, out, out, out,
-        n, k, m, num_pid_m,
-        a.stride(0), 0, w.stride(0), out.stride(0), a_scale.stride(0), a_scale.stride(1),
+    per, splits = split_steps(k, split)
+    y = out if splits == 1 else torch.empty((splits, m, n), dtype=torch.float32, device=out.device)
+    _moe_gemm2_fp8_block_kernel[(num_pid_m * -(-n // block_n), splits)](
+        a, w, y, y, a_scale, w_scale, y, y, y,
+        n, k, m, num_pid_m, per, m * n,
+        a.stride(0), 0, w.stride(0), n if splits > 1 else out.stride(0), a_scale.stride(0), a_scale.stride(1),
         0, w_scale.stride(0), w_scale.stride(1),
-        MUL_WEIGHT=False, DENSE=True, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
-        STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
+        MUL_WEIGHT=False, DENSE=True, SPLIT=splits > 1, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128,
+        GROUP_M=group_m, STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
     )
+    if splits > 1:
+        blk = 1024
+        _splitk_reduce_kernel[(triton.cdiv(m * n, blk),)](
+            y, out, bias if bias is not None else out, m, n, splits, out.stride(0),
+            HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
+        )
+    elif bias is not None:
+        out.add_(bias)
