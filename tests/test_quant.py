@@ -364,6 +364,51 @@ def test_w8a8_swapped_operands(key, cfg, i, poisoned_empty, monkeypatch):
     assert_close_to_reference(out, ref, key)
 
 
+@pytest.mark.parametrize("scheme, cfg, h, i", [
+    (QuantScheme.int4_weight_only(), (16, 64, 128), 256, 256),  # one scale per column per K step
+    (QuantScheme.int4_weight_only(32, zero_point=True), (32, 64, 64), 200, 96),  # finer groups, zeros, tails
+    (QuantScheme.int8_weight_only(), (16, 64, 64), 256, 200),  # I not a multiple of BLOCK_K / BLOCK_N
+    (QuantScheme.int8_weight_only(), (64, 128, 128), 256, 256),
+], ids=str)
+def test_weight_only_swapped_operands(scheme, cfg, h, i, poisoned_empty, monkeypatch):
+    """The int8 / int4 weight-only GEMMs with the decoded weight as the MMA's left operand
+    (``triton_moe.weight_only_swap_ab``, forced on here): scales per column per K step and per group inside a step,
+    zero points, H and I not multiples of BLOCK_K or BLOCK_N (masked tails)."""
+    import moekit.quant.triton_moe as tq
+    from moekit.configs import MoEKernelConfig
+    from moekit.routing import select_experts
+    from moekit.triton_experts import fused_experts_triton
+
+    monkeypatch.setattr(tq, "WEIGHT_ONLY_SWAP_AB", True)
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    x, w13, w2, logits, kw, ref = _layer(scheme, 21, 4, h, i, dtype)
+    w, ids = select_experts(logits, 2)
+    bm, bn, bk = cfg
+    out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 2), quant=scheme,
+                               **{k: v for k, v in kw.items() if k != "quant"})
+    assert_close_to_reference(out, ref, "int4_weight_only" if scheme.weight_dtype == "int4" else "int8_weight_only")
+
+
+def test_weight_only_swap_ab_rule(monkeypatch):
+    """Weight-only swapped operands: int8 / int4 (never mxfp4, which has its own swapped layout), 16-bit
+    activations, tiles of >= 64 weight rows, Hopper (so never on a CPU); the module switch forces them."""
+    import moekit.quant.triton_moe as tq
+    from moekit.configs import MoEKernelConfig
+    from moekit.platform import on_sm90, platform_of
+
+    x = torch.empty(1, 8, device=DEVICE, dtype=torch.bfloat16)
+    int4, mx = QuantScheme.int4_weight_only(), QuantScheme.mxfp4()
+    wide, narrow = MoEKernelConfig(64, 64, 64, 1, 4, 3), MoEKernelConfig(64, 32, 64, 1, 4, 3)
+    assert tq.WEIGHT_ONLY_SWAP_AB is None
+    hopper = x.device.type == "cuda" and on_sm90(platform_of(x.device))
+    assert tq.weight_only_swap_ab(x, wide, int4) == hopper
+    assert not tq.weight_only_swap_ab(x, narrow, int4)
+    assert not tq.weight_only_swap_ab(x.float(), wide, int4)
+    assert not tq.weight_only_swap_ab(x, wide, mx)
+    monkeypatch.setattr(tq, "WEIGHT_ONLY_SWAP_AB", True)
+    assert tq.weight_only_swap_ab(x, narrow, int4) and not tq.weight_only_swap_ab(x, wide, mx)
+
+
 def test_w8a8_swap_ab_rule(monkeypatch):
     """Swapped operands only where they were measured faster: fp8 blocks, tiles under 64 rows, not GEMM 2 steps
     spanning activation groups, Hopper (so never on a CPU); the module switch forces them on or off."""

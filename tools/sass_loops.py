@@ -143,6 +143,11 @@ def _gemm_plain(args, gemm: int):
               **({"ACTIVATION": 0} if gemm == 1 else {"MUL_WEIGHT": True})}
     if args.fp8_block:
         consts.update(QUANT=2, GROUP_N=128, GROUP_K=128, **({"GROUP_KA": args.fp8_block} if gemm == 2 else {}))
+    if args.weight_only:  # packed int4 (group 128) or int8 per channel, bf16 activations
+        int4 = args.weight_only == "int4"
+        ptrs["w_ptr"] = "*u8" if int4 else "*i8"
+        sig = {n: ptrs.get(n, "i32") for n in fn.arg_names}
+        consts.update(QUANT=4 if int4 else 3, GROUP_K=128 if int4 else 1, SCALE_TILE=True)
     if args.swap:
         consts.update(SWAP_AB=True)
     if args.pdl:
@@ -231,6 +236,8 @@ def main():
     ap.add_argument("--gemm2-warps", type=int, default=8, help="gemm2_fp8_block_sm90: 8 or 4 warps")
     ap.add_argument("--dense", action="store_true",
                     help="gemm2_fp8_block_sm90 as the dense router's gluon_w8a8 path (DENSE, no routing weight)")
+    ap.add_argument("--weight-only", choices=("int4", "int8"), default=None,
+                    help="gemm1, gemm2: weight-only int4 (group 128) / int8 (per channel) weights, bf16 activations")
     ap.add_argument("--split", action="store_true",
                     help="with --dense: split-K (fp32 partials; the gluon_w8a8 path's SPLIT_K > 1)")
     ap.add_argument("--tails", type=int, default=0, help="gemm1, gemm2: tail-tile paths down to BLOCK_M >> TAILS rows")

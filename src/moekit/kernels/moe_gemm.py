@@ -170,19 +170,22 @@ def _split_k(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
 @triton.jit
 def _weight_only_tiles(w_ptrs, s_ptrs, z_ptrs, wmask, n_ok, k, stride_bsk, DT: tl.constexpr,
                        QUANT: tl.constexpr, HAS_ZERO: tl.constexpr, GROUP_K: tl.constexpr, SCALE_TILE: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr = False):
     """The weight tiles of K step number ``k`` of a weight-only GEMM, decoded to dtype DT: int8 codes
     (QUANT 3) give (W, W), W [BLOCK_K, BLOCK_N]; packed int4 / e2m1 bytes (QUANT 4 / 5, [BLOCK_K / 2, BLOCK_N])
     give (W_even_k, W_odd_k). ``s_ptrs`` / ``z_ptrs``: this tile's scale and zero-point columns ([1, BLOCK_N])
-    at K group 0; ``wmask``: the weight tile's in-range mask. Pair with :func:`_weight_only_dot`."""
+    at K group 0; ``wmask``: the weight tile's in-range mask. ``SWAP_AB``: every tile transposed (K along the
+    second axis: [BLOCK_N, BLOCK_K] codes, [BLOCK_N, BLOCK_K / 2] bytes; scale columns [BLOCK_N, 1]). Pair with
+    :func:`_weight_only_dot`."""
     if SCALE_TILE:  # GROUP_K is a multiple of BLOCK_K: one scale per column for this K step
         kg = ((k * BLOCK_K) // GROUP_K) * stride_bsk
-        smask = n_ok[None, :]
-    elif QUANT >= 4:  # one scale per byte row (its two codes share a group)
-        kg = ((k * BLOCK_K + 2 * tl.arange(0, BLOCK_K // 2)) // GROUP_K)[:, None] * stride_bsk
-        smask = wmask
+        smask = n_ok[:, None] if SWAP_AB else n_ok[None, :]
     else:
-        kg = ((k * BLOCK_K + tl.arange(0, BLOCK_K)) // GROUP_K)[:, None] * stride_bsk
+        if QUANT >= 4:  # one scale per byte row (its two codes share a group)
+            kg = ((k * BLOCK_K + 2 * tl.arange(0, BLOCK_K // 2)) // GROUP_K) * stride_bsk
+        else:
+            kg = ((k * BLOCK_K + tl.arange(0, BLOCK_K)) // GROUP_K) * stride_bsk
+        kg = kg[None, :] if SWAP_AB else kg[:, None]
         smask = wmask
     if QUANT == 3:
         b = _load_int8(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, HAS_ZERO, DT)
@@ -193,15 +196,26 @@ def _weight_only_tiles(w_ptrs, s_ptrs, z_ptrs, wmask, n_ok, k, stride_bsk, DT: t
 
 @triton.jit
 def _weight_only_dot(acc, a, w0, w1, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                     DOT_PRECISION: tl.constexpr):
+                     DOT_PRECISION: tl.constexpr, SWAP_AB: tl.constexpr = False):
     """``acc += a [BLOCK_M, BLOCK_K] @ W`` for the tiles (w0, w1) of :func:`_weight_only_tiles`: packed weights
-    meet the activation's even and odd K columns, so codes are never interleaved."""
+    meet the activation's even and odd K columns, so codes are never interleaved. ``SWAP_AB`` (16-bit
+    activations on Hopper, :func:`moekit.quant.triton_moe.weight_only_swap_ab`): ``acc [BLOCK_N, BLOCK_M] += W
+    @ a^T``, the decoded weight the MMA's left operand, which a warpgroup MMA reads from registers (it would
+    otherwise be stored to shared memory every K step for the right operand), the tokens its N side."""
     if QUANT == 3:
-        return tl.dot(a, w0, acc, input_precision=DOT_PRECISION)
+        if SWAP_AB:
+            acc = tl.dot(w0, tl.trans(a), acc)
+        else:
+            acc = tl.dot(a, w0, acc, input_precision=DOT_PRECISION)
     else:
-        a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
-        acc = tl.dot(a_even, w0, acc, input_precision=DOT_PRECISION)
-        return tl.dot(a_odd, w1, acc, input_precision=DOT_PRECISION)
+        if SWAP_AB:  # the codes interleaved back into K order, so the token tile stays as loaded
+            w = tl.reshape(tl.join(w0, w1), (w0.shape[0], BLOCK_K))
+            acc = tl.dot(w, tl.trans(a), acc)
+        else:
+            a_even, a_odd = _split_k(a, BLOCK_M, BLOCK_K)
+            acc = tl.dot(a_even, w0, acc, input_precision=DOT_PRECISION)
+            acc = tl.dot(a_odd, w1, acc, input_precision=DOT_PRECISION)
+    return acc
 
 
 @triton.jit
@@ -220,8 +234,8 @@ def _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr, num_slots, n_co
 def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride_bse, stride_bsn, stride_bsk,
                       BLOCK_K: tl.constexpr, QUANT: tl.constexpr, MX_DOT: tl.constexpr, SWAP_AB: tl.constexpr = False):
     """Pointers to the first K step's weight tile of expert ``expert``, columns ``offs_n``: [BLOCK_K, BLOCK_N]
-    elements; SWAP_AB (w8a8 with the operands swapped, see :func:`_mma_step`) [BLOCK_N, BLOCK_K]; packed
-    4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT (operands swapped, see :func:`_mx_dot_t`) [BLOCK_N,
+    elements; SWAP_AB (operands swapped, see :func:`_mma_step` and :func:`_weight_only_dot`) [BLOCK_N, BLOCK_K]
+    (packed: [BLOCK_N, BLOCK_K / 2] bytes); packed 4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT (operands swapped, see :func:`_mx_dot_t`) [BLOCK_N,
     BLOCK_K / 2] bytes plus its e8m0 scales [BLOCK_N, BLOCK_K / 32] (second result; otherwise the weight pointers
     again, unused)."""
     n64 = offs_n.to(tl.int64)
@@ -229,6 +243,9 @@ def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride
     if MX_DOT:
         w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 2)[None, :]
         sc = s_ptr + expert * stride_bse + n64[:, None] * stride_bsn + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
+    elif SWAP_AB and QUANT >= 4:  # packed weight-only, transposed: [BLOCK_N, BLOCK_K / 2] bytes
+        w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 2)[None, :]
+        sc = w
     elif SWAP_AB:
         w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K)[None, :]
         sc = w
@@ -316,7 +333,10 @@ def _gemm1_tile(
     if MX_DOT:
         sut_ptrs = sgt_ptrs + I * stride_bsn
     if QUANT >= 3:
-        sg_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+        if SWAP_AB:
+            sg_off = expert * stride_bse + offs_n.to(tl.int64)[:, None] * stride_bsn
+        else:
+            sg_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
         su_off = sg_off + I * stride_bsn
     if QUANT == 2:
         as_ptrs = a_scale_ptr + token * stride_asm
@@ -341,7 +361,11 @@ def _gemm1_tile(
         else:
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if QUANT >= 4:
+        if SWAP_AB and QUANT >= 4:
+            wmask = n_ok[:, None] & (offs_kp < (K - k * BLOCK_K) // 2)[None, :]
+        elif SWAP_AB:
+            wmask = n_ok[:, None] & k_ok[None, :]
+        elif QUANT >= 4:
             wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
         else:
             wmask = k_ok[:, None] & n_ok[None, :]
@@ -363,15 +387,15 @@ def _gemm1_tile(
             # Order measured on the H100 (qwen3 shape): int8 decodes both tiles before the dots (4.5 % faster
             # at M=4096 than gate-then-up); packed weights go gate-then-up (4.5 % faster at M=1024).
             g0, g1 = _weight_only_tiles(g_ptrs, b_scale_ptr + sg_off, b_zero_ptr + sg_off, wmask, n_ok, k, stride_bsk,
-                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
+                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB)
             if QUANT == 3:
                 u0, u1 = _weight_only_tiles(u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
-                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
-            acc_g = _weight_only_dot(acc_g, a, g0, g1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
+                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB)
+            acc_g = _weight_only_dot(acc_g, a, g0, g1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION, SWAP_AB)
             if QUANT != 3:
                 u0, u1 = _weight_only_tiles(u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
-                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
-            acc_u = _weight_only_dot(acc_u, a, u0, u1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
+                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB)
+            acc_u = _weight_only_dot(acc_u, a, u0, u1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION, SWAP_AB)
         else:  # unquantized or w8a8
             bg = _mma_tile(g_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
             bu = _mma_tile(u_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
@@ -494,7 +518,10 @@ def _gemm2_tile(
     b_ptrs, st_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
                                         stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT, SWAP_AB)
     if QUANT >= 3:
-        s_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+        if SWAP_AB:
+            s_off = expert * stride_bse + offs_n.to(tl.int64)[:, None] * stride_bsn
+        else:
+            s_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
     if QUANT == 2:
         as_ptrs = a_scale_ptr + offs_m.to(tl.int64) * stride_asm
         bs_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
@@ -513,7 +540,11 @@ def _gemm2_tile(
         else:
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-        if QUANT >= 4:
+        if SWAP_AB and QUANT >= 4:
+            wmask = n_ok[:, None] & (offs_kp < (K - k * BLOCK_K) // 2)[None, :]
+        elif SWAP_AB:
+            wmask = n_ok[:, None] & k_ok[None, :]
+        elif QUANT >= 4:
             wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
         else:
             wmask = k_ok[:, None] & n_ok[None, :]
@@ -527,8 +558,8 @@ def _gemm2_tile(
                 acc = _mx_dot_t(b_ptrs, st_ptrs + ks, tl.trans(a), acc, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
             b0, b1 = _weight_only_tiles(b_ptrs, b_scale_ptr + s_off, b_zero_ptr + s_off, wmask, n_ok, k, stride_bsk,
-                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K)
-            acc = _weight_only_dot(acc, a, b0, b1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION)
+                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB)
+            acc = _weight_only_dot(acc, a, b0, b1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION, SWAP_AB)
         else:  # unquantized or w8a8
             b = _mma_tile(b_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
             a_s = 1.0
@@ -616,7 +647,8 @@ class GemmQuant:
     mx_dot: bool = False  # mxfp4 in the swapped layout, decoded by tl.dot_scaled unless mx_asm (else: in-kernel decode)
     mx_asm: bool = False  # with mx_dot: decoded by inline PTX instead of tl.dot_scaled (BLOCK_K 32-128, bf16)
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
-    swap_ab: bool = False  # w8a8 (modes 1, 2): weight tiles as the MMA's left operand (see _mma_step)
+    swap_ab: bool = False  # w8a8 (modes 1, 2) and int8 / int4 weight-only (3, 4): weight tiles as the MMA's left
+    # operand (see _mma_step, _weight_only_dot)
 
     @property
     def packed(self) -> bool:

@@ -129,6 +129,26 @@ def w8a8_swap_ab(x: torch.Tensor, block_m: int, scheme: QuantScheme, spans_group
             and on_sm90(platform_of(x.device)))
 
 
+#: Swapped operands for int8 / int4 weight-only GEMMs (:func:`weight_only_swap_ab`): None is the rule; True / False
+#: force them on or off (tests and A/B arms set it).
+WEIGHT_ONLY_SWAP_AB = None
+
+
+def weight_only_swap_ab(x: torch.Tensor, config, scheme: QuantScheme) -> bool:
+    """Whether the int8 / int4 weight-only GEMMs run ``dot(decoded weight, tokens^T)`` (the weight the MMA's left
+    operand, :func:`moekit.kernels.moe_gemm._weight_only_dot`) instead of ``dot(tokens, decoded weight)``: on
+    Hopper a warpgroup MMA reads its left operand from registers, so the weight decoded there is not stored to
+    shared memory every K step; its right operand (the tokens) is the tile Triton stages. Hopper, 16-bit
+    activations, tiles of >= 64 weight rows (a warpgroup MMA's M side)."""
+    if WEIGHT_ONLY_SWAP_AB is not None:
+        return WEIGHT_ONLY_SWAP_AB and scheme.weight_dtype in ("int8", "int4")
+    from moekit.platform import on_sm90, platform_of
+
+    return (scheme.weight_dtype in ("int8", "int4") and x.device.type == "cuda"
+            and x.dtype in (torch.bfloat16, torch.float16) and config.BLOCK_SIZE_N >= 64
+            and on_sm90(platform_of(x.device)))
+
+
 def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
     """Whether mxfp4 GEMMs on ``x``'s device use ``tl.dot_scaled`` (the device has it, see the
     ``dot_scaled`` platform feature, and the activations are bf16/fp16) rather than moekit's in-kernel
@@ -246,8 +266,8 @@ def gluon_kernels():
 
 
 def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False,
-                  mx_asm: bool = False) -> GemmQuant:
-    """The weight half of a GemmQuant for a weight-only scheme."""
+                  mx_asm: bool = False, swap_ab: bool = False) -> GemmQuant:
+    """The weight half of a GemmQuant for a weight-only scheme (``swap_ab``: :func:`weight_only_swap_ab`)."""
     scale = scale.contiguous()
     zero = None if zero is None else zero.contiguous()
     if scale.dim() == 2:  # channel: [E, N]
@@ -257,7 +277,7 @@ def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool =
     # int8/int4: one scale per column per K step when BLOCK_K divides the group (channel: gk = 1, stride 0)
     tile = scheme.weight_dtype != "mxfp4" and (scale.dim() == 2 or gk % block_k == 0)
     return GemmQuant(_WEIGHT_ONLY_MODE[scheme.weight_dtype], b_scale=scale, b_strides=strides, b_zero=zero,
-                     group_k=gk, scale_tile=tile, mx_dot=mx_dot, mx_asm=mx_asm)
+                     group_k=gk, scale_tile=tile, mx_dot=mx_dot, mx_asm=mx_asm, swap_ab=swap_ab)
 
 
 def _w8a8_weight(scheme: QuantScheme, scale) -> dict:
@@ -327,8 +347,9 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     if adt is None:  # weight-only
         mx_dot = scheme.weight_dtype == "mxfp4" and mxfp4_dot_scaled(x)
         mx_asm = mx_dot and mxfp4_ptx_decode(x, config.BLOCK_SIZE_M, config.BLOCK_SIZE_K)
-        q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm)
-        q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm)
+        swap = weight_only_swap_ab(x, config, scheme)
+        q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm, swap)
+        q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm, swap)
         inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
         moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias, **tiles)
         a2 = inter
