@@ -390,23 +390,24 @@ def test_weight_only_swapped_operands(scheme, cfg, h, i, poisoned_empty, monkeyp
 
 
 def test_weight_only_swap_ab_rule(monkeypatch):
-    """Weight-only swapped operands: int8 / int4 (never mxfp4, which has its own swapped layout), 16-bit
-    activations, tiles of >= 64 weight rows, Hopper (so never on a CPU); the module switch forces them."""
+    """Weight-only swapped operands where they measured faster: int4 (not int8; never mxfp4, which has its own
+    swapped layout), 16-bit activations, tiles of >= 32 token rows and >= 64 weight rows, Hopper (so never on a
+    CPU); the module switch forces them on for int8 / int4."""
     import moekit.quant.triton_moe as tq
     from moekit.configs import MoEKernelConfig
     from moekit.platform import on_sm90, platform_of
 
     x = torch.empty(1, 8, device=DEVICE, dtype=torch.bfloat16)
-    int4, mx = QuantScheme.int4_weight_only(), QuantScheme.mxfp4()
-    wide, narrow = MoEKernelConfig(64, 64, 64, 1, 4, 3), MoEKernelConfig(64, 32, 64, 1, 4, 3)
+    int4, int8, mx = QuantScheme.int4_weight_only(), QuantScheme.int8_weight_only(), QuantScheme.mxfp4()
+    ok, narrow, short = (MoEKernelConfig(32, 64, 64, 1, 4, 3), MoEKernelConfig(64, 32, 64, 1, 4, 3),
+                         MoEKernelConfig(16, 128, 64, 1, 4, 3))
     assert tq.WEIGHT_ONLY_SWAP_AB is None
     hopper = x.device.type == "cuda" and on_sm90(platform_of(x.device))
-    assert tq.weight_only_swap_ab(x, wide, int4) == hopper
-    assert not tq.weight_only_swap_ab(x, narrow, int4)
-    assert not tq.weight_only_swap_ab(x.float(), wide, int4)
-    assert not tq.weight_only_swap_ab(x, wide, mx)
+    assert tq.weight_only_swap_ab(x, ok, int4) == hopper
+    for cfg, scheme, t in ((narrow, int4, x), (short, int4, x), (ok, int8, x), (ok, mx, x), (ok, int4, x.float())):
+        assert not tq.weight_only_swap_ab(t, cfg, scheme)
     monkeypatch.setattr(tq, "WEIGHT_ONLY_SWAP_AB", True)
-    assert tq.weight_only_swap_ab(x, narrow, int4) and not tq.weight_only_swap_ab(x, wide, mx)
+    assert tq.weight_only_swap_ab(x, narrow, int8) and not tq.weight_only_swap_ab(x, ok, mx)
 
 
 def test_w8a8_swap_ab_rule(monkeypatch):
