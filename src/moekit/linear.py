@@ -34,8 +34,9 @@ and shape. Paths (:data:`PATHS`):
     128x128-block fp8 weights on Hopper: the same activation quantization + the MoE's Gluon block-fp8 GEMM
     (:func:`moekit.kernels.moe_gemm_sm90.linear_fp8_block_sm90`: the MMA of K step k + 1 runs while step k's
     product is scaled, which ``tl.dot`` cannot express). K a multiple of 256 (:func:`gluon_w8a8_applies`);
-    64-row tiles, ``BLOCK_SIZE_N`` 128 or 256 (256 only where it divides N) and ``GROUP_SIZE_M`` from the config
-    (the rest of it is fixed by the kernel). 1.19-1.39x over ``triton_w8a8`` at M = 1024 / 4096 on the
+    64-row tiles, ``BLOCK_SIZE_N`` 128 or 256 (256 only where it divides N), ``GROUP_SIZE_M`` and ``SPLIT_K``
+    (K split into that many runs of 128-deep steps, fp32 partials summed by a second launch) from the config (the
+    rest of it is fixed by the kernel). 1.19-1.39x over ``triton_w8a8`` at M = 1024 / 4096 on the
     benchmark's shapes (H100, ``benchmarks/probe_linear_gluon.py``).
 
 The choice per (device, N, K, M bucket, dtype, scheme) comes from a table written by ``moekit tune-linear``
