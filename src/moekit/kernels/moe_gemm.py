@@ -235,9 +235,9 @@ def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride
                       BLOCK_K: tl.constexpr, QUANT: tl.constexpr, MX_DOT: tl.constexpr, SWAP_AB: tl.constexpr = False):
     """Pointers to the first K step's weight tile of expert ``expert``, columns ``offs_n``: [BLOCK_K, BLOCK_N]
     elements; SWAP_AB (operands swapped, see :func:`_mma_step` and :func:`_weight_only_dot`) [BLOCK_N, BLOCK_K]
-    (packed: [BLOCK_N, BLOCK_K / 2] bytes); packed 4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT (operands swapped, see :func:`_mx_dot_t`) [BLOCK_N,
-    BLOCK_K / 2] bytes plus its e8m0 scales [BLOCK_N, BLOCK_K / 32] (second result; otherwise the weight pointers
-    again, unused)."""
+    (packed: [BLOCK_N, BLOCK_K / 2] bytes); packed 4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT
+    (operands swapped, see :func:`_mx_dot_t`) [BLOCK_N, BLOCK_K / 2] bytes plus its e8m0 scales [BLOCK_N,
+    BLOCK_K / 32] (second result; otherwise the weight pointers again, unused)."""
     n64 = offs_n.to(tl.int64)
     base = w_ptr + expert * stride_we
     if MX_DOT:

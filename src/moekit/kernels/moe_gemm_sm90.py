@@ -386,8 +386,8 @@ def moe_gemm2_fp8_block_sm90(a, a_scale, w2, w2_scale, y, topk_weights, sorted_i
         n, k, y.shape[0], num_pid_m, 0, 0,
         a.stride(0), w2.stride(0), w2.stride(1), y.stride(0), a_scale.stride(0), a_scale.stride(1),
         w2_scale.stride(0), w2_scale.stride(1), w2_scale.stride(2),
-        MUL_WEIGHT=mul_weight, DENSE=False, SPLIT=False, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128, GROUP_M=group_m,
-        STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
+        MUL_WEIGHT=mul_weight, DENSE=False, SPLIT=False, BLOCK_M=GEMM1_TILE[0], BLOCK_N=block_n, BLOCK_K=128,
+        GROUP_M=group_m, STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
     )
 
 
