@@ -653,7 +653,7 @@ def _run_gemv(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearCo
 def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: LinearConfig, w8a8: bool):
     import triton
 
-    from moekit.kernels.linear_gemm import _linear_kernel, _splitk_reduce_kernel
+    from moekit.kernels.linear_gemm import _linear_kernel, splitk_reduce
 
     x2, weight, w = _kernel_operands(x2, weight, scheme, weight_scale)
     M, K = x2.shape
@@ -688,11 +688,7 @@ def _run_triton(x2, weight, bias, scheme: QuantScheme, weight_scale, cfg: Linear
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1 and not fused:
-        blk = 1024
-        _splitk_reduce_kernel[(triton.cdiv(M * N, blk),)](
-            part, out, bias if bias is not None else out, M, N, split, out.stride(0),
-            HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
-        )
+        splitk_reduce(part, out, bias)
     return out
 
 

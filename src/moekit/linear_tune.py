@@ -196,15 +196,21 @@ SPLIT_MIN_K_STEPS = 4
 SPLIT_MAX = 16
 
 
+def _split_ways(tiles: int, k_steps: int, sms: int, waves: int = SPLIT_WAVES) -> int:
+    """How many ways to split K so that ``tiles`` output tiles run about ``waves`` waves of programs on ``sms`` SMs,
+    each program keeping >= :data:`SPLIT_MIN_K_STEPS` of the ``k_steps`` K steps, at most :data:`SPLIT_MAX`; 1 (no
+    split) where the tiles alone fill the GPU."""
+    if tiles >= sms:
+        return 1
+    return max(1, min(SPLIT_MAX, k_steps // SPLIT_MIN_K_STEPS, round(waves * sms / tiles)))
+
+
 def split_variants(c: LinearConfig, M: int, N: int, K: int, sms: int) -> List[LinearConfig]:
     """``c`` with K split so that about :data:`SPLIT_WAVES` waves of programs run, the partials summed by the last
     program of each tile and by a second launch (each wins somewhere: DeepSeek-V3's q_a at M = 64 in fp8 per
     channel 16.6 us against 18.3 with the fused sum); none where ``c``'s tiles alone fill the GPU or K is too
     short to split."""
-    tiles = -(-M // c.BLOCK_SIZE_M) * -(-N // c.BLOCK_SIZE_N)
-    if tiles >= sms:
-        return []
-    split = min(SPLIT_MAX, -(-K // c.BLOCK_SIZE_K) // SPLIT_MIN_K_STEPS, round(SPLIT_WAVES * sms / tiles))
+    split = _split_ways(-(-M // c.BLOCK_SIZE_M) * -(-N // c.BLOCK_SIZE_N), -(-K // c.BLOCK_SIZE_K), sms)
     if split < 2:
         return []
     return [dataclasses.replace(c, SPLIT_K=split, FUSED_REDUCE=fused) for fused in (1, 0)]
@@ -242,14 +248,8 @@ def gluon_candidates(M: int, N: int, K: int, sms: int) -> List[LinearConfig]:
     out = []
     for bn in widths:
         tiles = -(-M // 64) * -(-N // bn)
-        out.append(LinearConfig(64, bn, 128, 1, 8, 8, 4))
-        if tiles >= sms:
-            continue
-        top = min(SPLIT_MAX, (K // 128) // SPLIT_MIN_K_STEPS)
-        for waves in (1, SPLIT_WAVES):
-            split = min(top, round(waves * sms / tiles))
-            if split >= 2:
-                out.append(LinearConfig(64, bn, 128, split, 8, 8, 4))
+        splits = [_split_ways(tiles, K // 128, sms, waves) for waves in (1, SPLIT_WAVES)]
+        out += [LinearConfig(64, bn, 128, split, 8, 8, 4) for split in [1] + splits]
     return list(dict.fromkeys(out))
 
 

@@ -113,3 +113,15 @@ def _splitk_reduce_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + (offs // N) * stride_om + n, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def splitk_reduce(part, out, bias=None) -> None:
+    """``out`` [M, N] = the sum of the fp32 split-K partials ``part`` [S, M, N] in split order (+ ``bias`` [N]),
+    cast to out's dtype: the second launch of every split-K GEMM here (:mod:`moekit.linear`'s tiled paths and
+    :func:`moekit.kernels.moe_gemm_sm90.linear_fp8_block_sm90`), so all of them sum in the same order."""
+    splits, m, n = part.shape
+    blk = 1024
+    _splitk_reduce_kernel[(triton.cdiv(m * n, blk),)](
+        part, out, bias if bias is not None else out, m, n, splits, out.stride(0),
+        HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
+    )

@@ -259,6 +259,33 @@ def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride
 
 
 @triton.jit
+def _weight_scale_cols(expert, offs_n, stride_bse, stride_bsn, SWAP_AB: tl.constexpr):
+    """Offsets of a weight-only tile's scale (and zero-point) columns at K group 0: [1, BLOCK_N], or [BLOCK_N, 1]
+    with ``SWAP_AB`` (the layouts of :func:`_weight_only_tiles`)."""
+    n = offs_n.to(tl.int64) * stride_bsn
+    if SWAP_AB:
+        off = expert * stride_bse + n[:, None]
+    else:
+        off = expert * stride_bse + n[None, :]
+    return off
+
+
+@triton.jit
+def _weight_mask(k_ok, offs_kp, k_left, n_ok, QUANT: tl.constexpr, SWAP_AB: tl.constexpr):
+    """The in-range mask of a weight-only tile of :func:`_weight_tile_ptrs` (``k_left`` = K from this step on):
+    K rows (packed 4-bit: byte rows, ``offs_kp``) by N columns, transposed with ``SWAP_AB``."""
+    if QUANT >= 4:
+        kw = offs_kp < k_left // 2
+    else:
+        kw = k_ok
+    if SWAP_AB:
+        mask = n_ok[:, None] & kw[None, :]
+    else:
+        mask = kw[:, None] & n_ok[None, :]
+    return mask
+
+
+@triton.jit
 def _tile_start(pid_m, npp_ptr, tiles_ptr, BLOCK_M: tl.constexpr, TAILS: tl.constexpr):
     """Tile ``pid_m`` of the alignment: (its first row of ``sorted``, h, whether it is used), the tile having
     ``BLOCK_M >> h`` rows. ``TAILS`` = 0: rows [pid_m * BLOCK_M, + BLOCK_M), used below the used length ``npp``;
@@ -333,10 +360,7 @@ def _gemm1_tile(
     if MX_DOT:
         sut_ptrs = sgt_ptrs + I * stride_bsn
     if QUANT >= 3:
-        if SWAP_AB:
-            sg_off = expert * stride_bse + offs_n.to(tl.int64)[:, None] * stride_bsn
-        else:
-            sg_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+        sg_off = _weight_scale_cols(expert, offs_n, stride_bse, stride_bsn, SWAP_AB)
         su_off = sg_off + I * stride_bsn
     if QUANT == 2:
         as_ptrs = a_scale_ptr + token * stride_asm
@@ -361,14 +385,7 @@ def _gemm1_tile(
         else:
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if SWAP_AB and QUANT >= 4:
-            wmask = n_ok[:, None] & (offs_kp < (K - k * BLOCK_K) // 2)[None, :]
-        elif SWAP_AB:
-            wmask = n_ok[:, None] & k_ok[None, :]
-        elif QUANT >= 4:
-            wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
-        else:
-            wmask = k_ok[:, None] & n_ok[None, :]
+        wmask = _weight_mask(k_ok, offs_kp, K - k * BLOCK_K, n_ok, QUANT, SWAP_AB)
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
             if MX_ASM:  # decoded by inline PTX
@@ -518,10 +535,7 @@ def _gemm2_tile(
     b_ptrs, st_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
                                         stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT, SWAP_AB)
     if QUANT >= 3:
-        if SWAP_AB:
-            s_off = expert * stride_bse + offs_n.to(tl.int64)[:, None] * stride_bsn
-        else:
-            s_off = expert * stride_bse + offs_n.to(tl.int64)[None, :] * stride_bsn
+        s_off = _weight_scale_cols(expert, offs_n, stride_bse, stride_bsn, SWAP_AB)
     if QUANT == 2:
         as_ptrs = a_scale_ptr + offs_m.to(tl.int64) * stride_asm
         bs_ptrs = b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn
@@ -540,14 +554,7 @@ def _gemm2_tile(
         else:
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-        if SWAP_AB and QUANT >= 4:
-            wmask = n_ok[:, None] & (offs_kp < (K - k * BLOCK_K) // 2)[None, :]
-        elif SWAP_AB:
-            wmask = n_ok[:, None] & k_ok[None, :]
-        elif QUANT >= 4:
-            wmask = (offs_kp < (K - k * BLOCK_K) // 2)[:, None] & n_ok[None, :]
-        else:
-            wmask = k_ok[:, None] & n_ok[None, :]
+        wmask = _weight_mask(k_ok, offs_kp, K - k * BLOCK_K, n_ok, QUANT, SWAP_AB)
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
             if MX_ASM:  # decoded by inline PTX

@@ -30,13 +30,12 @@ up in one N=256 wgmma (0.97-1.00x), 64-column GEMM 1 tiles with two CTAs per SM 
 from __future__ import annotations
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from moekit.kernels.linear_gemm import _splitk_reduce_kernel
+from moekit.kernels.linear_gemm import splitk_reduce
 from moekit.quant.ops import MIN_SCALE
 
 
@@ -408,7 +407,7 @@ def linear_fp8_block_sm90(a, a_scale, w, w_scale, out, block_n: int, group_m: in
     tile's two weight-scale blocks exist). K a multiple of 256; tiles of 64 rows, 8 warps, :data:`GEMM2_STAGES`-deep
     ring. ``split`` > 1 splits K (:func:`split_steps`) for layers with few tiles (DeepSeek-V3's q_a at M = 256:
     24 tiles of 64 x 256 for 132 SMs): fp32 partials [splits, M, N], summed in order with the bias by
-    :func:`moekit.kernels.linear_gemm._splitk_reduce_kernel` (a second launch; bitwise reproducible)."""
+    :func:`moekit.kernels.linear_gemm.splitk_reduce` (a second launch; bitwise reproducible)."""
     m, k = a.shape
     n = w.shape[0]
     block_n = block_n if n % block_n == 0 else 128
@@ -424,10 +423,6 @@ def linear_fp8_block_sm90(a, a_scale, w, w_scale, out, block_n: int, group_m: in
         GROUP_M=group_m, STAGES=GEMM2_STAGES, num_warps=GEMM2_WARPS,
     )
     if splits > 1:
-        blk = 1024
-        _splitk_reduce_kernel[(triton.cdiv(m * n, blk),)](
-            y, out, bias if bias is not None else out, m, n, splits, out.stride(0),
-            HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
-        )
+        splitk_reduce(y, out, bias)
     elif bias is not None:
         out.add_(bias)
