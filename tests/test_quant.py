@@ -370,16 +370,18 @@ def test_w8a8_swapped_operands(key, cfg, i, poisoned_empty, monkeypatch):
     (QuantScheme.int8_weight_only(), (16, 64, 64), 256, 200),  # I not a multiple of BLOCK_K / BLOCK_N
     (QuantScheme.int8_weight_only(), (64, 128, 128), 256, 256),
 ], ids=str)
-def test_weight_only_swapped_operands(scheme, cfg, h, i, poisoned_empty, monkeypatch):
+@pytest.mark.parametrize("swap", [True, False], ids=["swapped", "plain"])
+def test_weight_only_swapped_operands(scheme, cfg, h, i, swap, poisoned_empty, monkeypatch):
     """The int8 / int4 weight-only GEMMs with the decoded weight as the MMA's left operand
-    (``triton_moe.weight_only_swap_ab``, forced on here): scales per column per K step and per group inside a step,
-    zero points, H and I not multiples of BLOCK_K or BLOCK_N (masked tails)."""
+    (``triton_moe.weight_only_swap_ab``, forced on here; and forced off): scales per column per K step and per group
+    inside a step, zero points, H and I not multiples of BLOCK_K or BLOCK_N (masked tails). On an NVIDIA GPU int4
+    is decoded by inline PTX in both forms (``int4_ptx_decode``)."""
     import moekit.quant.triton_moe as tq
     from moekit.configs import MoEKernelConfig
     from moekit.routing import select_experts
     from moekit.triton_experts import fused_experts_triton
 
-    monkeypatch.setattr(tq, "WEIGHT_ONLY_SWAP_AB", True)
+    monkeypatch.setattr(tq, "WEIGHT_ONLY_SWAP_AB", swap)
     dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
     x, w13, w2, logits, kw, ref = _layer(scheme, 21, 4, h, i, dtype)
     w, ids = select_experts(logits, 2)
@@ -387,6 +389,24 @@ def test_weight_only_swapped_operands(scheme, cfg, h, i, poisoned_empty, monkeyp
     out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 2), quant=scheme,
                                **{k: v for k, v in kw.items() if k != "quant"})
     assert_close_to_reference(out, ref, "int4_weight_only" if scheme.weight_dtype == "int4" else "int8_weight_only")
+
+
+def test_int4_ptx_decode_rule(monkeypatch):
+    """int4 decoded by inline PTX for bf16 activations on NVIDIA sm_80+ GPUs only (never int8 or mxfp4 weight-only,
+    fp16 / float32 activations, a CPU or ROCm); the switch turns it off."""
+    import moekit.quant.triton_moe as tq
+    from moekit.platform import on_sm80_plus, platform_of
+
+    x = torch.empty(1, 8, device=DEVICE, dtype=torch.bfloat16)
+    int4 = QuantScheme.int4_weight_only()
+    nvidia = x.device.type == "cuda" and on_sm80_plus(platform_of(x.device))
+    assert tq.int4_ptx_decode(x, int4) == nvidia
+    assert tq.int4_ptx_decode(x, QuantScheme.int4_weight_only(32, zero_point=True)) == nvidia
+    for t, scheme in ((x.half(), int4), (x.float(), int4), (x, QuantScheme.int8_weight_only()),
+                      (x, QuantScheme.mxfp4()), (x.cpu(), int4)):
+        assert not tq.int4_ptx_decode(t, scheme)
+    monkeypatch.setattr(tq, "INT4_PTX_DECODE", False)
+    assert not tq.int4_ptx_decode(x, int4)
 
 
 def test_weight_only_swap_ab_rule(monkeypatch):
@@ -462,7 +482,7 @@ def test_mxfp4_grouped_decode_paths(bm, bn, bk, ptx, poisoned_empty, monkeypatch
     x, w13, w2, logits, kw, ref = _layer(scheme, 70, 4, 352, 160, dtype)
     w, ids = select_experts(logits, 2)
     seen, real = [], tq.moe_gemm1
-    monkeypatch.setattr(tq, "moe_gemm1", lambda *a, **k: seen.append(k["quant"].mx_asm) or real(*a, **k))
+    monkeypatch.setattr(tq, "moe_gemm1", lambda *a, **k: seen.append(k["quant"].asm_decode) or real(*a, **k))
     out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 3), quant=scheme,
                                **{k: v for k, v in kw.items() if k != "quant"})
     hopper = HAS_GPU and mxfp4_dot_scaled(x) and on_sm90(platform_of(x.device))
@@ -670,6 +690,52 @@ def test_mxfp4_dot_scaled_choice():
     expected = HAS_GPU and has_feature("dot_scaled", platform_of(x.device))[0]
     assert mxfp4_dot_scaled(x) is expected
     assert mxfp4_dot_scaled(x.float()) is False
+
+
+@pytest.mark.skipif(not (HAS_GPU and torch.version.hip is None), reason="inline PTX needs an NVIDIA GPU")
+@pytest.mark.parametrize("has_zero", [False, True], ids=["signed", "zero_point"])
+def test_int4_ptx_decode_is_exact(has_zero):
+    """The inline-PTX int4 decode (``int4_bf16_scaled``: bit placement under bf16 128.0, exact bf16x2 FMAs) gives
+    the same bf16 as its Triton-ops twin, the integer code (two's complement, or minus the zero point) times the
+    bf16 scale in float32 (exact), cast to bf16: every byte, every zero point 0..255 (row r: zero r), scales
+    from 1e-12 (an all-zero group) to 1e30, negative and subnormal results included."""
+    import triton
+    import triton.language as tl
+
+    import moekit.kernels.quant as kq
+
+    @triton.jit
+    def decode(w_ptr, s_ptr, lo_ptr, hi_ptr, ref_lo_ptr, ref_hi_ptr, HAS_ZERO: tl.constexpr):
+        r = tl.program_id(0)
+        offs = tl.arange(0, 256)
+        raw = tl.load(w_ptr + offs)
+        s = tl.load(s_ptr + r + 0 * offs).to(tl.bfloat16)
+        z = (r + 0 * offs).to(tl.float32)
+        lo, hi = kq.int4_bf16_scaled(raw, s, (-z).to(tl.bfloat16), HAS_ZERO)
+        tl.store(lo_ptr + r * 256 + offs, lo)
+        tl.store(hi_ptr + r * 256 + offs, hi)
+        code = raw.to(tl.int32)
+        if HAS_ZERO:
+            vlo = (code & 15).to(tl.float32) - z
+            vhi = (code >> 4).to(tl.float32) - z
+        else:
+            vlo = (((code & 15) ^ 8) - 8).to(tl.float32)
+            vhi = (((code >> 4) ^ 8) - 8).to(tl.float32)
+        tl.store(ref_lo_ptr + r * 256 + offs, (vlo * s.to(tl.float32)).to(tl.bfloat16))
+        tl.store(ref_hi_ptr + r * 256 + offs, (vhi * s.to(tl.float32)).to(tl.bfloat16))
+
+    raw = torch.arange(256, dtype=torch.uint8, device="cuda")
+    gen = torch.Generator(device="cpu").manual_seed(3)
+    scales = torch.exp(torch.empty(256).uniform_(-40, 40, generator=gen)).float()
+    scales[:4] = torch.tensor([1e-12, 1e-39, 3.0e38 / 16, 1.0])
+    scales[4::7] *= -1
+    scales = scales.to("cuda")
+    outs = [torch.full((256, 256), float("nan"), dtype=torch.bfloat16, device="cuda") for _ in range(4)]
+    decode[(256,)](raw, scales, *outs, HAS_ZERO=has_zero)
+    for got, ref in ((outs[0], outs[2]), (outs[1], outs[3])):
+        assert not ref.isnan().any()
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+        assert torch.equal(torch.signbit(got), torch.signbit(ref))
 
 
 @pytest.mark.skipif(not (HAS_GPU and torch.version.hip is None), reason="inline PTX needs an NVIDIA GPU")

@@ -118,7 +118,7 @@ def _gemm1_mxfp4(args):
               "BLOCK_N": args.block_n, "BLOCK_K": args.block_k, "GROUP_M": 1, "QUANT": 5, "INT_ACC": False,
               "HAS_ZERO": False, "GROUP_N": 1, "GROUP_K": 32, "SCALE_TILE": False, "OUT_QUANT": 0, "QKIND": 0,
               "QMAX": 448.0, "EMIN": -6, "MX_DOT": args.mx_dot, "A_FMT": "bf16", "HAS_BIAS": False,
-              "MX_ASM": args.mx_asm, "TAILS": 0}
+              "ASM_DECODE": args.mx_asm, "TAILS": 0}
     div = ["x_ptr", "w_ptr", "out_ptr", "sorted_ptr", "experts_ptr", "npp_ptr", "b_scale_ptr", "I", "K",
            "stride_xm", "stride_we", "stride_wn", "stride_om", "up_offset", "stride_bse"]  # gpt-oss-20b
     return compile_sass(_moe_gemm1_kernel, sig, consts, div, args.arch, args.warps, args.stages)
@@ -147,7 +147,8 @@ def _gemm_plain(args, gemm: int):
         int4 = args.weight_only == "int4"
         ptrs["w_ptr"] = "*u8" if int4 else "*i8"
         sig = {n: ptrs.get(n, "i32") for n in fn.arg_names}
-        consts.update(QUANT=4 if int4 else 3, GROUP_K=128 if int4 else 1, SCALE_TILE=True)
+        consts.update(QUANT=4 if int4 else 3, GROUP_K=128 if int4 else 1, SCALE_TILE=True,
+                      ASM_DECODE=int4 and args.int4_asm)
     if args.swap:
         consts.update(SWAP_AB=True)
     if args.pdl:
@@ -236,6 +237,7 @@ def main():
     ap.add_argument("--gemm2-warps", type=int, default=8, help="gemm2_fp8_block_sm90: 8 or 4 warps")
     ap.add_argument("--dense", action="store_true",
                     help="gemm2_fp8_block_sm90 as the dense router's gluon_w8a8 path (DENSE, no routing weight)")
+    ap.add_argument("--int4-asm", action="store_true", help="--weight-only int4: the inline-PTX decode")
     ap.add_argument("--weight-only", choices=("int4", "int8"), default=None,
                     help="gemm1, gemm2: weight-only int4 (group 128) / int8 (per channel) weights, bf16 activations")
     ap.add_argument("--split", action="store_true",

@@ -25,7 +25,7 @@ Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel)
   3/4/5 weight-only int8 / int4 / mxfp4: codes loaded (int4/mxfp4: two per byte along K, low nibble first),
     decoded and scaled per (column, K-group) in registers, cast to the activation dtype, ``tl.dot``. mxfp4
     on GPUs with ``tl.dot_scaled`` swaps the operands (``MX_DOT``, the weight is the MMA's left operand in
-    registers) and lets ``tl.dot_scaled`` decode, or (``MX_ASM``, Hopper, bf16, K steps of 32-128 codes) decodes by
+    registers) and lets ``tl.dot_scaled`` decode, or (``ASM_DECODE``, Hopper, bf16, K steps of 32-128 codes) decodes by
     inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`) into two ``tl.dot`` on the even and odd K
     activations (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode` says where).
 GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N columns): the program takes the
@@ -51,7 +51,8 @@ from moekit.activations import ACTIVATIONS as _NAMES
 from moekit.activations import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
 from moekit.kernels import pdl, tile_ids
 from moekit.kernels.quant import (
-    MIN_SCALE, abs_max, e2m1_value, e8m0_bf16, e8m0_value, mxfp4_bf16_scaled, quantize_values, scale_from_amax,
+    MIN_SCALE, abs_max, e2m1_value, e8m0_bf16, e8m0_value, int4_bf16_scaled, mxfp4_bf16_scaled, quantize_values,
+    scale_from_amax,
 )
 
 ACTIVATIONS = {name: code for code, name in enumerate(_NAMES)}  # kernel constexpr codes
@@ -108,18 +109,26 @@ def _decode_nibble(code, s, z, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr):
 
 @triton.jit
 def _load_packed(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, QUANT: tl.constexpr, HAS_ZERO: tl.constexpr,
-                 DT: tl.constexpr):
+                 DT: tl.constexpr, ASM: tl.constexpr = False):
     """Packed int4 / e2m1 tile: [BLOCK_K / 2, BLOCK_N] bytes -> (even-K, odd-K) weight tiles in dtype DT.
     Byte j holds K index 2j in its low nibble and 2j+1 in its high one; both share a scale group (groups
-    are even-sized), so ``s_ptrs`` / ``z_ptrs`` address one scale per byte row (or [1, BLOCK_N])."""
-    raw = tl.load(w_ptrs, mask=mask, other=0).to(tl.int32)
+    are even-sized), so ``s_ptrs`` / ``z_ptrs`` address one scale per byte row (or [1, BLOCK_N]). ``ASM``
+    (int4, DT bf16): decoded by inline PTX (:func:`~moekit.kernels.quant.int4_bf16_scaled`, the scale rounded
+    to bf16 first)."""
+    raw = tl.load(w_ptrs, mask=mask, other=0)
     s = tl.load(s_ptrs, mask=s_mask, other=0)
     z = s
     if HAS_ZERO:
         z = tl.load(z_ptrs, mask=s_mask, other=0)
-    lo = _decode_nibble(raw & 0xF, s, z, QUANT, HAS_ZERO)
-    hi = _decode_nibble(raw >> 4, s, z, QUANT, HAS_ZERO)
-    return lo.to(DT), hi.to(DT)
+    if ASM:
+        sb = tl.broadcast_to(s.to(tl.bfloat16), raw.shape)
+        nz = tl.broadcast_to((-z.to(tl.float32)).to(tl.bfloat16), raw.shape)
+        lo, hi = int4_bf16_scaled(raw, sb, nz, HAS_ZERO)
+    else:
+        code = raw.to(tl.int32)
+        lo = _decode_nibble(code & 0xF, s, z, QUANT, HAS_ZERO).to(DT)
+        hi = _decode_nibble(code >> 4, s, z, QUANT, HAS_ZERO).to(DT)
+    return lo, hi
 
 
 @triton.jit
@@ -170,7 +179,7 @@ def _split_k(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
 @triton.jit
 def _weight_only_tiles(w_ptrs, s_ptrs, z_ptrs, wmask, n_ok, k, stride_bsk, DT: tl.constexpr,
                        QUANT: tl.constexpr, HAS_ZERO: tl.constexpr, GROUP_K: tl.constexpr, SCALE_TILE: tl.constexpr,
-                       BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr = False):
+                       BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr = False, ASM: tl.constexpr = False):
     """The weight tiles of K step number ``k`` of a weight-only GEMM, decoded to dtype DT: int8 codes
     (QUANT 3) give (W, W), W [BLOCK_K, BLOCK_N]; packed int4 / e2m1 bytes (QUANT 4 / 5, [BLOCK_K / 2, BLOCK_N])
     give (W_even_k, W_odd_k). ``s_ptrs`` / ``z_ptrs``: this tile's scale and zero-point columns ([1, BLOCK_N])
@@ -191,7 +200,7 @@ def _weight_only_tiles(w_ptrs, s_ptrs, z_ptrs, wmask, n_ok, k, stride_bsk, DT: t
         b = _load_int8(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, HAS_ZERO, DT)
         return b, b
     else:
-        return _load_packed(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, QUANT, HAS_ZERO, DT)
+        return _load_packed(w_ptrs, s_ptrs + kg, z_ptrs + kg, wmask, smask, QUANT, HAS_ZERO, DT, ASM)
 
 
 @triton.jit
@@ -345,7 +354,7 @@ def _gemm1_tile(
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
     OUT_QUANT: tl.constexpr = 0, QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", bias_ptr=None, stride_bias_e=0,
-    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False, SWAP_AB: tl.constexpr = False
+    HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False, SWAP_AB: tl.constexpr = False
 ):
     """One output tile of GEMM 1: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
     offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
@@ -388,7 +397,7 @@ def _gemm1_tile(
         wmask = _weight_mask(k_ok, offs_kp, K - k * BLOCK_K, n_ok, QUANT, SWAP_AB)
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
-            if MX_ASM:  # decoded by inline PTX
+            if ASM_DECODE:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
                 ae_t = tl.trans(ae)
                 ao_t = tl.trans(ao)
@@ -404,14 +413,17 @@ def _gemm1_tile(
             # Order measured on the H100 (qwen3 shape): int8 decodes both tiles before the dots (4.5 % faster
             # at M=4096 than gate-then-up); packed weights go gate-then-up (4.5 % faster at M=1024).
             g0, g1 = _weight_only_tiles(g_ptrs, b_scale_ptr + sg_off, b_zero_ptr + sg_off, wmask, n_ok, k, stride_bsk,
-                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB)
+                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB,
+                                        ASM_DECODE)
             if QUANT == 3:
                 u0, u1 = _weight_only_tiles(u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
-                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB)
+                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K,
+                                            SWAP_AB, ASM_DECODE)
             acc_g = _weight_only_dot(acc_g, a, g0, g1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION, SWAP_AB)
             if QUANT != 3:
                 u0, u1 = _weight_only_tiles(u_ptrs, b_scale_ptr + su_off, b_zero_ptr + su_off, wmask, n_ok, k,
-                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB)
+                                            stride_bsk, a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K,
+                                            SWAP_AB, ASM_DECODE)
             acc_u = _weight_only_dot(acc_u, a, u0, u1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION, SWAP_AB)
         else:  # unquantized or w8a8
             bg = _mma_tile(g_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
@@ -478,7 +490,7 @@ def _moe_gemm1_kernel(
     OUT_QUANT: tl.constexpr = 0,
     QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False,
     tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """GEMM 1 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
@@ -493,7 +505,7 @@ def _moe_gemm1_kernel(
                 stride_xm, stride_we, stride_wn, stride_om, up_offset, ACTIVATION, DOT_PRECISION, EVEN_K, BLOCK_M >> s,
                 BLOCK_N, BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, out_scale_ptr, stride_asm, stride_ask,
                 stride_bse, stride_bsn, stride_bsk, stride_osm, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE,
-                OUT_QUANT, QKIND, QMAX, EMIN, MX_DOT, A_FMT, bias_ptr, stride_bias_e, HAS_BIAS, MX_ASM, SWAP_AB)
+                OUT_QUANT, QKIND, QMAX, EMIN, MX_DOT, A_FMT, bias_ptr, stride_bias_e, HAS_BIAS, ASM_DECODE, SWAP_AB)
 
 
 @triton.jit
@@ -524,7 +536,7 @@ def _gemm2_tile(
     INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False, GROUP_N: tl.constexpr = 1,
     GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False, MX_DOT: tl.constexpr = False,
     A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1, bias_ptr=None, stride_bias_e=0,
-    HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False, SWAP_AB: tl.constexpr = False
+    HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False, SWAP_AB: tl.constexpr = False
 ):
     """One output tile of GEMM 2: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
     offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
@@ -557,7 +569,7 @@ def _gemm2_tile(
         wmask = _weight_mask(k_ok, offs_kp, K - k * BLOCK_K, n_ok, QUANT, SWAP_AB)
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
-            if MX_ASM:  # decoded by inline PTX
+            if ASM_DECODE:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
                 acc = _mx_asm_dot_t(b_ptrs, st_ptrs + ks, tl.trans(ae), tl.trans(ao), acc, n_ok, K - k * BLOCK_K,
                                     BLOCK_N, BLOCK_K // 32, EVEN_K)
@@ -565,7 +577,8 @@ def _gemm2_tile(
                 acc = _mx_dot_t(b_ptrs, st_ptrs + ks, tl.trans(a), acc, n_ok, K - k * BLOCK_K, BLOCK_K, A_FMT)
         elif QUANT >= 3:
             b0, b1 = _weight_only_tiles(b_ptrs, b_scale_ptr + s_off, b_zero_ptr + s_off, wmask, n_ok, k, stride_bsk,
-                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB)
+                                        a.dtype, QUANT, HAS_ZERO, GROUP_K, SCALE_TILE, BLOCK_K, SWAP_AB,
+                                        ASM_DECODE)
             acc = _weight_only_dot(acc, a, b0, b1, QUANT, BLOCK_M, BLOCK_K, DOT_PRECISION, SWAP_AB)
         else:  # unquantized or w8a8
             b = _mma_tile(b_ptrs, n_ok, k_ok, EVEN_K, SWAP_AB)
@@ -611,7 +624,7 @@ def _moe_gemm2_kernel(
     QUANT: tl.constexpr = 0, INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False,
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
-    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, MX_ASM: tl.constexpr = False,
+    bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False,
     tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """GEMM 2 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
@@ -626,7 +639,7 @@ def _moe_gemm2_kernel(
                 stride_am, stride_we, stride_wn, stride_ym, MUL_WEIGHT, DOT_PRECISION, EVEN_K, BLOCK_M >> s, BLOCK_N,
                 BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, stride_asm, stride_ask, stride_bse, stride_bsn,
                 stride_bsk, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE, MX_DOT, A_FMT, GROUP_KA, bias_ptr,
-                stride_bias_e, HAS_BIAS, MX_ASM, SWAP_AB)
+                stride_bias_e, HAS_BIAS, ASM_DECODE, SWAP_AB)
 
 
 @dataclasses.dataclass
@@ -651,8 +664,9 @@ class GemmQuant:
     out_stride: int = 0
     out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
     scale_tile: bool = False  # weight-only: the K group is a multiple of BLOCK_K (one scale per column per step)
-    mx_dot: bool = False  # mxfp4 in the swapped layout, decoded by tl.dot_scaled unless mx_asm (else: in-kernel decode)
-    mx_asm: bool = False  # with mx_dot: decoded by inline PTX instead of tl.dot_scaled (BLOCK_K 32-128, bf16)
+    mx_dot: bool = False  # mxfp4 in the swapped layout, decoded by tl.dot_scaled unless asm_decode (else: in-kernel decode)
+    asm_decode: bool = False  # weights decoded by inline PTX: mxfp4 with mx_dot (instead of tl.dot_scaled, BLOCK_K
+    # 32-128, bf16), int4 (bf16; instead of Triton ops)
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
     swap_ab: bool = False  # w8a8 (modes 1, 2) and int8 / int4 weight-only (3, 4): weight tiles as the MMA's left
     # operand (see _mma_step, _weight_only_dot)
@@ -668,7 +682,7 @@ class GemmQuant:
             stride_asm=self.a_strides[0], stride_ask=self.a_strides[1], stride_bse=self.b_strides[0],
             stride_bsn=self.b_strides[1], stride_bsk=self.b_strides[2], QUANT=self.mode, INT_ACC=self.int_acc,
             HAS_ZERO=self.b_zero is not None, GROUP_N=self.group_n, GROUP_K=self.group_k,
-            SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot, MX_ASM=self.mx_asm, SWAP_AB=self.swap_ab,
+            SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot, ASM_DECODE=self.asm_decode, SWAP_AB=self.swap_ab,
         )
         if not gemm1:
             d.update(GROUP_KA=self.a_group_k or self.group_k)

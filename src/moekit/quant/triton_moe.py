@@ -153,6 +153,24 @@ def weight_only_swap_ab(x: torch.Tensor, config, scheme: QuantScheme) -> bool:
             and config.BLOCK_SIZE_M >= 32 and config.BLOCK_SIZE_N >= 64 and on_sm90(platform_of(x.device)))
 
 
+#: int4 weights decoded by inline PTX where :func:`int4_ptx_decode` allows: None is the rule; True / False force it
+#: on (where it can run: bf16 on an NVIDIA sm_80+ GPU) or off (the arms of ``benchmarks/ab_weight_only_swap.py``).
+INT4_PTX_DECODE = None
+
+
+def int4_ptx_decode(x: torch.Tensor, scheme: QuantScheme) -> bool:
+    """Whether int4 weight-only GEMMs on ``x`` decode the codes by inline PTX
+    (:func:`moekit.kernels.quant.int4_bf16_scaled`: bit placement under bf16 128.0, two exact bf16x2 FMAs, the
+    scale rounded to bf16) instead of Triton integer and float32 ops: bf16 activations on an NVIDIA sm_80+ GPU
+    (``fma.rn.bf16x2``). SASS per K step of GEMM 1 (128 x 128 x 64 tile, 8 warps, ``tools/sass_loops.py gemm1
+    --weight-only int4 [--swap] [--int4-asm]``): 468 -> 310 instructions plain, 484 -> 416 swapped."""
+    if INT4_PTX_DECODE is False or scheme.weight_dtype != "int4":
+        return False
+    from moekit.platform import on_sm80_plus, platform_of
+
+    return x.device.type == "cuda" and x.dtype == torch.bfloat16 and on_sm80_plus(platform_of(x.device))
+
+
 def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
     """Whether mxfp4 GEMMs on ``x``'s device use ``tl.dot_scaled`` (the device has it, see the
     ``dot_scaled`` platform feature, and the activations are bf16/fp16) rather than moekit's in-kernel
@@ -270,7 +288,7 @@ def gluon_kernels():
 
 
 def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool = False,
-                  mx_asm: bool = False, swap_ab: bool = False) -> GemmQuant:
+                  asm_decode: bool = False, swap_ab: bool = False) -> GemmQuant:
     """The weight half of a GemmQuant for a weight-only scheme (``swap_ab``: :func:`weight_only_swap_ab`)."""
     scale = scale.contiguous()
     zero = None if zero is None else zero.contiguous()
@@ -281,7 +299,7 @@ def _weight_quant(scheme: QuantScheme, scale, zero, block_k: int, mx_dot: bool =
     # int8/int4: one scale per column per K step when BLOCK_K divides the group (channel: gk = 1, stride 0)
     tile = scheme.weight_dtype != "mxfp4" and (scale.dim() == 2 or gk % block_k == 0)
     return GemmQuant(_WEIGHT_ONLY_MODE[scheme.weight_dtype], b_scale=scale, b_strides=strides, b_zero=zero,
-                     group_k=gk, scale_tile=tile, mx_dot=mx_dot, mx_asm=mx_asm, swap_ab=swap_ab)
+                     group_k=gk, scale_tile=tile, mx_dot=mx_dot, asm_decode=asm_decode, swap_ab=swap_ab)
 
 
 def _w8a8_weight(scheme: QuantScheme, scale) -> dict:
@@ -350,10 +368,11 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
 
     if adt is None:  # weight-only
         mx_dot = scheme.weight_dtype == "mxfp4" and mxfp4_dot_scaled(x)
-        mx_asm = mx_dot and mxfp4_ptx_decode(x, config.BLOCK_SIZE_M, config.BLOCK_SIZE_K)
+        asm_decode = ((mx_dot and mxfp4_ptx_decode(x, config.BLOCK_SIZE_M, config.BLOCK_SIZE_K))
+                      or int4_ptx_decode(x, scheme))
         swap = weight_only_swap_ab(x, config, scheme)
-        q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm, swap)
-        q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot, mx_asm, swap)
+        q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot, asm_decode, swap)
+        q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot, asm_decode, swap)
         inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
         moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias, **tiles)
         a2 = inter
