@@ -411,7 +411,7 @@ def test_int4_ptx_decode_rule(monkeypatch):
 
 def test_weight_only_swap_ab_rule(monkeypatch):
     """Weight-only swapped operands where they measured faster: int4 (not int8; never mxfp4, which has its own
-    swapped layout), 16-bit activations, tiles of >= 32 token rows and >= 64 weight rows, Hopper (so never on a
+    swapped layout), 16-bit activations, tiles of >= 64 token rows and >= 64 weight rows, Hopper (so never on a
     CPU); the module switch forces them on for int8 / int4."""
     import moekit.quant.triton_moe as tq
     from moekit.configs import MoEKernelConfig
@@ -419,8 +419,8 @@ def test_weight_only_swap_ab_rule(monkeypatch):
 
     x = torch.empty(1, 8, device=DEVICE, dtype=torch.bfloat16)
     int4, int8, mx = QuantScheme.int4_weight_only(), QuantScheme.int8_weight_only(), QuantScheme.mxfp4()
-    ok, narrow, short = (MoEKernelConfig(32, 64, 64, 1, 4, 3), MoEKernelConfig(64, 32, 64, 1, 4, 3),
-                         MoEKernelConfig(16, 128, 64, 1, 4, 3))
+    ok, narrow, short = (MoEKernelConfig(64, 64, 64, 1, 4, 3), MoEKernelConfig(64, 32, 64, 1, 4, 3),
+                         MoEKernelConfig(32, 128, 64, 1, 4, 3))
     assert tq.WEIGHT_ONLY_SWAP_AB is None
     hopper = x.device.type == "cuda" and on_sm90(platform_of(x.device))
     assert tq.weight_only_swap_ab(x, ok, int4) == hopper

@@ -140,17 +140,19 @@ def weight_only_swap_ab(x: torch.Tensor, config, scheme: QuantScheme) -> bool:
     Hopper a warpgroup MMA reads its left operand from registers, so the weight decoded there is not stored to
     shared memory every K step; its right operand (the tokens) is the tile Triton stages. Where it measured
     faster (whole forward, H100, arms interleaved, ``benchmarks/ab_weight_only_swap.py``,
-    ``ab_weight_only_swap_H100_session23.json``): int4 on Hopper with 16-bit activations, tiles of >= 32 token
-    rows and >= 64 weight rows (a warpgroup MMA's M side): Mixtral M=256 / 1024 / 4096 1.23x / 1.24x / 1.24x, Qwen3
-    1.05x / 1.13x / 1.14x. Not below 32 rows (Qwen3 M=64, 16-row tiles: 0.94x; Mixtral M=64, 32-row tiles:
-    1.00x) and not int8 (Qwen3 M=256 / 4096 0.90x / 0.86x; why was not profiled). The tuned int4 files were tuned
-    before this rule, with the unswapped kernels."""
+    ``ab_weight_only_swap_H100_session23.json``): int4 on Hopper with 16-bit activations, tiles of >= 32 (now
+    64, below) token rows and >= 64 weight rows (a warpgroup MMA's M side): Mixtral M=256 / 1024 / 4096 1.23x /
+    1.24x / 1.24x, Qwen3 1.05x / 1.13x / 1.14x. Not below 32 rows (Qwen3 M=64, 16-row tiles: 0.94x; Mixtral M=64, 32-row tiles:
+    1.00x) and not int8 (Qwen3 M=256 / 4096 0.90x / 0.86x; why was not profiled). Since int4 is decoded by inline
+    PTX (:func:`int4_ptx_decode`, session 24) the plain form gained more where tiles are small (Mixtral M=64,
+    32-row tiles: plain 587 against swapped 675 us; ``ab_int4_asm_H100_session24.json``), so tiles of >= 64
+    token rows now."""
     if WEIGHT_ONLY_SWAP_AB is not None:
         return WEIGHT_ONLY_SWAP_AB and scheme.weight_dtype in ("int8", "int4")
     from moekit.platform import on_sm90, platform_of
 
     return (scheme.weight_dtype == "int4" and x.device.type == "cuda" and x.dtype in (torch.bfloat16, torch.float16)
-            and config.BLOCK_SIZE_M >= 32 and config.BLOCK_SIZE_N >= 64 and on_sm90(platform_of(x.device)))
+            and config.BLOCK_SIZE_M >= 64 and config.BLOCK_SIZE_N >= 64 and on_sm90(platform_of(x.device)))
 
 
 #: int4 weights decoded by inline PTX where :func:`int4_ptx_decode` allows: None is the rule; True / False force it
