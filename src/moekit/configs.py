@@ -108,7 +108,11 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
     310.6 / 340.5 us against 429.2 / 473.8 with 32x64x32 (``ab_mxfp4_bk64_H100_session9.json``); the tuner's
     picks at M=256 / 1024 / 4096 475.6 / 972.2 / 2893.6 us against 625.1 / 1319.6 / 3605.5 for the previous
     default (``tune_gpt_oss_mxfp4_H100_session9_bk64_report.json``). Elsewhere (``tl.dot_scaled``, or the
-    Triton decode) these tiles are unmeasured.
+    Triton decode) these tiles are unmeasured. int4 weight-only (decoded by inline PTX, swapped operands from
+    64-row tiles on Hopper): both H100 files tuned in session 24 chose 16x128x128 (4 warps, 3 stages; Mixtral
+    2 stages) at 8-16 tokens per expert and 128x64x128 with GROUP_SIZE_M 16 and 4 warps from Mixtral M=512 /
+    Qwen3 M=2048 up (1.09-1.32x over the generic 32x64x128 / 128x128x64 x 8 warps there,
+    ``configs_tuned_H100_session24/``), so those two buckets (8-24 and over 96 tokens per expert) take them.
     bf16 / fp16, 28-48 tokens per expert: 64x64x128 tiles, 3 stages (other dtypes keep the earlier buckets:
     32-row tiles up to 32 tokens per expert, then 64x64x64). 32-row tiles there put the busier experts
     over one tile (their weights read twice): Mixtral-8x7B bf16 on the H100, M=112 / 128 / 160 (28 / 32 /
@@ -140,6 +144,11 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int, dtype: Any = None
         if per_expert <= 192:
             return MoEKernelConfig(64, 128, 64, 1, 4, 3)
         return MoEKernelConfig(128, 64, 64, 1, 4, 3)
+    if name == "int4_w4a16" and per_expert > 8:  # the H100 tuning with the inline-PTX decode (docstring)
+        if per_expert <= 24:
+            return MoEKernelConfig(16, 128, 128, 1, 4, 3)
+        if per_expert > 96:
+            return MoEKernelConfig(128, 64, 128, 16, 4, 3)
     sixteen_bit = name is None  # the 28-48 bucket was measured for bf16 / fp16 only
     if per_expert <= 8:
         config = MoEKernelConfig(16, 64, 128, 1, 4, 4)

@@ -113,17 +113,19 @@ def _load_packed(w_ptrs, s_ptrs, z_ptrs, mask, s_mask, QUANT: tl.constexpr, HAS_
     """Packed int4 / e2m1 tile: [BLOCK_K / 2, BLOCK_N] bytes -> (even-K, odd-K) weight tiles in dtype DT.
     Byte j holds K index 2j in its low nibble and 2j+1 in its high one; both share a scale group (groups
     are even-sized), so ``s_ptrs`` / ``z_ptrs`` address one scale per byte row (or [1, BLOCK_N]). ``ASM``
-    (int4, DT bf16): decoded by inline PTX (:func:`~moekit.kernels.quant.int4_bf16_scaled`, the scale rounded
-    to bf16 first)."""
+    (DT bf16): decoded by inline PTX (int4: :func:`~moekit.kernels.quant.int4_bf16_scaled`, the scale rounded
+    to bf16 first; mxfp4: :func:`~moekit.kernels.quant.mxfp4_bf16_scaled`, exact)."""
     raw = tl.load(w_ptrs, mask=mask, other=0)
     s = tl.load(s_ptrs, mask=s_mask, other=0)
     z = s
     if HAS_ZERO:
         z = tl.load(z_ptrs, mask=s_mask, other=0)
-    if ASM:
+    if ASM and QUANT == 4:
         sb = tl.broadcast_to(s.to(tl.bfloat16), raw.shape)
         nz = tl.broadcast_to((-z.to(tl.float32)).to(tl.bfloat16), raw.shape)
         lo, hi = int4_bf16_scaled(raw, sb, nz, HAS_ZERO)
+    elif ASM:  # mxfp4
+        lo, hi = mxfp4_bf16_scaled(raw, tl.broadcast_to(e8m0_bf16(s), raw.shape))
     else:
         code = raw.to(tl.int32)
         lo = _decode_nibble(code & 0xF, s, z, QUANT, HAS_ZERO).to(DT)

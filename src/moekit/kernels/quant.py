@@ -64,11 +64,14 @@ def _code_bits_ptx(t: str, mag_shift: int, mag_mask: str, sign_shift: int) -> st
 
 def _mx_pair_ptx(t: str, mag_shift: int, sign_shift: int, scale: str, out: str) -> str:
     """PTX for two e2m1 codes of register ``t``, one per 16-bit half (bits 0..3 and 16..19: shifts 6 and 12;
-    bits 4..7 and 20..23: shifts 2 and 8): ``mag_shift`` moves the exponent and mantissa bits to bf16 bits
-    6..8, ``sign_shift`` the sign to bit 15; then times 2**126 (``k``) and ``scale``, with -0.0 (``z``) as
-    the exact addend -> the bf16x2 ``out``."""
-    return (_code_bits_ptx(t, mag_shift, "0x01C001C0", sign_shift)
-            + f"fma.rn.bf16x2 m, m, k, z;\nfma.rn.bf16x2 {out}, m, {scale}, z;\n")
+    bits 4..7 and 20..23: shifts 2 and 8): the exponent and mantissa bits moved to bf16 bits 6..8
+    (``mag_shift``) and the sign to bit 15 (``sign_shift``) by one multiply of the masked codes by
+    ``2**mag_shift + 2**sign_shift`` (the two shifted copies do not overlap, so the sum is their OR) and a
+    mask; then times 2**126 (``k``) and ``scale``, with -0.0 (``z``) as the exact addend -> the bf16x2
+    ``out``."""
+    code_mask = "0x000F000F" if mag_shift == 6 else "0x00F000F0"
+    return (f"and.b32 m, {t}, {code_mask};\nmul.lo.u32 m, m, {(1 << mag_shift) + (1 << sign_shift)};\n"
+            f"and.b32 m, m, 0x81C081C0;\nfma.rn.bf16x2 m, m, k, z;\nfma.rn.bf16x2 {out}, m, {scale}, z;\n")
 
 
 #: PTX of :func:`mxfp4_bf16_scaled`, 4 bytes per instance: bytes 0, 1 (then 2, 3) spread to bits 0 and 16 of
