@@ -52,9 +52,11 @@ _Q = moekit.QuantScheme
     (_Q.fp8_block(128, 128), 8, 128, 8, True), (_Q.fp8_block(128, 128), 9, 128, 8, False),
     (_Q.fp8_tensor(), 2, 8, 2, True), (_Q.fp8_tensor(), 3, 8, 2, False), (_Q.int8_weight_only(), 1, 2, 1, True),
     (_Q.mxfp4(), 4, 32, 4, True), (_Q.mxfp4(), 5, 32, 4, False), (_Q.mxfp4(), 1, 8, 2, False),
+    (_Q.int4_weight_only(), 2, 8, 2, True), (_Q.int4_weight_only(), 3, 8, 2, False),
 ])
 def test_gemv_applies_per_weight_format(scheme, m, e, k, expected):
-    """8-bit weights need no minimum of experts (Mixtral fp8 decodes faster on the GEMVs); mxfp4 keeps it."""
+    """8-bit and int4 weights need no minimum of experts (Mixtral fp8 decodes faster on the GEMVs); mxfp4 keeps
+    it."""
     assert gemv_applies(m, e, k, scheme) is expected
 
 
@@ -227,6 +229,33 @@ def test_mxfp4_weights_gemv(dtype, m, e, k, h, i, gemv_calls, poisoned_empty):
     assert_close_to_reference(out, moe_reference(x, ref13, ref2, w, ids), dtype)
 
 
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("group, zero, m, e, k, h, i", [
+    (128, False, 1, 32, 4, 256, 128),  # groups of one K step or more (GEMV 2: K = 128 < its 256-code steps)
+    (32, True, 2, 64, 8, 160, 96),     # several groups per K step, zero points, K tails
+    (16, False, 1, 8, 2, 2112, 48),    # H over one 1024-code step, few experts (int4 needs no minimum)
+    (64, True, 1, 16, 2, 192, 64),
+])
+def test_int4_weights_gemv(dtype, group, zero, m, e, k, h, i, gemv_calls, poisoned_empty):
+    """int4 weight-only at decode: packed codes, float32 group scales (and zero points) decoded in the GEMV
+    kernels (``scale * (sum(u * x) - zero * sum(x))`` per group) match the float64 layer of the dequantized
+    weights."""
+    from moekit.quant import dequantize_weights, quantize_weights
+
+    scheme = moekit.QuantScheme.int4_weight_only(group, zero_point=zero)
+    x, w13, w2, logits = layer(m, e, 1, h, i, torch.float32)
+    q13 = quantize_weights(w13, scheme)
+    q2 = quantize_weights(w2, scheme)
+    z13, z2 = (q13[2], q2[2]) if zero else (None, None)
+    ref13 = dequantize_weights(q13[0], q13[1], scheme, z13, torch.float64)
+    ref2 = dequantize_weights(q2[0], q2[1], scheme, z2, torch.float64)
+    out = moekit.fused_moe(x.to(dtype), q13[0], q2[0], logits, k, backend="triton", quant=scheme, w13_scale=q13[1],
+                           w2_scale=q2[1], w13_zero=z13, w2_zero=z2)
+    assert gemv_calls == [m] and out.dtype == dtype
+    w, ids = route_reference(logits, k, True, "softmax")
+    assert_close_to_reference(out, moe_reference(x.to(dtype), ref13, ref2, w, ids), dtype)
+
+
 def test_e2m1_decode_every_code():
     """The kernels' e2m1 decode (GEMV and weight-only GEMM; float32 bit placement, times 2**126: codes 0 and 1 pass through float32
     subnormals) gives all 16 code values exactly."""
@@ -291,8 +320,9 @@ def test_static_activation_scales_keep_grouped_gemms(gemv_calls):
 @pytest.mark.parametrize("scheme, ok", [
     (None, True), (moekit.QuantScheme.fp8_block(128, 128), True), (moekit.QuantScheme.fp8_block(96, 128), False),
     (moekit.QuantScheme.fp8_tensor(), True), (moekit.QuantScheme.int8_channel(), False),
-    (moekit.QuantScheme.mxfp4(), True), (moekit.QuantScheme.int4_weight_only(), False),
-    (moekit.QuantScheme.int8_weight_only(), True),
+    (moekit.QuantScheme.mxfp4(), True), (moekit.QuantScheme.int4_weight_only(), True),
+    (moekit.QuantScheme.int4_weight_only(32, zero_point=True), True), (moekit.QuantScheme.int4_weight_only(8), False),
+    (moekit.QuantScheme.int4_weight_only(96), False), (moekit.QuantScheme.int8_weight_only(), True),
 ])
 def test_gemv_supports(scheme, ok):
     assert gemv_mod.gemv_supports(scheme) is ok

@@ -25,8 +25,8 @@ def use_decode_gemv(m: int, e_global: int, top_k: int, quant=None, static_act_sc
                     grouped: bool = False) -> bool:
     """Whether a forward of ``m`` tokens (top ``top_k`` of ``e_global`` experts) takes the decode GEMV kernels
     (:func:`moekit.kernels.moe_gemv.gemv_applies`) instead of the aligned grouped GEMMs: unquantized, fp8
-    weights, int8 weight-only or mxfp4 (:func:`~moekit.kernels.moe_gemv.gemv_supports`; fp8 runs weight-only, so not
-    with static activation scales, which ask for quantized activations). ``grouped``: the ids come from grouped
+    weights, int8 / int4 weight-only or mxfp4 (:func:`~moekit.kernels.moe_gemv.gemv_supports`; fp8 runs
+    weight-only, so not with static activation scales, which ask for quantized activations). ``grouped``: the ids come from grouped
     top-k routing (the crossover moves down). ``MOEKIT_DECODE_GEMV=0`` turns the path off."""
     if quant is not None and quant.is_quantized and (static_act_scales or not gemv_supports(quant)):
         return False
@@ -75,7 +75,8 @@ def fused_experts_triton(
 
         return moe_gemv(x, w13, w2, topk_weights, topk_ids, expert_map, activation, scheme=scheme,
                         w13_scale=qargs.get("w13_scale"), w2_scale=qargs.get("w2_scale"), w13_bias=w13_bias,
-                        w2_bias=w2_bias, mx_ptx=mxfp4_gemv_ptx_decode(x, scheme))
+                        w2_bias=w2_bias, mx_ptx=mxfp4_gemv_ptx_decode(x, scheme), w13_zero=qargs.get("w13_zero"),
+                        w2_zero=qargs.get("w2_zero"))
     slots_per_expert = m * top_k / e_global  # routed rows per expert on average (GEMM 2's config)
     with pdl.chaining(pdl.chain_applies(m * top_k, e_global), x.device):
         if scheme is not None:

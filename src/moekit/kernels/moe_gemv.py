@@ -18,7 +18,11 @@ GROUP_N), cdiv(K, GROUP_K)]``: a K step spans ``max(1, BLOCK_K / GROUP_K)`` bloc
 ``GROUP_K`` are powers of two), each block's partial sum is scaled before it joins the accumulator; 3
 mxfp4, e2m1 codes packed two per byte along K (``[E, N, K / 2]`` uint8, low nibble first) with one e8m0
 scale per 32 K elements (``[E, N, K / 32]`` uint8), decoded on CUDA cores
-(:func:`moekit.kernels.quant.e2m1_value`).
+(:func:`moekit.kernels.quant.e2m1_value`); 4 int4 weight-only, codes packed as mxfp4's with one float32 scale
+per ``GROUP_K`` K elements (``[E, N, cdiv(K, GROUP_K)]``, optional uint8 zero points of the same shape): each
+group's sum is ``scale * (sum(u * x) - zero * sum(x))`` over the unsigned codes ``u`` (two's complement codes
+are ``u = q ^ 8`` with zero 8), so a code costs a mask or shift, a conversion and one multiply-add, and the
+activations' group sums are shared by every row.
 Tiles and K steps per weight format: :data:`GEMV_TILES`.
 
 On Hopper and later (:func:`moekit.platform.programmatic_launch`) both are launched with programmatic
@@ -96,10 +100,10 @@ _MAX_GRID_Y = 65535
 
 
 def _weight_bits(scheme) -> int:
-    """The :data:`GEMV_TILES` key of a weight format: 4 (mxfp4 codes), 8 (fp8 / int8), else 16."""
+    """The :data:`GEMV_TILES` key of a weight format: 4 (mxfp4 / int4 codes), 8 (fp8 / int8), else 16."""
     if scheme is None or not scheme.is_quantized:
         return 16
-    return 4 if scheme.weight_dtype == "mxfp4" else 8
+    return 4 if scheme.weight_dtype in ("mxfp4", "int4") else 8
 
 
 def gemv_applies(m: int, e: int, top_k: int, scheme=None, grouped: bool = False) -> bool:
@@ -126,7 +130,8 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None, grouped: bool = False)
     if m < 1:
         return False
     bits, slots = _weight_bits(scheme), m * top_k
-    if bits != 8 and e < MIN_EXPERTS:
+    int4 = scheme is not None and scheme.weight_dtype == "int4"
+    if bits != 8 and not int4 and e < MIN_EXPERTS:
         return False
     if grouped and bits != 4:
         return 4 * slots < e
@@ -162,6 +167,51 @@ def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BL
 
 
 @triton.jit
+def _int4_codes(raw, HAS_ZERO: tl.constexpr):
+    """int4 bytes (two codes each, low nibble first) -> (low, high) codes as unsigned float32 values 0..15:
+    two's complement codes q become q ^ 8 = q + 8 (their zero point is then 8, :func:`_int4_zero`)."""
+    r = raw.to(tl.int32) & 255
+    if not HAS_ZERO:
+        r = r ^ 0x88
+    return (r & 15).to(tl.float32), (r >> 4).to(tl.float32)
+
+
+@triton.jit
+def _int4_zero(z_ptrs, mask, HAS_ZERO: tl.constexpr):
+    """The zero points of :func:`_int4_codes`' unsigned codes: loaded (uint8), or 8 for two's complement."""
+    if HAS_ZERO:
+        z = tl.load(z_ptrs, mask=mask, other=0).to(tl.float32)
+    else:
+        z = 8.0
+    return z
+
+
+@triton.jit
+def _int4_rows_dot(w_ptrs, s_rows, z_rows, xe, xo, wmask, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """One K step of int4 rows: bytes ``w_ptrs`` [BLOCK_N, BLOCK_K / 2], scale / zero-point rows ``s_rows`` /
+    ``z_rows`` [BLOCK_N, 1] (at K group 0), activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2])
+    -> [BLOCK_N] float32 partial dot products, ``scale * (sum(u * x) - zero * sum(x))`` per K group."""
+    lo, hi = _int4_codes(tl.load(w_ptrs, mask=wmask, other=0), HAS_ZERO)
+    p = lo * xe[None, :] + hi * xo[None, :]
+    xs = xe + xo
+    if GROUP_K >= BLOCK_K:  # one group per step
+        g = k0 // GROUP_K
+        part = tl.sum(p, axis=1, keep_dims=True)
+        xsum = tl.sum(xs, axis=0)
+        smask = n_ok[:, None]
+        sk = g * stride_sk
+    else:
+        part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // GROUP_K, GROUP_K // 2]), axis=2)
+        xsum = tl.sum(tl.reshape(xs, [BLOCK_K // GROUP_K, GROUP_K // 2]), axis=1)[None, :]
+        offs_g = k0 // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
+        smask = n_ok[:, None] & (offs_g * GROUP_K < K)[None, :]
+        sk = offs_g[None, :] * stride_sk
+    z = _int4_zero(z_rows + sk, smask, HAS_ZERO)
+    return tl.sum((part - z * xsum) * tl.load(s_rows + sk, mask=smask, other=0.0), axis=1)
+
+
+@triton.jit
 def _moe_gemv1_kernel(
     x_ptr, w_ptr, out_ptr, ids_ptr, map_ptr,
     I, K, top_k, n_map, E, stride_xm, stride_we, stride_wn, stride_om,
@@ -170,6 +220,7 @@ def _moe_gemv1_kernel(
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
     STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, TRIGGER_EARLY: tl.constexpr = False,
+    z_ptr=None, HAS_ZERO: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
     pdl.wait(PDL)  # topk_ids may come from the kernel before
@@ -198,6 +249,19 @@ def _moe_gemv1_kernel(
             acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K, PTX)
             acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
                                   BLOCK_N, BLOCK_K, PTX)
+    elif W_SCALE == 4:  # int4: packed as mxfp4, float32 scales (and zero points) per GROUP_K
+        offs_b = tl.arange(0, BLOCK_K // 2)
+        g_ptrs = rows + offs_b[None, :]
+        s_off = e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+            xk = tl.load(x_row + k0 + offs_k, mask=offs_k < K - k0, other=0.0).to(tl.float32)
+            xe, xo = tl.split(tl.reshape(xk, [BLOCK_K // 2, 2]))
+            wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
+            acc_g += _int4_rows_dot(g_ptrs + k0 // 2, s_ptr + s_off, z_ptr + s_off, xe, xo, wmask, n_ok, k0, K,
+                                    stride_sk, BLOCK_N, BLOCK_K, GROUP_K, HAS_ZERO)
+            acc_u += _int4_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptr + s_off + I * stride_sn,
+                                    z_ptr + s_off + I * stride_sn, xe, xo, wmask, n_ok, k0, K, stride_sk, BLOCK_N,
+                                    BLOCK_K, GROUP_K, HAS_ZERO)
     else:
         g_ptrs = rows + offs_k[None, :]
         u_ptrs = g_ptrs + I * stride_wn
@@ -237,7 +301,7 @@ def _moe_gemv2_kernel(
     s_ptr=None, stride_se=0, stride_sn=0, stride_sk=0,
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
-    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False,
+    STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, z_ptr=None, HAS_ZERO: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -269,6 +333,31 @@ def _moe_gemv2_kernel(
             sc = tl.load(s_rows + (k0 // 32 + offs_s)[None, None, :] * stride_sk,
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * e8m0_value(sc), axis=2)
+    elif W_SCALE == 4:  # int4 (see GEMV 1)
+        offs_b = tl.arange(0, BLOCK_K // 2)
+        s_off = e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+            b_ok = offs_b < (K - k0) // 2
+            a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
+                        other=0.0).to(tl.float32)
+            ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
+            lo, hi = _int4_codes(tl.load(w_rows + k0 // 2 + offs_b[None, None, :], mask=rows_ok & b_ok[None, None, :],
+                                         other=0), HAS_ZERO)
+            p = lo * ae[:, None, :] + hi * ao[:, None, :]
+            xs = ae + ao
+            if GROUP_K >= BLOCK_K:  # one group per step
+                part = tl.sum(p, axis=2, keep_dims=True)
+                xsum = tl.sum(xs, axis=1)[:, None, None]
+                smask = rows_ok
+                sk = (k0 // GROUP_K) * stride_sk
+            else:
+                part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // GROUP_K, GROUP_K // 2]), axis=3)
+                xsum = tl.sum(tl.reshape(xs, [TOPK, BLOCK_K // GROUP_K, GROUP_K // 2]), axis=2)[:, None, :]
+                offs_g = k0 // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
+                smask = rows_ok & (offs_g * GROUP_K < K)[None, None, :]
+                sk = offs_g[None, None, :] * stride_sk
+            z = _int4_zero(z_ptr + s_off + sk, smask, HAS_ZERO)
+            acc += tl.sum((part - z * xsum) * tl.load(s_ptr + s_off + sk, mask=smask, other=0.0), axis=2)
     else:
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             k_ok = offs_k < K - k0
@@ -308,9 +397,13 @@ def _blocks(k: int, rows: int, max_block_k: int, tile: int) -> tuple:
 
 def gemv_supports(scheme) -> bool:
     """Schemes the GEMV kernels run: unquantized; fp8 weights per tensor, channel or block (run weight-only:
-    the activations are not quantized); int8 weight-only per channel (no zero point); mxfp4."""
+    the activations are not quantized); int8 weight-only per channel (no zero point); mxfp4; int4 weight-only
+    with groups of a power of two >= 16 (zero points or not)."""
     if scheme is None or not scheme.is_quantized or scheme.weight_dtype == "mxfp4":
         return True
+    if scheme.weight_dtype == "int4":  # group sizes a power of two of at least 16 (a reshape of the K step)
+        g = scheme.group_size
+        return g >= 16 and g & (g - 1) == 0
     if scheme.weight_dtype == "int8":
         return scheme.weight_only and scheme.granularity == "channel" and not scheme.zero_point
     if scheme.weight_dtype != "fp8" or scheme.granularity not in ("tensor", "channel", "block"):
@@ -325,6 +418,9 @@ def _scale_args(scheme, scale: Optional[torch.Tensor]) -> dict:
     if scheme.weight_dtype == "mxfp4":
         return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
                     W_SCALE=3)
+    if scheme.weight_dtype == "int4":  # zero points (same layout) are added by moe_gemv
+        return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
+                    W_SCALE=4, GROUP_K=scheme.group_size)
     if scheme.granularity == "block":
         gn, gk = scheme.block_shape
         return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
@@ -337,14 +433,16 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
              topk_ids: torch.Tensor, expert_map: Optional[torch.Tensor] = None, activation: str = "silu",
              num_warps: int = 4, scheme=None, w13_scale: Optional[torch.Tensor] = None,
              w2_scale: Optional[torch.Tensor] = None, w13_bias: Optional[torch.Tensor] = None,
-             w2_bias: Optional[torch.Tensor] = None, mx_ptx: bool = False) -> torch.Tensor:
+             w2_bias: Optional[torch.Tensor] = None, mx_ptx: bool = False, w13_zero: Optional[torch.Tensor] = None,
+             w2_zero: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The decode forward of the experts: x [M, H], w13 [E, 2I, H], w2 [E, H, I], topk_weights float32
     [M, k] and topk_ids int32 [M, k] (contiguous) -> [M, H] in x's dtype. Two launches. ``scheme``: a
     QuantScheme that :func:`gemv_supports` (weights and ``w13_scale`` / ``w2_scale`` in the layouts of
     :mod:`moekit.quant.moe`; mxfp4 weights are packed [E, 2I, H / 2] and [E, H, I / 2]), or None.
     ``w13_bias`` [E, 2I] / ``w2_bias`` [E, H]: optional expert biases (contiguous last dimension).
     ``mx_ptx``: decode mxfp4 codes by inline PTX (NVIDIA GPUs only; the rule is
-    :func:`moekit.quant.triton_moe.mxfp4_gemv_ptx_decode`)."""
+    :func:`moekit.quant.triton_moe.mxfp4_gemv_ptx_decode`). ``w13_zero`` / ``w2_zero``: int4 zero points (uint8,
+    the scales' shape) for schemes with ``zero_point``."""
     m, h = x.shape
     i = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
@@ -355,6 +453,12 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
     e_local = w13.shape[0]
     n_map = expert_map.numel() if has_map else 0
     bits = _weight_bits(scheme)
+    zeros1, zeros2 = {}, {}
+    if scheme is not None and scheme.weight_dtype == "int4":  # zero points share the scales' (contiguous) layout
+        w13_scale, w2_scale = w13_scale.contiguous(), w2_scale.contiguous()
+        has_zero = w13_zero is not None
+        zeros1 = dict(z_ptr=w13_zero.contiguous() if has_zero else w13_scale, HAS_ZERO=has_zero)  # else unread
+        zeros2 = dict(z_ptr=w2_zero.contiguous() if has_zero else w2_scale, HAS_ZERO=has_zero)
     tile1, tile2, kstep1, kstep2 = GEMV_TILES[bits]
     if bits == 8 and scheme.granularity == "block":
         tile2 = GEMV2_BLOCK_TILE
@@ -368,7 +472,7 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
         inter.stride(0),
         HAS_MAP=has_map, ACTIVATION=ACTIVATIONS[activation], BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
         STAGES=GEMV_STAGES[bits],
-        num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias), **launch, **early,
+        num_warps=num_warps, **_scale_args(scheme, w13_scale), **_bias_args(w13_bias), **launch, **early, **zeros1,
     )
     topk_pad = triton.next_power_of_2(top_k)
     bn, bk = _blocks(i, topk_pad, kstep2, tile2)
@@ -377,6 +481,6 @@ def moe_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights:
         inter, w2, out, topk_ids, topk_weights, emap, h, i, top_k, n_map, e_local, inter.stride(0), w2.stride(0),
         w2.stride(1), out.stride(0), HAS_MAP=has_map, TOPK=topk_pad, BLOCK_N=bn, BLOCK_K=bk, PTX=mx_ptx,
         STAGES=GEMV_STAGES[bits],
-        num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias), **launch,
+        num_warps=num_warps, **_scale_args(scheme, w2_scale), **_bias_args(w2_bias), **launch, **zeros2,
     )
     return out
