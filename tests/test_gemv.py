@@ -53,10 +53,11 @@ _Q = moekit.QuantScheme
     (_Q.fp8_tensor(), 2, 8, 2, True), (_Q.fp8_tensor(), 3, 8, 2, False), (_Q.int8_weight_only(), 1, 2, 1, True),
     (_Q.mxfp4(), 4, 32, 4, True), (_Q.mxfp4(), 5, 32, 4, False), (_Q.mxfp4(), 1, 8, 2, False),
     (_Q.int4_weight_only(), 2, 8, 2, True), (_Q.int4_weight_only(), 3, 8, 2, False),
+    (_Q.int4_weight_only(), 1, 128, 8, True), (_Q.int4_weight_only(), 2, 128, 8, False),
 ])
 def test_gemv_applies_per_weight_format(scheme, m, e, k, expected):
     """8-bit and int4 weights need no minimum of experts (Mixtral fp8 decodes faster on the GEMVs); mxfp4 keeps
-    it."""
+    it; int4 stops past 8 slots (Qwen3 M=2 is faster on the grouped GEMMs)."""
     assert gemv_applies(m, e, k, scheme) is expected
 
 
@@ -232,7 +233,7 @@ def test_mxfp4_weights_gemv(dtype, m, e, k, h, i, gemv_calls, poisoned_empty):
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("group, zero, m, e, k, h, i", [
     (128, False, 1, 32, 4, 256, 128),  # groups of one K step or more (GEMV 2: K = 128 < its 256-code steps)
-    (32, True, 2, 64, 8, 160, 96),     # several groups per K step, zero points, K tails
+    (32, True, 2, 64, 4, 160, 96),     # several groups per K step, zero points, K tails, two tokens
     (16, False, 1, 8, 2, 2112, 48),    # H over one 1024-code step, few experts (int4 needs no minimum)
     (64, True, 1, 16, 2, 192, 64),
 ])

@@ -80,6 +80,7 @@ GEMV_TILES = {16: (4096, 1024, 512, 256), 8: (4096, 1024, 512, 256), 4: (16384, 
 #: eight rows per program).
 GEMV2_BLOCK_TILE = 4096
 MIN_EXPERTS = 16  # 16-bit and mxfp4 weights: see gemv_applies
+INT4_MAX_SLOTS = 8  # int4 weights: see gemv_applies
 #: Software-pipelining depth of the GEMV K loops per weight format (:data:`GEMV_TILES` keys; ``tl.range(num_stages=
 #: ...)``, 1: plain loads, more: the weight tiles staged through shared memory by cp.async, same registers).
 #: Measured on the H100, whole forward, arms interleaved (``benchmarks/ab_gemv_stages.py``,
@@ -110,7 +111,8 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None, grouped: bool = False)
     """Whether the decode GEMV kernels serve ``m`` tokens: few enough slots that two slots rarely share an
     expert (each slot streams its expert's weights, the grouped GEMMs each expert once). ``slots = m *
     top_k``; 16-bit weights: at least :data:`MIN_EXPERTS` experts and ``slots <= E / 2``; 8-bit: ``slots <= E
-    / 2``; mxfp4: at least :data:`MIN_EXPERTS` experts and ``slots <= E / 2``. ``grouped`` (grouped top-k
+    / 2``; mxfp4: at least :data:`MIN_EXPERTS` experts and ``slots <= E / 2``; int4: ``slots <= min(E / 2,
+    INT4_MAX_SLOTS)``. ``grouped`` (grouped top-k
     routing, which concentrates a batch's slots on the experts of its kept groups): ``slots < E / 4`` for 16-
     and 8-bit weights.
 
@@ -126,11 +128,17 @@ def gemv_applies(m: int, e: int, top_k: int, scheme=None, grouped: bool = False)
     * mxfp4 (session 9, ``mxfp4_gemv_crossover_H100_session9.log``): gpt-oss-20b M=4 (slots E / 2) 137.6
       against 177.7; gpt-oss-120b shape (E=128) M=32 (slots E) 938.1 against 789.4. (Session 13: gpt-oss-20b
       M=8, slots E, 221.0 against 232.5; the rule stays at E / 2 for the 120b shape.)
-      Measured on Hopper only: GPUs whose grouped GEMMs lack the PTX decode may gain from the GEMV up to E."""
+      Measured on Hopper only: GPUs whose grouped GEMMs lack the PTX decode may gain from the GEMV up to E.
+    * int4 weight-only (session 24, ``ab_gemv_path_int4_H100_session24.json``): Mixtral (E=8, k=2) M=1 / 2 132.9 /
+      239.2 against 157.9 / 253.5, M=4 449.9 against 291.1; Qwen3-30B-A3B (E=128, k=8) M=1 24.3 against 27.5, M=2 /
+      4 / 8 39.5 / 66.0 / 116.5 against 36.7 / 53.1 / 88.3. So no minimum of experts, but at most
+      :data:`INT4_MAX_SLOTS` slots (and ``slots <= E / 2``)."""
     if m < 1:
         return False
     bits, slots = _weight_bits(scheme), m * top_k
     int4 = scheme is not None and scheme.weight_dtype == "int4"
+    if int4 and slots > INT4_MAX_SLOTS:
+        return False
     if bits != 8 and not int4 and e < MIN_EXPERTS:
         return False
     if grouped and bits != 4:
