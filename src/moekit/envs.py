@@ -142,7 +142,7 @@ registry: List[EnvVar] = [
         "MOEKIT_DECODE_GEMV", "bool", True,
         "0 keeps the Triton backend's grouped GEMMs at the smallest decode batches instead of its GEMV kernels "
         "(tokens x top_k at most experts / 2, below experts / 4 with grouped top-k routing; 16-bit and mxfp4 "
-        "weights: at least 16 experts: moekit.kernels.moe_gemv.gemv_applies).",
+        "weights: at least 16 experts; int4: at most 8 slots: moekit.kernels.moe_gemv.gemv_applies).",
     ),
     EnvVar(
         "MOEKIT_TAIL_TILES", "bool", True,
