@@ -5,7 +5,8 @@ tokens^T)`` (the weight the MMA's left operand, read from registers); ``_asm`` a
 (:func:`moekit.quant.triton_moe.int4_ptx_decode`), the others by Triton ops. Whole fused_moe (routing included) as
 CUDA-graph replay, arms interleaved (``ab_cases.run_ab``), with the shipped configs. GPU only.
 
-    PYTHONPATH=src python3 benchmarks/ab_weight_only_swap.py [--arms plain,swap,plain_asm,swap_asm] [--rounds 3] [--out F.json]
+    PYTHONPATH=src python3 benchmarks/ab_weight_only_swap.py [--arms plain,swap,plain_asm,swap_asm] [--rounds 3]
+        [--out F.json]
         [--cases mixtral8x7b:int4_weight_only:64,4096 ...]
 """
 from __future__ import annotations

@@ -26,8 +26,8 @@ def use_decode_gemv(m: int, e_global: int, top_k: int, quant=None, static_act_sc
     """Whether a forward of ``m`` tokens (top ``top_k`` of ``e_global`` experts) takes the decode GEMV kernels
     (:func:`moekit.kernels.moe_gemv.gemv_applies`) instead of the aligned grouped GEMMs: unquantized, fp8
     weights, int8 / int4 weight-only or mxfp4 (:func:`~moekit.kernels.moe_gemv.gemv_supports`; fp8 runs
-    weight-only, so not with static activation scales, which ask for quantized activations). ``grouped``: the ids come from grouped
-    top-k routing (the crossover moves down). ``MOEKIT_DECODE_GEMV=0`` turns the path off."""
+    weight-only, so not with static activation scales, which ask for quantized activations). ``grouped``: the ids
+    come from grouped top-k routing (the crossover moves down). ``MOEKIT_DECODE_GEMV=0`` turns the path off."""
     if quant is not None and quant.is_quantized and (static_act_scales or not gemv_supports(quant)):
         return False
     return gemv_applies(m, e_global, top_k, quant, grouped) and envs.get("MOEKIT_DECODE_GEMV")

@@ -666,7 +666,7 @@ class GemmQuant:
     out_stride: int = 0
     out_qparams: Tuple[int, float, int] = (0, 448.0, -6)  # (qkind, qmax, emin)
     scale_tile: bool = False  # weight-only: the K group is a multiple of BLOCK_K (one scale per column per step)
-    mx_dot: bool = False  # mxfp4 in the swapped layout, decoded by tl.dot_scaled unless asm_decode (else: in-kernel decode)
+    mx_dot: bool = False  # mxfp4 in the swapped layout, by tl.dot_scaled unless asm_decode (else: in-kernel decode)
     asm_decode: bool = False  # weights decoded by inline PTX: mxfp4 with mx_dot (instead of tl.dot_scaled, BLOCK_K
     # 32-128, bf16), int4 (bf16; instead of Triton ops)
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
