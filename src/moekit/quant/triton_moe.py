@@ -143,10 +143,10 @@ def weight_only_swap_ab(x: torch.Tensor, config, scheme: QuantScheme) -> bool:
     ``ab_weight_only_swap_H100_session23.json``): int4 on Hopper with 16-bit activations, tiles of >= 32 (now
     64, below) token rows and >= 64 weight rows (a warpgroup MMA's M side): Mixtral M=256 / 1024 / 4096 1.23x /
     1.24x / 1.24x, Qwen3 1.05x / 1.13x / 1.14x. Not below 32 rows (Qwen3 M=64, 16-row tiles: 0.94x; Mixtral M=64,
-    32-row tiles: 1.00x) and not int8 (Qwen3 M=256 / 4096 0.90x / 0.86x; why was not profiled). Since int4 is decoded by inline
-    PTX (:func:`int4_ptx_decode`, session 24) the plain form gained more where tiles are small (Mixtral M=64,
-    32-row tiles: plain 587 against swapped 675 us; ``ab_int4_asm_H100_session24.json``), so tiles of >= 64
-    token rows now."""
+    32-row tiles: 1.00x) and not int8 (Qwen3 M=256 / 4096 0.90x / 0.86x; why was not profiled). Since int4 is
+    decoded by inline PTX (:func:`int4_ptx_decode`, session 24) the plain form gained more where tiles are small
+    (Mixtral M=64, 32-row tiles: plain 587 against swapped 675 us; Qwen3 M=256, 32-row tiles: 251 against 253;
+    ``ab_int4_asm_H100_session24.log``), so tiles of >= 64 token rows now."""
     if WEIGHT_ONLY_SWAP_AB is not None:
         return WEIGHT_ONLY_SWAP_AB and scheme.weight_dtype in ("int8", "int4")
     from moekit.platform import on_sm90, platform_of
