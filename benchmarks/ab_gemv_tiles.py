@@ -7,6 +7,7 @@ CUDA-graph replay, arms interleaved (``ab_cases.run_ab``). GPU only.
 
     PYTHONPATH=src python3 benchmarks/ab_gemv_tiles.py [--arms shipped,8192x1024x512x256] [--rounds 3]
         [--out F.json] [--cases qwen3_30b_a3b:fp8_block:1,2 ...]
+    ... --arms shipped,4:8192x4096x512x256 --cases mixtral8x7b:int4_weight_only:1   (4-bit codes' tiles)
 """
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ CASES = ["qwen3_30b_a3b:fp8_block:1,2", "qwen3_30b_a3b:fp8_channel:1", "dsv3:fp8
 
 
 def set_arm(arm: str) -> None:
-    """An arm's tiles for every 8-bit scheme (block scales included); "shipped": the shipped tiles."""
+    """An arm's tiles for every 8-bit scheme (block scales included), or with a ``4:`` prefix for 4-bit codes
+    (mxfp4 and int4, ``GEMV_TILES[4]``); "shipped": the shipped tiles."""
     gemv.GEMV_TILES, gemv.GEMV2_BLOCK_TILE = dict(SHIPPED[0]), SHIPPED[1]
     if arm != "shipped":
-        gemv.GEMV_TILES[8] = tuple(int(v) for v in arm.split("x"))
-        gemv.GEMV2_BLOCK_TILE = gemv.GEMV_TILES[8][1]
+        bits, _, tiles = arm.rpartition(":")
+        gemv.GEMV_TILES[int(bits or 8)] = tuple(int(v) for v in tiles.split("x"))
+        if not bits:
+            gemv.GEMV2_BLOCK_TILE = gemv.GEMV_TILES[8][1]
 
 
 if __name__ == "__main__":
