@@ -25,9 +25,11 @@ Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel)
   3/4/5 weight-only int8 / int4 / mxfp4: codes loaded (int4/mxfp4: two per byte along K, low nibble first),
     decoded and scaled per (column, K-group) in registers, cast to the activation dtype, ``tl.dot``. mxfp4
     on GPUs with ``tl.dot_scaled`` swaps the operands (``MX_DOT``, the weight is the MMA's left operand in
-    registers) and lets ``tl.dot_scaled`` decode, or (``ASM_DECODE``, Hopper, bf16, K steps of 32-128 codes) decodes by
-    inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`) into two ``tl.dot`` on the even and odd K
-    activations (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode` says where).
+    registers) and lets ``tl.dot_scaled`` decode, or (``ASM_DECODE``, Hopper, bf16, K steps of 32-128 codes)
+    decodes by inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`) into two ``tl.dot`` on the even and
+    odd K activations (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode` says where). int4 with ``ASM_DECODE``
+    (bf16, NVIDIA: :func:`moekit.quant.triton_moe.int4_ptx_decode`) is decoded by inline PTX as well
+    (:func:`~moekit.kernels.quant.int4_bf16_scaled`), in the plain or the swapped (``SWAP_AB``) form.
 GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N columns): the program takes the
 row amax of its tile and writes q and scale [P, I / BLOCK_N] - the activation of GEMM 2 never exists in bf16.
 BLOCK_N divides the weight's 128 block, so this group is the block or finer (finer is more accurate), and
