@@ -54,8 +54,9 @@ from moekit.kernels.moe_gemm import ACTIVATIONS, _bias_args, gate_up
 from moekit.kernels.quant import e8m0_value, mxfp4_f32_scaled_down
 from moekit.platform import programmatic_launch
 
-#: Launch shape per weight format (bits: 16 bf16 / fp16 / fp32, 8 fp8 / int8, 4 mxfp4 codes): (GEMV 1 tile,
-#: GEMV 2 tile, GEMV 1 K step, GEMV 2 K step). A tile is the elements of the float32 product one program
+#: Launch shape per weight format (bits: 16 bf16 / fp16 / fp32, 8 fp8 / int8, 4 mxfp4 / int4 codes; int4 runs
+#: mxfp4's measured tiles, stages and trigger, not tuned for it): (GEMV 1 tile, GEMV 2 tile, GEMV 1 K step, GEMV 2
+#: K step). A tile is the elements of the float32 product one program
 #: holds per K step (GEMV 1: per gate / up tile; GEMV 2: all top-k experts' tiles at once); a K step the
 #: elements of a weight row read per step. Measured on the H100:
 #:
