@@ -22,7 +22,7 @@ SCHEMES = {
     "fp8_block": QuantScheme.fp8_block(128, 128), "fp8_tensor": QuantScheme.fp8_tensor(),
     "fp8_channel": QuantScheme.fp8_channel(), "int8_channel": QuantScheme.int8_channel(),
     "int8_weight_only": QuantScheme.int8_weight_only(), "int4_weight_only": QuantScheme.int4_weight_only(),
-    "mxfp4": QuantScheme.mxfp4(),
+    "mxfp4": QuantScheme.mxfp4(), "mxfp4_mma": QuantScheme.mxfp4("mma"),
 }
 
 
@@ -230,7 +230,7 @@ def test_quantize_weights_layouts_and_round_trip(name):
     assert d.shape == w.shape and torch.isfinite(d).all()
     assert (d[0, :128, :128] == 0).all()
     err = float((d - w).norm() / w.norm())
-    assert err < {"int4_weight_only": 0.13, "mxfp4": 0.13, "int4_zp": 0.13}.get(name, 0.05)
+    assert err < {"int4_weight_only": 0.13, "mxfp4": 0.13, "mxfp4_mma": 0.13, "int4_zp": 0.13}.get(name, 0.05)
 
 
 def _layer(scheme, m, e, h, i, dtype, k=2):
@@ -488,6 +488,65 @@ def test_mxfp4_grouped_decode_paths(bm, bn, bk, ptx, poisoned_empty, monkeypatch
     hopper = HAS_GPU and mxfp4_dot_scaled(x) and on_sm90(platform_of(x.device))
     assert seen == [ptx and hopper]
     assert_close_to_reference(out, ref, "mxfp4")
+
+
+@pytest.mark.parametrize("bm, bn, bk", [(16, 64, 64), (32, 64, 128), (64, 128, 64), (128, 64, 64), (32, 32, 256),
+                                         (16, 64, 32)])
+def test_mxfp4_mma_layout_paths(bm, bn, bk, poisoned_empty, monkeypatch):
+    """mxfp4 weights in the "mma" layout (:func:`moekit.quant.weights.mma_layout`): the grouped GEMMs decode
+    the words into K order (inline PTX on an NVIDIA GPU in bf16, Triton ops elsewhere) and match the float64
+    layer at tiles of 16-128 rows; H = 320 and I = 192 are not multiples of the 128- or 256-code steps (whole
+    64-code chunks past K are masked), and a 32-code step is raised to one chunk."""
+    import moekit.quant.triton_moe as tq
+    from moekit.configs import MoEKernelConfig
+    from moekit.platform import on_sm80_plus, platform_of
+    from moekit.routing import select_experts
+    from moekit.triton_experts import fused_experts_triton
+
+    scheme = QuantScheme.mxfp4("mma")
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    x, w13, w2, logits, kw, ref = _layer(scheme, 45, 4, 320, 192, dtype)
+    w, ids = select_experts(logits, 2)
+    seen, real = [], tq.moe_gemm1
+    monkeypatch.setattr(tq, "moe_gemm1", lambda *a, **k: seen.append((k["quant"].mx_words, k["quant"].asm_decode,
+                                                                        a[7].BLOCK_SIZE_K)) or real(*a, **k))
+    out = fused_experts_triton(x, w13, w2, w, ids, config=MoEKernelConfig(bm, bn, bk, 1, 4, 3), quant=scheme,
+                               **{k: v for k, v in kw.items() if k != "quant"})
+    ptx = HAS_GPU and torch.version.hip is None and on_sm80_plus(platform_of(x.device))
+    assert seen == [(True, ptx, max(bk, 64))]
+    assert_close_to_reference(out, ref, "mxfp4_mma")
+
+
+def test_mxfp4_mma_layout_round_trip_and_checks():
+    """``mma_layout`` permutes the codes inside each 64-code chunk (word 2c + h holds codes 16t + 8q + 2c + h,
+    code o = 2t + q at bits 4o); ``plain_layout`` inverts it; bad input names the argument."""
+    from moekit.quant.weights import mma_layout, plain_layout, unpack_nibbles
+
+    q = torch.randint(0, 256, (2, 3, 96), dtype=torch.uint8)
+    m = mma_layout(q)
+    assert m.shape == q.shape and torch.equal(plain_layout(m), q)
+    plain, mma = unpack_nibbles(q[1, 2]), unpack_nibbles(m[1, 2])
+    for chunk in range(3):
+        for word in range(8):
+            for o in range(8):
+                c, h = divmod(word, 2)
+                t, qq = divmod(o, 2)
+                assert mma[64 * chunk + 8 * word + o] == plain[64 * chunk + 16 * t + 8 * qq + 2 * c + h]
+    with pytest.raises(moekit.MoEInputError, match="q.*multiple of 64"):
+        mma_layout(torch.zeros(4, 16, dtype=torch.uint8))
+    with pytest.raises(moekit.MoEInputError, match="q.*uint8"):
+        mma_layout(torch.zeros(4, 32, dtype=torch.int8))
+    with pytest.raises(moekit.MoEInputError, match="layout"):
+        QuantScheme("int4", None, "group", group_size=128, layout="mma")
+    with pytest.raises(moekit.MoEInputError, match="layout"):
+        QuantScheme.mxfp4("swizzled")
+    assert QuantScheme.from_name("mxfp4_mma") == QuantScheme.mxfp4("mma") and QuantScheme.mxfp4("mma").name == "mxfp4_mma"
+    x = torch.zeros(2, 96)
+    w13, w2 = torch.zeros(2, 64, 48, dtype=torch.uint8), torch.zeros(2, 96, 16, dtype=torch.uint8)
+    s13, s2 = torch.zeros(2, 64, 3, dtype=torch.uint8), torch.zeros(2, 96, 1, dtype=torch.uint8)
+    with pytest.raises(moekit.MoEInputError, match="hidden_states.*multiples of 64"):
+        moekit.fused_moe(x, w13, w2, torch.zeros(2, 2), 1, quant=QuantScheme.mxfp4("mma"), w13_scale=s13,
+                         w2_scale=s2)
 
 
 def test_gluon_needs_16_byte_copies():

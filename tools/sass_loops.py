@@ -109,16 +109,16 @@ def _gemv2_mxfp4(args):
 def _gemm1_mxfp4(args):
     from moekit.kernels.moe_gemm import _moe_gemm1_kernel
 
-    ptrs = {"x_ptr": "*bf16", "w_ptr": "*u8", "out_ptr": "*bf16", "sorted_ptr": "*i32", "experts_ptr": "*i32",
-            "npp_ptr": "*i32", "a_scale_ptr": "*fp32", "b_scale_ptr": "*u8", "b_zero_ptr": "*u8",
-            "out_scale_ptr": "*fp32", "bias_ptr": "*bf16", "tiles_ptr": "*i32"}
+    ptrs = {"x_ptr": "*bf16", "w_ptr": "*i32" if args.mma else "*u8", "out_ptr": "*bf16", "sorted_ptr": "*i32",
+            "experts_ptr": "*i32", "npp_ptr": "*i32", "a_scale_ptr": "*fp32", "b_scale_ptr": "*u8",
+            "b_zero_ptr": "*u8", "out_scale_ptr": "*fp32", "bias_ptr": "*bf16", "tiles_ptr": "*i32"}
     sig = {n: ptrs.get(n, "i32") for n in _moe_gemm1_kernel.arg_names}
     consts = {"stride_bsk": 1, "ACTIVATION": 0, "DOT_PRECISION": "tf32", "EVEN_K": not args.uneven_k,
               "BLOCK_M": args.block_m,
               "BLOCK_N": args.block_n, "BLOCK_K": args.block_k, "GROUP_M": 1, "QUANT": 5, "INT_ACC": False,
               "HAS_ZERO": False, "GROUP_N": 1, "GROUP_K": 32, "SCALE_TILE": False, "OUT_QUANT": 0, "QKIND": 0,
               "QMAX": 448.0, "EMIN": -6, "MX_DOT": args.mx_dot, "A_FMT": "bf16", "HAS_BIAS": False,
-              "ASM_DECODE": args.mx_asm, "TAILS": 0}
+              "ASM_DECODE": args.mx_asm or args.mma, "TAILS": 0, "MX_WORDS": args.mma}
     div = ["x_ptr", "w_ptr", "out_ptr", "sorted_ptr", "experts_ptr", "npp_ptr", "b_scale_ptr", "I", "K",
            "stride_xm", "stride_we", "stride_wn", "stride_om", "up_offset", "stride_bse"]  # gpt-oss-20b
     return compile_sass(_moe_gemm1_kernel, sig, consts, div, args.arch, args.warps, args.stages)
@@ -226,6 +226,7 @@ def main():
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--no-mx-dot", dest="mx_dot", action="store_false", help="gemm1_mxfp4: moekit's own decode")
     ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32-128)")
+    ap.add_argument("--mma", action="store_true", help="gemm1_mxfp4: weights in the mma layout (int32 words, PTX decode)")
     ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4, gemv2_mxfp4: the inline-PTX decode")
     ap.add_argument("--pdl", action="store_true",

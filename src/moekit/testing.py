@@ -562,6 +562,7 @@ TOLERANCES: dict[str, Tol] = {
     "int8_weight_only": Tol(rtol=5e-2, atol=5e-2, max_rel_fro=1e-2),
     "int4_weight_only": Tol(rtol=5e-2, atol=5e-2, max_rel_fro=1e-2),
     "mxfp4": Tol(rtol=5e-2, atol=5e-2, max_rel_fro=1e-2),
+    "mxfp4_mma": Tol(rtol=5e-2, atol=5e-2, max_rel_fro=1e-2),  # the same codes in another order
 }
 
 _DTYPE_KEYS: dict[torch.dtype, str] = {

@@ -53,7 +53,7 @@ from moekit.activations import ACTIVATIONS as _NAMES
 from moekit.activations import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
 from moekit.kernels import pdl, tile_ids
 from moekit.kernels.quant import (
-    MIN_SCALE, abs_max, e2m1_value, e8m0_bf16, e8m0_value, int4_bf16_scaled, mxfp4_bf16_scaled, quantize_values,
+    MIN_SCALE, abs_max, e2m1_value, e8m0_bf16, e8m0_value, int4_bf16_scaled, mxfp4_bf16_scaled, mxfp4_mma_words, quantize_values,
     scale_from_amax,
 )
 
@@ -174,6 +174,25 @@ def _mx_asm_dot_t(w_ptrs, s_ptrs, ae_t, ao_t, acc_t, n_ok, k_left, BLOCK_N: tl.c
 
 
 @triton.jit
+def _mx_words_dot_t(w_ptrs, s_ptrs, a_t, acc_t, n_ok, k_left, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    EVEN_K: tl.constexpr, PTX: tl.constexpr):
+    """:func:`_mx_dot_t` for weights in the ``mma`` layout: int32 words [BLOCK_N, BLOCK_K / 8] (BLOCK_K a
+    multiple of 64) and their e8m0 scales [BLOCK_N, BLOCK_K / 32] decoded by
+    :func:`~moekit.kernels.quant.mxfp4_mma_words` into K order, so one dot with the plain activations
+    ``a_t`` [BLOCK_K, BLOCK_M] (no even / odd split). K is a multiple of 64 in this layout, so a masked step
+    (not ``EVEN_K``) drops whole 64-code chunks at or past ``k_left``."""
+    if EVEN_K:
+        wmask = n_ok[:, None]
+        smask = n_ok[:, None]
+    else:
+        wmask = n_ok[:, None] & ((tl.arange(0, BLOCK_K // 8) // 8) < k_left // 64)[None, :]
+        smask = n_ok[:, None] & (tl.arange(0, BLOCK_K // 32) < k_left // 32)[None, :]
+    w = tl.load(w_ptrs, mask=wmask, other=0)
+    s = tl.load(s_ptrs, mask=smask, other=0)
+    return tl.dot(mxfp4_mma_words(w, s, BLOCK_N, BLOCK_K // 64, a_t.dtype, PTX), a_t, acc_t)
+
+
+@triton.jit
 def _split_k(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """[BLOCK_M, BLOCK_K] -> (even K columns, odd K columns), each [BLOCK_M, BLOCK_K / 2]: the activation
     halves that meet the low and high nibbles of packed weights, so codes are never interleaved."""
@@ -245,15 +264,20 @@ def _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr, num_slots, n_co
 
 @triton.jit
 def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride_bse, stride_bsn, stride_bsk,
-                      BLOCK_K: tl.constexpr, QUANT: tl.constexpr, MX_DOT: tl.constexpr, SWAP_AB: tl.constexpr = False):
+                      BLOCK_K: tl.constexpr, QUANT: tl.constexpr, MX_DOT: tl.constexpr, SWAP_AB: tl.constexpr = False,
+                      MX_WORDS: tl.constexpr = False):
     """Pointers to the first K step's weight tile of expert ``expert``, columns ``offs_n``: [BLOCK_K, BLOCK_N]
     elements; SWAP_AB (operands swapped, see :func:`_mma_step` and :func:`_weight_only_dot`) [BLOCK_N, BLOCK_K]
     (packed: [BLOCK_N, BLOCK_K / 2] bytes); packed 4-bit (QUANT >= 4) [BLOCK_K / 2, BLOCK_N] bytes; MX_DOT
     (operands swapped, see :func:`_mx_dot_t`) [BLOCK_N, BLOCK_K / 2] bytes plus its e8m0 scales [BLOCK_N,
-    BLOCK_K / 32] (second result; otherwise the weight pointers again, unused)."""
+    BLOCK_K / 32] (second result; otherwise the weight pointers again, unused); MX_WORDS (the ``mma`` layout,
+    ``w_ptr`` int32) [BLOCK_N, BLOCK_K / 8] words plus the same scales."""
     n64 = offs_n.to(tl.int64)
     base = w_ptr + expert * stride_we
-    if MX_DOT:
+    if MX_WORDS:
+        w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
+        sc = s_ptr + expert * stride_bse + n64[:, None] * stride_bsn + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
+    elif MX_DOT:
         w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 2)[None, :]
         sc = s_ptr + expert * stride_bse + n64[:, None] * stride_bsn + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
     elif SWAP_AB and QUANT >= 4:  # packed weight-only, transposed: [BLOCK_N, BLOCK_K / 2] bytes
@@ -358,7 +382,8 @@ def _gemm1_tile(
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False,
     OUT_QUANT: tl.constexpr = 0, QKIND: tl.constexpr = 0, QMAX: tl.constexpr = 448.0, EMIN: tl.constexpr = -6,
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", bias_ptr=None, stride_bias_e=0,
-    HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False, SWAP_AB: tl.constexpr = False
+    HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False, SWAP_AB: tl.constexpr = False,
+    MX_WORDS: tl.constexpr = False
 ):
     """One output tile of GEMM 1: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
     offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
@@ -368,7 +393,7 @@ def _gemm1_tile(
     offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
     x_ptrs = x_ptr + token[:, None] * stride_xm + offs_k[None, :]
     g_ptrs, sgt_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
-                                         stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT, SWAP_AB)
+                                         stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT, SWAP_AB, MX_WORDS)
     u_ptrs = g_ptrs + up_offset
     if MX_DOT:
         sut_ptrs = sgt_ptrs + I * stride_bsn
@@ -401,7 +426,13 @@ def _gemm1_tile(
         wmask = _weight_mask(k_ok, offs_kp, K - k * BLOCK_K, n_ok, QUANT, SWAP_AB)
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
-            if ASM_DECODE:  # decoded by inline PTX
+            if MX_WORDS:  # the mma layout: decoded into K order (inline PTX with ASM_DECODE)
+                a_t = tl.trans(a)
+                acc_g = _mx_words_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
+                                        EVEN_K, ASM_DECODE)
+                acc_u = _mx_words_dot_t(u_ptrs, sut_ptrs + ks, a_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
+                                        EVEN_K, ASM_DECODE)
+            elif ASM_DECODE:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
                 ae_t = tl.trans(ae)
                 ao_t = tl.trans(ao)
@@ -443,7 +474,10 @@ def _gemm1_tile(
             acc_g = _mma_step(acc_g, a, bg, a_s, s_g, QUANT, INT_ACC, SWAP_AB, DOT_PRECISION)
             acc_u = _mma_step(acc_u, a, bu, a_s, s_u, QUANT, INT_ACC, SWAP_AB, DOT_PRECISION)
         x_ptrs += BLOCK_K
-        if QUANT >= 4:
+        if MX_WORDS:
+            g_ptrs += BLOCK_K // 8
+            u_ptrs += BLOCK_K // 8
+        elif QUANT >= 4:
             g_ptrs += BLOCK_K // 2
             u_ptrs += BLOCK_K // 2
         else:
@@ -496,6 +530,7 @@ def _moe_gemm1_kernel(
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16",
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False,
     tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False, PDL: tl.constexpr = False,
+    MX_WORDS: tl.constexpr = False,
 ):
     """GEMM 1 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
     pdl.chain(PDL)
@@ -509,7 +544,8 @@ def _moe_gemm1_kernel(
                 stride_xm, stride_we, stride_wn, stride_om, up_offset, ACTIVATION, DOT_PRECISION, EVEN_K, BLOCK_M >> s,
                 BLOCK_N, BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, out_scale_ptr, stride_asm, stride_ask,
                 stride_bse, stride_bsn, stride_bsk, stride_osm, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE,
-                OUT_QUANT, QKIND, QMAX, EMIN, MX_DOT, A_FMT, bias_ptr, stride_bias_e, HAS_BIAS, ASM_DECODE, SWAP_AB)
+                OUT_QUANT, QKIND, QMAX, EMIN, MX_DOT, A_FMT, bias_ptr, stride_bias_e, HAS_BIAS, ASM_DECODE, SWAP_AB,
+                MX_WORDS)
 
 
 @triton.jit
@@ -540,7 +576,8 @@ def _gemm2_tile(
     INT_ACC: tl.constexpr = False, HAS_ZERO: tl.constexpr = False, GROUP_N: tl.constexpr = 1,
     GROUP_K: tl.constexpr = 1, SCALE_TILE: tl.constexpr = False, MX_DOT: tl.constexpr = False,
     A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1, bias_ptr=None, stride_bias_e=0,
-    HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False, SWAP_AB: tl.constexpr = False
+    HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False, SWAP_AB: tl.constexpr = False,
+    MX_WORDS: tl.constexpr = False
 ):
     """One output tile of GEMM 2: BLOCK_M rows of ``sorted`` from ``row0``, columns of block ``pid_n``."""
     offs_m, slot, row_ok, expert, offs_n, n_ok = _tile_rows_cols(row0, pid_m, pid_n, sorted_ptr, experts_ptr,
@@ -549,7 +586,7 @@ def _gemm2_tile(
     offs_kp = tl.arange(0, BLOCK_K // 2)  # byte rows of a packed 4-bit K step
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
     b_ptrs, st_ptrs = _weight_tile_ptrs(w_ptr, b_scale_ptr, expert, offs_n, stride_we, stride_wn, stride_bse,
-                                        stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT, SWAP_AB)
+                                        stride_bsn, stride_bsk, BLOCK_K, QUANT, MX_DOT, SWAP_AB, MX_WORDS)
     if QUANT >= 3:
         s_off = _weight_scale_cols(expert, offs_n, stride_bse, stride_bsn, SWAP_AB)
     if QUANT == 2:
@@ -573,7 +610,10 @@ def _gemm2_tile(
         wmask = _weight_mask(k_ok, offs_kp, K - k * BLOCK_K, n_ok, QUANT, SWAP_AB)
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
-            if ASM_DECODE:  # decoded by inline PTX
+            if MX_WORDS:  # the mma layout: decoded into K order (inline PTX with ASM_DECODE)
+                acc = _mx_words_dot_t(b_ptrs, st_ptrs + ks, tl.trans(a), acc, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
+                                      EVEN_K, ASM_DECODE)
+            elif ASM_DECODE:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
                 acc = _mx_asm_dot_t(b_ptrs, st_ptrs + ks, tl.trans(ae), tl.trans(ao), acc, n_ok, K - k * BLOCK_K,
                                     BLOCK_N, BLOCK_K // 32, EVEN_K)
@@ -597,7 +637,9 @@ def _gemm2_tile(
                     a_s = tl.load(as_ptrs + ((k * BLOCK_K) // GROUP_KA) * stride_ask)
             acc = _mma_step(acc, a, b, a_s, b_s, QUANT, INT_ACC, SWAP_AB, DOT_PRECISION)
         a_ptrs += BLOCK_K
-        if QUANT >= 4:
+        if MX_WORDS:
+            b_ptrs += BLOCK_K // 8
+        elif QUANT >= 4:
             b_ptrs += BLOCK_K // 2
         else:
             b_ptrs += BLOCK_K
@@ -630,6 +672,7 @@ def _moe_gemm2_kernel(
     MX_DOT: tl.constexpr = False, A_FMT: tl.constexpr = "bf16", GROUP_KA: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, ASM_DECODE: tl.constexpr = False,
     tiles_ptr=None, TAILS: tl.constexpr = 0, SWAP_AB: tl.constexpr = False, PDL: tl.constexpr = False,
+    MX_WORDS: tl.constexpr = False,
 ):
     """GEMM 2 over the alignment's tiles (:func:`_tile_start`); each tile height is its own code path."""
     pdl.chain(PDL)
@@ -643,7 +686,7 @@ def _moe_gemm2_kernel(
                 stride_am, stride_we, stride_wn, stride_ym, MUL_WEIGHT, DOT_PRECISION, EVEN_K, BLOCK_M >> s, BLOCK_N,
                 BLOCK_K, a_scale_ptr, b_scale_ptr, b_zero_ptr, stride_asm, stride_ask, stride_bse, stride_bsn,
                 stride_bsk, QUANT, INT_ACC, HAS_ZERO, GROUP_N, GROUP_K, SCALE_TILE, MX_DOT, A_FMT, GROUP_KA, bias_ptr,
-                stride_bias_e, HAS_BIAS, ASM_DECODE, SWAP_AB)
+                stride_bias_e, HAS_BIAS, ASM_DECODE, SWAP_AB, MX_WORDS)
 
 
 @dataclasses.dataclass
@@ -674,6 +717,7 @@ class GemmQuant:
     a_group_k: int = 0  # GEMM 2, fp8 block: the activation scale's K group when finer than the weight's (0: same)
     swap_ab: bool = False  # w8a8 (modes 1, 2) and int8 / int4 weight-only (3, 4): weight tiles as the MMA's left
     # operand (see _mma_step, _weight_only_dot)
+    mx_words: bool = False  # mxfp4 in the mma layout (with mx_dot; the launchers pass the weights as int32 words)
 
     @property
     def packed(self) -> bool:
@@ -687,6 +731,7 @@ class GemmQuant:
             stride_bsn=self.b_strides[1], stride_bsk=self.b_strides[2], QUANT=self.mode, INT_ACC=self.int_acc,
             HAS_ZERO=self.b_zero is not None, GROUP_N=self.group_n, GROUP_K=self.group_k,
             SCALE_TILE=self.scale_tile, MX_DOT=self.mx_dot, ASM_DECODE=self.asm_decode, SWAP_AB=self.swap_ab,
+            MX_WORDS=self.mx_words,
         )
         if not gemm1:
             d.update(GROUP_KA=self.a_group_k or self.group_k)
@@ -704,7 +749,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 def _mx_format(quant, dtype: torch.dtype) -> dict:
     """``tl.dot_scaled``'s name for the activation format (only passed when the launch uses it)."""
-    if quant is None or not quant.mx_dot:
+    if quant is None or not quant.mx_dot or quant.mx_words:
         return {}
     return {"A_FMT": {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]}
 
@@ -731,6 +776,8 @@ def moe_gemm1(x, w13, out, sorted_ids, expert_ids, npp, top_k, config, activatio
     :class:`~moekit.align.AlignedSlots`' fields; None / 0: none)."""
     i2, k = w13.shape[1], x.shape[1]
     i = i2 // 2
+    if quant is not None and quant.mx_words:
+        w13 = w13.view(torch.int32)  # the mma layout: 32-bit words (strides and up_offset in words)
     num_pid_m = expert_ids.shape[0]
     bm, bn, bk = config.BLOCK_SIZE_M, config.BLOCK_SIZE_N, config.BLOCK_SIZE_K
     grid = (num_pid_m * triton.cdiv(i, bn),)
@@ -752,6 +799,8 @@ def moe_gemm2(inter, w2, y, topk_weights, sorted_ids, expert_ids, npp, config, m
     untouched. ``quant``: a :class:`GemmQuant` (None: unquantized). ``bias``: optional [E, H]. ``tile_rows`` /
     ``min_tile``: as :func:`moe_gemm1`."""
     n, k = w2.shape[1], inter.shape[1]
+    if quant is not None and quant.mx_words:
+        w2 = w2.view(torch.int32)
     num_pid_m = expert_ids.shape[0]
     bm, bn, bk = config.BLOCK_SIZE_M, config.BLOCK_SIZE_N, config.BLOCK_SIZE_K
     grid = (num_pid_m * triton.cdiv(n, bn),)

@@ -407,9 +407,11 @@ def _blocks(k: int, rows: int, max_block_k: int, tile: int) -> tuple:
 def gemv_supports(scheme) -> bool:
     """Schemes the GEMV kernels run: unquantized; fp8 weights per tensor, channel or block (run weight-only:
     the activations are not quantized); int8 weight-only per channel (no zero point); mxfp4; int4 weight-only
-    with groups of a power of two >= 16 (zero points or not)."""
-    if scheme is None or not scheme.is_quantized or scheme.weight_dtype == "mxfp4":
+    with groups of a power of two >= 16 (zero points or not). mxfp4 in the "mma" layout: not yet."""
+    if scheme is None or not scheme.is_quantized:
         return True
+    if scheme.weight_dtype == "mxfp4":
+        return scheme.layout == "plain"
     if scheme.weight_dtype == "int4":  # group sizes a power of two of at least 16 (a reshape of the K step)
         g = scheme.group_size
         return g >= 16 and g & (g - 1) == 0

@@ -93,6 +93,65 @@ def mxfp4_bf16_scaled(raw, scale):
                                      dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
 
 
+def _mx_word_pair_ptx(t: str, low: bool, scale: str, out: str) -> str:
+    """:func:`_mx_pair_ptx` for the code pair at bits 0..3 / 16..19 (``low``) or 4..7 / 20..23 of ``t``."""
+    return _mx_pair_ptx(t, 6 if low else 2, 12 if low else 8, scale, out)
+
+
+#: PTX of :func:`mxfp4_mma_words`, two words (``$8``: h = 0, ``$9``: h = 1) per instance: bytes 0, 1 of both
+#: side by side (prmt: the h = 0 word's in the low half), then 2, 3; each code pair decoded as in
+#: :data:`_MX_BF16_PTX` straight into the bf16x2 register of output o (low half h = 0). ``$10`` / ``$11``: the
+#: bf16x2 scales of codes 0-3 / 4-7 (two 32-code groups).
+_MX_WORDS_PTX = tl.constexpr(
+    "{\n.reg .b32 t, u, m, k, z;\nmov.b32 k, 0x7E807E80;\nmov.b32 z, 0x80008000;\n"
+    "prmt.b32 t, $8, $9, 0x5410;\nshr.u32 u, t, 8;\n"
+    + _mx_word_pair_ptx("t", True, "$10", "$0") + _mx_word_pair_ptx("t", False, "$10", "$1")
+    + _mx_word_pair_ptx("u", True, "$10", "$2") + _mx_word_pair_ptx("u", False, "$10", "$3")
+    + "prmt.b32 t, $8, $9, 0x7632;\nshr.u32 u, t, 8;\n"
+    + _mx_word_pair_ptx("t", True, "$11", "$4") + _mx_word_pair_ptx("t", False, "$11", "$5")
+    + _mx_word_pair_ptx("u", True, "$11", "$6") + _mx_word_pair_ptx("u", False, "$11", "$7") + "}")
+
+
+@triton.jit
+def _mx_word_code(w, o: tl.constexpr, s, DT: tl.constexpr):
+    """Code ``o`` (bits 4o..4o+3) of int32 words ``w`` times the bf16 scales ``s``, cast to ``DT``."""
+    return (e2m1_value((w >> (4 * o)) & 15) * s.to(tl.float32)).to(DT)
+
+
+@triton.jit
+def mxfp4_mma_words(w, s, BLOCK_N: tl.constexpr, V: tl.constexpr, DT: tl.constexpr, PTX: tl.constexpr):
+    """mxfp4 weights in the ``mma`` layout (:func:`moekit.quant.weights.mma_layout`): int32 words ``w``
+    [BLOCK_N, 8 V] (V chunks of 64 codes along K; word 2c + h of a chunk holds its 8 codes 16 t + 8 q + 2c + h,
+    t = 0..3, q = 0..1, code o = 2t + q at bits 4o..4o+3) and e8m0 scales ``s`` [BLOCK_N, 2 V] -> the
+    weights [BLOCK_N, 64 V] in K order, in ``DT`` (exact in bf16; ``PTX`` needs bf16). The words of one row are laid out so that on Hopper each thread
+    of a warpgroup MMA loads exactly the codes of its left-operand fragment (two K columns 2c, 2c + 1 in one
+    32-bit register): ``PTX`` decodes two words (h = 0, 1) per instance into those registers
+    (:data:`_MX_WORDS_PTX`, about 2.7 instructions per code, and no byte shuffles), and the joins, reshapes and
+    permutation below only rename registers. Without ``PTX`` (other GPUs, the interpreter) the same values come
+    from Triton ops."""
+    sb = e8m0_bf16(s)
+    s_lo, s_hi = tl.split(tl.reshape(sb, [BLOCK_N, V, 2]))  # groups 2v (codes 0-3) and 2v + 1 (codes 4-7)
+    s_lo = tl.reshape(tl.broadcast_to(s_lo[:, :, None], [BLOCK_N, V, 8]), [BLOCK_N, 8 * V])
+    s_hi = tl.reshape(tl.broadcast_to(s_hi[:, :, None], [BLOCK_N, V, 8]), [BLOCK_N, 8 * V])
+    if PTX:
+        o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
+            _MX_WORDS_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r", [w, s_lo, s_hi], dtype=(tl.bfloat16,) * 8,
+            is_pure=True, pack=2)
+    else:
+        o0 = _mx_word_code(w, 0, s_lo, DT)
+        o1 = _mx_word_code(w, 1, s_lo, DT)
+        o2 = _mx_word_code(w, 2, s_lo, DT)
+        o3 = _mx_word_code(w, 3, s_lo, DT)
+        o4 = _mx_word_code(w, 4, s_hi, DT)
+        o5 = _mx_word_code(w, 5, s_hi, DT)
+        o6 = _mx_word_code(w, 6, s_hi, DT)
+        o7 = _mx_word_code(w, 7, s_hi, DT)
+    m = tl.join(tl.join(tl.join(o0, o1), tl.join(o2, o3)), tl.join(tl.join(o4, o5), tl.join(o6, o7)))
+    m = tl.reshape(m, [BLOCK_N, V, 4, 2, 2, 2, 2])  # n, v, c, h, q, t & 1, t >> 1
+    m = tl.permute(m, [0, 1, 6, 5, 4, 2, 3])  # n, v, t >> 1, t & 1, q, c, h: K order
+    return tl.reshape(m, [BLOCK_N, 64 * V])
+
+
 def _f16_pair_ptx(t: str, mag_shift: int, sign_shift: int, o0: str, o1: str) -> str:
     """PTX for two e2m1 codes of register ``t``, one per 16-bit half: sign and exponent/mantissa bits placed
     as float16 (the value times 2**-14), each half converted to float32 in place."""

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from moekit.errors import check_arg
-from moekit.quant.scheme import MX_BLOCK, QuantScheme
+from moekit.quant.scheme import MMA_CHUNK, MX_BLOCK, QuantScheme
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -101,8 +101,9 @@ def check_quant_args(scheme: QuantScheme, x, w13, w2, w13_scale, w2_scale, w13_z
         check_arg(h % 2 == 0 and i % 2 == 0, "hidden_states", f"even H and I for {scheme.name} (two codes per byte)",
                   f"H={h}, I={i}")
     if scheme.weight_dtype == "mxfp4":
-        check_arg(h % MX_BLOCK == 0 and i % MX_BLOCK == 0, "hidden_states",
-                  f"H and I multiples of {MX_BLOCK} for mxfp4", f"H={h}, I={i}")
+        mult = MMA_CHUNK if scheme.layout == "mma" else MX_BLOCK
+        check_arg(h % mult == 0 and i % mult == 0, "hidden_states",
+                  f"H and I multiples of {mult} for {scheme.name}", f"H={h}, I={i}")
     check_arg(tuple(w13.shape) == (e, i2, h // div), "w13", f"shape [E, 2I, H/{div}] = {(e, i2, h // div)} for "
               f"{scheme.name}", f"shape {tuple(w13.shape)}")
     check_arg(tuple(w2.shape) == (e, h, i // div), "w2", f"shape [E, H, I/{div}] = {(e, h, i // div)} for "

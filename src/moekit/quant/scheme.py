@@ -11,7 +11,14 @@ constructor                        weight_dtype  act_dtype   granularity  block 
 ``QuantScheme.int8_weight_only()`` int8          None        channel      -               int8_weight_only
 ``QuantScheme.int4_weight_only()`` int4          None        group        128             int4_weight_only_g128
 ``QuantScheme.mxfp4()``            mxfp4         None        group        32 (MX block)   mxfp4
+``QuantScheme.mxfp4("mma")``       mxfp4         None        group        32 (MX block)   mxfp4_mma
 =================================  ============  ==========  ===========  ==============  ==========
+
+``layout`` (mxfp4 only) says how the packed codes are ordered: "plain" (two codes per byte along K, low nibble
+first, as checkpoints ship them) or "mma" (each 64-code chunk of a row permuted so that one 32-bit word holds
+the codes one thread of a Hopper warpgroup MMA needs; :func:`moekit.quant.weights.mma_layout` converts once,
+at load time; H and I multiples of 64). Same bytes, same scales; the Triton kernels decode "mma" with fewer
+instructions on Hopper.
 
 ``act_dtype=None`` means weight-only: activations stay in the layer's compute dtype. For fp8 and int8 w8a8,
 "channel" means per-output-channel weight scales and per-token activation scales, "tensor" one scale each,
@@ -30,6 +37,9 @@ UNQUANTIZED_DTYPES = ("bf16", "fp16", "fp32")
 WEIGHT_DTYPES = UNQUANTIZED_DTYPES + ("fp8", "int8", "int4", "mxfp4")
 GRANULARITIES = ("tensor", "channel", "block", "group")
 MX_BLOCK = 32
+LAYOUTS = ("plain", "mma")
+#: K (H and I) must be a multiple of this for the "mma" layout (its chunk of codes).
+MMA_CHUNK = 64
 
 # weight_dtype -> (allowed act_dtype values, allowed granularities)
 _RULES = {
@@ -52,11 +62,16 @@ class QuantScheme:
     block_shape: Optional[Tuple[int, int]] = None
     group_size: Optional[int] = None
     zero_point: bool = False
+    layout: str = "plain"
 
     def __post_init__(self) -> None:
         w = self.weight_dtype
         if w not in WEIGHT_DTYPES:
             raise _bad("weight_dtype", f"one of {WEIGHT_DTYPES}", w)
+        if self.layout not in LAYOUTS:
+            raise _bad("layout", f"one of {LAYOUTS}", self.layout)
+        if self.layout != "plain" and w != "mxfp4":
+            raise _bad("layout", f"'plain' for weight_dtype={w!r} (only mxfp4 has other layouts)", self.layout)
         if self.block_shape is not None:
             bs = self.block_shape
             if isinstance(bs, list):
@@ -132,8 +147,10 @@ class QuantScheme:
         return cls("int4", None, "group", group_size=group_size, zero_point=zero_point)
 
     @classmethod
-    def mxfp4(cls) -> "QuantScheme":
-        return cls("mxfp4", None, "group", group_size=MX_BLOCK)
+    def mxfp4(cls, layout: str = "plain") -> "QuantScheme":
+        """gpt-oss style mxfp4 weights; ``layout`` "mma" for weights converted by
+        :func:`moekit.quant.weights.mma_layout` (module docstring)."""
+        return cls("mxfp4", None, "group", group_size=MX_BLOCK, layout=layout)
 
     @classmethod
     def standard(cls) -> Tuple["QuantScheme", ...]:
@@ -152,6 +169,7 @@ class QuantScheme:
         simple = {
             "none": cls.none, "bf16": cls.none, "fp8_tensor": cls.fp8_tensor, "fp8_channel": cls.fp8_channel,
             "int8_channel": cls.int8_channel, "int8_weight_only": cls.int8_weight_only, "mxfp4": cls.mxfp4,
+            "mxfp4_mma": lambda: cls.mxfp4("mma"),
         }
         if n in simple:
             return simple[n]()
@@ -195,7 +213,7 @@ class QuantScheme:
                 return f"fp8_block{self.block_shape[0]}x{self.block_shape[1]}"
             return f"fp8_{self.granularity}"
         if w == "mxfp4":
-            return "mxfp4"
+            return "mxfp4" if self.layout == "plain" else f"mxfp4_{self.layout}"
         if self.act_dtype is not None:  # int8 w8a8
             return f"int8_{self.granularity}"
         base = f"{w}_weight_only"

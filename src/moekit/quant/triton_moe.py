@@ -33,7 +33,7 @@ from moekit.kernels.moe_gemm import GemmQuant, moe_gemm1, moe_gemm2
 from moekit.kernels.moe_sum import moe_sum
 from moekit.quant.moe import act_dtype
 from moekit.quant.ops import _qparams, per_tensor_quant, per_token_group_quant, per_token_quant
-from moekit.quant.scheme import QuantScheme
+from moekit.quant.scheme import MMA_CHUNK, QuantScheme
 
 _WEIGHT_ONLY_MODE = {"int8": 3, "int4": 4, "mxfp4": 5}
 
@@ -167,6 +167,17 @@ def int4_ptx_decode(x: torch.Tensor, scheme: QuantScheme) -> bool:
     (``fma.rn.bf16x2``). SASS per K step of GEMM 1 (128 x 128 x 64 tile, 8 warps, ``tools/sass_loops.py gemm1
     --weight-only int4 [--swap] [--int4-asm]``): 468 -> 310 instructions plain, 484 -> 416 swapped."""
     if INT4_PTX_DECODE is False or scheme.weight_dtype != "int4":
+        return False
+    from moekit.platform import on_sm80_plus, platform_of
+
+    return x.device.type == "cuda" and x.dtype == torch.bfloat16 and on_sm80_plus(platform_of(x.device))
+
+
+def mxfp4_mma_ptx_decode(x: torch.Tensor) -> bool:
+    """Whether mxfp4 GEMMs on ``x`` with weights in the "mma" layout decode them by inline PTX
+    (:func:`moekit.kernels.quant.mxfp4_mma_words`) instead of Triton ops: bf16 activations on an NVIDIA sm_80+
+    GPU (``fma.rn.bf16x2``), unless :data:`MX_PTX_DECODE` is off."""
+    if not MX_PTX_DECODE:
         return False
     from moekit.platform import on_sm80_plus, platform_of
 
@@ -343,6 +354,9 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
         config = quant_config(e, i, h, top_k, m, scheme)
     block = scheme.granularity == "block" and adt is not None
     least = 32 if scheme.weight_dtype in ("int4", "mxfp4") else 16  # packed: each half-K dot >= 16 deep
+    mma = scheme.layout == "mma"  # mxfp4 words: K steps of whole 64-code chunks
+    if mma:
+        least = MMA_CHUNK
     if block:
         config = _fix_block_k(config, scheme.block_shape[1], least)
     elif scheme.weight_only and scheme.granularity == "group" and scheme.weight_dtype != "mxfp4":  # int8 / int4
@@ -369,12 +383,16 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     cfg2 = config  # GEMM 2's config (fp8 block: BLOCK_K within GEMM 1's output group)
 
     if adt is None:  # weight-only
-        mx_dot = scheme.weight_dtype == "mxfp4" and mxfp4_dot_scaled(x)
-        asm_decode = ((mx_dot and mxfp4_ptx_decode(x, config.BLOCK_SIZE_M, config.BLOCK_SIZE_K))
-                      or int4_ptx_decode(x, scheme))
+        mx_dot = mma or (scheme.weight_dtype == "mxfp4" and mxfp4_dot_scaled(x))
+        if mma:
+            asm_decode = mxfp4_mma_ptx_decode(x)
+        else:
+            asm_decode = ((mx_dot and mxfp4_ptx_decode(x, config.BLOCK_SIZE_M, config.BLOCK_SIZE_K))
+                          or int4_ptx_decode(x, scheme))
         swap = weight_only_swap_ab(x, config, scheme)
         q1 = _weight_quant(scheme, w13_scale, w13_zero, config.BLOCK_SIZE_K, mx_dot, asm_decode, swap)
         q2 = _weight_quant(scheme, w2_scale, w2_zero, config.BLOCK_SIZE_K, mx_dot, asm_decode, swap)
+        q1.mx_words = q2.mx_words = mma
         inter = torch.empty((p, i), dtype=x.dtype, device=x.device)
         moe_gemm1(x, w13, inter, *args, top_k, config, activation, quant=q1, bias=w13_bias, **tiles)
         a2 = inter

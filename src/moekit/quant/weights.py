@@ -13,6 +13,8 @@ int8_weight_only       int8 [E, N, K] (zp: uint8)   float32 [E, N]; group g: [E,
 int4_weight_only(g)    uint8 [E, N, K/2], 2 codes   float32 [E, N, ceil(K/g)]; channel: [E, N]  uint8 0..15, shape of scale
                        per byte, low nibble = even k
 mxfp4                  uint8 [E, N, K/2] e2m1       uint8 e8m0 [E, N, K/32] (2**(s-127))     -
+mxfp4("mma")           uint8 [E, N, K/2], codes     as mxfp4                                 -
+                       permuted (:func:`mma_layout`)
 =====================  ===========================  ======================================  ===========================
 
 fp8 is the platform's format (:func:`moekit.quant.ops.fp8_format`: e4m3fn, or e4m3fnuz on gfx942) unless
@@ -29,7 +31,7 @@ import torch
 
 from moekit.errors import check_arg
 from moekit.quant.ops import MIN_SCALE, _scale_from_amax, fp8_format, quantize_with_scale_torch
-from moekit.quant.scheme import MX_BLOCK, QuantScheme, as_scheme
+from moekit.quant.scheme import MMA_CHUNK, MX_BLOCK, QuantScheme, as_scheme
 
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
@@ -51,6 +53,46 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """uint8 [..., K/2] -> int32 codes 0..15 [..., K]."""
     p = packed.to(torch.int32)
     return torch.stack((p & 0xF, (p >> 4) & 0xF), dim=-1).flatten(-2)
+
+
+#: The "mma" layout's order inside one 64-code chunk of a row, [word 2c + h, code o = 2t + q] -> K offset
+#: 16 t + 8 q + 2 c + h (c = 0..3, h = 0..1, t = 0..3, q = 0..1): on Hopper, thread c of each quad of a
+#: warpgroup MMA holds K columns 2c, 2c + 1 (h) of every 8-column half (q) of every 16-deep step (t) in its
+#: left-operand fragment, so word pairs (h = 0, 1) decode straight into its 32-bit registers
+#: (:func:`moekit.kernels.quant.mxfp4_mma_words`).
+_MMA_SHAPE = (2, 2, 2, 4, 2)  # the chunk's K offset as (t >> 1, t & 1, q, c, h), most significant first
+_MMA_PERM = (3, 4, 0, 1, 2)  # ... as (c, h, t >> 1, t & 1, q): word 2c + h, code o = 2t + q
+
+
+def mma_layout(q: torch.Tensor) -> torch.Tensor:
+    """Packed mxfp4 codes ``q`` uint8 [..., K/2] in the plain layout (two codes per byte along K, low nibble
+    first) -> the same codes in the "mma" layout (:class:`~moekit.quant.QuantScheme` ``layout``), a new
+    uint8 tensor of the same shape. K must be a multiple of 64. Scales are unchanged. Run it once when the
+    weights are loaded and pass ``quant=QuantScheme.mxfp4("mma")``; :func:`plain_layout` is the inverse."""
+    return _relayout(q, to_mma=True)
+
+
+def plain_layout(q: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`mma_layout`."""
+    return _relayout(q, to_mma=False)
+
+
+def _relayout(q: torch.Tensor, to_mma: bool) -> torch.Tensor:
+    check_arg(isinstance(q, torch.Tensor) and q.dtype == torch.uint8 and q.dim() >= 1, "q",
+              "packed mxfp4 codes, a uint8 tensor [..., K/2]", getattr(q, "dtype", type(q).__name__))
+    k = 2 * q.shape[-1]
+    check_arg(k % MMA_CHUNK == 0, "q", f"K (twice the last dim) a multiple of {MMA_CHUNK} for the mma layout",
+              f"K={k}")
+    lead = q.shape[:-1]
+    codes = unpack_nibbles(q).view(*lead, k // MMA_CHUNK, *_MMA_SHAPE)
+    d = len(lead) + 1  # the chunk dims start here
+    if to_mma:
+        order = tuple(range(d)) + tuple(d + p for p in _MMA_PERM)
+    else:  # invert the permutation
+        inv = sorted(range(len(_MMA_PERM)), key=lambda i: _MMA_PERM[i])
+        codes = codes.view(*lead, k // MMA_CHUNK, *(_MMA_SHAPE[p] for p in _MMA_PERM))
+        order = tuple(range(d)) + tuple(d + p for p in inv)
+    return _pack_nibbles(codes.permute(order).reshape(*lead, k))
 
 
 def _group_size(scheme: QuantScheme, k: int) -> int:
@@ -125,7 +167,7 @@ def _quantize(wf: torch.Tensor, s: QuantScheme, f8: torch.dtype):
         code = (exp + 127).clamp(1, 254).to(torch.uint8)
         t = g / _e8m0_to_float(code).unsqueeze(3)
         q = _pack_nibbles(_e2m1_encode(t).view(e, n, k))
-        return q, code
+        return (mma_layout(q) if s.layout == "mma" else q), code
     # weight-only int8 / int4
     bits = 8 if s.weight_dtype == "int8" else 4
     if bits == 4:
@@ -184,7 +226,7 @@ def dequantize_weights(q: torch.Tensor, scale: torch.Tensor, scheme, zero: Optio
             return (qf * scale.float().reshape(e, 1, 1)).to(dtype)
         return (qf * scale.float().reshape(e, n, 1)).to(dtype)
     if s.weight_dtype == "mxfp4":
-        vals = e2m1_decode(unpack_nibbles(q))
+        vals = e2m1_decode(unpack_nibbles(plain_layout(q) if s.layout == "mma" else q))
         k = vals.shape[2]
         return (vals * _e8m0_to_float(scale).repeat_interleave(MX_BLOCK, 2)[:, :, :k]).to(dtype)
     if s.weight_dtype == "int4":
