@@ -31,6 +31,18 @@ def test_sass_loops_counts_the_mxfp4_gemm_loop():
     assert "HGMMA" in loop and "HMUL2.BF16_V2" in loop
 
 
+def test_mxfp4_mma_layout_loop_waits_once_per_dot():
+    """The "mma"-layout mxfp4 GEMM 1 (32-row tile, 128-code steps) decodes the words without byte loads or
+    shuffles of the tokens' halves, and its 16 wgmmas wait twice a step (one synchronous group per dot,
+    ``moe_gemm._mx_words_tokens``), not once per wgmma."""
+    stdout = _run_script("tools/sass_loops.py", "gemm1_mxfp4", "--mma", "--block-m", 32, "--block-n", 64,
+                         "--block-k", 128, "--top", 200)
+    loop = max((ln for ln in stdout.splitlines() if ln.startswith("loop of")), key=lambda ln: int(ln.split()[2]))
+    ops = dict(item.rsplit(" ", 1) for item in loop.split(": ", 1)[1].split(", "))
+    assert int(ops["HGMMA.64x32x16.F32.BF16"]) == 16 and int(ops["WARPGROUP.DEPBAR.LE"]) == 2, loop
+    assert int(loop.split()[2]) < 600, loop  # the plain layout's loop: 732
+
+
 def test_gluon_fp8_block_gemms_keep_their_wgmmas_asynchronous():
     """The Gluon fp8 block GEMMs (``moekit.kernels.moe_gemm_sm90``) compile for sm_90 without a GPU, and in
     each K loop (two steps) ptxas keeps the wgmmas asynchronous: one ``WARPGROUP.DEPBAR`` per K step. Any

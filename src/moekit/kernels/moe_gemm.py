@@ -192,6 +192,28 @@ def _mx_words_dot_t(w_ptrs, s_ptrs, a_t, acc_t, n_ok, k_left, BLOCK_N: tl.conste
     return tl.dot(mxfp4_mma_words(w, s, BLOCK_N, BLOCK_K // 64, a_t.dtype, PTX), a_t, acc_t)
 
 
+#: Tiles of at most this many token rows pass the tokens of an mxfp4 "mma"-layout step through registers
+#: (:func:`_mx_words_tokens`). Measured on the H100, gpt-oss-20b, whole forward, two source trees
+#: (``benchmarks/ab_trees.py ... ab_mxfp4_layout.py --arms mma``, ``ab_mxfp4_mma_sync_trees_H100_session25.json``):
+#: 32-row tiles M=16 / 64 / 256 1.057x / 1.084x / 1.076x, 128-row tiles (M=4096) 0.938x.
+MX_WORDS_SYNC_ROWS = tl.constexpr(32)
+
+
+@triton.jit
+def _mx_words_tokens(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The token tile ``a`` [BLOCK_M, BLOCK_K] as the right operand of an "mma"-layout step (transposed). In
+    tiles of up to :data:`MX_WORDS_SYNC_ROWS` rows it goes through registers (a split and join that the compiler
+    keeps), so the step's MMAs run as one synchronous group: straight from the pipelined shared-memory tile,
+    Triton 3.6 splits the dot into 16-deep asynchronous MMAs that the register-operand form then waits for one
+    by one (``tools/sass_loops.py gemm1_mxfp4 --mma``: 16 waits a step against 2)."""
+    if BLOCK_M <= MX_WORDS_SYNC_ROWS:
+        ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
+        t = tl.trans(tl.reshape(tl.join(ae, ao), (BLOCK_M, BLOCK_K)))
+    else:
+        t = tl.trans(a)
+    return t
+
+
 @triton.jit
 def _split_k(a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """[BLOCK_M, BLOCK_K] -> (even K columns, odd K columns), each [BLOCK_M, BLOCK_K / 2]: the activation
@@ -427,7 +449,7 @@ def _gemm1_tile(
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
             if MX_WORDS:  # the mma layout: decoded into K order (inline PTX with ASM_DECODE)
-                a_t = tl.trans(a)
+                a_t = _mx_words_tokens(a, BLOCK_M, BLOCK_K)
                 acc_g = _mx_words_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
                                         EVEN_K, ASM_DECODE)
                 acc_u = _mx_words_dot_t(u_ptrs, sut_ptrs + ks, a_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
@@ -611,7 +633,7 @@ def _gemm2_tile(
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
             if MX_WORDS:  # the mma layout: decoded into K order (inline PTX with ASM_DECODE)
-                acc = _mx_words_dot_t(b_ptrs, st_ptrs + ks, tl.trans(a), acc, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
+                acc = _mx_words_dot_t(b_ptrs, st_ptrs + ks, _mx_words_tokens(a, BLOCK_M, BLOCK_K), acc, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
                                       EVEN_K, ASM_DECODE)
             elif ASM_DECODE:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)

@@ -164,14 +164,37 @@ def _block_scaled_sum(p, s_ptrs, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr, 
 
 
 @triton.jit
+def _mma_k_offsets(BLOCK_K: tl.constexpr):
+    """K offsets (within a step) of the low-nibble codes of bytes 0 .. BLOCK_K / 2 - 1 of a row in the mxfp4
+    "mma" layout (:func:`moekit.quant.weights.mma_layout`: byte j is byte b = j % 4 of word (j % 32) / 4 = 2c + h
+    of 64-code chunk j / 32, its low nibble code 16 b + 2c + h, its high nibble 8 further)."""
+    j = tl.arange(0, BLOCK_K // 2)
+    return 64 * (j // 32) + 16 * (j % 4) + 2 * ((j % 32) // 8) + (j // 4) % 2
+
+
+@triton.jit
+def _mx_group_sums(p, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MMA: tl.constexpr):
+    """Products ``p`` [BLOCK_N, BLOCK_K / 2] (a byte's two codes already added) -> their sums per 32-code scale
+    group [BLOCK_N, BLOCK_K / 32]: 16 consecutive bytes each, or in the "mma" layout bytes b = 0, 1 (group 2v)
+    and b = 2, 3 (group 2v + 1) of every word of chunk v."""
+    if MMA:
+        part = tl.sum(tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 64, 8, 2, 2]), axis=4), axis=2)
+        part = tl.reshape(part, [BLOCK_N, BLOCK_K // 32])
+    else:
+        part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2)
+    return part
+
+
+@triton.jit
 def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 PTX: tl.constexpr):
+                 PTX: tl.constexpr, MMA: tl.constexpr = False):
     """One K step of mxfp4 rows: bytes ``w_ptrs`` [BLOCK_N, BLOCK_K / 2], e8m0 scales ``s_ptrs`` [BLOCK_N,
-    BLOCK_K / 32], activations split into even / odd K (``xe``, ``xo`` [BLOCK_K / 2]) -> [BLOCK_N] float32
-    partial dot products, each 32-element group scaled once."""
+    BLOCK_K / 32], the activations of each byte's low / high nibble (``xe``, ``xo`` [BLOCK_K / 2]: even / odd K,
+    or in the "mma" layout ``MMA`` those at :func:`_mma_k_offsets`) -> [BLOCK_N] float32 partial dot products,
+    each 32-element group scaled once."""
     lo, hi = mxfp4_f32_scaled_down(tl.load(w_ptrs, mask=wmask, other=0), PTX)
     p = lo * xe[None, :] + hi * xo[None, :]
-    part = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // 32, 16]), axis=2) * 16384.0  # 2**14: see the decode
+    part = _mx_group_sums(p, BLOCK_N, BLOCK_K, MMA) * 16384.0  # 2**14: see the decode
     return tl.sum(part * e8m0_value(tl.load(s_ptrs, mask=smask, other=0)), axis=1)
 
 
@@ -229,7 +252,7 @@ def _moe_gemv1_kernel(
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
     STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, TRIGGER_EARLY: tl.constexpr = False,
-    z_ptr=None, HAS_ZERO: tl.constexpr = False,
+    z_ptr=None, HAS_ZERO: tl.constexpr = False, MMA: tl.constexpr = False,
 ):
     slot = tl.program_id(0)
     pdl.wait(PDL)  # topk_ids may come from the kernel before
@@ -250,14 +273,19 @@ def _moe_gemv1_kernel(
         g_ptrs = rows + offs_b[None, :]
         s_rows = s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-            xk = tl.load(x_row + k0 + offs_k, mask=offs_k < K - k0, other=0.0).to(tl.float32)
-            xe, xo = tl.split(tl.reshape(xk, [BLOCK_K // 2, 2]))
+            if MMA:  # each byte's activations gathered (K is a multiple of 64: whole chunks are in or out)
+                offs_lo = _mma_k_offsets(BLOCK_K)
+                xe = tl.load(x_row + k0 + offs_lo, mask=offs_lo < K - k0, other=0.0).to(tl.float32)
+                xo = tl.load(x_row + k0 + offs_lo + 8, mask=offs_lo < K - k0, other=0.0).to(tl.float32)
+            else:
+                xk = tl.load(x_row + k0 + offs_k, mask=offs_k < K - k0, other=0.0).to(tl.float32)
+                xe, xo = tl.split(tl.reshape(xk, [BLOCK_K // 2, 2]))
             wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
             smask = n_ok[:, None] & (offs_s < (K - k0) // 32)[None, :]
             s_ptrs = s_rows + (k0 // 32 + offs_s)[None, :] * stride_sk
-            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K, PTX)
+            acc_g += _mx_rows_dot(g_ptrs + k0 // 2, s_ptrs, xe, xo, wmask, smask, BLOCK_N, BLOCK_K, PTX, MMA)
             acc_u += _mx_rows_dot(g_ptrs + I * stride_wn + k0 // 2, s_ptrs + I * stride_sn, xe, xo, wmask, smask,
-                                  BLOCK_N, BLOCK_K, PTX)
+                                  BLOCK_N, BLOCK_K, PTX, MMA)
     elif W_SCALE == 4:  # int4: packed as mxfp4, float32 scales (and zero points) per GROUP_K
         offs_b = tl.arange(0, BLOCK_K // 2)
         g_ptrs = rows + offs_b[None, :]
@@ -311,6 +339,7 @@ def _moe_gemv2_kernel(
     W_SCALE: tl.constexpr = 0, GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,
     bias_ptr=None, stride_bias_e=0, HAS_BIAS: tl.constexpr = False, PTX: tl.constexpr = False,
     STAGES: tl.constexpr = 1, PDL: tl.constexpr = False, z_ptr=None, HAS_ZERO: tl.constexpr = False,
+    MMA: tl.constexpr = False,
 ):
     token = tl.program_id(0)
     offs_j = tl.arange(0, TOPK)
@@ -332,13 +361,20 @@ def _moe_gemv2_kernel(
         s_rows = s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             b_ok = offs_b < (K - k0) // 2
-            a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
-                        other=0.0).to(tl.float32)
-            ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
+            if MMA:  # see GEMV 1
+                offs_lo = _mma_k_offsets(BLOCK_K)
+                x_ok = live[:, None] & (offs_lo < K - k0)[None, :]
+                ae = tl.load(a_rows + k0 + offs_lo[None, :], mask=x_ok, other=0.0).to(tl.float32)
+                ao = tl.load(a_rows + k0 + offs_lo[None, :] + 8, mask=x_ok, other=0.0).to(tl.float32)
+            else:
+                a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
+                            other=0.0).to(tl.float32)
+                ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
             lo, hi = mxfp4_f32_scaled_down(tl.load(w_rows + k0 // 2 + offs_b[None, None, :],
                                                    mask=rows_ok & b_ok[None, None, :], other=0), PTX)
             p = lo * ae[:, None, :] + hi * ao[:, None, :]
-            part = tl.sum(tl.reshape(p, [TOPK, BLOCK_N, BLOCK_K // 32, 16]), axis=3) * 16384.0
+            part = tl.reshape(_mx_group_sums(tl.reshape(p, [TOPK * BLOCK_N, BLOCK_K // 2]), TOPK * BLOCK_N, BLOCK_K,
+                                             MMA), [TOPK, BLOCK_N, BLOCK_K // 32]) * 16384.0
             sc = tl.load(s_rows + (k0 // 32 + offs_s)[None, None, :] * stride_sk,
                          mask=rows_ok & (offs_s < (K - k0) // 32)[None, None, :], other=0)
             acc += tl.sum(part * e8m0_value(sc), axis=2)
@@ -407,11 +443,9 @@ def _blocks(k: int, rows: int, max_block_k: int, tile: int) -> tuple:
 def gemv_supports(scheme) -> bool:
     """Schemes the GEMV kernels run: unquantized; fp8 weights per tensor, channel or block (run weight-only:
     the activations are not quantized); int8 weight-only per channel (no zero point); mxfp4; int4 weight-only
-    with groups of a power of two >= 16 (zero points or not). mxfp4 in the "mma" layout: not yet."""
-    if scheme is None or not scheme.is_quantized:
+    with groups of a power of two >= 16 (zero points or not)."""
+    if scheme is None or not scheme.is_quantized or scheme.weight_dtype == "mxfp4":
         return True
-    if scheme.weight_dtype == "mxfp4":
-        return scheme.layout == "plain"
     if scheme.weight_dtype == "int4":  # group sizes a power of two of at least 16 (a reshape of the K step)
         g = scheme.group_size
         return g >= 16 and g & (g - 1) == 0
@@ -428,7 +462,7 @@ def _scale_args(scheme, scale: Optional[torch.Tensor]) -> dict:
         return {}
     if scheme.weight_dtype == "mxfp4":
         return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
-                    W_SCALE=3)
+                    W_SCALE=3, MMA=scheme.layout == "mma")
     if scheme.weight_dtype == "int4":  # zero points (same layout) are added by moe_gemv
         return dict(s_ptr=scale, stride_se=scale.stride(0), stride_sn=scale.stride(1), stride_sk=scale.stride(2),
                     W_SCALE=4, GROUP_K=scheme.group_size)
