@@ -161,6 +161,9 @@ class TritonBackend(Backend):
             return Verdict(True, f"{scheme.weight_dtype} tl.dot")
         if kind == "weight_only":
             return Verdict(True, f"{scheme.weight_dtype} weights dequantized in the kernel (any GPU)")
+        if kind == "mxfp4" and scheme.layout == "mma":  # never tl.dot_scaled: the words are decoded in the kernel
+            return Verdict(True, "e2m1 words of the mma layout decoded in the kernel (inline PTX on NVIDIA sm_80+ "
+                                 "in bf16)")
         if kind == "mxfp4":  # tl.dot_scaled where the device has it, moekit's in-kernel e2m1 decode elsewhere
             ok, why = _plat.has_feature("dot_scaled", platform)
             return Verdict(True, why if ok else "e2m1 weights decoded in the kernel (no tl.dot_scaled here: "
