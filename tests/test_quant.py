@@ -540,7 +540,8 @@ def test_mxfp4_mma_layout_round_trip_and_checks():
         QuantScheme("int4", None, "group", group_size=128, layout="mma")
     with pytest.raises(moekit.MoEInputError, match="layout"):
         QuantScheme.mxfp4("swizzled")
-    assert QuantScheme.from_name("mxfp4_mma") == QuantScheme.mxfp4("mma") and QuantScheme.mxfp4("mma").name == "mxfp4_mma"
+    assert QuantScheme.from_name("mxfp4_mma") == QuantScheme.mxfp4("mma")
+    assert QuantScheme.mxfp4("mma").name == "mxfp4_mma"
     x = torch.zeros(2, 96)
     w13, w2 = torch.zeros(2, 64, 48, dtype=torch.uint8), torch.zeros(2, 96, 16, dtype=torch.uint8)
     s13, s2 = torch.zeros(2, 64, 3, dtype=torch.uint8), torch.zeros(2, 96, 1, dtype=torch.uint8)

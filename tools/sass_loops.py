@@ -226,7 +226,8 @@ def main():
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--no-mx-dot", dest="mx_dot", action="store_false", help="gemm1_mxfp4: moekit's own decode")
     ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32-128)")
-    ap.add_argument("--mma", action="store_true", help="gemm1_mxfp4: weights in the mma layout (int32 words, PTX decode)")
+    ap.add_argument("--mma", action="store_true",
+                    help="gemm1_mxfp4: weights in the mma layout (int32 words, PTX decode)")
     ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4, gemv2_mxfp4: the inline-PTX decode")
     ap.add_argument("--pdl", action="store_true",

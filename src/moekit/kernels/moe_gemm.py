@@ -53,7 +53,8 @@ from moekit.activations import ACTIVATIONS as _NAMES
 from moekit.activations import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
 from moekit.kernels import pdl, tile_ids
 from moekit.kernels.quant import (
-    MIN_SCALE, abs_max, e2m1_value, e8m0_bf16, e8m0_value, int4_bf16_scaled, mxfp4_bf16_scaled, mxfp4_mma_words, quantize_values,
+    MIN_SCALE, abs_max, e2m1_value, e8m0_bf16, e8m0_value, int4_bf16_scaled, mxfp4_bf16_scaled, mxfp4_mma_words,
+    quantize_values,
     scale_from_amax,
 )
 
@@ -633,8 +634,8 @@ def _gemm2_tile(
         if MX_DOT:  # mxfp4 in the swapped layout
             ks = (k * (BLOCK_K // 32)) * stride_bsk
             if MX_WORDS:  # the mma layout: decoded into K order (inline PTX with ASM_DECODE)
-                acc = _mx_words_dot_t(b_ptrs, st_ptrs + ks, _mx_words_tokens(a, BLOCK_M, BLOCK_K), acc, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
-                                      EVEN_K, ASM_DECODE)
+                acc = _mx_words_dot_t(b_ptrs, st_ptrs + ks, _mx_words_tokens(a, BLOCK_M, BLOCK_K), acc, n_ok,
+                                      K - k * BLOCK_K, BLOCK_N, BLOCK_K, EVEN_K, ASM_DECODE)
             elif ASM_DECODE:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
                 acc = _mx_asm_dot_t(b_ptrs, st_ptrs + ks, tl.trans(ae), tl.trans(ao), acc, n_ok, K - k * BLOCK_K,
