@@ -1,7 +1,7 @@
 """Property tests: random problems drawn by hypothesis, every backend against the float64 reference; every
 ``moekit.linear`` path with random configs against float64 ``F.linear``."""
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import moekit
@@ -30,6 +30,10 @@ def problems(draw):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(p=problems(), dtype=st.sampled_from(KERNEL_DTYPES), backend=st.sampled_from(["triton", "torch"]))
+# found on the H100 in session 25 (wrong output, and in another run an illegal address), not yet explained:
+# docs/SESSION25_NOTES.md. Right in the interpreter.
+@example(p={"m": 16, "e": 16, "k": 1, "h": 48, "i": 16, "route": {"scoring": "softmax", "renormalize": False},
+            "use_map": False, "seed": 1}, dtype=torch.float16, backend="triton")
 def test_random_problems(p, dtype, backend):
     # shown under "Captured stdout" when a test fails: after a device fault the last line names the culprit
     print(f"problem {p} {dtype} {backend}", flush=True)

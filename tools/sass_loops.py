@@ -87,7 +87,7 @@ def _gemv1_mxfp4(args):
     sig = {n: ptrs.get(n, "i32") for n in _moe_gemv1_kernel.arg_names}
     consts = {"stride_sk": 1, "HAS_MAP": False, "ACTIVATION": 0, "BLOCK_N": args.block_n, "BLOCK_K": args.block_k,
               "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False, "PTX": args.ptx,
-              "STAGES": args.gemv_stages, "PDL": args.pdl}
+              "STAGES": args.gemv_stages, "PDL": args.pdl, "MMA": args.mma}
     div = list(ptrs)[:-1] + ["I", "K", "stride_xm", "stride_we", "stride_wn", "stride_om", "stride_se"]  # gpt-oss-20b
     return compile_sass(_moe_gemv1_kernel, sig, consts, div, args.arch, args.warps)
 
@@ -101,7 +101,7 @@ def _gemv2_mxfp4(args):
     sig = {n: ptrs.get(n, "i32") for n in _moe_gemv2_kernel.arg_names}
     consts = {"stride_sk": 1, "HAS_MAP": False, "TOPK": 4, "BLOCK_N": args.block_n, "BLOCK_K": args.block_k,
               "W_SCALE": 3, "GROUP_N": 1, "GROUP_K": 1, "HAS_BIAS": False, "PTX": args.ptx,
-              "STAGES": args.gemv_stages, "PDL": args.pdl}
+              "STAGES": args.gemv_stages, "PDL": args.pdl, "MMA": args.mma}
     div = list(ptrs)[:-1] + ["N", "K", "stride_am", "stride_we", "stride_wn", "stride_om", "stride_se"]
     return compile_sass(_moe_gemv2_kernel, sig, consts, div, args.arch, args.warps)
 
@@ -227,7 +227,8 @@ def main():
     ap.add_argument("--no-mx-dot", dest="mx_dot", action="store_false", help="gemm1_mxfp4: moekit's own decode")
     ap.add_argument("--mx-asm", action="store_true", help="gemm1_mxfp4: the inline-PTX decode (BLOCK_K 32-128)")
     ap.add_argument("--mma", action="store_true",
-                    help="gemm1_mxfp4: weights in the mma layout (int32 words, PTX decode)")
+                    help="gemm1_mxfp4, gemv1_mxfp4, gemv2_mxfp4: weights in the mma layout (gemm1: int32 words, "
+                         "PTX decode)")
     ap.add_argument("--uneven-k", action="store_true", help="gemm1_mxfp4: K not a multiple of BLOCK_K (masked steps)")
     ap.add_argument("--ptx", action="store_true", help="gemv1_mxfp4, gemv2_mxfp4: the inline-PTX decode")
     ap.add_argument("--pdl", action="store_true",

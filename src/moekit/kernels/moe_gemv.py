@@ -164,12 +164,14 @@ def _block_scaled_sum(p, s_ptrs, n_ok, k0, K, stride_sk, BLOCK_N: tl.constexpr, 
 
 
 @triton.jit
-def _mma_k_offsets(BLOCK_K: tl.constexpr):
-    """K offsets (within a step) of the low-nibble codes of bytes 0 .. BLOCK_K / 2 - 1 of a row in the mxfp4
-    "mma" layout (:func:`moekit.quant.weights.mma_layout`: byte j is byte b = j % 4 of word (j % 32) / 4 = 2c + h
-    of 64-code chunk j / 32, its low nibble code 16 b + 2c + h, its high nibble 8 further)."""
-    j = tl.arange(0, BLOCK_K // 2)
-    return 64 * (j // 32) + 16 * (j % 4) + 2 * ((j % 32) // 8) + (j // 4) % 2
+def _mma_split(x, LEAD: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Activations ``x`` [LEAD, BLOCK_K] (K order) -> those of each byte's low and high nibble [LEAD, BLOCK_K / 2]
+    in the mxfp4 "mma" layout (:func:`moekit.quant.weights.mma_layout`: byte 4 (2c + h) + b of a 64-code chunk
+    holds codes 16 b + 2c + h (low nibble) and 8 further (high)): a permutation in registers of the contiguous
+    (pipelined) load."""
+    x = tl.reshape(x, [LEAD, BLOCK_K // 64, 4, 2, 4, 2])  # chunk, b, q, c, h
+    x = tl.permute(x, [0, 1, 4, 5, 2, 3])  # chunk, c, h, b, q: byte order, then the nibble
+    return tl.split(tl.reshape(x, [LEAD, BLOCK_K // 2, 2]))
 
 
 @triton.jit
@@ -190,7 +192,7 @@ def _mx_rows_dot(w_ptrs, s_ptrs, xe, xo, wmask, smask, BLOCK_N: tl.constexpr, BL
                  PTX: tl.constexpr, MMA: tl.constexpr = False):
     """One K step of mxfp4 rows: bytes ``w_ptrs`` [BLOCK_N, BLOCK_K / 2], e8m0 scales ``s_ptrs`` [BLOCK_N,
     BLOCK_K / 32], the activations of each byte's low / high nibble (``xe``, ``xo`` [BLOCK_K / 2]: even / odd K,
-    or in the "mma" layout ``MMA`` those at :func:`_mma_k_offsets`) -> [BLOCK_N] float32 partial dot products,
+    or in the "mma" layout ``MMA`` as :func:`_mma_split` gives them) -> [BLOCK_N] float32 partial dot products,
     each 32-element group scaled once."""
     lo, hi = mxfp4_f32_scaled_down(tl.load(w_ptrs, mask=wmask, other=0), PTX)
     p = lo * xe[None, :] + hi * xo[None, :]
@@ -273,12 +275,12 @@ def _moe_gemv1_kernel(
         g_ptrs = rows + offs_b[None, :]
         s_rows = s_ptr + e.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-            if MMA:  # each byte's activations gathered (K is a multiple of 64: whole chunks are in or out)
-                offs_lo = _mma_k_offsets(BLOCK_K)
-                xe = tl.load(x_row + k0 + offs_lo, mask=offs_lo < K - k0, other=0.0).to(tl.float32)
-                xo = tl.load(x_row + k0 + offs_lo + 8, mask=offs_lo < K - k0, other=0.0).to(tl.float32)
+            xk = tl.load(x_row + k0 + offs_k, mask=offs_k < K - k0, other=0.0).to(tl.float32)
+            if MMA:  # each byte's activations (K is a multiple of 64: whole chunks are in or out)
+                xe, xo = _mma_split(xk[None, :], 1, BLOCK_K)
+                xe = tl.reshape(xe, [BLOCK_K // 2])
+                xo = tl.reshape(xo, [BLOCK_K // 2])
             else:
-                xk = tl.load(x_row + k0 + offs_k, mask=offs_k < K - k0, other=0.0).to(tl.float32)
                 xe, xo = tl.split(tl.reshape(xk, [BLOCK_K // 2, 2]))
             wmask = n_ok[:, None] & (offs_b < (K - k0) // 2)[None, :]
             smask = n_ok[:, None] & (offs_s < (K - k0) // 32)[None, :]
@@ -361,14 +363,11 @@ def _moe_gemv2_kernel(
         s_rows = s_ptr + e64[:, None, None] * stride_se + offs_n.to(tl.int64)[None, :, None] * stride_sn
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             b_ok = offs_b < (K - k0) // 2
+            a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
+                        other=0.0).to(tl.float32)
             if MMA:  # see GEMV 1
-                offs_lo = _mma_k_offsets(BLOCK_K)
-                x_ok = live[:, None] & (offs_lo < K - k0)[None, :]
-                ae = tl.load(a_rows + k0 + offs_lo[None, :], mask=x_ok, other=0.0).to(tl.float32)
-                ao = tl.load(a_rows + k0 + offs_lo[None, :] + 8, mask=x_ok, other=0.0).to(tl.float32)
+                ae, ao = _mma_split(a, TOPK, BLOCK_K)
             else:
-                a = tl.load(a_rows + k0 + offs_k[None, :], mask=live[:, None] & (offs_k < K - k0)[None, :],
-                            other=0.0).to(tl.float32)
                 ae, ao = tl.split(tl.reshape(a, [TOPK, BLOCK_K // 2, 2]))
             lo, hi = mxfp4_f32_scaled_down(tl.load(w_rows + k0 // 2 + offs_b[None, None, :],
                                                    mask=rows_ok & b_ok[None, None, :], other=0), PTX)
