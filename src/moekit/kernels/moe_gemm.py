@@ -176,7 +176,7 @@ def _mx_asm_dot_t(w_ptrs, s_ptrs, ae_t, ao_t, acc_t, n_ok, k_left, BLOCK_N: tl.c
 
 @triton.jit
 def _mx_words_dot_t(w_ptrs, s_ptrs, a_t, acc_t, n_ok, k_left, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    EVEN_K: tl.constexpr, PTX: tl.constexpr):
+                    EVEN_K: tl.constexpr, PTX: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """:func:`_mx_dot_t` for weights in the ``mma`` layout: int32 words [BLOCK_N, BLOCK_K / 8] (BLOCK_K a
     multiple of 64) and their e8m0 scales [BLOCK_N, BLOCK_K / 32] decoded by
     :func:`~moekit.kernels.quant.mxfp4_mma_words` into K order, so one dot with the plain activations
@@ -190,7 +190,8 @@ def _mx_words_dot_t(w_ptrs, s_ptrs, a_t, acc_t, n_ok, k_left, BLOCK_N: tl.conste
         smask = n_ok[:, None] & (tl.arange(0, BLOCK_K // 32) < k_left // 32)[None, :]
     w = tl.load(w_ptrs, mask=wmask, other=0)
     s = tl.load(s_ptrs, mask=smask, other=0)
-    return tl.dot(mxfp4_mma_words(w, s, BLOCK_N, BLOCK_K // 64, a_t.dtype, PTX), a_t, acc_t)
+    return tl.dot(mxfp4_mma_words(w, s, BLOCK_N, BLOCK_K // 64, a_t.dtype, PTX), a_t, acc_t,
+                  input_precision=DOT_PRECISION)
 
 
 #: Tiles of at most this many token rows pass the tokens of an mxfp4 "mma"-layout step through registers
@@ -452,9 +453,9 @@ def _gemm1_tile(
             if MX_WORDS:  # the mma layout: decoded into K order (inline PTX with ASM_DECODE)
                 a_t = _mx_words_tokens(a, BLOCK_M, BLOCK_K)
                 acc_g = _mx_words_dot_t(g_ptrs, sgt_ptrs + ks, a_t, acc_g, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
-                                        EVEN_K, ASM_DECODE)
+                                        EVEN_K, ASM_DECODE, DOT_PRECISION)
                 acc_u = _mx_words_dot_t(u_ptrs, sut_ptrs + ks, a_t, acc_u, n_ok, K - k * BLOCK_K, BLOCK_N, BLOCK_K,
-                                        EVEN_K, ASM_DECODE)
+                                        EVEN_K, ASM_DECODE, DOT_PRECISION)
             elif ASM_DECODE:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
                 ae_t = tl.trans(ae)
@@ -635,7 +636,7 @@ def _gemm2_tile(
             ks = (k * (BLOCK_K // 32)) * stride_bsk
             if MX_WORDS:  # the mma layout: decoded into K order (inline PTX with ASM_DECODE)
                 acc = _mx_words_dot_t(b_ptrs, st_ptrs + ks, _mx_words_tokens(a, BLOCK_M, BLOCK_K), acc, n_ok,
-                                      K - k * BLOCK_K, BLOCK_N, BLOCK_K, EVEN_K, ASM_DECODE)
+                                      K - k * BLOCK_K, BLOCK_N, BLOCK_K, EVEN_K, ASM_DECODE, DOT_PRECISION)
             elif ASM_DECODE:  # decoded by inline PTX
                 ae, ao = _split_k(a, BLOCK_M, BLOCK_K)
                 acc = _mx_asm_dot_t(b_ptrs, st_ptrs + ks, tl.trans(ae), tl.trans(ao), acc, n_ok, K - k * BLOCK_K,

@@ -168,6 +168,11 @@ def int4_ptx_decode(x: torch.Tensor, scheme: QuantScheme) -> bool:
     --weight-only int4 [--swap] [--int4-asm]``): 468 -> 310 instructions plain, 484 -> 416 swapped."""
     if INT4_PTX_DECODE is False or scheme.weight_dtype != "int4":
         return False
+    return _bf16x2_ptx(x)
+
+
+def _bf16x2_ptx(x: torch.Tensor) -> bool:
+    """Whether inline PTX with packed bf16 arithmetic (``fma.rn.bf16x2``) serves ``x``: bf16 on NVIDIA sm_80+."""
     from moekit.platform import on_sm80_plus, platform_of
 
     return x.device.type == "cuda" and x.dtype == torch.bfloat16 and on_sm80_plus(platform_of(x.device))
@@ -177,11 +182,7 @@ def mxfp4_mma_ptx_decode(x: torch.Tensor) -> bool:
     """Whether mxfp4 GEMMs on ``x`` with weights in the "mma" layout decode them by inline PTX
     (:func:`moekit.kernels.quant.mxfp4_mma_words`) instead of Triton ops: bf16 activations on an NVIDIA sm_80+
     GPU (``fma.rn.bf16x2``), unless :data:`MX_PTX_DECODE` is off."""
-    if not MX_PTX_DECODE:
-        return False
-    from moekit.platform import on_sm80_plus, platform_of
-
-    return x.device.type == "cuda" and x.dtype == torch.bfloat16 and on_sm80_plus(platform_of(x.device))
+    return MX_PTX_DECODE and _bf16x2_ptx(x)
 
 
 def mxfp4_dot_scaled(x: torch.Tensor) -> bool:
@@ -383,6 +384,7 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     cfg2 = config  # GEMM 2's config (fp8 block: BLOCK_K within GEMM 1's output group)
 
     if adt is None:  # weight-only
+        # mxfp4 takes the swapped layout with tl.dot_scaled where it exists, and always in the mma layout
         mx_dot = mma or (scheme.weight_dtype == "mxfp4" and mxfp4_dot_scaled(x))
         if mma:
             asm_decode = mxfp4_mma_ptx_decode(x)
