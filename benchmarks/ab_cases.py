@@ -23,7 +23,8 @@ from moekit.shapes import SHAPES  # noqa: E402
 SCHEMES = {"bf16": lambda: None, "fp8_block": lambda: QuantScheme.fp8_block(128, 128),
            "fp8_channel": QuantScheme.fp8_channel, "fp8_tensor": QuantScheme.fp8_tensor,
            "int8_channel": QuantScheme.int8_channel, "int8_weight_only": QuantScheme.int8_weight_only,
-           "int4_weight_only": QuantScheme.int4_weight_only, "mxfp4": QuantScheme.mxfp4}
+           "int4_weight_only": QuantScheme.int4_weight_only, "mxfp4": QuantScheme.mxfp4,
+           "mxfp4_mma": lambda: QuantScheme.mxfp4("mma")}
 CASES = ["qwen3_30b_a3b:bf16:1,2,4", "gpt_oss_20b:bf16:1,2", "qwen3_30b_a3b:fp8_block:1,2", "dsv3:fp8_block:1,2,4",
          "qwen3_30b_a3b:fp8_channel:1", "qwen3_30b_a3b:int8_weight_only:1", "gpt_oss_20b:mxfp4:1,2,4"]
 

@@ -31,7 +31,8 @@ CASES = {  # shape -> scheme
 }
 WEIGHT_BYTES = {"fp8": 1.0, "mxfp4": 0.5 + 1 / 32, "int8": 1.0, "int4": 0.5 + 4 / 128}  # + fp32 group scales
 SCHEMES = {"int8_weight_only": QuantScheme.int8_weight_only, "int4_weight_only": QuantScheme.int4_weight_only,
-           "fp8_channel": QuantScheme.fp8_channel, "int8_channel": QuantScheme.int8_channel}
+           "fp8_channel": QuantScheme.fp8_channel, "int8_channel": QuantScheme.int8_channel,
+           "mxfp4_mma": lambda: QuantScheme.mxfp4("mma")}  # gpt-oss shapes: H, I multiples of 64
 ROTATE = 4
 
 
