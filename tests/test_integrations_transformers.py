@@ -48,9 +48,13 @@ def _configs():
 ARCHS = list(_configs())
 
 
-def _model(arch: str) -> nn.Module:
+def _model(arch: str, **overrides) -> nn.Module:
+    """A small random model of ``arch``; ``overrides``: config fields to change."""
     torch.manual_seed(1234)
-    model = transformers.AutoModelForCausalLM.from_config(_configs()[arch]()).eval()
+    cfg = _configs()[arch]()
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for m in model.modules():
@@ -293,6 +297,26 @@ def test_patch_quantizes_at_patch_time(scheme):
         assert torch.equal(model(ids).logits, ref)
     err = rel_frobenius_error(out, ref)
     assert 0 < err <= 2e-2, f"{scheme}: rel Frobenius error {err:.3e}"
+
+
+def test_gpt_oss_patch_in_the_mxfp4_mma_layout():
+    """``patch(model, "mxfp4_mma")`` quantizes gpt-oss experts to mxfp4 and converts them to the "mma" layout
+    (intermediate size 64: the layout's chunk); the same codes as ``"mxfp4"``, so the same model up to the
+    kernels' summation order."""
+    model = _model("gpt_oss", intermediate_size=64)
+    ids = _ids()
+    outs = {}
+    with torch.no_grad():
+        ref = model(ids).logits
+        for scheme in ("mxfp4", "mxfp4_mma"):
+            patch(model, scheme)
+            try:
+                assert f"quant={scheme}" in repr(model.model.layers[0].mlp)
+                outs[scheme] = model(ids).logits
+            finally:
+                unpatch(model)
+    assert rel_frobenius_error(outs["mxfp4_mma"], outs["mxfp4"]) <= 1e-4
+    assert 0 < rel_frobenius_error(outs["mxfp4_mma"], ref) <= 0.5  # 4-bit codes of random weights: about 0.36
 
 
 @pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
