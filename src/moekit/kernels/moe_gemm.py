@@ -29,7 +29,10 @@ Quantized paths (constexpr ``QUANT``; 0 compiles exactly the unquantized kernel)
     decodes by inline PTX (:func:`~moekit.kernels.quant.mxfp4_bf16_scaled`) into two ``tl.dot`` on the even and
     odd K activations (:func:`moekit.quant.triton_moe.mxfp4_ptx_decode` says where). int4 with ``ASM_DECODE``
     (bf16, NVIDIA: :func:`moekit.quant.triton_moe.int4_ptx_decode`) is decoded by inline PTX as well
-    (:func:`~moekit.kernels.quant.int4_bf16_scaled`), in the plain or the swapped (``SWAP_AB``) form.
+    (:func:`~moekit.kernels.quant.int4_bf16_scaled`), in the plain or the swapped (``SWAP_AB``) form. mxfp4 in
+    the "mma" layout (``MX_WORDS``, with ``MX_DOT``; :func:`moekit.quant.weights.mma_layout`): int32 words
+    decoded into K order (:func:`~moekit.kernels.quant.mxfp4_mma_words`, inline PTX with ``ASM_DECODE``), one
+    ``tl.dot`` per step with the plain token tile (:func:`_mx_words_dot_t`, :func:`_mx_words_tokens`).
 GEMM 1 can also quantize its output (``OUT_QUANT``): 1 = fp8 per (row, BLOCK_N columns): the program takes the
 row amax of its tile and writes q and scale [P, I / BLOCK_N] - the activation of GEMM 2 never exists in bf16.
 BLOCK_N divides the weight's 128 block, so this group is the block or finer (finer is more accurate), and
