@@ -536,6 +536,8 @@ def test_mxfp4_mma_layout_round_trip_and_checks():
         mma_layout(torch.zeros(4, 16, dtype=torch.uint8))
     with pytest.raises(moekit.MoEInputError, match="q.*uint8"):
         mma_layout(torch.zeros(4, 32, dtype=torch.int8))
+    with pytest.raises(moekit.MoEInputError, match="w.*multiple of 64"):
+        quantize_weights(torch.randn(2, 64, 96), QuantScheme.mxfp4("mma"))
     with pytest.raises(moekit.MoEInputError, match="layout"):
         QuantScheme("int4", None, "group", group_size=128, layout="mma")
     with pytest.raises(moekit.MoEInputError, match="layout"):

@@ -301,11 +301,12 @@ def _weight_tile_ptrs(w_ptr, s_ptr, expert, offs_n, stride_we, stride_wn, stride
     ``w_ptr`` int32) [BLOCK_N, BLOCK_K / 8] words plus the same scales."""
     n64 = offs_n.to(tl.int64)
     base = w_ptr + expert * stride_we
-    if MX_WORDS:
-        w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
-        sc = s_ptr + expert * stride_bse + n64[:, None] * stride_bsn + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
-    elif MX_DOT:
-        w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 2)[None, :]
+    if MX_DOT:
+        if MX_WORDS:  # 8 codes per int32 word
+            cols = tl.arange(0, BLOCK_K // 8)
+        else:  # 2 codes per byte
+            cols = tl.arange(0, BLOCK_K // 2)
+        w = base + n64[:, None] * stride_wn + cols[None, :]
         sc = s_ptr + expert * stride_bse + n64[:, None] * stride_bsn + tl.arange(0, BLOCK_K // 32)[None, :] * stride_bsk
     elif SWAP_AB and QUANT >= 4:  # packed weight-only, transposed: [BLOCK_N, BLOCK_K / 2] bytes
         w = base + n64[:, None] * stride_wn + tl.arange(0, BLOCK_K // 2)[None, :]

@@ -93,11 +93,6 @@ def mxfp4_bf16_scaled(raw, scale):
                                      dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
 
 
-def _mx_word_pair_ptx(t: str, low: bool, scale: str, out: str) -> str:
-    """:func:`_mx_pair_ptx` for the code pair at bits 0..3 / 16..19 (``low``) or 4..7 / 20..23 of ``t``."""
-    return _mx_pair_ptx(t, 6 if low else 2, 12 if low else 8, scale, out)
-
-
 #: PTX of :func:`mxfp4_mma_words`, two words (``$8``: h = 0, ``$9``: h = 1) per instance: bytes 0, 1 of both
 #: side by side (prmt: the h = 0 word's in the low half), then 2, 3; each code pair decoded as in
 #: :data:`_MX_BF16_PTX` straight into the bf16x2 register of output o (low half h = 0). ``$10`` / ``$11``: the
@@ -105,11 +100,11 @@ def _mx_word_pair_ptx(t: str, low: bool, scale: str, out: str) -> str:
 _MX_WORDS_PTX = tl.constexpr(
     "{\n.reg .b32 t, u, m, k, z;\nmov.b32 k, 0x7E807E80;\nmov.b32 z, 0x80008000;\n"
     "prmt.b32 t, $8, $9, 0x5410;\nshr.u32 u, t, 8;\n"
-    + _mx_word_pair_ptx("t", True, "$10", "$0") + _mx_word_pair_ptx("t", False, "$10", "$1")
-    + _mx_word_pair_ptx("u", True, "$10", "$2") + _mx_word_pair_ptx("u", False, "$10", "$3")
+    + _mx_pair_ptx("t", 6, 12, "$10", "$0") + _mx_pair_ptx("t", 2, 8, "$10", "$1")
+    + _mx_pair_ptx("u", 6, 12, "$10", "$2") + _mx_pair_ptx("u", 2, 8, "$10", "$3")
     + "prmt.b32 t, $8, $9, 0x7632;\nshr.u32 u, t, 8;\n"
-    + _mx_word_pair_ptx("t", True, "$11", "$4") + _mx_word_pair_ptx("t", False, "$11", "$5")
-    + _mx_word_pair_ptx("u", True, "$11", "$6") + _mx_word_pair_ptx("u", False, "$11", "$7") + "}")
+    + _mx_pair_ptx("t", 6, 12, "$11", "$4") + _mx_pair_ptx("t", 2, 8, "$11", "$5")
+    + _mx_pair_ptx("u", 6, 12, "$11", "$6") + _mx_pair_ptx("u", 2, 8, "$11", "$7") + "}")
 
 
 @triton.jit
