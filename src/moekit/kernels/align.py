@@ -215,22 +215,25 @@ def _route_align_kernel(logits_ptr, map_ptr, w_ptr, ids_ptr, sorted_ptr, expert_
                         BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, bias_ptr, HAS_BIAS: tl.constexpr,
                         GROUPS: tl.constexpr, G_PAD: tl.constexpr, TOPK_GROUP: tl.constexpr, PDL: tl.constexpr = False):
     """Decode fast path: routing of all M tokens and their alignment in one launch. The first kernel of a forward
-    (launched plainly): with PDL it lets the next kernel launch at once (:mod:`moekit.kernels.pdl`)."""
+    (launched plainly): with PDL it lets the next kernel launch at once (:mod:`moekit.kernels.pdl`).
+
+    The alignment reads the routed ids back from ``ids_ptr`` as one vector of slots (after a barrier: the
+    program's own stores are then visible to all its threads), the layout :func:`_align_single_kernel` loads,
+    rather than flattening the [T_PAD, K_PAD] id tile with ``tl.reshape``. The flattened tile's layout holds each
+    element in many lanes, and Triton 3.6's ``tl.histogram`` over-counts it on the GPU: H100, T_PAD 16 / 32 with
+    K_PAD 1 and 16 or more bins counted every slot 2-4 times (``benchmarks/repro_histogram.py``,
+    ``route_align_histogram_H100_session26.log``), so M = 9..32 tokens at top_k = 1 over 16 or 32 experts
+    (Llama-4 Scout's decode) got wrong sorted ids. The interpreter cannot show it (it has no layouts)."""
     pdl.launch_dependents(PDL)
     rows = tl.arange(0, T_PAD)
     w_tile, id_tile = route_rows(logits_ptr, rows, M, E_ROUTE, TOP_K, stride_lm, SIGMOID, RENORMALIZE,
                                  E_ROUTE_PAD, K_PAD, bias_ptr, HAS_BIAS, GROUPS, G_PAD, TOPK_GROUP)
     store_routing(w_ptr, ids_ptr, rows, w_tile, id_tile, M, TOP_K, TOP_K, TOP_K, K_PAD)
-    kk = tl.arange(0, K_PAD)
-    valid = (rows[:, None] < M) & (kk[None, :] < TOP_K)
-    ids = id_tile
-    if HAS_MAP:
-        ids = tl.load(map_ptr + ids, mask=valid, other=-1).to(tl.int32)
-    ids = tl.where(valid & (ids >= 0) & (ids < E), ids, E)
-    slots = rows[:, None] * TOP_K + kk[None, :]
-    _align_lanes(tl.reshape(ids, [T_PAD * K_PAD]), tl.reshape(slots, [T_PAD * K_PAD]), sorted_ptr,
-                 expert_ids_ptr, expert_ids_ptr, npp_ptr, M * TOP_K, E, max_blocks, BLOCK_M, E_PAD, T_PAD * K_PAD,
-                 BLOCK_M)
+    tl.debug_barrier()
+    slots = tl.arange(0, T_PAD * K_PAD)
+    ids = _mapped_ids(ids_ptr, map_ptr, slots, M * TOP_K, E, E_ROUTE, HAS_MAP)
+    _align_lanes(ids, slots, sorted_ptr, expert_ids_ptr, expert_ids_ptr, npp_ptr, M * TOP_K, E, max_blocks, BLOCK_M,
+                 E_PAD, T_PAD * K_PAD, BLOCK_M)
 
 
 @triton.jit
