@@ -173,8 +173,9 @@ def test_fused_route_and_align_matches_two_step(scoring, m, e, k, bm, groups, wi
 def test_fused_route_and_align_random_problems(poisoned_empty):
     """Random problems over the whole region the fused kernel serves (every token count, expert count and top-k
     with :func:`route_align_applicable`; softmax or sigmoid, renormalized or not, with or without an expert map;
-    alignment blocks 16 / 32 / 64) against the routing kernel and the PyTorch alignment: 300 on the GPU, where
-    layouts matter (a miscount of the flattened id tile hid at top_k = 1 in session 25), 6 in the interpreter."""
+    alignment blocks 16 / 32 / 64) against the routing kernel and the PyTorch alignment: 40 on the GPU, where
+    layouts matter (a miscount of the flattened id tile hid at top_k = 1 in session 25), 6 in the interpreter.
+    (Each problem compiles new kernel variants: 300 took over 200 s on the H100.)"""
     import random
 
     from moekit.align import route_and_align
@@ -183,7 +184,7 @@ def test_fused_route_and_align_random_problems(poisoned_empty):
 
     rng = random.Random(26)
     done = 0
-    while done < (300 if DEVICE == "cuda" else 6):
+    while done < (40 if DEVICE == "cuda" else 6):
         m, e = rng.randint(1, 64), rng.choice([2, 3, 4, 6, 8, 12, 16, 24, 32, 60, 64, 128, 256])
         k = rng.randint(1, min(e, 8))
         if not route_align_applicable(m, e, k):
