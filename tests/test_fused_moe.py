@@ -53,6 +53,14 @@ def test_top_k_one_and_all(backend, k, poisoned_empty):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m,e", [(16, 16), (32, 16), (13, 32)])
+def test_top_k_one_decode_batches(backend, m, e, poisoned_empty):
+    """top_k = 1 at 9-32 tokens over 16 / 32 experts (Llama-4-like decode batches): the fused route-and-align
+    kernel's region, where its alignment was wrong on the GPU until session 26 (kernels/align.py)."""
+    run_and_check(backend, KERNEL_DTYPES[0], m, e=e, k=1, h=48, i=16, renormalize=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("e,k,m", [(1, 1, 5), (2, 1, 9), (2, 2, 40), (2, 2, 300)])
 def test_one_and_two_experts(backend, e, k, m, poisoned_empty):
     """The smallest layers (1- and 2-expert alignment histograms; see kernels.align.expert_bins)."""
