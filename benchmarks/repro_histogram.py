@@ -8,9 +8,9 @@ back). Right under the interpreter (``DEV=cpu TRITON_INTERPRET=1``): it has no l
 
     PYTHONPATH=src python3 benchmarks/repro_histogram.py
 """
-import os, sys
+import os
 import torch, triton, triton.language as tl
-from moekit.kernels.routing import route_rows, store_routing
+from moekit.kernels.routing import route_rows
 
 dev = os.environ.get("DEV", "cuda")
 
