@@ -61,6 +61,35 @@ def test_top_k_one_decode_batches(backend, m, e, poisoned_empty):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m,e", [(1, 16), (13, 16), (40, 8), (300, 8), (0, 8)])
+def test_router_weight_on_input(backend, m, e, poisoned_empty):
+    """Llama-4's MoE: sigmoid top-1, the weight scaling the token's input (the activation sees scaled values),
+    through fused_moe (the decode GEMV, the fused route-and-align and the grouped paths) and fused_experts."""
+    dtype = KERNEL_DTYPES[0]
+    x, w13, w2, logits = make_layer(m, e, 48, 32, dtype)
+    out = moekit.fused_moe(x, w13, w2, logits, 1, scoring="sigmoid", renormalize=False, backend=backend,
+                           apply_router_weight_on_input=True)
+    assert out.shape == (m, 48) and out.dtype == dtype
+    if m:
+        w, ids = route_reference(logits, 1, False, "sigmoid")
+        ref = moe_reference(x.double() * w.double().to(x.device), w13, w2, torch.ones_like(w), ids)
+        assert_close_to_reference(out, ref, dtype)
+        # not the output-weighted layer: SiLU is not linear, so the two differ
+        assert (ref - moe_reference(x, w13, w2, w, ids)).abs().max() > 1e-3
+    w_t, ids_t = moekit.select_experts(logits, 1, scoring="sigmoid", renormalize=False)
+    out2 = moekit.fused_experts(x, w13, w2, w_t, ids_t, backend=backend, apply_router_weight_on_input=True)
+    torch.testing.assert_close(out2, out, rtol=0, atol=0)
+
+
+def test_router_weight_on_input_needs_top_one():
+    x, w13, w2, logits = make_layer(3, 8, 32, 16, KERNEL_DTYPES[0])
+    with pytest.raises(moekit.MoEInputError, match="apply_router_weight_on_input.*top_k == 1.*top_k=2"):
+        moekit.fused_moe(x, w13, w2, logits, 2, apply_router_weight_on_input=True)
+    with pytest.raises(moekit.MoEInputError, match="apply_router_weight_on_input.*a bool"):
+        moekit.fused_moe(x, w13, w2, logits, 1, apply_router_weight_on_input=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("e,k,m", [(1, 1, 5), (2, 1, 9), (2, 2, 40), (2, 2, 300)])
 def test_one_and_two_experts(backend, e, k, m, poisoned_empty):
     """The smallest layers (1- and 2-expert alignment histograms; see kernels.align.expert_bins)."""

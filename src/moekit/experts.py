@@ -135,6 +135,7 @@ def fused_experts(
     w2_zero: Optional[torch.Tensor] = None,
     a13_scale: Optional[torch.Tensor] = None,
     a2_scale: Optional[torch.Tensor] = None,
+    apply_router_weight_on_input: bool = False,
     _aligned=None,
     _config=None,
     _backend: Optional[str] = None,
@@ -155,6 +156,13 @@ def fused_experts(
     qweights of :func:`moekit.quant.quantize_weights` with their ``w13_scale``/``w2_scale`` (and
     ``w13_zero``/``w2_zero`` for zero-point schemes); ``a13_scale``/``a2_scale`` are optional static
     per-tensor activation scales. Layouts and shapes: :mod:`moekit.quant.moe` and :mod:`moekit.quant.weights`.
+
+    ``apply_router_weight_on_input`` (Llama-4's MoE; vLLM's argument of that name): the routing weight scales
+    the token's input instead of the expert's output, ``out[m] = w2[e] @ act(...(w[m] * x[m]))``, the activation
+    then acting on scaled values. Only with top_k == 1 (one weight per token; ``MoEInputError`` otherwise). The
+    input is scaled in float32 and rounded once to x's dtype before the experts run with unit weights (one
+    elementwise pass over x; with quantized activations the scaled input is what gets quantized, and static
+    ``a13_scale`` values must cover it).
     """
     from moekit.quant.scheme import as_scheme
 
@@ -184,6 +192,13 @@ def fused_experts(
             check_arg(b.device == hidden_states.device, name, f"device {hidden_states.device}", b.device)
             check_arg(b.stride(-1) == 1, name, "a contiguous last dimension", f"strides {b.stride()}")
     x = hidden_states if hidden_states.is_contiguous() else hidden_states.contiguous()
+    check_arg(isinstance(apply_router_weight_on_input, bool), "apply_router_weight_on_input", "a bool",
+              type(apply_router_weight_on_input).__name__)
+    if apply_router_weight_on_input:
+        check_arg(topk_weights.shape[1] == 1, "apply_router_weight_on_input",
+                  "top_k == 1 (one routing weight per token to scale its input by)", f"top_k={topk_weights.shape[1]}")
+        x = (x.float() * topk_weights.float()).to(x.dtype)
+        topk_weights = torch.ones_like(topk_weights)
     # _backend: fused_moe's decode path already resolved it (and _config, _aligned: looked up, aligned)
     chosen = _backend or resolve_backend(backend, x, scheme)
     if chosen == "torch":
@@ -228,6 +243,7 @@ def fused_moe(
     w2_zero: Optional[torch.Tensor] = None,
     a13_scale: Optional[torch.Tensor] = None,
     a2_scale: Optional[torch.Tensor] = None,
+    apply_router_weight_on_input: bool = False,
 ) -> torch.Tensor:
     """One MoE layer: route with :func:`moekit.select_experts`, then :func:`moekit.fused_experts`.
 
@@ -266,7 +282,8 @@ def fused_moe(
     return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=expert_map,
                          activation=activation, backend=backend, w13_bias=w13_bias, w2_bias=w2_bias, quant=quant,
                          w13_scale=w13_scale, w2_scale=w2_scale, w13_zero=w13_zero, w2_zero=w2_zero,
-                         a13_scale=a13_scale, a2_scale=a2_scale, _aligned=aligned, _config=config,
+                         a13_scale=a13_scale, a2_scale=a2_scale,
+                         apply_router_weight_on_input=apply_router_weight_on_input, _aligned=aligned, _config=config,
                          _backend=None if fast is None else "triton", _layer_checked=True,
                          _grouped_routing=grouped_routing(num_expert_group))
 
