@@ -42,6 +42,9 @@ def _configs():
             moe_intermediate_size=32, intermediate_size=64, n_group=4, topk_group=2, first_k_dense_replace=1,
             n_shared_experts=1, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
             v_head_dim=16, routed_scaling_factor=2.5, rope_scaling=None),
+        "llama4": lambda: transformers.Llama4TextConfig(
+            **COMMON, num_local_experts=4, num_experts_per_tok=1, intermediate_size=32, intermediate_size_mlp=64,
+            interleave_moe_layer_step=1),
     }
 
 
@@ -377,3 +380,10 @@ def test_patching_again_needs_the_same_request():
         patch(model, "fp8_channel")
     with pytest.raises(moekit.MoEInputError, match="unpatch"):
         patch(model, backend="torch")
+
+
+def test_llama4_needs_top_one():
+    """Llama-4 scales each expert's input by its routing weight; moekit does that at top_k 1 only (its models'
+    setting) and refuses the block otherwise rather than computing another layer."""
+    with pytest.raises(moekit.MoEInputError, match="Llama4TextMoe with top_k=2"):
+        patch(_model("llama4", num_experts_per_tok=2))

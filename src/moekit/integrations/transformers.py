@@ -17,6 +17,9 @@ block class                 model        routing / experts
 ``DeepseekV3MoE``           DeepSeek-V3  fp32 sigmoid router, grouped top-k with ``e_score_correction_bias``,
                                          renormalized iff ``norm_topk_prob``, ``routed_scaling_factor``,
                                          plus the shared experts
+``Llama4TextMoe``           Llama-4      sigmoid of the top-1 logit scaling the expert's *input*
+                                         (``apply_router_weight_on_input``; top_k 1 only), experts stored
+                                         ``[E, H, 2I]`` / ``[E, I, H]`` (repacked), plus the shared expert
 ==========================  ===========  ========================================================================
 
 Weights: transformers 5 stores experts as ``gate_up_proj [E, 2I, H]`` (gate rows, then up rows) and
@@ -63,6 +66,8 @@ class _Arch:
     interleaved: bool = False            # gate/up columns alternate
     returns_scores: bool = False         # forward returns (hidden, router_scores)
     shared: Optional[str] = None         # attribute holding shared experts, added to the output
+    weights_on_input: bool = False       # the routing weight scales the expert's input (Llama-4; top_k 1)
+    returns_logits: bool = False         # forward returns ([tokens, H], router_logits)
 
 
 SUPPORTED_BLOCKS: Dict[str, _Arch] = {
@@ -74,6 +79,9 @@ SUPPORTED_BLOCKS: Dict[str, _Arch] = {
                        returns_scores=True),
     "DeepseekV3MoE": _Arch("deepseek_v3", scoring="sigmoid", grouped=True, fp32_router=True,
                            shared="shared_experts"),
+    "Llama4TextMoe": _Arch("llama4", router="router", scoring="sigmoid", renormalize=False,
+                           weights_in_logits_dtype=True, transposed=True, shared="shared_expert",
+                           weights_on_input=True, returns_logits=True),
 }
 _HIDDEN_ACTS = {"silu": "silu", "swish": "silu", "gelu": "gelu"}
 
@@ -137,6 +145,9 @@ class MoEKitSparseMoeBlock(nn.Module):
                                "'experts'")
         srcs = (gate, original, experts, config)
         self.top_k = int(_attr(srcs, ("top_k", "num_experts_per_tok")))
+        if arch.weights_on_input and self.top_k != 1:
+            raise _unsupported(f"{type(original).__name__} with top_k={self.top_k}: moekit scales an expert's input "
+                               "by its routing weight only at top_k 1 (apply_router_weight_on_input)")
         self.renormalize = arch.renormalize if arch.renormalize is not None else bool(
             _attr(srcs, ("norm_topk_prob",), False))
         if arch.grouped:
@@ -299,13 +310,15 @@ class MoEKitSparseMoeBlock(nn.Module):
             out = fused_experts(x, self.w13_q, self.w2_q, weights, ids, activation=self.activation,
                                 backend=self.backend, w13_bias=b13, w2_bias=b2, quant=self.quant,
                                 w13_scale=self.w13_scale, w2_scale=self.w2_scale, w13_zero=self.w13_zero,
-                                w2_zero=self.w2_zero)
+                                w2_zero=self.w2_zero, apply_router_weight_on_input=self.arch.weights_on_input)
         else:
             w13, w2 = self._weights()
             out = fused_experts(x, w13, w2, weights, ids, activation=self.activation, backend=self.backend,
-                                w13_bias=b13, w2_bias=b2)
+                                w13_bias=b13, w2_bias=b2, apply_router_weight_on_input=self.arch.weights_on_input)
         if self.arch.shared is not None:
             out = out + getattr(self, self.arch.shared)(x)
+        if self.arch.returns_logits:
+            return out, logits  # as transformers' block: [tokens, H] (its caller views it back)
         out = out.view(shape)
         if self.arch.returns_scores:
             return out, weights.to(hidden_states.dtype)
