@@ -53,10 +53,15 @@ def test_top_k_one_and_all(backend, k, poisoned_empty):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("m,e", [(16, 16), (32, 16), (13, 32)])
+@pytest.mark.parametrize("m,e", [(9, 16), (16, 16), (32, 16)])
 def test_top_k_one_decode_batches(backend, m, e, poisoned_empty):
-    """top_k = 1 at 9-32 tokens over 16 / 32 experts (Llama-4-like decode batches): the fused route-and-align
+    """top_k = 1 at 9-32 tokens over 16 experts (Llama-4-Scout-like decode batches): the fused route-and-align
     kernel's region, where its alignment was wrong on the GPU until session 26 (kernels/align.py)."""
+    from moekit.kernels.align import route_align_applicable
+    from moekit.triton_experts import use_decode_gemv
+
+    # the fused kernel's region, past the decode GEMVs' (the Triton backend takes that path)
+    assert route_align_applicable(m, e, 1) and not use_decode_gemv(m, e, 1)
     run_and_check(backend, KERNEL_DTYPES[0], m, e=e, k=1, h=48, i=16, renormalize=False)
 
 

@@ -285,15 +285,17 @@ def test_fused_experts_bias_and_swigluoai_vs_float64():
         moekit.fused_moe(x, w13, w2, logits, k, w2_bias=b2[:, :3])
 
 
-@pytest.mark.parametrize("scheme", ["int8_weight_only", "fp8_channel"])
-def test_patch_quantizes_at_patch_time(scheme):
-    model = _model("qwen3_moe")
+@pytest.mark.parametrize("arch, scheme", [("qwen3_moe", "int8_weight_only"), ("qwen3_moe", "fp8_channel"),
+                                          ("llama4", "fp8_channel")])
+def test_patch_quantizes_at_patch_time(arch, scheme):
+    model = _model(arch)
     ids = _ids()
     with torch.no_grad():
         ref = model(ids).logits
         patch(model, scheme)
         try:
-            assert f"quant={scheme}" in repr(model.model.layers[0].mlp)
+            block = model.model.layers[0]
+            assert f"quant={scheme}" in repr(block.feed_forward if arch == "llama4" else block.mlp)
             out = model(ids).logits
         finally:
             unpatch(model)
