@@ -222,8 +222,9 @@ def _route_align_kernel(logits_ptr, map_ptr, w_ptr, ids_ptr, sorted_ptr, expert_
     rather than flattening the [T_PAD, K_PAD] id tile with ``tl.reshape``. The flattened tile's layout holds each
     element in many lanes, and Triton 3.6's ``tl.histogram`` over-counts it on the GPU: H100, T_PAD 16 / 32 with
     K_PAD 1 and 16 or more bins counted every slot 2-4 times (``benchmarks/repro_histogram.py``,
-    ``route_align_histogram_H100_session26.log``), so M = 9..32 tokens at top_k = 1 over 16 or 32 experts
-    (a Llama-4-Scout-sized router) got wrong sorted ids. The interpreter cannot show it (it has no layouts)."""
+    ``route_align_histogram_H100_session26.log``), so forwards at top_k = 1 of 9-32 tokens over 16 experts (a
+    Llama-4-Scout-sized router), or 9-16 over 32 where the decode GEMVs do not take them, got wrong sorted ids.
+    The interpreter cannot show it (it has no layouts)."""
     pdl.launch_dependents(PDL)
     rows = tl.arange(0, T_PAD)
     w_tile, id_tile = route_rows(logits_ptr, rows, M, E_ROUTE, TOP_K, stride_lm, SIGMOID, RENORMALIZE,
