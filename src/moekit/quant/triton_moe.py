@@ -354,10 +354,11 @@ def fused_experts_triton_quant(x, w13, w2, topk_weights, topk_ids, *, expert_map
     if config is None:
         config = quant_config(e, i, h, top_k, m, scheme)
     block = scheme.granularity == "block" and adt is not None
-    least = 32 if scheme.weight_dtype in ("int4", "mxfp4") else 16  # packed: each half-K dot >= 16 deep
-    mma = scheme.layout == "mma"  # mxfp4 words: K steps of whole 64-code chunks
-    if mma:
+    mma = scheme.layout == "mma"
+    if mma:  # mxfp4 words: K steps of whole 64-code chunks
         least = MMA_CHUNK
+    else:  # packed: each half-K dot >= 16 deep
+        least = 32 if scheme.weight_dtype in ("int4", "mxfp4") else 16
     if block:
         config = _fix_block_k(config, scheme.block_shape[1], least)
     elif scheme.weight_only and scheme.granularity == "group" and scheme.weight_dtype != "mxfp4":  # int8 / int4

@@ -69,30 +69,26 @@ def mma_layout(q: torch.Tensor) -> torch.Tensor:
     first) -> the same codes in the "mma" layout (:class:`~moekit.quant.QuantScheme` ``layout``), a new
     uint8 tensor of the same shape. K must be a multiple of 64. Scales are unchanged. Run it once when the
     weights are loaded and pass ``quant=QuantScheme.mxfp4("mma")``; :func:`plain_layout` is the inverse."""
-    return _pack_nibbles(_mma_codes(unpack_nibbles(_checked_codes(q)), to_mma=True))
+    return _pack_nibbles(_mma_codes(unpack_nibbles(_checked_bytes(q)), True, "q"))
 
 
 def plain_layout(q: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`mma_layout`."""
-    return _pack_nibbles(_mma_codes(unpack_nibbles(_checked_codes(q)), to_mma=False))
+    return _pack_nibbles(_mma_codes(unpack_nibbles(_checked_bytes(q)), False, "q"))
 
 
-def _checked_codes(q: torch.Tensor) -> torch.Tensor:
+def _checked_bytes(q: torch.Tensor) -> torch.Tensor:
     check_arg(isinstance(q, torch.Tensor) and q.dtype == torch.uint8 and q.dim() >= 1, "q",
               "packed mxfp4 codes, a uint8 tensor [..., K/2]", getattr(q, "dtype", type(q).__name__))
-    _check_mma_k(2 * q.shape[-1], "q")
     return q
 
 
-def _check_mma_k(k: int, name: str) -> None:
+def _mma_codes(codes: torch.Tensor, to_mma: bool, name: str) -> torch.Tensor:
+    """Unpacked codes [..., K] permuted inside each 64-code chunk: plain -> mma order (``to_mma``) or back.
+    K must be a multiple of 64 (else the error names ``name``, the tensor the codes come from)."""
+    lead, k = codes.shape[:-1], codes.shape[-1]
     check_arg(k % MMA_CHUNK == 0, name, f"K (the codes along the last dim) a multiple of {MMA_CHUNK} for the mma "
               "layout", f"K={k}")
-
-
-def _mma_codes(codes: torch.Tensor, to_mma: bool) -> torch.Tensor:
-    """Unpacked codes [..., K] (K a multiple of 64) permuted inside each 64-code chunk: plain -> mma order
-    (``to_mma``) or back."""
-    lead, k = codes.shape[:-1], codes.shape[-1]
     d = len(lead) + 1  # the chunk dims start here
     if to_mma:
         codes = codes.reshape(*lead, k // MMA_CHUNK, *_MMA_SHAPE)
@@ -176,9 +172,7 @@ def _quantize(wf: torch.Tensor, s: QuantScheme, f8: torch.dtype):
         code = (exp + 127).clamp(1, 254).to(torch.uint8)
         t = g / _e8m0_to_float(code).unsqueeze(3)
         codes = _e2m1_encode(t).view(e, n, k)
-        if s.layout == "mma":
-            _check_mma_k(k, "w")
-        return _pack_nibbles(_mma_codes(codes, to_mma=True) if s.layout == "mma" else codes), code
+        return _pack_nibbles(_mma_codes(codes, True, "w") if s.layout == "mma" else codes), code
     # weight-only int8 / int4
     bits = 8 if s.weight_dtype == "int8" else 4
     if bits == 4:
@@ -238,9 +232,7 @@ def dequantize_weights(q: torch.Tensor, scale: torch.Tensor, scheme, zero: Optio
         return (qf * scale.float().reshape(e, n, 1)).to(dtype)
     if s.weight_dtype == "mxfp4":
         codes = unpack_nibbles(q)
-        if s.layout == "mma":
-            _check_mma_k(codes.shape[-1], "q")
-        vals = e2m1_decode(_mma_codes(codes, to_mma=False) if s.layout == "mma" else codes)
+        vals = e2m1_decode(_mma_codes(codes, False, "q") if s.layout == "mma" else codes)
         k = vals.shape[2]
         return (vals * _e8m0_to_float(scale).repeat_interleave(MX_BLOCK, 2)[:, :, :k]).to(dtype)
     if s.weight_dtype == "int4":
