@@ -225,7 +225,7 @@ def test_fp8_weights_gemv(dtype, key, m, e, k, h, i, gemv_calls, poisoned_empty)
 def test_mxfp4_weights_gemv(dtype, layout, m, e, k, h, i, gemv_calls, poisoned_empty):
     """mxfp4 weights at decode: e2m1 codes and e8m0 scales decoded in the GEMV kernels (K steps of several
     MX groups, a tail step, H over one 2048-code step) match the float64 layer of the dequantized weights;
-    in the "mma" layout each byte's activations are gathered and the group sums follow the words."""
+    in the "mma" layout each byte's activations are permuted in registers and the group sums follow the words."""
     scheme = moekit.QuantScheme.mxfp4(layout)
     x, q13, s13, q2, s2, logits, ref13, ref2 = fp8_layer(scheme, m, e, h, i, dtype)
     out = moekit.fused_moe(x, q13, q2, logits, k, backend="triton", quant=scheme, w13_scale=s13, w2_scale=s2)
